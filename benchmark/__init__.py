@@ -1,0 +1,1 @@
+"""shebench harness: configuration, data, models, the federated loop, runner, results and report."""

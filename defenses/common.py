@@ -1,0 +1,81 @@
+"""Encoding helpers shared by defenses: LoRA factors <-> plaintext wire tensors, FlexLoRA weights,
+and the broadcast of a factored aggregate that each client truncates to its own rank."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from benchmark.api import ClientInfo, ClientUpdate, LoRAFactors, WirePayload
+from she_lora.lowrank import FactoredDelta, to_lora
+
+
+def update_meta(update: ClientUpdate) -> dict:
+    """Public facts every upload carries: who, rank, scaling, sample count, what was observed."""
+    return {
+        "client_id": update.client.client_id,
+        "rank": update.client.rank,
+        "scale": update.client.scale,
+        "n_samples": update.n_samples,
+        "kind": update.kind,
+        "round": update.round,
+    }
+
+
+def encode_factors(factors: Mapping[str, LoRAFactors]) -> dict[str, Tensor]:
+    """Plaintext wire tensors ``<module>/A`` and ``<module>/B`` (cloned: the wire owns its copy)."""
+    out: dict[str, Tensor] = {}
+    for name, f in factors.items():
+        out[f"{name}/A"] = f.A.detach().clone()
+        out[f"{name}/B"] = f.B.detach().clone()
+    return out
+
+
+def decode_factors(plain: Mapping[str, Tensor], scale: float) -> dict[str, LoRAFactors]:
+    modules = sorted({k.rsplit("/", 1)[0] for k in plain if k.endswith("/A")})
+    return {m: LoRAFactors(plain[f"{m}/A"], plain[f"{m}/B"], scale) for m in modules}
+
+
+def fedavg_weights(payloads: Sequence[WirePayload]) -> list[float]:
+    """FlexLoRA's weights: each client's share of the round's samples."""
+    counts = [float(p.meta["n_samples"]) for p in payloads]
+    total = sum(counts)
+    if total <= 0:
+        raise ValueError("aggregate: payloads report no samples")
+    return [c / total for c in counts]
+
+
+def broadcast(deltas: Mapping[str, FactoredDelta], rank: int, *, sender: str = "server") -> WirePayload:
+    """Send the aggregate truncated at ``rank`` (the largest client rank): smaller ranks are its prefixes."""
+    plain: dict[str, Tensor] = {}
+    for name, d in deltas.items():
+        t = d.truncate(rank)
+        plain[f"{name}/US"] = (t.U * t.S).contiguous()
+        plain[f"{name}/Vh"] = t.Vh.contiguous()
+    return WirePayload(sender=sender, plain=plain, meta={"rank": rank})
+
+
+def read_broadcast(message: WirePayload) -> dict[str, FactoredDelta]:
+    """Recover the factored aggregate from ``broadcast``'s message (columns of US have norms S)."""
+    out: dict[str, FactoredDelta] = {}
+    for key in message.plain:
+        if not key.endswith("/US"):
+            continue
+        name = key[: -len("/US")]
+        us = message.plain[key]
+        s = torch.linalg.norm(us, dim=0)
+        u = us / s.clamp_min(1e-30)
+        out[name] = FactoredDelta(u, s, message.plain[f"{name}/Vh"])
+    return out
+
+
+def finalize_to_rank(deltas: Mapping[str, FactoredDelta], client: ClientInfo, seed: int = 0) -> dict[str, LoRAFactors]:
+    """Each client's own-rank LoRA from the aggregate, with its alpha/r scaling divided out."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + client.client_id)
+    out: dict[str, LoRAFactors] = {}
+    for name, d in deltas.items():
+        A, B = to_lora(d, client.rank, client.scale, generator=gen)
+        out[name] = LoRAFactors(A, B, client.scale)
+    return out
