@@ -1,0 +1,202 @@
+"""Client-level differential privacy on the LoRA update (FlexLoRA-DP, SHE-LoRA's DP baseline).
+
+Each client clips the change of its LoRA factors to an L2 ball of radius C, taken over every factor of
+every module jointly, and adds N(0, sigma^2 C^2) to each coordinate before upload. Since the server
+knows the factors it sent (``update.prev``), the client uploads ``prev + noisy clipped delta``: the
+server's side stays plain FlexLoRA and the guarantee is that of the Gaussian mechanism on the delta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from benchmark.api import ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from defenses.common import encode_factors, update_meta
+from defenses.plain_lora import PlainLoRA
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class ClientLevelDPParams:
+    """Clip norm, noise and accounting of client-level DP."""
+
+    clip: float = 1.0  # C: L2 bound on one client's whole LoRA update (all modules, A and B jointly)
+    sigma: float = 1.0  # noise multiplier: per-coordinate noise std is sigma * clip
+    target_epsilon: float = 0.0  # > 0: ignore sigma and solve it by bisection to spend this epsilon
+    delta: float = 1e-5  # the delta of (epsilon, delta)-DP
+    accountant: str = "rdp"  # opacus accountant: rdp | prv
+    # True: account with q = clients_per_round / n_clients (amplification by client sampling, which
+    # holds for the released aggregate); False: q = 1, the bound against a server that knows who it
+    # sampled and sees each client's noisy update.
+    amplification: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("dp.clip", self.clip)
+        if not (self.sigma >= 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"dp.sigma must be >= 0 and finite, got {self.sigma}")
+        if not (self.target_epsilon >= 0 and math.isfinite(self.target_epsilon)):
+            raise ValueError(f"dp.target_epsilon must be >= 0 (0 = use sigma), got {self.target_epsilon}")
+        check_delta("dp.delta", self.delta)
+        check_accountant("dp.accountant", self.accountant)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")
+
+
+def check_delta(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
+def check_accountant(name: str, value: str) -> None:
+    if value not in ACCOUNTANTS:
+        raise ValueError(f"{name} must be one of {', '.join(ACCOUNTANTS)}, got {value!r}")
+
+
+def stream(seed: int, *names: object) -> torch.Generator:
+    """A torch generator for the named stream: reproducible and independent of the call order."""
+    key = hashlib.sha256("/".join(str(n) for n in names).encode()).digest()[:8]
+    words = np.frombuffer(key, dtype=np.uint32).tolist()
+    state = np.random.SeedSequence([int(seed) % 2**63, *words]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state.view(np.uint64)[0] >> 1))
+
+
+def epsilon_for(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon that ``steps`` compositions of the sampled Gaussian mechanism spend (inf without noise)."""
+    if steps <= 0:
+        return 0.0
+    if sigma <= 0:
+        return math.inf
+    acc = make_accountant(accountant)
+    acc.history = [(float(sigma), float(sample_rate), int(steps))]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def make_accountant(accountant: str) -> Any:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    return RDPAccountant() if accountant == "rdp" else PRVAccountant()
+
+
+def solve_sigma(target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """Smallest sigma (to 0.1%) whose epsilon stays within ``target_epsilon``; epsilon falls as sigma grows."""
+    lo, hi = 0.0, 1.0
+    while epsilon_for(hi, sample_rate, steps, delta, accountant) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise ValueError(f"no sigma reaches epsilon {target_epsilon} (q={sample_rate}, steps={steps})")
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        if epsilon_for(mid, sample_rate, steps, delta, accountant) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def clip_and_noise(
+    delta: Mapping[str, LoRAFactors], clip: float, sigma: float, gen: torch.Generator
+) -> tuple[dict[str, LoRAFactors], float]:
+    """Scale ``delta`` into the L2 ball of radius ``clip`` (all factors jointly), add N(0, (sigma clip)^2).
+
+    Returns the noisy delta and the pre-clip norm (client-side diagnostics only; never uploaded).
+    """
+    names = sorted(delta)
+    sq = sum(float(delta[n].A.double().pow(2).sum() + delta[n].B.double().pow(2).sum()) for n in names)
+    norm = math.sqrt(sq)
+    factor = min(1.0, clip / norm) if norm > 0 else 1.0
+    std = sigma * clip
+    out: dict[str, LoRAFactors] = {}
+    for n in names:
+        f = delta[n]
+        A = f.A.detach() * factor + std * _randn(f.A, gen)
+        B = f.B.detach() * factor + std * _randn(f.B, gen)
+        out[n] = LoRAFactors(A, B, f.scale)
+    return out, norm
+
+
+def _randn(like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
+
+
+def update_delta(update: ClientUpdate) -> dict[str, LoRAFactors]:
+    """What the client privatizes: factors minus the factors it started from (a gradient probe as is)."""
+    if update.kind == "grad" or update.prev is None:
+        return dict(update.factors)
+    out = {}
+    for n, f in update.factors.items():
+        p = update.prev[n]
+        out[n] = LoRAFactors(f.A.detach() - p.A.detach(), f.B.detach() - p.B.detach(), f.scale)
+    return out
+
+
+class ClientLevelDP(PlainLoRA):
+    """FlexLoRA-DP: each client clips its LoRA delta to norm C and adds Gaussian noise sigma*C.
+
+    Upload: ``prev + noisy delta`` for weight updates (a gradient probe uploads the noisy gradient),
+    so the server aggregates plain FlexLoRA and an attacker sees exactly the noisy upload. Epsilon is
+    that of ``rounds`` compositions of the sampled Gaussian mechanism with q = clients_per_round /
+    n_clients (``amplification=False``: q = 1), from opacus' RDP or PRV accountant. Noise streams derive
+    from the federation seed, the client, the round and the update kind.
+    """
+
+    name: ClassVar[str] = "dp"
+    version: ClassVar[str] = "1"
+    Params = ClientLevelDPParams
+
+    def __init__(self, params: ClientLevelDPParams | None = None) -> None:
+        super().__init__()
+        self.params = params or ClientLevelDPParams()
+        self.sigma = self.params.sigma
+        self.epsilon: float | None = None
+
+    def setup(self, fed: FederationInfo) -> dict[str, float]:
+        self.fed = fed
+        p = self.params
+        q = self.sample_rate()
+        if p.target_epsilon > 0:
+            self.sigma = solve_sigma(p.target_epsilon, q, fed.rounds, p.delta, p.accountant)
+        self.epsilon = epsilon_for(self.sigma, q, fed.rounds, p.delta, p.accountant)
+        return {}
+
+    def sample_rate(self) -> float:
+        if self.fed is None or not self.params.amplification:
+            return 1.0
+        return min(1.0, self.fed.sample_rate)
+
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        seed = self.fed.seed if self.fed else 0
+        gen = stream(seed, "dp", update.client.client_id, update.round, update.kind)
+        noisy, _ = clip_and_noise(update_delta(update), self.params.clip, self.sigma, gen)
+        if update.kind != "grad" and update.prev is not None:
+            noisy = {
+                n: LoRAFactors(update.prev[n].A.detach() + f.A, update.prev[n].B.detach() + f.B, f.scale)
+                for n, f in noisy.items()
+            }
+        return WirePayload(
+            sender=f"client:{update.client.client_id}", plain=encode_factors(noisy), meta=update_meta(update)
+        )
+
+    def privacy_params(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "epsilon": self.epsilon,
+            "sigma": self.sigma,
+            "clip": p.clip,
+            "delta": p.delta,
+            "accountant": p.accountant,
+            "sample_rate": self.sample_rate(),
+            "steps": self.fed.rounds if self.fed else None,
+            "level": "client",
+            "encrypted_fraction": 0.0,
+        }
