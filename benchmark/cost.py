@@ -1,0 +1,81 @@
+"""Shapes-only cost scenarios: random LoRA factors of a paper-scale model's shapes go through one
+defense's full round (negotiate, protect, aggregate, finalize) so bytes and times can be measured
+without the model. Values are random; only shapes, ranks and budgets matter here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from benchmark.api import ClientUpdate, Defense, FederationInfo, LoRAFactors
+from benchmark.config import ScenarioConfig
+from benchmark.federated import SimulationResult, aggregation_error, make_clients, reference_aggregate
+from benchmark.seeding import torch_generator
+from benchmark.wire import WireMeter
+
+
+def module_shapes(scenario: ScenarioConfig) -> dict[str, tuple[int, int]]:
+    c = scenario.cost
+    return {
+        f"model.layers.{i}.self_attn.{m}": (c.out_features, c.in_features) for i in range(c.layers) for m in c.modules
+    }
+
+
+def random_update(client, shapes: dict[str, tuple[int, int]], gen: torch.Generator, rnd: int) -> ClientUpdate:
+    factors, grads, norms = {}, {}, {}
+    for name, (m, n) in shapes.items():
+        A = torch.randn(client.rank, n, generator=gen) / n**0.5
+        B = torch.randn(m, client.rank, generator=gen) * 0.01
+        factors[name] = LoRAFactors(A, B, client.scale)
+        grads[name] = LoRAFactors(torch.randn(client.rank, n, generator=gen) * 1e-3,
+                                  torch.randn(m, client.rank, generator=gen) * 1e-3, client.scale)
+        norms[name] = torch.rand(n, generator=gen, dtype=torch.float64) * 10
+    return ClientUpdate(client, rnd, factors, 100, norms, grads, None, "weights")
+
+
+def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",
+                  progress=None) -> SimulationResult:
+    shapes = module_shapes(scenario)
+    clients = make_clients(scenario, seed)
+    fed = FederationInfo(clients, shapes, scenario.rounds, scenario.clients_per_round, seed, device)
+    t0 = time.perf_counter()
+    setup_costs = defense.setup(fed) or {}
+    setup_s = time.perf_counter() - t0
+    meter = WireMeter()
+    timings: dict[str, list[float]] = {"enc_s": [], "dec_s": [], "agg_s": []}
+    errors, rounds = [], []
+    gen = torch_generator(seed, "cost")
+    for rnd in range(1, scenario.cost.repeats + 1):
+        if progress:
+            progress(f"cost round {rnd}/{scenario.cost.repeats}")
+        picks = clients[: scenario.clients_per_round]
+        updates = [random_update(c, shapes, gen, rnd) for c in picks]
+        negotiate = getattr(defense, "negotiate", None)
+        if negotiate is not None:
+            for msg in negotiate(updates) or []:
+                meter.side_channel(msg)
+        payloads = []
+        for u in updates:
+            t = time.perf_counter()
+            p = defense.protect(u)
+            timings["enc_s"].append(p.timings.get("enc_s", time.perf_counter() - t))
+            payloads.append(meter.send_up(p))
+        t = time.perf_counter()
+        message = defense.aggregate(payloads)
+        timings["agg_s"].append(message.timings.get("agg_s", time.perf_counter() - t))
+        meter.send_down(message, len(picks))
+        reference = reference_aggregate(updates)
+        for c in picks:
+            t = time.perf_counter()
+            finalized = defense.finalize(message, c)
+            timings["dec_s"].append(time.perf_counter() - t)
+            errors.append(aggregation_error(finalized, reference, c))
+        rounds.append({"round": rnd, "clients": [c.client_id for c in picks], "agg_rel_err": max(errors)})
+    metrics: dict[str, Any] = {
+        **meter.summary(), **{k: sum(v) / len(v) for k, v in timings.items()},
+        "agg_rel_err": max(errors), "setup_s": setup_s, "setup_costs": setup_costs,
+        "sim_s": time.perf_counter() - t0, "utility_metric": None, "utility": None,
+    }
+    return SimulationResult(metrics, rounds, None)

@@ -1,0 +1,362 @@
+"""Plan a suite into cells, run them, and append one row per cell.
+
+A cell is one defense x attack x attack mode x scenario x seed. The expensive part (a federation
+simulated for one defense, scenario and seed) is shared by all the attack cells on top of it, so
+cells are run in groups. A group whose cells are all finished is skipped: re-running resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.api import AttackerView
+from benchmark.config import (
+    ComponentSpec,
+    ConfigError,
+    ScenarioConfig,
+    SuiteConfig,
+    build,
+    field_names,
+    load_toml,
+    merge,
+    params_from_dict,
+    parse_value,
+    scenario_from_dict,
+    set_path,
+    stable_hash,
+    suite_from_dict,
+    to_dict,
+)
+from benchmark.provenance import provenance
+from benchmark.registry import Registry
+from benchmark.results import append_row, empty_row, finished_cells
+
+log = logging.getLogger("shebench")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCENARIOS = Registry("scenario")
+SUITES = Registry("suite")
+for _path in sorted((PACKAGE_DIR / "scenarios").glob("*.toml")):
+    SCENARIOS.register(_path.stem, _path)
+for _path in sorted((PACKAGE_DIR / "suites").glob("*.toml")):
+    SUITES.register(_path.stem, _path)
+
+
+def _toml_for(registry: Registry, ref: str) -> tuple[str, dict[str, Any]]:
+    """A registered name or a path to a .toml file."""
+    if ref.endswith(".toml"):
+        return Path(ref).stem, load_toml(Path(ref))
+    return ref, load_toml(registry.target(ref))
+
+
+def scenario_data(ref: str) -> dict[str, Any]:
+    name, data = _toml_for(SCENARIOS, ref)
+    data.setdefault("name", name)
+    return data
+
+
+def resolve_scenario(ref: str, overrides: Mapping[str, Any] | None = None) -> ScenarioConfig:
+    return scenario_from_dict(merge(scenario_data(ref), overrides or {}), "scenario")
+
+
+def resolve_suite(ref: str) -> SuiteConfig:
+    name, data = _toml_for(SUITES, ref)
+    data.setdefault("name", name)
+    return suite_from_dict(data, f"suite {name!r}")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """``--set`` overrides split by what they address."""
+
+    scenario: dict[str, Any]
+    defense: dict[str, dict[str, Any]]
+    attack: dict[str, dict[str, Any]]
+
+
+def parse_overrides(items: Sequence[str]) -> Overrides:
+    """``key=value`` items: ``scenario.<field>`` (or a bare scenario field), ``defense.<label>.<param>``,
+    ``attack.<label>.<param>``. Values are TOML literals; unknown keys fail with the valid keys."""
+    out = Overrides({}, {}, {})
+    scenario_fields = field_names(ScenarioConfig)
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        value = parse_value(raw.strip())
+        head, _, rest = key.partition(".")
+        if head in ("defense", "attack"):
+            label, _, param = rest.partition(".")
+            if not label or not param:
+                raise ConfigError(f"--set {key!r}: expected {head}.<name>.<parameter>=value")
+            target = out.defense if head == "defense" else out.attack
+            set_path(target.setdefault(label, {}), param, value)
+            continue
+        path = rest if head == "scenario" else key
+        if path.split(".")[0] not in scenario_fields:
+            raise ConfigError(
+                f"unknown key {key!r}; valid keys: scenario.<{'|'.join(scenario_fields)}>, "
+                "defense.<name>.<param>, attack.<name>.<param>"
+            )
+        set_path(out.scenario, path, value)
+    return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    scenario: str
+    defense: ComponentSpec
+    attack: ComponentSpec | None
+    mode: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Group:
+    """One simulation (defense x scenario x seed) and the cells that read its results."""
+
+    scenario: ScenarioConfig
+    defense: ComponentSpec
+    seed: int
+    cells: tuple[Cell, ...]
+
+
+def _component(registry: Registry, spec: ComponentSpec, extra: Mapping[str, Any], kind: str) -> tuple[type, Any]:
+    cls = registry.get(spec.name)
+    params = merge(spec.params, extra)
+    return cls, params_from_dict(cls.Params, params, f"{kind}.{spec.label}")
+
+
+def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
+    """Resolve every scenario, defense and attack (validating all parameters) into groups of cells."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    for label in overrides.defense:
+        if label not in {d.label for d in suite.defenses}:
+            raise ConfigError(f"--set defense.{label}: no such defense in this run; valid: {', '.join(d.label for d in suite.defenses)}")
+    for label in overrides.attack:
+        if label not in {a.label for a in suite.attacks}:
+            raise ConfigError(f"--set attack.{label}: no such attack in this run; valid: {', '.join(a.label for a in suite.attacks) or 'none'}")
+    defenses = [ComponentSpec(d.name, d.label, merge(d.params, overrides.defense.get(d.label, {}))) for d in suite.defenses]
+    attacks = [ComponentSpec(a.name, a.label, merge(a.params, overrides.attack.get(a.label, {}))) for a in suite.attacks]
+    for d in defenses:
+        _component(DEFENSES, d, {}, "defense")
+    for a in attacks:
+        for mode in suite.attack_modes:
+            _component(ATTACKS, a, {"mode": mode}, "attack")
+    groups = []
+    for ref in suite.scenarios:
+        scen_over = merge(suite.scenario_overrides.get(ref, {}), overrides.scenario)
+        scenario = resolve_scenario(ref, scen_over)
+        for seed in suite.seeds:
+            for d in defenses:
+                pairs: list[tuple[ComponentSpec | None, str]] = []
+                if scenario.kind == "federated" and attacks:
+                    pairs = [(a, m) for a in attacks for m in suite.attack_modes]
+                if not pairs:
+                    pairs = [(None, "")]
+                cells = tuple(
+                    Cell(stable_hash({"scenario": to_dict(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
+                                      "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a)}),
+                         scenario.name, d, a, m, seed)
+                    for a, m in pairs
+                )
+                groups.append(Group(scenario, d, seed, cells))
+    return groups
+
+
+def _versions(defenses: Registry, attacks: Registry, d: ComponentSpec, a: ComponentSpec | None) -> list[str]:
+    out = [getattr(defenses.get(d.name), "version", "0")]
+    if a is not None:
+        out.append(getattr(attacks.get(a.name), "version", "0"))
+    return out
+
+
+def run_id_for(suite: SuiteConfig, groups: Sequence[Group]) -> str:
+    """The same command resolves to the same run id, so re-running it resumes."""
+    return f"{suite.name}-{stable_hash([c.cell_id for g in groups for c in g.cells], 8)}"
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def _view_lacks(view: AttackerView | None, requires: frozenset[str]) -> list[str]:
+    if view is None:
+        return ["a view (the target client sent nothing this round)"]
+    checks = {
+        "plaintext": view.has_plaintext, "model": view.model is not None,
+        "candidates": bool(view.candidates), "grad": view.kind == "grad",
+    }
+    return [r for r in sorted(requires) if not checks.get(r, False)]
+
+
+def run_attack(spec: ComponentSpec, mode: str, sim: Any) -> dict[str, Any]:
+    """Run one attack on the views of a finished simulation; score it against the truth."""
+    from attacks import ATTACKS
+    from benchmark import metrics
+
+    cls, params = _component(ATTACKS, spec, {"mode": mode}, "attack")
+    target = getattr(cls, "target", "probe")
+    probe = sim.probe
+    view = None if probe is None else (probe.round_view if target == "round" else probe.probe_view)
+    missing = _view_lacks(view, getattr(cls, "requires", frozenset()))
+    row: dict[str, Any] = {"attack_params": to_dict(params)}
+    if missing:
+        row.update(status="incompatible", attack_note=f"{view.note + '; ' if view and view.note else ''}view lacks: {', '.join(missing)}")
+        return row
+    t0 = time.perf_counter()
+    rec = cls(params).reconstruct(view)
+    row["attack_s"] = time.perf_counter() - t0
+    row["attack_note"] = rec.note
+    if target == "round":
+        if rec.membership_scores is None:
+            row.update(status="incompatible", attack_note=rec.note or "no membership scores")
+            return row
+        row.update(metrics.membership_auc(rec.membership_scores, probe.candidates_are_members))
+    else:
+        row.update(metrics.score_reconstruction(probe.references, rec.texts, sim.tokenizer))
+        row["n_reconstructed"] = len(rec.texts)
+    row.update({k: v for k, v in rec.extra.items() if k not in row})
+    row["status"] = "ok"
+    return row
+
+
+def simulate_group(group: Group, device: str, progress: Callable[[str], None]) -> Any:
+    from benchmark.cost import simulate_cost
+    from benchmark.federated import simulate
+    from defenses import DEFENSES
+
+    cls, params = _component(DEFENSES, group.defense, {}, "defense")
+    defense = cls(params)
+    run = simulate_cost if group.scenario.kind == "cost" else simulate
+    sim = run(group.scenario, defense, group.seed, device, progress)
+    return sim, defense
+
+
+def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], device: str) -> dict[str, Any]:
+    row = empty_row()
+    row.update(
+        run_id=run_id, cell_id=cell.cell_id, scenario=cell.scenario, defense=cell.defense.label,
+        defense_name=cell.defense.name, attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
+        seed=cell.seed, defense_params=dict(cell.defense.params), device=device,
+        tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
+        git_commit=prov["git"]["commit"], git_dirty=prov["git"]["dirty"],
+    )
+    return row
+
+
+def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool = False,
+            fail_fast: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished cell, appending its row to ``run_dir/rows.jsonl`` as it ends."""
+    from tqdm.auto import tqdm
+
+    rows_path = run_dir / "rows.jsonl"
+    done = set() if force else finished_cells(rows_path)
+    prov = provenance()
+    written: list[dict[str, Any]] = []
+    total = sum(len(g.cells) for g in groups)
+    bar = tqdm(total=total, desc="cells", unit="cell", disable=quiet, file=sys.stderr)
+    for group in groups:
+        todo = [c for c in group.cells if c.cell_id not in done]
+        if not todo:
+            bar.update(len(group.cells))
+            continue
+        bar.update(len(group.cells) - len(todo))
+        label = f"{group.scenario.name}/{group.defense.label}/seed{group.seed}"
+        bar.set_postfix_str(label)
+        sim_error, sim, defense = None, None, None
+        try:
+            sim, defense = simulate_group(group, device, lambda msg: bar.set_postfix_str(f"{label} {msg}"))
+        except Exception as exc:  # a failing cell is recorded, the run goes on
+            if fail_fast:
+                raise
+            sim_error = f"{type(exc).__name__}: {exc}"
+            _log_traceback(run_dir, group, exc)
+        for cell in todo:
+            row = _base_row(run_dir.name, cell, group, prov, device)
+            if sim_error is None:
+                row.update({k: v for k, v in sim.metrics.items() if k in row or k in ("setup_costs",)})
+                privacy = defense.privacy_params() or {}
+                row["privacy"] = privacy
+                for key, col in (("epsilon", "epsilon"), ("sigma", "dp_sigma"), ("clip", "dp_clip"), ("delta", "dp_delta"),
+                                 ("encrypted_fraction", "encrypted_fraction")):
+                    if key in privacy:
+                        row[col] = privacy[key]
+                row["status"] = "ok"
+                if cell.attack is not None:
+                    try:
+                        row.update(run_attack(cell.attack, cell.mode, sim))
+                    except Exception as exc:
+                        if fail_fast:
+                            raise
+                        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                        _log_traceback(run_dir, group, exc)
+            else:
+                row.update(status="failed", error=sim_error)
+            row["peak_rss_mb"] = _peak_rss_mb()
+            row["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            append_row(rows_path, row)
+            written.append(row)
+            bar.update(1)
+            log.info("%s", _summary(row))
+        if sim is not None and getattr(sim, "rounds", None):
+            append_row(run_dir / "rounds.jsonl", {"group": label, "rounds": sim.rounds})
+    bar.close()
+    return written
+
+
+def _summary(row: dict[str, Any]) -> str:
+    parts = [f"[{row['status']}] {row['scenario']} {row['defense']} x {row['attack']}{'/' + row['attack_mode'] if row['attack_mode'] else ''} seed={row['seed']}"]
+    for key, fmt in (("utility", "{:.3f}"), ("rouge1", "{:.3f}"), ("mia_auc", "{:.3f}"), ("bytes_up_per_client_round", "{:.0f}B"),
+                     ("enc_s", "{:.3f}s"), ("agg_rel_err", "{:.1e}"), ("epsilon", "{:.2f}")):
+        if row.get(key) is not None:
+            parts.append(f"{key}={fmt.format(row[key])}")
+    if row.get("error"):
+        parts.append(f"error={row['error'][:200]}")
+    return " ".join(parts)
+
+
+def _log_traceback(run_dir: Path, group: Group, exc: BaseException) -> None:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = f"{group.scenario.name}_{group.defense.label}_seed{group.seed}.log"
+    with open(logs / name, "a", encoding="utf-8") as fh:
+        fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) + "\n")
+
+
+def write_manifest(run_dir: Path, suite: SuiteConfig, groups: Sequence[Group], argv: Sequence[str], device: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "run_id": run_dir.name, "argv": list(argv), "device": device,
+        "suite": to_dict(suite),
+        "scenarios": {g.scenario.name: to_dict(g.scenario) for g in groups},
+        "cells": [{"cell_id": c.cell_id, "defense": c.defense.label, "attack": c.attack.label if c.attack else "none",
+                   "mode": c.mode, "scenario": c.scenario, "seed": c.seed} for g in groups for c in g.cells],
+        **provenance(),
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = run_dir / "manifest.json"
+    if path.exists():  # keep the first invocation's record; note each resume
+        old = json.loads(path.read_text())
+        manifest["resumed"] = old.get("resumed", []) + [{"argv": list(argv), "at": manifest["written_at"], "git": manifest["git"]}]
+        manifest["written_at"] = old.get("written_at", manifest["written_at"])
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+__all__ = ["SCENARIOS", "SUITES", "plan", "execute", "parse_overrides", "resolve_suite", "resolve_scenario",
+           "write_manifest", "run_id_for", "build"]

@@ -1,0 +1,195 @@
+"""Turning examples into batches, local LoRA training of one client, and held-out evaluation.
+
+Classification with a decoder uses the language-model head as a verbalizer: the input is the
+template followed by the label word, the loss sits on the label token alone, and accuracy compares
+the label words' logits. Encoders use a classification head. Instruction tuning puts the causal-LM
+loss on the response tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from benchmark.api import ClientInfo, ClientUpdate, LoRAFactors
+from benchmark.config import TrainConfig
+from benchmark.data import Example
+from benchmark.lora import LoRAHost
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How examples become model inputs (public: the attacker knows the format)."""
+
+    task: str  # classification | instruction
+    arch: str  # decoder | encoder
+    template: str
+    label_names: tuple[str, ...]
+    seq_len: int
+
+    def prompt(self, ex: Example) -> str:
+        return self.template.format(text=ex.text)
+
+
+def label_token_ids(tokenizer, label_names: Sequence[str]) -> list[int]:
+    """The first token of `` <label>`` for each label: the verbalizer's vocabulary."""
+    ids = [tokenizer(f" {name}", add_special_tokens=False).input_ids[0] for name in label_names]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"label words {list(label_names)} share a first token; choose distinct label names")
+    return ids
+
+
+def encode(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> dict[str, Tensor]:
+    """A right-padded batch with ``labels`` (-100 where no loss applies); padding never leaks into
+    the loss or into earlier positions (causal attention), so the update depends on real tokens only."""
+    if spec.arch == "encoder":
+        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=spec.seq_len, padding=True,
+                        return_tensors="pt")
+        enc["labels"] = torch.tensor([ex.label for ex in examples])
+        return dict(enc)
+    rows, targets = [], []
+    label_ids = label_token_ids(tokenizer, spec.label_names) if spec.task == "classification" else []
+    for ex in examples:
+        prompt = tokenizer(spec.prompt(ex), add_special_tokens=False).input_ids
+        if spec.task == "classification":
+            prompt = prompt[: spec.seq_len - 1]
+            answer = [label_ids[ex.label]]
+        else:
+            answer = tokenizer(" " + ex.response, add_special_tokens=False).input_ids
+            if tokenizer.eos_token_id is not None:
+                answer = answer + [tokenizer.eos_token_id]
+            prompt = prompt[: max(1, spec.seq_len // 2)]
+            answer = answer[: spec.seq_len - len(prompt)]
+        rows.append(prompt + answer)
+        targets.append([-100] * len(prompt) + answer)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def compute_loss(model, batch: dict[str, Tensor]) -> Tensor:
+    return model(**batch).loss
+
+
+def to_device(batch: dict[str, Tensor], device: str) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@dataclass
+class LocalResult:
+    update: ClientUpdate
+    head: dict[str, Tensor]
+    loss: float
+    train_s: float
+    texts: list[str]  # what the client trained on (for membership ground truth; never on the wire)
+
+
+def local_train(
+    host: LoRAHost,
+    client: ClientInfo,
+    start: dict[str, LoRAFactors],
+    examples: Sequence[Example],
+    n_samples: int,
+    spec: TaskSpec,
+    cfg: TrainConfig,
+    tokenizer,
+    generator: torch.Generator,
+    round_index: int,
+    device: str = "cpu",
+    head_start: dict[str, Tensor] | None = None,
+    wrap: Callable | None = None,
+) -> LocalResult:
+    """Train ``client``'s own-rank adapter from ``start`` for ``cfg.local_steps`` steps."""
+    t0 = time.perf_counter()
+    host.use(client.rank)
+    host.set_factors(client.rank, start)
+    head = host.head_parameters()
+    if head_start:
+        with torch.no_grad():
+            for n, p in head.items():
+                p.copy_(head_start[n])
+    params = host.lora_parameters(client.rank) + list(head.values())
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    order = torch.randperm(len(examples), generator=generator).tolist()
+    needed = cfg.local_steps * cfg.batch_size
+    picks = [order[i % len(order)] for i in range(needed)]
+    batches = [[examples[i] for i in picks[s * cfg.batch_size : (s + 1) * cfg.batch_size]] for s in range(cfg.local_steps)]
+    loader: object = [encode(tokenizer, spec, b) for b in batches]
+    model = host.model
+    model.train()
+    if wrap is not None:
+        model, opt, loader = wrap(model, opt, loader, client)
+    sums: dict[str, Tensor] = {}
+    mask_ref: list[Tensor | None] = [None]
+    seen, losses = 0, []
+    for batch in loader:
+        batch = to_device(batch, device)
+        opt.zero_grad(set_to_none=True)
+        if seen < cfg.calibration_samples:
+            mask_ref[0] = batch["attention_mask"]
+            with host.input_norm_hooks(sums, mask_ref):
+                loss = compute_loss(model, batch)
+            seen += int(batch["input_ids"].shape[0])
+        else:
+            loss = compute_loss(model, batch)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    grads = host.get_grads(client.rank)
+    host.model.eval()
+    update = ClientUpdate(
+        client=client,
+        round=round_index,
+        factors=host.get_factors(client.rank),
+        n_samples=n_samples,
+        input_sq_norms=sums,
+        grads=grads,
+        prev=start,
+        kind="weights",
+    )
+    head_state = {n: p.detach().cpu().clone() for n, p in head.items()}
+    texts = [spec.prompt(ex) for b in batches for ex in b]
+    return LocalResult(update, head_state, sum(losses) / max(1, len(losses)), time.perf_counter() - t0, texts)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, spec: TaskSpec, examples: Sequence[Example], batch_size: int = 32,
+             device: str = "cpu") -> dict[str, float]:
+    """Accuracy (classification) or teacher-forced response-token accuracy (instruction), and loss."""
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    label_ids = label_token_ids(tokenizer, spec.label_names) if spec.task == "classification" and spec.arch == "decoder" else []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = to_device(encode(tokenizer, spec, chunk), device)
+        out = model(**batch)
+        loss_sum += float(out.loss) * len(chunk)
+        if spec.arch == "encoder":
+            pred = out.logits.argmax(-1)
+            correct += int((pred == batch["labels"]).sum())
+            total += len(chunk)
+            continue
+        logits = out.logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        mask = targets != -100
+        if spec.task == "classification":
+            picked = logits[mask][:, label_ids].argmax(-1)
+            truth = torch.tensor([ex.label for ex in chunk], device=picked.device)
+            correct += int((picked == truth).sum())
+            total += len(chunk)
+        else:
+            correct += int((logits.argmax(-1)[mask] == targets[mask]).sum())
+            total += int(mask.sum())
+    metric = "accuracy" if spec.task == "classification" else "response_token_acc"
+    return {"utility_metric": metric, "utility": correct / max(1, total), "eval_loss": loss_sum / max(1, len(examples))}
