@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, WirePayload
 from defenses.dp import check_accountant, check_delta, stream
 from defenses.plain_lora import PlainLoRA
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
+# opacus' backward hooks on the first LoRA layer see inputs that need no gradient (frozen embeddings);
+# torch then warns on every step although the per-sample gradients of the LoRA weights are right
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,14 @@ class DPSGD(PlainLoRA):
         return {}
 
     def wrap_training(self, model: nn.Module, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[nn.Module, Any, Any]:
-        """Make local training DP-SGD: returns (the same model, a DPOptimizer, a Poisson loader).
+        """Make local training DP-SGD: returns (the same model, a DPOptimizer, a loader).
 
-        ``loader`` must be a torch ``DataLoader`` over a sized dataset (opacus rebuilds it with Poisson
-        sampling and needs ``len(dataset)`` for the sample rate).
+        ``loader`` is a torch ``DataLoader`` over a sized dataset, or any iterable of equally sized
+        dict batches (the harness's pre-encoded list), which is split into rows and re-batched. With
+        Poisson sampling the sample rate is batch size / rows the loader holds: a round's rows are
+        drawn from the client's data independently of their content, so accounting every round with
+        that rate is an upper bound (no credit for the draw). An empty Poisson batch is replaced by
+        one all-zero dummy row (data-independent, so the guarantee stands), which models accept.
         """
         from opacus import PrivacyEngine
 
@@ -92,6 +102,7 @@ class DPSGD(PlainLoRA):
         calls = self._wraps.get(client.client_id, 0)
         self._wraps[client.client_id] = calls + 1
         seed = self.fed.seed if self.fed else 0
+        data_loader = as_data_loader(loader)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # opacus' secure-RNG notice
             engine = self._engines.get(client.client_id)
@@ -103,7 +114,7 @@ class DPSGD(PlainLoRA):
             hooks, dp_optimizer, dp_loader = engine.make_private(
                 module=model,
                 optimizer=optimizer,
-                data_loader=loader,
+                data_loader=data_loader,
                 noise_multiplier=p.noise_multiplier,
                 max_grad_norm=p.max_grad_norm,
                 poisson_sampling=p.poisson_sampling,
@@ -112,6 +123,8 @@ class DPSGD(PlainLoRA):
                 wrap_model=False,
             )
         self._hooks = hooks
+        if p.poisson_sampling:
+            dp_loader = NonEmptyBatches(dp_loader, data_loader)
         return model, dp_optimizer, dp_loader
 
     def release(self) -> None:
@@ -154,6 +167,55 @@ class DPSGD(PlainLoRA):
             "level": "sample",
             "encrypted_fraction": 0.0,
         }
+
+
+def pad_collate(rows: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack dict rows, right-padding sequences to the longest (labels with -100, the rest with 0)."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if values[0].dim() == 0:
+            out[key] = torch.stack(values)
+            continue
+        width = max(v.shape[0] for v in values)
+        fill = -100 if key == "labels" else 0
+        out[key] = torch.stack([F.pad(v, (0, width - v.shape[0]), value=fill) if v.dim() == 1 else v for v in values])
+    return out
+
+
+def as_data_loader(loader: Any) -> DataLoader:
+    """A ``DataLoader`` of single rows yielding the same batches as ``loader`` (kept as is if it is one)."""
+    if isinstance(loader, DataLoader):
+        return loader
+    batches = list(loader)
+    if not batches:
+        raise ValueError("dp_sgd.wrap_training: the loader holds no batch")
+    size = len(next(iter(batches[0].values())))
+    rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(next(iter(b.values()))))]
+    return DataLoader(rows, batch_size=size, shuffle=False, collate_fn=pad_collate)
+
+
+def dummy_batch(loader: DataLoader) -> dict[str, Tensor]:
+    """One all-zero row shaped like the loader's data (attention mask ones, so the loss is finite)."""
+    batch = loader.collate_fn([loader.dataset[0]])
+    return {k: torch.ones_like(v) if k == "attention_mask" else torch.zeros_like(v) for k, v in batch.items()}
+
+
+class NonEmptyBatches:
+    """Iterates a Poisson loader, replacing empty batches (HF models reject batch size 0) by a dummy."""
+
+    def __init__(self, loader: Any, source: DataLoader) -> None:
+        self.loader, self.source = loader, source
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            empty = not batch or (
+                isinstance(batch, Mapping) and any(torch.is_tensor(v) and v.shape[0] == 0 for v in batch.values())
+            )
+            yield dummy_batch(self.source) if empty else batch
 
 
 def private_grads(optimizer: Any) -> bool:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
-from defenses.dp_sgd import DPSGD, DPSGDParams, private_grads, train_local
+from defenses.dp_sgd import DPSGD, DPSGDParams, NonEmptyBatches, private_grads, train_local
 from defenses.plain_lora import PlainLoRA
 
 CLIENT = ClientInfo(0, "t", 4, 0.0, 8.0)
@@ -158,3 +158,38 @@ def test_bad_parameters_are_one_line_errors(params, needle):
         params_from_dict(DPSGDParams, params, "dp_sgd")
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def _batches(n_batches=3, batch=4):
+    return [next(iter(_loader(n=batch, batch=batch, seed=10 + i))) for i in range(n_batches)]
+
+
+def test_list_of_batches_loader_as_the_harness_passes_it(lora_model):
+    plain = copy.deepcopy(lora_model)
+    plain.train()
+    o = _opt(plain)
+    for batch in _batches():
+        o.zero_grad()
+        _loss(plain, batch).backward()
+        o.step()
+    private = copy.deepcopy(lora_model)
+    d = _defense(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
+    train_local(d, private, _opt(private), _batches(), CLIENT, 3, _loss)
+    ref, got = _lora(plain), _lora(private)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+    poisson = _defense(noise_multiplier=1.0)
+    model = copy.deepcopy(lora_model)
+    _, _, loader = poisson.wrap_training(model, _opt(model), _batches(), CLIENT)
+    assert len(loader) == 3
+    poisson.release()
+    assert poisson._engines[0].accountant.history == []  # nothing spent before a step
+
+
+def test_empty_poisson_batches_become_a_dummy_row():
+    rows = _loader(n=4, batch=2)
+    empty = {k: v[:0] for k, v in next(iter(rows)).items()}
+    batches = list(NonEmptyBatches([empty, next(iter(rows)), []], rows))
+    assert [int(b["input_ids"].shape[0]) for b in batches] == [1, 2, 1]
+    assert int(batches[0]["input_ids"].abs().sum()) == 0
+    assert bool(batches[0]["attention_mask"].all())
