@@ -11,7 +11,13 @@ import torch
 
 from benchmark.api import ClientUpdate, Defense, FederationInfo, LoRAFactors
 from benchmark.config import ScenarioConfig
-from benchmark.federated import SimulationResult, aggregation_error, make_clients, reference_aggregate
+from benchmark.federated import (
+    SimulationResult,
+    aggregation_error,
+    make_clients,
+    reference_aggregate,
+    summarize_tiers,
+)
 from benchmark.seeding import torch_generator
 from benchmark.wire import WireMeter
 
@@ -46,6 +52,7 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
     meter = WireMeter()
     timings: dict[str, list[float]] = {"enc_s": [], "dec_s": [], "agg_s": []}
     errors, rounds = [], []
+    per_tier: dict[str, dict[str, list[float]]] = {}
     gen = torch_generator(seed, "cost")
     for rnd in range(1, scenario.cost.repeats + 1):
         if progress:
@@ -61,6 +68,10 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
             t = time.perf_counter()
             p = defense.protect(u)
             timings["enc_s"].append(p.timings.get("enc_s", time.perf_counter() - t))
+            tier = per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
+            tier["bytes_up"].append(p.nbytes())
+            tier["cipher_bytes_up"].append(p.cipher_bytes())
+            tier["enc_s"].append(timings["enc_s"][-1])
             payloads.append(meter.send_up(p))
         t = time.perf_counter()
         message = defense.aggregate(payloads)
@@ -77,5 +88,6 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
         **meter.summary(), **{k: sum(v) / len(v) for k, v in timings.items()},
         "agg_rel_err": max(errors), "setup_s": setup_s, "setup_costs": setup_costs,
         "sim_s": time.perf_counter() - t0, "utility_metric": None, "utility": None,
+        "per_tier": summarize_tiers(per_tier, clients),
     }
     return SimulationResult(metrics, rounds, None)

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.api import AttackerView, ClientInfo, ClientUpdate, Defense, FederationInfo, LoRAFactors, WirePayload
+from benchmark.api import (
+    AttackerView,
+    ClientInfo,
+    ClientUpdate,
+    Defense,
+    FederationInfo,
+    LoRAFactors,
+    WirePayload,
+)
 from benchmark.config import ScenarioConfig
 from benchmark.data import Dataset, Example, assign_tiers, load_dataset, partition
 from benchmark.lora import LoRAHost
@@ -107,6 +115,7 @@ class Federation:
         self.head: dict[str, Tensor] = {n: p.detach().cpu().clone() for n, p in self.host.head_parameters().items()}
         self.meter = WireMeter()
         self.timings: dict[str, list[float]] = {"enc_s": [], "dec_s": [], "agg_s": [], "train_s": []}
+        self.per_tier: dict[str, dict[str, list[float]]] = {}
 
     def client_examples(self, cid: int) -> list[Example]:
         return [self.data.train[i] for i in self.shards[cid]]
@@ -147,6 +156,10 @@ class Federation:
         for u in updates:
             p = self.meter.send_up(self.defense.protect(u))
             self.timings["enc_s"].append(p.timings.get("enc_s", 0.0))
+            tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
+            tier["bytes_up"].append(p.nbytes())
+            tier["cipher_bytes_up"].append(p.cipher_bytes())
+            tier["enc_s"].append(p.timings.get("enc_s", 0.0))
             payloads.append(p)
         t0 = time.perf_counter()
         self.message = self.defense.aggregate(payloads)
@@ -272,8 +285,19 @@ class Federation:
             "agg_rel_err": max(r["agg_rel_err"] for r in rounds),
             "setup_s": setup_s, "setup_costs": setup_costs, "sim_s": time.perf_counter() - t0,
             "model_load_s": self.loaded.load_s, "final_train_loss": rounds[-1]["train_loss"],
+            "per_tier": summarize_tiers(self.per_tier, self.clients),
         }
         return SimulationResult(metrics, rounds, probe, self.loaded.tokenizer)
+
+
+def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequence[ClientInfo]) -> dict[str, dict]:
+    """Mean upload cost per client-round in each device tier, with the tier's rank and budget."""
+    info = {c.tier: c for c in clients}
+    return {
+        tier: {"rank": info[tier].rank, "budget": info[tier].budget,
+               **{k: sum(v) / len(v) for k, v in values.items() if v}}
+        for tier, values in sorted(per_tier.items(), key=lambda kv: info[kv[0]].rank)
+    }
 
 
 def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -44,6 +44,12 @@ class Registry:
         self._loaded.pop(name, None)
         return target
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests and plugins that register temporary entries)."""
+        self._check(name)
+        del self._targets[name]
+        self._loaded.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._targets)
 

@@ -15,7 +15,7 @@ COLUMNS = (
     "exact_match", "mia_auc", "tpr_at_1fpr", "tpr_at_5fpr", "n_reconstructed", "attack_note",
     "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "cipher_bytes_down",
     "negotiation_bytes", "enc_s", "dec_s", "agg_s", "train_s", "attack_s", "setup_s", "sim_s", "peak_rss_mb",
-    "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "device",
+    "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "per_tier", "device",
     "defense_params", "attack_params", "privacy", "setup_costs", "git_commit", "git_dirty", "finished_at",
 )
 
@@ -34,10 +34,19 @@ def empty_row() -> dict[str, Any]:
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with open(path, "a", encoding="utf-8") as fh:
+        if torn:  # a killed run left half a line: end it so the new row stays readable
+            fh.write("\n")
         fh.write(json.dumps(row, default=_jsonable, sort_keys=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -281,7 +281,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
         bar.set_postfix_str(label)
         sim_error, sim, defense = None, None, None
         try:
-            sim, defense = simulate_group(group, device, lambda msg: bar.set_postfix_str(f"{label} {msg}"))
+            sim, defense = simulate_group(group, device, lambda msg, label=label: bar.set_postfix_str(f"{label} {msg}"))
         except Exception as exc:  # a failing cell is recorded, the run goes on
             if fail_fast:
                 raise
@@ -290,7 +290,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
         for cell in todo:
             row = _base_row(run_dir.name, cell, group, prov, device)
             if sim_error is None:
-                row.update({k: v for k, v in sim.metrics.items() if k in row or k in ("setup_costs",)})
+                row.update({k: v for k, v in sim.metrics.items() if k in row})
                 privacy = defense.privacy_params() or {}
                 row["privacy"] = privacy
                 for key, col in (("epsilon", "epsilon"), ("sigma", "dp_sigma"), ("clip", "dp_clip"), ("delta", "dp_delta"),

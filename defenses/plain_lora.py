@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from benchmark.api import AttackerView, ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, ObservedModule, WirePayload
+from benchmark.api import (
+    AttackerView,
+    ClientInfo,
+    ClientUpdate,
+    FederationInfo,
+    LoRAFactors,
+    ObservedModule,
+    WirePayload,
+)
 from defenses.common import (
     broadcast,
     decode_factors,

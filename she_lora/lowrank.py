@@ -42,7 +42,7 @@ def svd_of_product(left: Tensor, right: Tensor) -> FactoredDelta:
     left64, right64 = left.double(), right.double()
     q_left, r_left = torch.linalg.qr(left64)
     q_right, r_right = torch.linalg.qr(right64.T)
-    u, s, vh = torch.linalg.svd(r_left @ r_right.T)
+    u, s, vh = torch.linalg.svd(r_left @ r_right.T, full_matrices=False)
     return FactoredDelta((q_left @ u).to(dtype), s.to(dtype), (vh @ q_right.T).to(dtype))
 
 

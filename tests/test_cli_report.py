@@ -1,0 +1,32 @@
+import json
+
+from benchmark.cli import main
+from benchmark.report import write_report
+
+
+def test_help_list_show_and_errors(capsys):
+    assert main(["list", "defenses"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"plain_lora", "dp", "dp_sgd", "full_he", "maskcrypt", "she_lora"} <= set(names)
+    assert main(["show", "plain_lora"]) == 0
+    assert "FlexLoRA" in capsys.readouterr().out
+    assert main(["show", "plain-lora"]) == 2
+    assert "Did you mean 'plain_lora'?" in capsys.readouterr().err
+    assert main(["run", "--suite", "smoke", "--set", "roundz=2", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("shebench: error: unknown key 'roundz'") and "\n" not in err
+    assert main(["run", "--suite", "smoke", "--defense", "plain_lora,dp", "--dry-run"]) == 0
+    assert "2 cells in 2 simulations" in capsys.readouterr().out
+
+
+def test_run_then_report_writes_tables_and_plots(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["run", "--suite", "smoke", "--set", "rounds=1", "--out", str(out), "-q"]) == 0
+    run_dir = next((out / "runs").iterdir())
+    rows = [json.loads(x) for x in (run_dir / "rows.jsonl").read_text().splitlines()]
+    assert rows[0]["status"] == "ok"
+    report = write_report([run_dir], tmp_path / "rep")
+    text = report.read_text()
+    assert "## Utility and cost per defense" in text and "plain_lora" in text
+    assert (tmp_path / "rep" / "costs.png").stat().st_size > 1000
+    assert "## Per-tier cost" in text

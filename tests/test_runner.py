@@ -1,0 +1,71 @@
+"""End-to-end runs of the harness on the tiny scenario: rows, resume, failure isolation, report."""
+
+import dataclasses
+import json
+
+import pytest
+
+from benchmark.config import ComponentSpec
+from benchmark.results import read_rows
+from benchmark.runner import Overrides, execute, plan, resolve_suite, write_manifest
+from defenses import DEFENSES
+from defenses.plain_lora import PlainLoRA
+
+REQUIRED = ("run_id", "cell_id", "scenario", "defense", "attack", "attack_mode", "seed", "status", "error",
+            "utility_metric", "utility", "rouge1", "rouge2", "rougeL", "token_recall", "exact_match",
+            "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "enc_s", "dec_s", "agg_s",
+            "train_s", "attack_s", "peak_rss_mb", "epsilon", "encrypted_fraction", "git_commit")
+
+
+class ExplodingDefense(PlainLoRA):
+    """plain_lora that fails on the server side, to prove one bad cell does not stop a run."""
+
+    name = "exploding_test"
+
+    def aggregate(self, payloads):
+        raise RuntimeError("planted failure")
+
+
+@pytest.fixture
+def exploding():
+    DEFENSES.register("exploding_test", ExplodingDefense, force=True)
+    yield
+    DEFENSES.unregister("exploding_test")
+
+
+def smoke_groups(defenses, seeds=(0,)):
+    suite = dataclasses.replace(resolve_suite("smoke"), defenses=tuple(ComponentSpec(d, d) for d in defenses), seeds=seeds)
+    return suite, plan(suite, Overrides({"rounds": 1}, {}, {}))
+
+
+def test_rows_have_required_columns_and_a_failing_cell_does_not_stop_the_run(tmp_path, exploding):
+    suite, groups = smoke_groups(["exploding_test", "plain_lora"])
+    run_dir = tmp_path / "runs" / "r1"
+    write_manifest(run_dir, suite, groups, ["shebench", "run"], "cpu")
+    rows = execute(groups, run_dir, "cpu", quiet=True)
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "planted failure" in rows[0]["error"]
+    assert (run_dir / "logs").exists()
+    ok = rows[1]
+    for col in REQUIRED:
+        assert col in ok
+    assert ok["utility_metric"] == "accuracy" and 0 <= ok["utility"] <= 1
+    assert ok["bytes_up_per_client_round"] > 0 and ok["agg_rel_err"] < 1e-5
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {"argv", "git", "packages", "machine", "suite", "scenarios"} <= set(manifest)
+    assert read_rows(run_dir / "rows.jsonl") == rows
+
+
+def test_rerun_resumes_after_interruption(tmp_path):
+    suite, groups = smoke_groups(["plain_lora"], seeds=(0, 1))
+    run_dir = tmp_path / "runs" / "r2"
+    first = execute(groups, run_dir, "cpu", quiet=True)
+    assert len(first) == 2
+    # Simulate a run killed while writing its second row: one full row and a torn line remain.
+    path = run_dir / "rows.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:40])
+    again = execute(groups, run_dir, "cpu", quiet=True)
+    assert [r["seed"] for r in again] == [1]  # only the lost cell is recomputed
+    assert again[0]["utility"] == pytest.approx(first[1]["utility"])  # seeded: same result
+    assert execute(groups, run_dir, "cpu", quiet=True) == []  # nothing left to do
