@@ -46,6 +46,7 @@ class ModelConfig:
     name: str = "smollm2"
     path: str = ""  # a local transformers model folder; overrides name
     dtype: str = "float32"
+    random_init: bool = False  # with path: build the folder's architecture with random weights (shape-only runs)
 
 
 @dataclass(frozen=True)

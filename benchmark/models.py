@@ -53,11 +53,11 @@ _LOADED: dict[tuple, LoadedModel] = {}
 
 def load_model(cfg: ModelConfig, task: str, num_labels: int) -> LoadedModel:
     """Load (once per process) the base model for ``task``; later calls reuse it."""
-    key = (cfg.name, cfg.path, cfg.dtype, task, num_labels)
+    key = (cfg.name, cfg.path, cfg.dtype, cfg.random_init, task, num_labels)
     if key not in _LOADED:
         start = time.perf_counter()
         if cfg.path:
-            loaded = _local_folder(Path(cfg.path), task, num_labels)
+            loaded = _local_folder(Path(cfg.path), task, num_labels, cfg.random_init)
         else:
             loaded = MODELS.get(cfg.name)(task, num_labels)
         loaded.model.to(getattr(torch, cfg.dtype)).eval()
@@ -174,13 +174,20 @@ def load_tiny_bert(task: str, num_labels: int) -> LoadedModel:
     return LoadedModel(BertForSequenceClassification(config), tokenizer, "encoder", "tiny_bert", 0.0, False)
 
 
-def _local_folder(path: Path, task: str, num_labels: int) -> LoadedModel:
+def _local_folder(path: Path, task: str, num_labels: int, random_init: bool = False) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer
 
     if not (path / "config.json").exists():
         raise ConfigError(f"model.path {str(path)!r} is not a transformers model folder (no config.json)")
-    arch = _arch_of(AutoConfig.from_pretrained(path))
+    config = AutoConfig.from_pretrained(path)
+    arch = _arch_of(config)
     cls = _auto_class(arch, task)
     kwargs = {"num_labels": num_labels} if arch == "encoder" else {}
-    model = cls.from_pretrained(path, **kwargs)
+    if random_init:
+        for key, value in kwargs.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        model = cls.from_config(config)
+    else:
+        model = cls.from_pretrained(path, **kwargs)
     return LoadedModel(model, AutoTokenizer.from_pretrained(path), arch, str(path), 0.0, False)
