@@ -1,0 +1,394 @@
+"""MaskCrypt-style selective HE of individual LoRA weights, at the tiers' encryption budgets.
+
+Coordinates are (module, factor, row, col) of each client's own-rank factors, keyed so that the same
+key names the same coordinate in every rank (A row-major over n, B column-major over m). Per round:
+
+1. Proposal (client): score every coordinate by |update| * |gradient| (``update.grads``; the update
+   is the change from ``update.prev``), or randomly (``selection='random'``), and send the top-K_i
+   keys in order. K_i = ceil(budget * coordinates) (``basis='all'``) or the number of values SHE-LoRA
+   encrypts at that budget, r * ceil(budget * n) per module (``basis='she_lora'``).
+2. Consensus (server): order the union of proposals by votes (then best proposal position, then key)
+   and broadcast it. Client i hides the first K_i keys of that list which exist in its rank, so
+   clients of a rank share nested hidden sets and no client's own scores are revealed.
+3. Upload: hidden values CKKS-encrypted in one packed vector; the rest in plaintext (zeros at hidden
+   positions; a fully hidden factor is not sent). Without a consensus for the round (e.g. the attack
+   probe) a client hides its own proposal and sends its keys in plaintext.
+
+Exact aggregation: B_i A_i needs the hidden values, so when anything is hidden the server relays the
+plaintext factors and ciphertexts of all clients (stacking: concatenation, no arithmetic) and each
+client decrypts and forms sum_i w_i s_i B_i A_i through ``svd_of_product``. When nothing is hidden the
+server aggregates exactly as plain_lora, so budget 0 equals plain_lora bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from benchmark.api import (
+    AttackerView,
+    ClientInfo,
+    ClientUpdate,
+    FederationInfo,
+    LoRAFactors,
+    ObservedModule,
+    WirePayload,
+)
+from defenses.common import (
+    broadcast,
+    decode_factors,
+    encode_factors,
+    fedavg_weights,
+    finalize_to_rank,
+    read_broadcast,
+    update_meta,
+)
+from defenses.dp import stream, update_delta
+from she_lora import ckks
+from she_lora.lowrank import FactoredDelta, aggregate_lowrank
+
+STRIDE = 1 << 40  # key = (module_index * 2 + factor) * STRIDE + offset; factor 0 = A, 1 = B
+SELECTIONS = ("grad", "random")
+BASES = ("all", "she_lora")
+
+
+@dataclass(frozen=True)
+class MaskCryptParams:
+    """Budget, selection rule and CKKS parameters of MaskCrypt."""
+
+    budget: float | None = None  # fraction hidden for every client; None: each client's tier budget
+    basis: str = "all"  # all: budget * all coordinates; she_lora: the values SHE-LoRA encrypts (r*ceil(budget*n))
+    selection: str = "grad"  # grad: top |update| * |gradient|; random: uniformly random coordinates
+    poly_modulus_degree: int = 8192  # CKKS ring dimension N
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)  # CKKS prime chain
+    scale_bits: int = 40  # CKKS scale 2^scale_bits
+    n_workers: int = 1  # processes for encrypting many ciphertexts
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not 0.0 <= self.budget <= 1.0:
+            raise ValueError(f"maskcrypt.budget must be in [0, 1] (or unset: the tier budget), got {self.budget}")
+        if self.basis not in BASES:
+            raise ValueError(f"maskcrypt.basis must be one of {', '.join(BASES)}, got {self.basis!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"maskcrypt.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.n_workers < 1:
+            raise ValueError(f"maskcrypt.n_workers must be >= 1, got {self.n_workers}")
+        self.ckks()
+
+    def ckks(self) -> ckks.CKKSParams:
+        return ckks.CKKSParams(self.poly_modulus_degree, tuple(self.coeff_mod_bit_sizes), self.scale_bits)
+
+
+# ---- coordinates ----------------------------------------------------------------------------
+
+
+def _ranges(names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int) -> list[tuple[int, int, str, int]]:
+    """(base key, size, module, factor) of each factor of a rank-``rank`` client, in key order."""
+    out = []
+    for i, name in enumerate(names):
+        m, n = shapes[name]
+        out += [((2 * i) * STRIDE, rank * n, name, 0), ((2 * i + 1) * STRIDE, rank * m, name, 1)]
+    return out
+
+
+def flat_values(factors: Mapping[str, LoRAFactors], names: Sequence[str]) -> Tensor:
+    """Values in key order: per module A row-major, then B column-major."""
+    parts = []
+    for name in names:
+        f = factors[name]
+        parts += [f.A.detach().reshape(-1), f.B.detach().T.reshape(-1)]
+    return torch.cat(parts).double().cpu()
+
+
+def all_keys(names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int) -> np.ndarray:
+    return np.concatenate([base + np.arange(size, dtype=np.int64) for base, size, _, _ in _ranges(names, shapes, rank)])
+
+
+def exists_in_rank(keys: np.ndarray, names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int) -> np.ndarray:
+    """Which keys name a coordinate of a rank-``rank`` client (A row < rank, B column < rank)."""
+    mf, off = keys // STRIDE, keys % STRIDE
+    dims = np.array([shapes[n][1 - f] for n in names for f in (0, 1)], dtype=np.int64)  # A: n, B: m
+    return off // dims[mf] < rank
+
+
+def hidden_count(names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int, budget: float, basis: str) -> int:
+    if budget <= 0:
+        return 0
+    if basis == "she_lora":
+        return sum(rank * math.ceil(budget * shapes[n][1] - 1e-9) for n in names)
+    total = sum(rank * (m + n) for m, n in (shapes[x] for x in names))
+    return min(total, math.ceil(budget * total - 1e-9))
+
+
+def consensus(proposals: Sequence[np.ndarray]) -> np.ndarray:
+    """Union of ordered proposals, by votes (desc), best position in any proposal (asc), key."""
+    votes: dict[int, int] = {}
+    best: dict[int, int] = {}
+    for prop in proposals:
+        for pos, key in enumerate(prop.tolist()):
+            votes[key] = votes.get(key, 0) + 1
+            best[key] = min(best.get(key, pos), pos)
+    order = sorted(votes, key=lambda k: (-votes[k], best[k], k))
+    return np.asarray(order, dtype=np.int64)
+
+
+def masks_from_keys(keys: np.ndarray, names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int) -> dict[str, list[Tensor]]:
+    """Per module [A_hidden (r x n), B_hidden (m x r)] from hidden keys."""
+    out = {}
+    for i, name in enumerate(names):
+        m, n = shapes[name]
+        a = torch.zeros(rank * n, dtype=torch.bool)
+        b = torch.zeros(rank * m, dtype=torch.bool)
+        for flat, f in ((a, 0), (b, 1)):
+            base = (2 * i + f) * STRIDE
+            sel = keys[(keys >= base) & (keys < base + STRIDE)] - base
+            flat[torch.from_numpy(sel)] = True
+        out[name] = [a.reshape(rank, n), b.reshape(rank, m).T.contiguous()]
+    return out
+
+
+def _digest(keys: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(keys, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+class MaskCrypt:
+    """Selective HE of the most important individual LoRA weights, agreed by mask consensus.
+
+    See the module docstring for the protocol and the exact (stacked) aggregation. ``negotiate``
+    must run before ``protect`` in a round for the consensus; without it each client hides its own
+    proposal.
+    """
+
+    name: ClassVar[str] = "maskcrypt"
+    version: ClassVar[str] = "1"
+    Params = MaskCryptParams
+
+    def __init__(self, params: MaskCryptParams | None = None) -> None:
+        self.params = params or MaskCryptParams()
+        self.fed: FederationInfo | None = None
+        self._client_ctx: Any = None
+        self._server_ctx: Any = None
+        self._consensus: dict[int, np.ndarray] = {}  # round -> ordered consensus keys (public)
+        self._cache: tuple[WirePayload, dict[str, FactoredDelta], float] | None = None
+        self.last_timings: dict[str, float] = {}
+
+    def setup(self, fed: FederationInfo) -> dict[str, float]:
+        self.fed = fed
+        t0 = time.perf_counter()
+        self._client_ctx = ckks.make_secret_context(self.params.ckks())
+        keygen_s = time.perf_counter() - t0
+        public = ckks.public_context_bytes(self._client_ctx)
+        self._server_ctx = ckks.load_public_context(public)
+        return {"keygen_s": keygen_s, "context_public_bytes": float(len(public))}
+
+    def _shapes(self, update: ClientUpdate) -> tuple[list[str], dict[str, tuple[int, int]]]:
+        names = sorted(update.factors)
+        return names, {n: (int(update.factors[n].B.shape[0]), int(update.factors[n].A.shape[1])) for n in names}
+
+    def budget(self, client: ClientInfo) -> float:
+        return client.budget if self.params.budget is None else self.params.budget
+
+    # -- step 1 and 2: proposals and consensus -------------------------------------------------
+    def propose(self, update: ClientUpdate) -> np.ndarray:
+        """The client's top-K_i keys, most important first."""
+        names, shapes = self._shapes(update)
+        rank = update.client.rank
+        k = hidden_count(names, shapes, rank, self.budget(update.client), self.params.basis)
+        if k == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.params.selection == "random":
+            seed = self.fed.seed if self.fed else 0
+            gen = stream(seed, "maskcrypt", update.client.client_id, update.round, update.kind)
+            score = torch.rand(len(all_keys(names, shapes, rank)), generator=gen, dtype=torch.float64)
+        else:
+            delta = flat_values(update_delta(update), names)
+            grads = flat_values(update.grads, names) if update.grads is not None else delta
+            score = delta.abs() * grads.abs()
+        top = torch.topk(score, k, sorted=True).indices.numpy()
+        return all_keys(names, shapes, rank)[top]
+
+    def negotiate(self, updates: Sequence[ClientUpdate]) -> list[WirePayload]:
+        """Proposals up (one message per client), the consensus list down."""
+        proposals = [self.propose(u) for u in updates]
+        rnd = updates[0].round if updates else 0
+        self._consensus[rnd] = consensus(proposals)
+        ups = [
+            WirePayload(sender=f"client:{u.client.client_id}", plain={"proposal": torch.from_numpy(p)})
+            for u, p in zip(updates, proposals)
+        ]
+        down = WirePayload(sender="server", plain={"consensus": torch.from_numpy(self._consensus[rnd])}, meta={"round": rnd})
+        return [*ups, down]
+
+    def _hidden_keys(self, update: ClientUpdate) -> tuple[np.ndarray, bool]:
+        """Sorted hidden keys of this upload, and whether they follow the round's consensus."""
+        names, shapes = self._shapes(update)
+        agreed = self._consensus.get(update.round) if update.kind == "weights" else None
+        if agreed is None:
+            return np.sort(self.propose(update)), False
+        k = hidden_count(names, shapes, update.client.rank, self.budget(update.client), self.params.basis)
+        mine = agreed[exists_in_rank(agreed, names, shapes, update.client.rank)]
+        return np.sort(mine[:k]), True
+
+    # -- step 3: upload -------------------------------------------------------------------------
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        names, shapes = self._shapes(update)
+        t0 = time.perf_counter()
+        keys, agreed = self._hidden_keys(update)
+        masks = masks_from_keys(keys, names, shapes, update.client.rank)
+        plain = {}
+        for k, t in encode_factors(update.factors).items():
+            name, factor = k.rsplit("/", 1)
+            hidden = masks[name][0 if factor == "A" else 1]
+            if not bool(hidden.all()):
+                plain[k] = t.masked_fill(hidden, 0.0)
+        cipher: dict[str, bytes | list[bytes]] = {}
+        if len(keys):
+            values = flat_values(update.factors, names).numpy()
+            index = np.searchsorted(all_keys(names, shapes, update.client.rank), keys)
+            cipher["hidden"] = ckks.encrypt_packed(self._client_ctx, values[index], n_workers=self.params.n_workers)
+            if not agreed:
+                plain["hidden_keys"] = torch.from_numpy(keys)
+        meta = {**update_meta(update), "n_hidden": len(keys), "mask": "consensus" if agreed else "own",
+                "shapes": {n: list(shapes[n]) for n in names}}
+        return WirePayload(sender=f"client:{update.client.client_id}", plain=plain, cipher=cipher, meta=meta,
+                           timings={"enc_s": time.perf_counter() - t0})
+
+    def _payload_keys(self, payload: WirePayload) -> np.ndarray:
+        """The hidden keys of an upload, as the server (and every client) can tell them."""
+        meta = payload.meta
+        if meta["n_hidden"] == 0:
+            return np.zeros(0, dtype=np.int64)
+        if "hidden_keys" in payload.plain:
+            return payload.plain["hidden_keys"].numpy()
+        names = sorted(meta["shapes"])
+        shapes = {n: tuple(meta["shapes"][n]) for n in names}
+        agreed = self._consensus[meta["round"]]
+        mine = agreed[exists_in_rank(agreed, names, shapes, meta["rank"])]
+        return np.sort(mine[: meta["n_hidden"]])
+
+    def _visible(self, payload: WirePayload) -> tuple[dict[str, LoRAFactors], dict[str, list[Tensor]]]:
+        """Plaintext factors (zeros where hidden or not sent) and the hidden masks."""
+        meta = payload.meta
+        names = sorted(meta["shapes"])
+        shapes = {n: tuple(meta["shapes"][n]) for n in names}
+        r = meta["rank"]
+        masks = masks_from_keys(self._payload_keys(payload), names, shapes, r)
+        out = {}
+        for n in names:
+            m, k = shapes[n]
+            A = payload.plain.get(f"{n}/A", torch.zeros(r, k))
+            B = payload.plain.get(f"{n}/B", torch.zeros(m, r))
+            out[n] = LoRAFactors(A.clone(), B.clone(), meta["scale"])
+        return out, masks
+
+    # -- server side ---------------------------------------------------------------------------
+    def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
+        t0 = time.perf_counter()
+        weights = fedavg_weights(payloads)
+        if all(p.meta["n_hidden"] == 0 for p in payloads):  # nothing hidden: plain FlexLoRA
+            per_client = [decode_factors(p.plain, p.meta["scale"]) for p in payloads]
+            deltas = {
+                name: aggregate_lowrank([(w * f[name].scale, f[name].B, f[name].A) for w, f in zip(weights, per_client)])
+                for name in per_client[0]
+            }
+            message = broadcast(deltas, self._broadcast_rank())
+        else:  # relay plaintext parts and ciphertexts: clients rebuild every factor exactly
+            plain, cipher = {}, {}
+            for i, p in enumerate(payloads):
+                plain.update({f"client{i}/{k}": v for k, v in p.plain.items()})
+                if "hidden" in p.cipher:
+                    cipher[f"client{i}"] = list(p.cipher["hidden"])
+            keep = ("client_id", "rank", "scale", "n_samples", "n_hidden", "round", "mask", "shapes")
+            message = WirePayload(sender="server", plain=plain, cipher=cipher,
+                                  meta={"rank": self._broadcast_rank(), "clients": [{k: p.meta[k] for k in keep} for p in payloads]})
+        message.timings["agg_s"] = time.perf_counter() - t0
+        return message
+
+    # -- client side ---------------------------------------------------------------------------
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        seed = self.fed.seed if self.fed else 0
+        if "clients" not in message.meta:
+            self.last_timings = {"dec_s": 0.0}
+            return finalize_to_rank(read_broadcast(message), client, seed)
+        if self._cache is None or self._cache[0] is not message:
+            t0 = time.perf_counter()
+            deltas = self._rebuild(message)
+            self._cache = (message, deltas, time.perf_counter() - t0)
+        self.last_timings = {"dec_s": self._cache[2]}
+        return finalize_to_rank(self._cache[1], client, seed)
+
+    def _rebuild(self, message: WirePayload) -> dict[str, FactoredDelta]:
+        clients = message.meta["clients"]
+        total = sum(float(c["n_samples"]) for c in clients)
+        terms: dict[str, list[tuple[float, Tensor, Tensor]]] = {}
+        for i, c in enumerate(clients):
+            prefix = f"client{i}/"
+            own = WirePayload(sender="relay", plain={k[len(prefix):]: v for k, v in message.plain.items() if k.startswith(prefix)},
+                              meta=c)
+            factors, _ = self._visible(own)
+            if c["n_hidden"]:
+                names = sorted(c["shapes"])
+                shapes = {n: tuple(c["shapes"][n]) for n in names}
+                values = flat_values(factors, names).numpy()
+                index = np.searchsorted(all_keys(names, shapes, c["rank"]), self._payload_keys(own))
+                values[index] = ckks.decrypt_packed(self._client_ctx, message.cipher[f"client{i}"], c["n_hidden"])
+                factors = _unflat(values, names, shapes, c["rank"], c["scale"])
+            w = float(c["n_samples"]) / total * float(c["scale"])
+            for n, f in factors.items():
+                terms.setdefault(n, []).append((w, f.B, f.A))
+        return {n: aggregate_lowrank(t) for n, t in terms.items()}
+
+    # -- attacker's view -------------------------------------------------------------------------
+    def observe(self, payload: WirePayload) -> AttackerView:
+        factors, masks = self._visible(payload)
+        modules = {}
+        for n, f in factors.items():
+            a_hidden, b_hidden = masks[n]
+            modules[n] = ObservedModule(
+                A=None if bool(a_hidden.all()) else f.A.clone(),
+                B=None if bool(b_hidden.all()) else f.B.clone(),
+                scale=f.scale,
+                A_hidden=a_hidden.clone(),
+                B_hidden=b_hidden.clone(),
+            )
+        return AttackerView(
+            defense=self.name,
+            kind=payload.meta.get("kind", "weights"),
+            modules=modules,
+            leaked={"n_hidden": payload.meta["n_hidden"], "mask": payload.meta["mask"]},
+            cipher_bytes=payload.cipher_bytes(),
+            note="maskcrypt: hidden coordinates are zero in A/B and marked in A_hidden/B_hidden",
+        )
+
+    def privacy_params(self) -> dict[str, Any]:
+        p = self.params
+        out: dict[str, Any] = {"selection": p.selection, "basis": p.basis, "ckks_scale_bits": p.scale_bits}
+        if self.fed:
+            budgets = [self.budget(c) for c in self.fed.clients]
+            out["encrypted_fraction"] = sum(budgets) / len(budgets) if p.basis == "all" else None
+        return out
+
+    def _broadcast_rank(self) -> int:
+        return max(c.rank for c in self.fed.clients) if self.fed else 64
+
+
+def _unflat(values: np.ndarray, names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int, scale: float) -> dict[str, LoRAFactors]:
+    """Inverse of ``flat_values`` for a rank-``rank`` client."""
+    out, pos = {}, 0
+    t = torch.from_numpy(values).float()
+    for name in names:
+        m, n = shapes[name]
+        A = t[pos : pos + rank * n].reshape(rank, n)
+        pos += rank * n
+        B = t[pos : pos + rank * m].reshape(rank, m).T
+        pos += rank * m
+        out[name] = LoRAFactors(A.contiguous(), B.contiguous(), scale)
+    return out
