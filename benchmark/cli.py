@@ -15,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from benchmark.config import ComponentSpec, ConfigError  # noqa: E402
+from benchmark.config import ComponentSpec, ConfigError, scenario_specs  # noqa: E402
 from benchmark.registry import RegistryError  # noqa: E402
 
 EPILOG = """examples:
@@ -26,6 +26,25 @@ EPILOG = """examples:
   shebench report results/runs/<run_id>
   shebench list defenses ; shebench show she_lora
 """
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines printed above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("shebench")
+    if not log.handlers:
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _csv(text: str) -> list[str]:
@@ -80,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _setup_logging()
     try:
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "show": cmd_show, "env": cmd_env}[args.command](args, argv)
     except (ConfigError, RegistryError, FileNotFoundError) as exc:
@@ -119,7 +138,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     suite = runner.resolve_suite(args.suite)
     changes = {}
     if args.scenario:
-        changes["scenarios"] = tuple(args.scenario)
+        changes["scenarios"] = scenario_specs(args.scenario, "--scenario")
     if args.defense:
         changes["defenses"] = _select(suite.defenses, args.defense)
     if args.attack:

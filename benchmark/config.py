@@ -180,10 +180,19 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class ScenarioSpec:
+    """A scenario in a suite: a registered name or .toml path, the label rows carry, overrides."""
+
+    ref: str
+    label: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SuiteConfig:
     name: str = "default"
     description: str = ""
-    scenarios: tuple[str, ...] = ("default",)
+    scenarios: tuple[ScenarioSpec, ...] = (ScenarioSpec("default", "default"),)
     defenses: tuple[ComponentSpec, ...] = (ComponentSpec("plain_lora", "plain_lora"),)
     attacks: tuple[ComponentSpec, ...] = ()
     attack_modes: tuple[str, ...] = ("naive", "adaptive")
@@ -350,6 +359,30 @@ def component_specs(entries: Sequence[Any], params: Mapping[str, Any], where: st
     return tuple(specs)
 
 
+def scenario_specs(entries: Any, where: str) -> tuple[ScenarioSpec, ...]:
+    """Scenario entries are names/paths or tables ``{name="default", label="b4", probe={batch_size=4}}``."""
+    if isinstance(entries, str) or not isinstance(entries, Sequence):
+        raise ConfigError(f"{where} must be a list of scenario names or tables, got {entries!r}")
+    specs = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            specs.append(ScenarioSpec(entry, _stem(entry)))
+        elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            over = {k: v for k, v in entry.items() if k not in ("name", "label")}
+            specs.append(ScenarioSpec(entry["name"], str(entry.get("label", _stem(entry["name"]))), over))
+        else:
+            raise ConfigError(f"{where}[{i}] must be a name or a table with a 'name' key, got {entry!r}")
+    labels = [s.label for s in specs]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"{where}: duplicate labels {dup}; give each variant its own label")
+    return tuple(specs)
+
+
+def _stem(ref: str) -> str:
+    return Path(ref).stem if ref.endswith(".toml") else ref
+
+
 SUITE_KEYS = ("name", "description", "scenarios", "defenses", "attacks", "attack_modes", "seeds", "defense", "attack", "scenario")
 
 
@@ -364,13 +397,11 @@ def suite_from_dict(data: Mapping[str, Any], where: str = "suite") -> SuiteConfi
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where}.seeds must be a list of integers, got {seeds!r}")
-    scenarios = data.get("scenarios", ["default"])
-    if isinstance(scenarios, str) or not all(isinstance(s, str) for s in scenarios):
-        raise ConfigError(f"{where}.scenarios must be a list of names, got {scenarios!r}")
+    scenarios = scenario_specs(data.get("scenarios", ["default"]), f"{where}.scenarios")
     return SuiteConfig(
         name=str(data.get("name", "custom")),
         description=str(data.get("description", "")),
-        scenarios=tuple(scenarios),
+        scenarios=scenarios,
         defenses=component_specs(data.get("defenses", ["plain_lora"]), data.get("defense", {}), f"{where}.defenses"),
         attacks=component_specs(data.get("attacks", []), data.get("attack", {}), f"{where}.attacks"),
         attack_modes=modes,

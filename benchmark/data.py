@@ -19,7 +19,7 @@ from benchmark.config import ConfigError, DataConfig, PartitionConfig
 from benchmark.seeding import rng
 
 
-class MissingAsset(RuntimeError):
+class MissingAsset(ConfigError):
     """An offline asset package is not installed; the message says what to install."""
 
 

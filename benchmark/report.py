@@ -74,13 +74,27 @@ def privacy_matrix(df: pd.DataFrame) -> pd.DataFrame:
     if attacked.empty:
         return pd.DataFrame()
     attacked = attacked.assign(col=attacked["attack"] + "/" + attacked["attack_mode"].fillna(""))
-    out = {}
-    for (defense, col), group in attacked.groupby(["defense", "col"], sort=False):
+    multi = attacked["scenario"].nunique() > 1
+    out: dict[str, dict[str, str]] = {}
+    for (scenario, defense, col), group in attacked.groupby(["scenario", "defense", "col"], sort=False):
         metric = "mia_auc" if group["mia_auc"].notna().any() else "rouge1"
-        out.setdefault(defense, {})[f"{col} ({metric}{arrow(metric)})"] = _mean_std(group[metric], metric)
+        key = f"{scenario} / {defense}" if multi else defense
+        out.setdefault(key, {})[f"{col} ({metric}{arrow(metric)})"] = _mean_std(group[metric], metric)
     table = pd.DataFrame(out).T.fillna("incompatible")
-    table.index.name = "defense"
+    table.index.name = "scenario / defense" if multi else "defense"
     return table.reset_index()
+
+
+def rank_sweep(df: pd.DataFrame, attack: str = "dager") -> pd.DataFrame:
+    """ROUGE-1 of ``attack`` by probe batch size (rows) and LoRA rank (columns), where a run swept them."""
+    rows = df[(df["attack"] == attack) & (df["status"] == "ok") & (df["defense_name"] == "plain_lora")]
+    if rows.empty or "probe_rank" not in rows or rows["probe_rank"].nunique() * rows["probe_batch_size"].nunique() < 2:
+        return pd.DataFrame()
+    pivot = rows.pivot_table(index="probe_batch_size", columns="probe_rank", values="rouge1", aggfunc="mean")
+    pivot = pivot.map(lambda v: _fmt(v, "rouge1"))
+    pivot.columns = [f"rank {int(c)}" for c in pivot.columns]
+    pivot.index.name = "batch size"
+    return pivot.reset_index()
 
 
 COST_COLUMNS = ("utility", "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "enc_s",
@@ -185,7 +199,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     df = load_runs(run_dirs)
     if df.empty:
         raise ValueError(f"no rows in {', '.join(map(str, run_dirs))}")
-    for col in ("rouge1", "mia_auc", "utility", "per_tier", "attack_mode"):
+    for col in ("rouge1", "mia_auc", "utility", "per_tier", "attack_mode", "defense_name", "probe_rank", "probe_batch_size"):
         if col not in df:
             df[col] = None
     lines = ["# shebench report", ""]
@@ -200,6 +214,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         ("Privacy matrix (attack success per defense)", privacy_matrix(df)),
         ("Utility and cost per defense", cost_table(df)),
         ("Per-tier cost (heterogeneous clients)", tier_table(df)),
+        ("DAGER ROUGE-1 ↓ on unprotected updates as tokens outgrow the LoRA rank", rank_sweep(df)),
     ]
     for title, table in sections:
         if table is not None and not table.empty:

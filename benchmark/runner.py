@@ -66,7 +66,7 @@ def scenario_data(ref: str) -> dict[str, Any]:
 
 
 def resolve_scenario(ref: str, overrides: Mapping[str, Any] | None = None) -> ScenarioConfig:
-    return scenario_from_dict(merge(scenario_data(ref), overrides or {}), "scenario")
+    return scenario_from_dict(merge(scenario_data(ref), overrides or {}), "scenario")  # lists replace
 
 
 def resolve_suite(ref: str) -> SuiteConfig:
@@ -158,9 +158,9 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
         for mode in suite.attack_modes:
             _component(ATTACKS, a, {"mode": mode}, "attack")
     groups = []
-    for ref in suite.scenarios:
-        scen_over = merge(suite.scenario_overrides.get(ref, {}), overrides.scenario)
-        scenario = resolve_scenario(ref, scen_over)
+    for spec in suite.scenarios:
+        scen_over = merge(merge(spec.overrides, suite.scenario_overrides.get(spec.label, {})), overrides.scenario)
+        scenario = resolve_scenario(spec.ref, {**scen_over, "name": spec.label})
         for seed in suite.seeds:
             for d in defenses:
                 pairs: list[tuple[ComponentSpec | None, str]] = []
@@ -255,9 +255,17 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
         defense_name=cell.defense.name, attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
         seed=cell.seed, defense_params=dict(cell.defense.params), device=device,
         tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
+        probe_batch_size=group.scenario.probe.batch_size, probe_observation=group.scenario.probe.observation,
+        probe_rank=_probe_rank(group.scenario, group.seed),
         git_commit=prov["git"]["commit"], git_dirty=prov["git"]["dirty"],
     )
     return row
+
+
+def _probe_rank(scenario: ScenarioConfig, seed: int) -> int:
+    from benchmark.federated import make_clients
+
+    return make_clients(scenario, seed)[scenario.probe.client].rank if scenario.kind == "federated" else 0
 
 
 def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool = False,

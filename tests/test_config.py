@@ -58,3 +58,18 @@ def test_suite_entries_accept_variants_and_reject_duplicate_labels():
         suite_from_dict({"defenses": ["dp", "dp"]})
     with pytest.raises(ConfigError, match="unknown key 'suite.defences'"):
         suite_from_dict({"defences": ["dp"]})
+
+
+def test_suite_scenario_variants_get_their_own_labels_and_overrides():
+    from benchmark.runner import Overrides, plan
+
+    suite = suite_from_dict({"scenarios": ["tiny", {"name": "tiny", "label": "tiny_b2", "probe": {"batch_size": 2},
+                                                    "tiers": [{"name": "only", "fraction": 1.0, "rank": 8}]}]})
+    groups = plan(suite, Overrides({}, {}, {}))
+    by_name = {g.scenario.name: g.scenario for g in groups}
+    assert set(by_name) == {"tiny", "tiny_b2"}
+    assert by_name["tiny_b2"].probe.batch_size == 2 and by_name["tiny"].probe.batch_size == 1
+    assert [t.rank for t in by_name["tiny_b2"].tiers] == [8]  # a list replaces the base list
+    assert groups[0].cells[0].cell_id != groups[1].cells[0].cell_id
+    with pytest.raises(ConfigError, match="duplicate labels"):
+        suite_from_dict({"scenarios": ["tiny", "tiny"]})
