@@ -92,6 +92,7 @@ class CKKSContext:
 
     def __init__(self, params: CKKSParams, key_id: bytes, secret_key: Any | None, galois: Any | None) -> None:
         self.params = params
+        self.rotation_steps: tuple[int, ...] = ()
         self.fingerprint = hashlib.sha256(json.dumps(asdict(params)).encode() + key_id).digest()[:_FP_LEN]
         self._key_id = key_id
         enc_params = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
@@ -166,23 +167,30 @@ class CKKSContext:
 # ---- contexts -------------------------------------------------------------------------------
 
 
-def make_secret_context(params: CKKSParams | None = None) -> CKKSContext:
-    """Fresh keys for the clients (who all share them). Galois keys only when ``params.galois_keys``."""
+def make_secret_context(params: CKKSParams | None = None, rotations: Sequence[int] = ()) -> CKKSContext:
+    """Fresh keys for the clients (who all share them). Galois keys only when ``params.galois_keys``:
+    left rotations by powers of two, plus the extra ``rotations`` steps a caller uses often."""
     params = params or CKKSParams()
     probe = CKKSContext(params, b"", None, None)
     keygen = seal.KeyGenerator(probe.seal)
     secret = keygen.secret_key()
     ctx = CKKSContext(params, os.urandom(16), secret, None)
+    ctx.rotation_steps = tuple(sorted({int(r) % ctx.slot_count for r in rotations} - {0}))
     if params.galois_keys:
         ctx.galois = _galois_keys(ctx, keygen)
     return ctx
 
 
+def galois_elt(ctx: CKKSContext, steps: int) -> int:
+    """SEAL's Galois element for a left rotation by ``steps`` slots."""
+    return pow(3, steps % ctx.slot_count, 2 * ctx.params.poly_modulus_degree)
+
+
 def _galois_keys(ctx: CKKSContext, keygen: Any) -> Any:
-    """Keys for left rotations by positive powers of two only: half the default set (17 MB, not 33 MB
-    at N=8192); any left rotation is then the sum of its binary digits."""
-    two_n = 2 * ctx.params.poly_modulus_degree
-    elts = [pow(3, 1 << j, two_n) for j in range(ctx.slot_count.bit_length() - 1)]
+    """Keys for left rotations by positive powers of two (half the default set: 17 MB, not 33 MB at
+    N=8192; any left rotation is the sum of its binary digits) and by ``ctx.rotation_steps``."""
+    steps = {1 << j for j in range(ctx.slot_count.bit_length() - 1)} | set(ctx.rotation_steps)
+    elts = [galois_elt(ctx, s) for s in sorted(steps)]
     keys = seal.GaloisKeys()
     keygen.create_galois_keys(elts, keys)
     return keys
@@ -205,23 +213,25 @@ def public_context_bytes(ctx: CKKSContext) -> bytes:
 def load_secret_context(blob: bytes, galois: bool = True) -> CKKSContext:
     """A client's copy of the shared keys; ``galois=False`` skips regenerating Galois keys (which
     only the server uses) when the copy will just encrypt and decrypt."""
-    params, key_id, parts = _unpack_context(blob)
+    params, key_id, steps, parts = _unpack_context(blob)
     if "sk" not in parts:
         raise ValueError("load_secret_context: blob has no secret key (it is a public context)")
     probe = CKKSContext(params, key_id, None, None)
     secret = seal.SecretKey()
     _load(secret, probe.seal, parts["sk"])
     ctx = CKKSContext(params, key_id, secret, None)
+    ctx.rotation_steps = steps
     if params.galois_keys and galois:
         ctx.galois = _galois_keys(ctx, seal.KeyGenerator(ctx.seal, secret))
     return ctx
 
 
 def load_public_context(blob: bytes) -> CKKSContext:
-    params, key_id, parts = _unpack_context(blob)
+    params, key_id, steps, parts = _unpack_context(blob)
     if "sk" in parts:
         raise ValueError("load_public_context: blob holds a secret key; the server must get public_context_bytes")
     ctx = CKKSContext(params, key_id, None, None)
+    ctx.rotation_steps = steps
     if "gk" in parts:
         keys = seal.GaloisKeys()
         _load(keys, ctx.seal, parts["gk"])
@@ -235,11 +245,12 @@ def slots(ctx: CKKSContext) -> int:
 
 
 def _pack_context(ctx: CKKSContext, parts: dict[str, bytes]) -> bytes:
-    head = json.dumps({"params": asdict(ctx.params), "parts": {k: len(v) for k, v in parts.items()}}).encode()
+    head = {"params": asdict(ctx.params), "steps": list(ctx.rotation_steps), "parts": {k: len(v) for k, v in parts.items()}}
+    head = json.dumps(head).encode()
     return MAGIC_CTX + ctx._key_id + struct.pack("<I", len(head)) + head + b"".join(parts.values())
 
 
-def _unpack_context(blob: bytes) -> tuple[CKKSParams, bytes, dict[str, bytes]]:
+def _unpack_context(blob: bytes) -> tuple[CKKSParams, bytes, tuple[int, ...], dict[str, bytes]]:
     if blob[:4] != MAGIC_CTX:
         raise ValueError("not a shebench CKKS context blob (bad header)")
     key_id = blob[4:20]
@@ -251,7 +262,7 @@ def _unpack_context(blob: bytes) -> tuple[CKKSParams, bytes, dict[str, bytes]]:
     for name, size in head["parts"].items():
         parts[name] = blob[pos : pos + size]
         pos += size
-    return params, key_id, parts
+    return params, key_id, tuple(head.get("steps", ())), parts
 
 
 # ---- packed vectors ------------------------------------------------------------------------
