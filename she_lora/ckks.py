@@ -302,18 +302,23 @@ def decrypt_packed(ctx: CKKSContext, blobs: Sequence[bytes], length: int) -> np.
     return out[:length]
 
 
-def add_packed(ctx: CKKSContext, payloads: Sequence[Sequence[bytes]]) -> list[bytes]:
-    """Elementwise ciphertext sum of several clients' packed payloads (server side, no secret key)."""
+def add_packed(ctx: CKKSContext, payloads: Sequence[Sequence[bytes]], ragged: bool = False) -> list[bytes]:
+    """Elementwise ciphertext sum of several clients' packed payloads (server side, no secret key).
+
+    ``ragged=True`` accepts payloads of different lengths (prefix-packed vectors of different
+    budgets): ciphertext c is the sum over the payloads that reach c.
+    """
     if not payloads:
         raise ValueError("add_packed: nothing to add")
     lengths = {len(p) for p in payloads}
-    if len(lengths) != 1:
+    if len(lengths) != 1 and not ragged:
         raise ValueError(f"add_packed: payloads have different ciphertext counts {sorted(lengths)}")
     out = []
-    for blobs in zip(*payloads):
+    for c in range(max(lengths)):
         acc = None
-        for blob in blobs:
-            acc = add_into(ctx, acc, ctx.load_ct(blob))
+        for blobs in payloads:
+            if c < len(blobs):
+                acc = add_into(ctx, acc, ctx.load_ct(blobs[c]))
         out.append(ctx.dump_ct(acc))
     return out
 

@@ -1,0 +1,145 @@
+"""SHE-LoRA's client role: holds the shared secret key and OPE key; never runs on the server.
+
+Clients (a) rank their A-columns and send top-k lists, (b) install the negotiated global list and the
+permutation built from it, (c) split each update into a plaintext part (B, and A with the encrypted
+block removed, columns permuted) and a packed ciphertext part, and (d) decrypt the aggregate and fuse
+it back into the full aggregate delta.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from she_lora import ckks
+from she_lora.layout import client_blocks
+from she_lora.lift import decode_lift, pack_blocks, rotation_steps
+from she_lora.lowrank import FactoredDelta
+from she_lora.negotiation import TopK
+from she_lora.ope import KeyedOPE
+from she_lora.permutation import ColumnLayout
+from she_lora.plan import Plan, ProtocolConfig
+from she_lora.reparam import fuse, lift_columns
+from she_lora.sensitivity import column_sensitivity, top_columns
+
+
+class ClientSide:
+    """State every client shares: CKKS secret context, OPE key, the installed global lists."""
+
+    def __init__(self, plan: Plan, cfg: ProtocolConfig) -> None:
+        self.plan, self.cfg = plan, cfg
+        t0 = time.perf_counter()
+        self.ctx = ckks.make_secret_context(cfg.ckks, rotation_steps(plan.groups))
+        self.keygen_s = time.perf_counter() - t0
+        self._ope_key = os.urandom(32)
+        self._ope = {name: KeyedOPE(self._ope_key, n, name) for name, (_, n) in plan.shapes.items()}
+        self.globals: dict[int, dict[str, list[int]]] = {}
+        self.layouts: dict[int, dict[str, ColumnLayout]] = {}
+
+    def topk(self, client_id: int, A: Mapping[str, Tensor], input_sq_norms: Mapping[str, Tensor]) -> dict[str, TopK]:
+        """Per module the k_i most sensitive columns, encoded for the server (OPE or plain)."""
+        ks = self.plan.k[self.plan.member(client_id).client_id]
+        out = {}
+        for name in sorted(self.plan.shapes):
+            if name not in A or name not in input_sq_norms:
+                raise ValueError(f"client {client_id}: update lacks module {name!r} (A or input_sq_norms)")
+            scores = column_sensitivity(A[name], input_sq_norms[name])
+            cols = top_columns(scores, ks[name])
+            sent = tuple(float(scores[c]) for c in cols) if self.cfg.send_scores else None
+            out[name] = TopK(tuple(self.encode(name, cols)), sent)
+        return out
+
+    def encode(self, name: str, cols: list[int]) -> list[int]:
+        return self._ope[name].encode(cols) if self.cfg.leakage == "ope" else list(cols)
+
+    def install(self, version: int, codes: Mapping[str, list[int]]) -> None:
+        """Decode the server's global lists and build the shared permutation of each module."""
+        lists = {name: (self._ope[name].decode(c) if self.cfg.leakage == "ope" else list(c)) for name, c in codes.items()}
+        self.globals[version] = lists
+        self.layouts[version] = {
+            name: ColumnLayout.from_global_list(g, self.plan.shapes[name][1], self.cfg.swap) for name, g in lists.items()
+        }
+
+    def protect(
+        self, client_id: int, scale: float, n_samples: float, factors: Mapping[str, tuple[Tensor, Tensor]], version: int, lift_norm: float
+    ) -> tuple[dict[str, Tensor], dict[str, list[bytes]], float]:
+        """Plaintext tensors, ciphertexts and the encryption time of one update."""
+        rank, ks = self.plan.member(client_id).rank, self.plan.k[client_id]
+        plain: dict[str, Tensor] = {}
+        hidden: dict[str, Tensor] = {}
+        for name in sorted(self.plan.shapes):
+            A, B = self._check(name, factors, rank)
+            n, k = A.shape[1], ks[name]
+            layout = self.layouts[version][name]
+            if len(self.globals[version][name]) < k:
+                raise ValueError(f"module {name!r}: global list shorter than client {client_id}'s budget; negotiate first")
+            A_perm = layout.apply(A.detach())
+            plain[f"{name}/A"] = A_perm[:, : n - k].clone().contiguous()
+            plain[f"{name}/B"] = B.detach().clone().contiguous()
+            hidden[name] = A_perm[:, n - 1 - torch.arange(k)]  # column j = global position j
+        t0 = time.perf_counter()
+        if self.cfg.lift == "client_lift":
+            coef = scale * n_samples / lift_norm
+            lifted = {name: lift_columns(factors[name][1], hidden[name], coef).numpy() for name in hidden}
+            blobs = self._encrypt_lift(lifted, ks)
+        else:
+            cols = {name: hidden[name].double().numpy() for name in hidden}
+            blocks = client_blocks(self.plan.groups, rank, ks, self.ctx.slot_count)
+            blobs = [self.ctx.encrypt_slots(v) for v in pack_blocks(cols, self.plan.groups, blocks, self.ctx.slot_count)]
+        return plain, ({"lift": blobs} if blobs else {}), time.perf_counter() - t0
+
+    def _encrypt_lift(self, lifted: Mapping[str, np.ndarray], ks: Mapping[str, int]) -> list[bytes]:
+        n_entries = self.plan.lift_entries(ks)
+        if n_entries == 0:
+            return []
+        vec = np.zeros(self.plan.offsets[n_entries])
+        for i, (name, j) in enumerate(self.plan.order[:n_entries]):
+            if j < ks[name]:
+                vec[self.plan.offsets[i] : self.plan.offsets[i + 1]] = lifted[name][:, j]
+        return ckks.encrypt_packed(self.ctx, vec, self.cfg.n_workers)
+
+    def fuse(self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, FactoredDelta]:
+        """Decrypt the aggregated columns and fuse them with the plaintext aggregate (original layout)."""
+        version, k_round = int(meta["version"]), meta["k_round"]
+        lifted = self._decrypt_lift(cipher, meta)
+        out = {}
+        for name in sorted(self.plan.shapes):
+            lift = torch.from_numpy(lifted.get(name, np.zeros((self.plan.shapes[name][0], 0))))[:, : k_round[name]]
+            out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name])
+        return out
+
+    def _decrypt_lift(self, cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        k_round = meta["k_round"]
+        if self.cfg.lift == "server_lift":
+            return {
+                name: decode_lift(self.ctx, cipher.get(f"{name}/lift", []), self.plan.groups[name], self.plan.shapes[name][0], k)
+                for name, k in k_round.items()
+                if k
+            }
+        n_entries = int(meta.get("lift_entries", 0))
+        if n_entries == 0:
+            return {}
+        vec = ckks.decrypt_packed(self.ctx, cipher["lift"], self.plan.offsets[n_entries])
+        vec *= float(meta["lift_norm"]) / float(meta["n_total"])
+        out = {name: np.zeros((self.plan.shapes[name][0], k)) for name, k in k_round.items()}
+        for i, (name, j) in enumerate(self.plan.order[:n_entries]):
+            if j < k_round[name]:
+                out[name][:, j] = vec[self.plan.offsets[i] : self.plan.offsets[i + 1]]
+        return out
+
+    def _check(self, name: str, factors: Mapping[str, tuple[Tensor, Tensor]], rank: int) -> tuple[Tensor, Tensor]:
+        if name not in factors:
+            raise ValueError(f"update lacks module {name!r}")
+        A, B = factors[name]
+        m, n = self.plan.shapes[name]
+        if tuple(A.shape) != (rank, n) or tuple(B.shape) != (m, rank):
+            raise ValueError(
+                f"module {name!r}: expected A {(rank, n)} and B {(m, rank)} for rank {rank}, got A {tuple(A.shape)} and B {tuple(B.shape)}"
+            )
+        return A, B
