@@ -4,9 +4,11 @@ Client i sends its k_i most sensitive columns (as OPE codes or plain indices), b
 scores only if asked to. The server ranks candidates three ways,
 
 - Common: how many clients listed the column (descending),
-- Sensitivity: the highest score any client gave it (or, without scores, its best list position),
+- Sensitivity: the highest score any client gave it (or, without scores, its best list position,
+  then how many listed it),
 - Tier t: the columns of the clients whose budget is exactly k_t, by their lowest score among those
-  clients (or worst position): what that tier as a whole cares about,
+  clients (or, without scores, by how many of them listed it, then worst position): what that tier
+  as a whole cares about,
 
 then walks the distinct budgets k_1 < k_2 < ... and, for each increment lambda = k_t - k_{t-1}, takes
 floor(a lambda) new columns from the tier list, floor(b lambda) from Common and the rest from
@@ -97,7 +99,7 @@ def _sensitive(lists: Sequence[TopK]) -> list[int]:
                 best[code] = max(best.get(code, -math.inf), s)
         return sorted(best, key=lambda c: (-best[c], c))
     pos = _positions(lists)
-    return sorted(pos, key=lambda c: (min(pos[c]), c))
+    return sorted(pos, key=lambda c: (min(pos[c]), -len(pos[c]), c))
 
 
 def _tier(lists: Sequence[TopK], k: int) -> list[int]:
@@ -109,4 +111,4 @@ def _tier(lists: Sequence[TopK], k: int) -> list[int]:
                 worst[code] = min(worst.get(code, math.inf), s)
         return sorted(worst, key=lambda c: (-worst[c], c))
     pos = _positions(members)
-    return sorted(pos, key=lambda c: (max(pos[c]), c))
+    return sorted(pos, key=lambda c: (-len(pos[c]), max(pos[c]), c))
