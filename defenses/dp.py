@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -79,7 +80,9 @@ def epsilon_for(sigma: float, sample_rate: float, steps: int, delta: float, acco
         return math.inf
     acc = make_accountant(accountant)
     acc.history = [(float(sigma), float(sample_rate), int(steps))]
-    return float(acc.get_epsilon(delta=delta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # RDP's "optimal order is the largest alpha", PRV's overflow notes
+        return float(acc.get_epsilon(delta=delta))
 
 
 def make_accountant(accountant: str) -> Any:

@@ -369,11 +369,17 @@ class MaskCrypt:
         )
 
     def privacy_params(self) -> dict[str, Any]:
+        """``encrypted_fraction``: mean over clients of hidden / all coordinates of their LoRA."""
         p = self.params
         out: dict[str, Any] = {"selection": p.selection, "basis": p.basis, "ckks_scale_bits": p.scale_bits}
-        if self.fed:
-            budgets = [self.budget(c) for c in self.fed.clients]
-            out["encrypted_fraction"] = sum(budgets) / len(budgets) if p.basis == "all" else None
+        if self.fed and self.fed.module_shapes:
+            names, shapes = sorted(self.fed.module_shapes), self.fed.module_shapes
+            fractions = [
+                hidden_count(names, shapes, c.rank, self.budget(c), p.basis)
+                / sum(c.rank * (m + n) for m, n in shapes.values())
+                for c in self.fed.clients
+            ]
+            out["encrypted_fraction"] = sum(fractions) / len(fractions)
         return out
 
     def _broadcast_rank(self) -> int:

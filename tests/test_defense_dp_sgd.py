@@ -14,6 +14,8 @@ from defenses.dp_sgd import DPSGD, DPSGDParams, NonEmptyBatches, private_grads, 
 from defenses.plain_lora import PlainLoRA
 
 CLIENT = ClientInfo(0, "t", 4, 0.0, 8.0)
+# benign: opacus' backward hook on the first LoRA layer, whose input (frozen embeddings) needs no grad
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 
 @pytest.fixture(scope="module")

@@ -160,6 +160,10 @@ def test_consensus_orders_by_votes_then_position():
 
 
 def test_she_lora_basis_matches_the_column_budget():
+    fed = _fed(ranks=(4,), budgets=(0.125,))
+    d = MaskCrypt(MaskCryptParams(basis="she_lora"))
+    d.setup(fed)
+    assert d.privacy_params()["encrypted_fraction"] == pytest.approx(16 / (4 * 72))
     names = sorted(SHAPES)
     assert hidden_count(names, SHAPES, 4, 0.125, "she_lora") == 4 * 2 + 4 * 2  # ceil(0.125 * 16) columns
     assert hidden_count(names, SHAPES, 4, 1.0, "all") == 4 * (40 + 32)
