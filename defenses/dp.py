@@ -64,12 +64,12 @@ def check_accountant(name: str, value: str) -> None:
         raise ValueError(f"{name} must be one of {', '.join(ACCOUNTANTS)}, got {value!r}")
 
 
-def stream(seed: int, *names: object) -> torch.Generator:
+def stream(seed: int, *names: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch generator for the named stream: reproducible and independent of the call order."""
     key = hashlib.sha256("/".join(str(n) for n in names).encode()).digest()[:8]
     words = np.frombuffer(key, dtype=np.uint32).tolist()
     state = np.random.SeedSequence([int(seed) % 2**63, *words]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state.view(np.uint64)[0] >> 1))
+    return torch.Generator(device=device).manual_seed(int(state.view(np.uint64)[0] >> 1))
 
 
 def epsilon_for(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:

@@ -103,6 +103,8 @@ class DPSGD(PlainLoRA):
         self._wraps[client.client_id] = calls + 1
         seed = self.fed.seed if self.fed else 0
         data_loader = as_data_loader(loader)
+        # opacus draws the noise on the parameters' device, so the generator must live there too
+        device = next((q.device for q in model.parameters() if q.requires_grad), torch.device("cpu"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # opacus' secure-RNG notice
             engine = self._engines.get(client.client_id)
@@ -118,7 +120,7 @@ class DPSGD(PlainLoRA):
                 noise_multiplier=p.noise_multiplier,
                 max_grad_norm=p.max_grad_norm,
                 poisson_sampling=p.poisson_sampling,
-                noise_generator=stream(seed, "dp_sgd", client.client_id, calls),
+                noise_generator=stream(seed, "dp_sgd", client.client_id, calls, device=device),
                 grad_sample_mode=p.grad_sample_mode,
                 wrap_model=False,
             )

@@ -248,7 +248,7 @@ class MaskCrypt:
             name, factor = k.rsplit("/", 1)
             hidden = masks[name][0 if factor == "A" else 1]
             if not bool(hidden.all()):
-                plain[k] = t.masked_fill(hidden, 0.0)
+                plain[k] = t.masked_fill(hidden.to(t.device), 0.0)
         cipher: dict[str, bytes | list[bytes]] = {}
         if len(keys):
             values = flat_values(update.factors, names).numpy()
