@@ -22,7 +22,6 @@ server aggregates exactly as plain_lora, so budget 0 equals plain_lora bit for b
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -153,10 +152,6 @@ def masks_from_keys(keys: np.ndarray, names: Sequence[str], shapes: Mapping[str,
             flat[torch.from_numpy(sel)] = True
         out[name] = [a.reshape(rank, n), b.reshape(rank, m).T.contiguous()]
     return out
-
-
-def _digest(keys: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(keys, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 class MaskCrypt:
