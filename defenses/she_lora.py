@@ -33,6 +33,7 @@ from she_lora import ckks
 from she_lora.client import ClientSide
 from she_lora.negotiation import DEFAULT_SHARES
 from she_lora.plan import LEAKAGES, LIFTS, Member, Plan, ProtocolConfig
+from she_lora.reparam import thin_linalg
 from she_lora.server import ServerSide
 
 
@@ -173,7 +174,8 @@ class SHELoRADefense:
         total, members = self._round_total.get(update.round, (0.0, frozenset()))
         norm = total if cid in members and total > 0 else 1.0
         factors = {n: (f.A, f.B) for n, f in update.factors.items()}
-        plain, cipher, enc_s = clients.protect(cid, update.client.scale, float(update.n_samples), factors, server.version, norm)
+        with thin_linalg():
+            plain, cipher, enc_s = clients.protect(cid, update.client.scale, float(update.n_samples), factors, server.version, norm)
         meta = {**update_meta(update), "version": server.version, "lift": self.cfg.lift, "lift_norm": norm, "k": self.plan.k[cid]}
         return WirePayload(sender=f"client:{cid}", plain=plain, cipher=cipher, meta=meta, timings={"enc_s": enc_s})
 
@@ -191,7 +193,8 @@ class SHELoRADefense:
         self.last_timings = {"dec_s": time.perf_counter() - t0}
         message.timings["dec_s"] = message.timings.get("dec_s", 0.0) + self.last_timings["dec_s"]
         seed = self.fed.seed if self.fed else 0
-        out = finalize_to_rank(fused, client, seed)
+        with thin_linalg():
+            out = finalize_to_rank(fused, client, seed)
         dtype = next(iter(message.plain.values())).dtype if message.plain else torch.float32
         return {n: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for n, f in out.items()}
 

@@ -25,7 +25,7 @@ from she_lora.negotiation import TopK
 from she_lora.ope import KeyedOPE
 from she_lora.permutation import ColumnLayout
 from she_lora.plan import Plan, ProtocolConfig
-from she_lora.reparam import fuse, lift_columns
+from she_lora.reparam import fuse, lift_columns, thin_linalg
 from she_lora.sensitivity import column_sensitivity, top_columns
 
 
@@ -109,9 +109,10 @@ class ClientSide:
         version, k_round = int(meta["version"]), meta["k_round"]
         lifted = self._decrypt_lift(cipher, meta)
         out = {}
-        for name in sorted(self.plan.shapes):
-            lift = torch.from_numpy(lifted.get(name, np.zeros((self.plan.shapes[name][0], 0))))[:, : k_round[name]]
-            out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name])
+        with thin_linalg():
+            for name in sorted(self.plan.shapes):
+                lift = torch.from_numpy(lifted.get(name, np.zeros((self.plan.shapes[name][0], 0))))[:, : k_round[name]]
+                out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name])
         return out
 
     def _decrypt_lift(self, cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -47,10 +48,14 @@ class ColumnLayout:
             where[at[p]], where[at[q]] = p, q
         return cls(n, tuple(at), tuple(swaps))
 
+    @cached_property
+    def _index(self) -> Tensor:
+        return torch.as_tensor(self.perm)
+
     def apply(self, x: Tensor) -> Tensor:
         """Columns (last dim) of ``x`` in permuted order (a new tensor)."""
         self._check(x)
-        return x[..., torch.as_tensor(self.perm, device=x.device)]
+        return x[..., self._index.to(x.device)]
 
     def undo(self, x: Tensor) -> Tensor:
         """Back to the original column order: the transpositions in reverse order (a new tensor)."""

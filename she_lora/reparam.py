@@ -13,13 +13,26 @@ the dense m x n matrix (the paper's Eq. 4 SVDs the dense product).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from she_lora.lowrank import FactoredDelta, stack_factors, svd_of_product
 from she_lora.permutation import ColumnLayout
+
+
+@contextmanager
+def thin_linalg() -> Iterator[None]:
+    """Run torch single-threaded for the duration: the factors here are thin (m x R, R ~ tens),
+    threads buy nothing, and on a busy 2-core host OpenMP oversubscription made them ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def plain_aggregate(terms: Sequence[tuple[float, Tensor, Tensor]], n: int) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ from she_lora.lift import ServerLift
 from she_lora.negotiation import TopK, merge_global_list
 from she_lora.permutation import ColumnLayout
 from she_lora.plan import Plan, ProtocolConfig
-from she_lora.reparam import plain_aggregate
+from she_lora.reparam import plain_aggregate, thin_linalg
 
 
 class ServerSide:
@@ -65,11 +65,12 @@ class ServerSide:
         coefs = [c / total * float(meta["scale"]) for c, (_, _, meta) in zip(counts, uploads)]
         ids = [int(meta["client_id"]) for _, _, meta in uploads]
         plain: dict[str, Tensor] = {}
-        for name, (_, n) in sorted(self.plan.shapes.items()):
-            terms = [(c, p[f"{name}/B"], p[f"{name}/A"]) for c, (p, _, _) in zip(coefs, uploads)]
-            us, vh = plain_aggregate(terms, n)
-            dtype = uploads[0][0][f"{name}/B"].dtype
-            plain[f"{name}/US"], plain[f"{name}/Vh"] = us.to(dtype).contiguous(), vh.to(dtype).contiguous()
+        with thin_linalg():
+            for name, (_, n) in sorted(self.plan.shapes.items()):
+                terms = [(c, p[f"{name}/B"], p[f"{name}/A"]) for c, (p, _, _) in zip(coefs, uploads)]
+                us, vh = plain_aggregate(terms, n)
+                dtype = uploads[0][0][f"{name}/B"].dtype
+                plain[f"{name}/US"], plain[f"{name}/Vh"] = us.to(dtype).contiguous(), vh.to(dtype).contiguous()
         k_round = {name: max(self.plan.k[i][name] for i in ids) for name in self.plan.shapes}
         meta: dict[str, Any] = {"kind": "aggregate", "version": versions.pop(), "n_total": total, "k_round": k_round}
         if self.cfg.lift == "client_lift":
