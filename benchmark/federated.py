@@ -222,17 +222,37 @@ class Federation:
         model.train()
         sums: dict[str, Tensor] = {}
         params = self.host.lora_parameters(client.rank)
-        opt = torch.optim.SGD(params, lr=cfg.lr) if cfg.observation == "sgd" else torch.optim.AdamW(params, lr=cfg.lr)
-        steps = 1 if cfg.observation == "grad" else cfg.steps
-        for _ in range(steps):
+        wrap = getattr(self.defense, "wrap_training", None)
+        grad_mode = cfg.observation == "grad"
+        # Under a defense that changes training (DP-SGD), the observed gradient is what its optimizer
+        # applies: one plain SGD step at lr=1 from the start point, read back as start - after.
+        if grad_mode:
+            opt = torch.optim.SGD(params, lr=1.0)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr) if cfg.observation == "sgd" else torch.optim.AdamW(params, lr=cfg.lr)
+        steps = 1 if grad_mode else cfg.steps
+        loader: Any = [batch] * steps
+        if wrap is not None:
+            model, opt, loader = wrap(model, opt, loader, client)
+        for _, step_batch in zip(range(steps), loader):
+            step_batch = to_device(step_batch, self.device)
             opt.zero_grad(set_to_none=True)
-            with self.host.input_norm_hooks(sums, [batch["attention_mask"]]):
-                loss = model(**batch).loss
+            with self.host.input_norm_hooks(sums, [step_batch["attention_mask"]]):
+                loss = model(**step_batch).loss
             loss.backward()
-            if cfg.observation != "grad":
+            if not grad_mode or wrap is not None:
                 opt.step()
-        model.eval()
-        factors = self.host.get_grads(client.rank) if cfg.observation == "grad" else self.host.get_factors(client.rank)
+        self.host.model.eval()
+        release = getattr(self.defense, "release", None)
+        if release is not None:
+            release()
+        if grad_mode and wrap is not None:
+            after = self.host.get_factors(client.rank)
+            factors = {n: LoRAFactors(start[n].A - after[n].A, start[n].B - after[n].B, after[n].scale) for n in after}
+        elif grad_mode:
+            factors = self.host.get_grads(client.rank)
+        else:
+            factors = self.host.get_factors(client.rank)
         update = ClientUpdate(client, rnd, factors, len(self.shards[client.client_id]), sums, None, start, cfg.observation)
         payload = self.defense.protect(update)
         prev_deltas = {n: f.delta() for n, f in start.items()}
