@@ -1,0 +1,21 @@
+"""Checks shared by every attack, so that a view an attack cannot exploit yields a note, not an error."""
+
+from __future__ import annotations
+
+from benchmark.api import AttackerView
+
+MODES = ("naive", "adaptive")
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def unusable(view: AttackerView, need_model: bool = True) -> str:
+    """Why a reconstruction attack cannot run on ``view`` ("" when it can)."""
+    if not view.modules or not view.has_plaintext:
+        return "no plaintext update visible (ciphertext only)"
+    if need_model and (view.model is None or view.tokenizer is None):
+        return "the view carries no public model or tokenizer"
+    return ""

@@ -1,0 +1,166 @@
+"""DAGER adapted to LoRA: exact batch recovery from the span structure of adapter gradients.
+
+Stage 1 keeps the vocabulary tokens whose first-layer input lies in the row space of the first adapted
+attention projection's observed update (dL/dA rows lie in span(X); in round 1, where peft's B = 0 makes
+dL/dA vanish, dL/dB rows lie in span{A x} and candidates are projected through the known starting A).
+Stage 2 orders the bag with the second adapted layer: left to right for decoders, by bounded
+enumeration for encoders. Exactness needs the batch's distinct visible tokens to stay below the LoRA
+rank and an SGD-like update; an AdamW delta or a saturated rank gets an honest empty or partial answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from attacks.common import check_mode, unusable
+from attacks.decoding import (
+    encoder_decode,
+    first_layer_is_position_free,
+    greedy_decode,
+    layer_checks,
+    prefix_distances,
+    soft_decode,
+    vocab_distances,
+)
+from attacks.probing import capture_inputs, is_decoder, vocab_inputs
+from attacks.subspace import split_by_gap
+from attacks.textutil import TemplateIds, extract_text, template_ids
+from benchmark.api import AttackerView, Reconstruction
+
+
+@dataclass(frozen=True)
+class DAGERParams:
+    """``tau1``/``tau2``: first/second-layer span-distance thresholds (relative); ``rank_tol``: relative
+    singular-value cut for the rank estimate; the rest bound the search."""
+
+    mode: str = "naive"
+    rank_tol: float = 1e-4
+    tau1: float = 1e-3
+    tau2: float = 1e-2
+    max_bag: int = 512
+    max_len: int = 64
+    max_beams: int = 16
+    max_positions: int = 64
+    max_combos: int = 20000
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+
+class DAGER:
+    name: ClassVar[str] = "dager"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
+    target: ClassVar[str] = "probe"
+    Params = DAGERParams
+
+    def __init__(self, params: DAGERParams | None = None) -> None:
+        self.params = params or DAGERParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        why = unusable(view)
+        if why:
+            return Reconstruction(note=why)
+        if view.kind == "adamw":
+            return Reconstruction(note="adamw delta: per-coordinate rescaling destroys the span structure DAGER needs")
+        p = self.params
+        t0 = time.perf_counter()
+        checks = layer_checks(view, p.mode == "adaptive", p.rank_tol)
+        if not checks:
+            return Reconstruction(note="no observed attention-input module with a usable update")
+        if checks[0].layer != 0:
+            return Reconstruction(note=f"first adapted layer is {checks[0].layer}; the vocabulary check needs layer 0")
+        first = checks[0]
+        second = checks[1] if len(checks) > 1 else None
+        if first.vacuous:
+            return Reconstruction(
+                note=f"layer-0 span (rank {first.rank}) fills the usable coordinates: no token can be singled out",
+                extra={"rank_l0": float(first.rank)},
+            )
+        extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
+        if second is not None:
+            extra["rank_l1"] = float(second.rank)
+        notes = []
+        if first.saturated:
+            notes.append(f"layer-0 rank saturated at {first.rank}: the batch's tokens likely exceed the LoRA rank")
+        tpl = template_ids(view.tokenizer, view.template)
+        n_seqs = view.batch_size or 1
+        if is_decoder(view.model) and first_layer_is_position_free(view.model, first):
+            ids, more = self._decoder(view, first, second, tpl, n_seqs)
+        else:
+            ids, more = self._encoder(view, first, second, n_seqs)
+        notes += more
+        extra["n_sequences"] = float(len(ids))
+        extra["attack_s"] = time.perf_counter() - t0
+        texts = [extract_text(s, tpl, view.tokenizer) for s in ids]
+        return Reconstruction(texts=texts, token_ids=ids, extra=extra, note="; ".join(notes))
+
+    def _decoder(self, view: AttackerView, first, second, tpl: TemplateIds, n_seqs: int) -> tuple[list[list[int]], list[str]]:
+        p, model = self.params, view.model
+        cap = min(p.max_bag, 2 * first.rank + 8)  # distinct visible tokens cannot exceed the rank
+        bag = split_by_gap(vocab_distances(model, first), p.tau1)[:cap].tolist()
+        if bag and _trimmed(first):
+            first = first.refined([x[bag] for x in vocab_inputs(model, first.nn_modules())], p.rank_tol)
+            bag = split_by_gap(vocab_distances(model, first), p.tau1)[:cap].tolist()
+        if not bag:
+            return [], ["no vocabulary token lies in the layer-0 span"]
+        if second is None:
+            return [bag], ["no second adapted layer: returning the unordered token bag"]
+        if _trimmed(second) and len(tpl.start) >= 2:
+            got = capture_inputs(model, second.nn_modules(), torch.tensor([tpl.start]))
+            second = second.refined([g[0, 1:] for g in got], p.rank_tol)
+        start = _checked_start(model, second, tpl, p.tau2)
+        if second.saturated or second.vacuous:
+            stops = [list(tpl.suffix)] if tpl.suffix else []
+            seqs = soft_decode(model, second, bag, start, n_seqs, p.max_len, stops)
+            return seqs, [f"layer-1 rank saturated at {second.rank}: order is best-effort"]
+        starts = [start] if start else [[t] for t in bag]
+        found = greedy_decode(model, second, bag, starts, p.tau2, p.max_len, p.max_beams)
+        return _select(found, len(start), n_seqs), []
+
+    def _encoder(self, view: AttackerView, first, second, n_seqs: int) -> tuple[list[list[int]], list[str]]:
+        p, model = self.params, view.model
+        per_position: list[list[int]] = []
+        cap = min(max(1, n_seqs) * 4, 2 * first.rank + 8)
+        for pos in range(p.max_positions):
+            got = split_by_gap(vocab_distances(model, first, pos), p.tau1)[:cap].tolist()
+            if not got:
+                break
+            per_position.append(got)
+        if not per_position:
+            return [], ["no vocabulary token lies in the layer-0 span at position 0"]
+        tok = view.tokenizer
+        ends = {i for i in (getattr(tok, "sep_token_id", None), getattr(tok, "eos_token_id", None)) if i is not None}
+        seqs = encoder_decode(model, first, second, per_position, n_seqs, ends, p.max_combos)
+        return seqs, []
+
+
+def _trimmed(check) -> bool:
+    return any(s.trim > 0 for s in check.spans)
+
+
+def _checked_start(model, check, tpl: TemplateIds, tau: float) -> list[int]:
+    """The template's known first tokens, if the second-layer check confirms them (positions after
+    the first; a query at position 0 sees only itself and may carry no gradient)."""
+    start = tpl.start
+    if len(start) >= 2:
+        d = prefix_distances(model, check, start)
+        if float(d[1:].max()) >= tau:
+            start = list(tpl.lead)
+    return start
+
+
+def _select(found: list[tuple[list[int], float]], start_len: int, n_seqs: int) -> list[list[int]]:
+    """Drop unextended starts and sequences that prefix another result; keep the ``n_seqs`` best."""
+    seqs = [(ids, d) for ids, d in found if len(ids) > start_len]
+    keep = [
+        (ids, d)
+        for ids, d in seqs
+        if not any(len(o) > len(ids) and o[: len(ids)] == ids for o, _ in seqs)
+    ]
+    keep.sort(key=lambda x: x[1])
+    return [ids for ids, _ in keep[:n_seqs]]

@@ -1,0 +1,180 @@
+"""Reading the exact inputs of adapted modules from the public model.
+
+Span attacks compare candidate vectors with the row space of a LoRA gradient, so the candidates must be
+the very tensors the adapted module multiplied: we capture them with forward pre-hooks on the module
+itself (never from ``hidden_states``, whose last entry has the final norm applied) and abort the forward
+pass as soon as every requested input has been seen, so probing layer 1 of a 30-layer model costs one
+block, not thirty.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Module leaf names whose input is the attention block's (normalized) input.
+ATTN_INPUT_LEAVES = frozenset({"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj", "Wqkv"})
+_LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+
+
+class _Stop(Exception):
+    """Raised from a hook once all wanted inputs are captured, to skip the rest of the forward."""
+
+
+@dataclass(frozen=True)
+class AdaptedModule:
+    """An observed module located in the public model: its layer index and the ``nn.Module``."""
+
+    name: str
+    layer: int
+    leaf: str
+    module: nn.Module
+
+
+def layer_index(name: str) -> int | None:
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def locate(model: nn.Module, names: Sequence[str]) -> dict[str, AdaptedModule]:
+    """Map canonical module names (peft prefix already stripped) to modules of ``model``.
+
+    Names that do not resolve exactly are matched by suffix, so ``model.layers.0.self_attn.q_proj``
+    still finds its module inside a wrapper that adds a prefix.
+    """
+    table = dict(model.named_modules())
+    found: dict[str, AdaptedModule] = {}
+    for name in names:
+        mod = table.get(name)
+        if mod is None:
+            hits = [k for k in table if k.endswith("." + name) or name.endswith("." + k)]
+            mod = table[min(hits, key=len)] if hits else None
+        idx = layer_index("." + name)
+        if mod is not None and idx is not None:
+            found[name] = AdaptedModule(name, idx, name.rsplit(".", 1)[-1], mod)
+    return found
+
+
+def attention_inputs_by_layer(found: Mapping[str, AdaptedModule]) -> dict[int, list[AdaptedModule]]:
+    """Group the modules that read the attention block input, by layer (lowest layer first)."""
+    groups: dict[int, list[AdaptedModule]] = {}
+    for am in found.values():
+        if am.leaf in ATTN_INPUT_LEAVES:
+            groups.setdefault(am.layer, []).append(am)
+    return dict(sorted(groups.items()))
+
+
+def is_decoder(model: nn.Module) -> bool:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return True
+    return bool(getattr(cfg, "is_decoder", False)) or not getattr(cfg, "model_type", "").startswith(
+        ("bert", "roberta", "distilbert", "electra", "deberta", "albert", "xlm")
+    )
+
+
+def device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def capture_inputs(
+    model: nn.Module,
+    modules: Sequence[nn.Module],
+    input_ids: Tensor,
+    position_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+) -> list[Tensor]:
+    """Inputs (N, L, d) of ``modules`` for ``input_ids`` (N, L), stopping the forward early."""
+    seen: dict[int, Tensor] = {}
+    wanted = {id(m) for m in modules}
+
+    def hook(mod: nn.Module, args: tuple) -> None:
+        seen[id(mod)] = args[0].detach()
+        if wanted <= seen.keys():
+            raise _Stop
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    kwargs: dict = {"input_ids": input_ids.to(device_of(model))}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids.to(kwargs["input_ids"].device)
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.to(kwargs["input_ids"].device)
+    try:
+        try:
+            model(**kwargs, use_cache=False)
+        except TypeError:  # models without a cache argument
+            model(**kwargs)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [m for m in modules if id(m) not in seen]
+    if missing:
+        raise RuntimeError("forward pass never reached an adapted module")
+    return [seen[id(m)].float() for m in modules]
+
+
+def last_position_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: Tensor, chunk: int = 256) -> list[Tensor]:
+    """Each module's input at the last position of every sequence in ``seqs`` (N, L) -> (N, d)."""
+    outs: list[list[Tensor]] = [[] for _ in modules]
+    for start in range(0, seqs.shape[0], chunk):
+        got = capture_inputs(model, modules, seqs[start : start + chunk])
+        for i, g in enumerate(got):
+            outs[i].append(g[:, -1, :].cpu())
+    return [torch.cat(o) for o in outs]
+
+
+_VOCAB_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def vocab_size(model: nn.Module, tokenizer: object | None = None) -> int:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None:
+        return int(emb.weight.shape[0])
+    return len(tokenizer)  # type: ignore[arg-type]
+
+
+def vocab_inputs(model: nn.Module, modules: Sequence[nn.Module], position: int = 0, chunk: int = 8192) -> list[Tensor]:
+    """The inputs of first-layer ``modules`` for every vocabulary token placed alone at ``position``:
+    one (V, d) tensor per module, from a single pass. Cached per model object, since the embeddings
+    and the first norm are frozen under LoRA and the same tensors serve every probe of a run."""
+    key = (tuple(id(m) for m in modules), position)
+    entry = _VOCAB_CACHE.get(id(model))
+    if entry is None or entry[0]() is not model:
+        entry = (weakref.ref(model), {})
+        _VOCAB_CACHE.clear()  # one model at a time: these tensors are large
+        _VOCAB_CACHE[id(model)] = entry
+    cache = entry[1]
+    if key in cache:
+        return cache[key]
+    V = vocab_size(model)
+    parts: list[list[Tensor]] = [[] for _ in modules]
+    for start in range(0, V, chunk):
+        ids = torch.arange(start, min(V, start + chunk)).unsqueeze(1)
+        got = capture_inputs(model, modules, ids, position_ids=torch.full_like(ids, position))
+        for i, g in enumerate(got):
+            parts[i].append(g[:, 0, :].cpu())
+    out = [torch.cat(p) for p in parts]
+    if len(cache) > 8:  # position-dependent models: keep only a few positions
+        cache.clear()
+    cache[key] = out
+    return out
+
+
+def position_free(model: nn.Module, module: nn.Module) -> bool:
+    """True when a token's first-layer input does not depend on its position (RoPE models), which
+    makes the first-layer span check a single pass over the vocabulary."""
+    ids = torch.tensor([[5], [17], [101]]) % vocab_size(model)
+    a = capture_inputs(model, [module], ids, position_ids=torch.zeros_like(ids))[0]
+    b = capture_inputs(model, [module], ids, position_ids=torch.full_like(ids, 3))[0]
+    return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))

@@ -1,0 +1,285 @@
+"""Observed LoRA subspaces and span distances, restricted to what the attacker can trust.
+
+For a LoRA module with inputs X, dL/dA = s B^T G^T X has rows in span(X), and dL/dB = s G^T X A^T has
+rows in span{A x}. A single-step gradient or a multi-step SGD delta of the first layer keeps this
+structure (the first layer's inputs are frozen), so a token whose layer input lies in the observed row
+space was in the batch. This module turns one ``ObservedModule`` into a ``Span`` (an orthonormal basis
+of that row space over the coordinates the attacker may use) and measures distances to it.
+
+Naive mode uses every coordinate as shown (hidden ones are zeros, columns in observed order). Adaptive
+mode keeps only fully visible columns, maps them to their input features when the defense leaks the
+column order, and, when a secret permutation scrambles columns, drops the worst-fitting coordinates of
+each candidate (a trimmed least-squares fit), since a few misplaced coordinates are outliers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from benchmark.api import AttackerView, LoRAFactors, ObservedModule
+
+_SHORTLIST = 1024  # candidates refit with trimming after a plain vocabulary-wide pass
+
+
+@dataclass(frozen=True)
+class Span:
+    """The row space of one observed matrix over its trusted coordinates.
+
+    ``index`` maps each kept coordinate to an entry of the candidate feature vector: an input feature
+    (A path) or a LoRA rank coordinate (B path, where candidates are first projected by ``proj``, the
+    A factor the client started from).
+    """
+
+    name: str
+    path: str  # "A" or "B"
+    basis: Tensor  # (c, k) orthonormal, float64
+    rank: int
+    saturated: bool
+    index: Tensor  # (c,) long
+    proj: Tensor | None = None  # (r, n_in) for the B path
+    trim: int = 0
+    matrix: Tensor | None = None  # the observed rows over ``index``'s coordinates, for refits
+
+    @property
+    def vacuous(self) -> bool:
+        """The span fills the trusted coordinates: every candidate would pass."""
+        return self.rank >= self.basis.shape[0] - 1
+
+    def features(self, X: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+        F = X.to(dtype)
+        if self.proj is not None:
+            F = F @ self.proj.to(dtype).T
+        return F[:, self.index]
+
+    def distance(self, X: Tensor, chunk: int = 8192) -> Tensor:
+        """Relative distance of each row of ``X`` (module inputs, original feature order) to the span.
+
+        Computed in float32 from the explicit residual (accurate to ~1e-6, far below any threshold),
+        which halves the cost of the vocabulary-wide pass."""
+        R = self.basis.float()
+        out = [_plain_distance(self.features(X[i : i + chunk], torch.float32), R) for i in range(0, X.shape[0], chunk)]
+        d = torch.cat(out).double() if out else torch.zeros(0, dtype=torch.float64)
+        if self.trim > 0 and d.numel():
+            short = torch.topk(d, min(_SHORTLIST, d.numel()), largest=False).indices
+            d[short] = _trimmed_distance(self.features(X[short]), self.basis, self.trim)
+        return d
+
+
+def _plain_distance(F: Tensor, R: Tensor) -> Tensor:
+    norms = F.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    Fn = F / norms
+    return (Fn - (Fn @ R) @ R.T).norm(dim=1)
+
+
+def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 2) -> Tensor:
+    """Residual after refitting each row on all but its ``trim`` worst coordinates."""
+    Fn = F / F.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    res = Fn - (Fn @ R) @ R.T
+    k = R.shape[1]
+    for _ in range(iters):
+        worst = torch.topk(res.abs(), trim, dim=1).indices
+        mask = torch.ones_like(Fn).scatter_(1, worst, 0.0)
+        RtR = torch.einsum("ck,nc,cj->nkj", R, mask, R) + 1e-10 * torch.eye(k, dtype=R.dtype)
+        coef = torch.linalg.solve(RtR, ((Fn * mask) @ R).unsqueeze(-1)).squeeze(-1)
+        res = Fn - coef @ R.T
+    kept = (Fn * mask).norm(dim=1).clamp_min(1e-30)
+    return (res * mask).norm(dim=1) / kept
+
+
+def estimate_rank(s: Tensor, rank_tol: float, gap: float = 100.0) -> tuple[int, bool]:
+    """Numerical rank of singular values ``s`` (descending) and whether it is saturated (full).
+
+    A relative tolerance decides first; when everything clears it (float32 deltas carry cancellation
+    noise), the largest drop between consecutive singular values decides if it exceeds ``gap``.
+    """
+    s = s[s > 0]
+    full = int(s.numel())
+    if full == 0:
+        return 0, False
+    k = int((s > rank_tol * s[0]).sum())
+    if k < full:
+        return k, False
+    if full > 1:
+        ratios = s[:-1] / s[1:]
+        i = int(torch.argmax(ratios))
+        if float(ratios[i]) > gap:
+            return i + 1, False
+    return full, True
+
+
+def fit_span(
+    name: str,
+    M: Tensor,
+    keep: Tensor,
+    index: Tensor,
+    rank_tol: float,
+    proj: Tensor | None = None,
+    trim: int = 0,
+    dim: int | None = None,
+    path: str = "A",
+) -> Span | None:
+    """Span of the rows of ``M[:, keep]``; ``dim`` forces the number of directions (soft ranking)."""
+    sub = M[:, keep].double()
+    if sub.numel() == 0 or not torch.isfinite(sub).all() or float(sub.abs().max()) == 0.0:
+        return None
+    s, vh = right_svd(sub)
+    rank, saturated = estimate_rank(s, rank_tol)
+    k = rank if dim is None else max(1, min(dim, int(s.numel())))
+    if k == 0:
+        return None
+    trim = min(trim, max(0, sub.shape[1] - k - 1))
+    return Span(name, path, vh[:k].T.contiguous(), rank, saturated, index, proj, trim, sub)
+
+
+def right_svd(M: Tensor) -> tuple[Tensor, Tensor]:
+    """Singular values and right singular vectors (rows of Vh) of a wide matrix via QR of its
+    transpose: LAPACK's multi-threaded SVD of a wide matrix is pathologically slow on busy cores."""
+    with single_thread():
+        if M.shape[0] < M.shape[1]:
+            Q, Rt = torch.linalg.qr(M.T)
+            _, s, wh = torch.linalg.svd(Rt.T)
+            return s, (Q @ wh.T).T
+        _, s, vh = torch.linalg.svd(M, full_matrices=False)
+        return s, vh
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Small dense linear algebra runs faster on one thread than on oversubscribed ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def refine(span: Span, members: Tensor, rank_tol: float) -> Span:
+    """Drop the coordinates a secret column permutation displaced, using known or confidently found
+    members of the span: every member's trimmed fit flags its worst coordinates, and coordinates
+    flagged by most members are misplaced for all of them (the permutation is shared). The span is
+    then refit without those coordinates and needs no per-candidate trimming."""
+    if span.trim == 0 or span.matrix is None or members.shape[0] == 0:
+        return span
+    Fn = span.features(members)
+    Fn = Fn / Fn.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    R = span.basis
+    res = Fn - (Fn @ R) @ R.T
+    for _ in range(2):
+        worst = torch.topk(res.abs(), span.trim, dim=1).indices
+        mask = torch.ones_like(Fn).scatter_(1, worst, 0.0)
+        RtR = torch.einsum("ck,nc,cj->nkj", R, mask, R) + 1e-10 * torch.eye(R.shape[1], dtype=R.dtype)
+        coef = torch.linalg.solve(RtR, ((Fn * mask) @ R).unsqueeze(-1)).squeeze(-1)
+        res = Fn - coef @ R.T
+    flagged = torch.zeros(Fn.shape[1], dtype=torch.float64)
+    for row in res.abs():
+        top = torch.topk(row, span.trim).indices
+        big = top[row[top] > 10 * row.median().clamp_min(1e-12)]
+        flagged[big] += 1
+    bad = flagged > 0.5 * Fn.shape[0]
+    if not bad.any():
+        return span
+    good = torch.nonzero(~bad).flatten()
+    new = fit_span(span.name, span.matrix, good, span.index[good], rank_tol, proj=span.proj, path=span.path)
+    return new if new is not None else span
+
+
+def _prev(view: AttackerView, name: str) -> LoRAFactors | None:
+    return view.prev.get(name) if view.prev else None
+
+
+def _observed(view: AttackerView, name: str, om: ObservedModule, factor: str, adaptive: bool) -> tuple[Tensor, Tensor | None] | None:
+    """The matrix whose rows carry the span (a gradient, or observed minus starting factors)."""
+    M = om.A if factor == "A" else om.B
+    hidden = om.A_hidden if factor == "A" else om.B_hidden
+    if M is None:
+        return None
+    M = M.detach().double().cpu()
+    if view.kind != "grad":
+        prev = _prev(view, name)
+        if prev is None:
+            return None
+        P = (prev.A if factor == "A" else prev.B).detach().double().cpu()
+        if factor == "A" and adaptive and om.column_order is not None:
+            P = P[:, list(om.column_order)]
+        if P.shape != M.shape:
+            return None
+        M = M - P
+    if hidden is not None:
+        hidden = hidden.bool().cpu()
+        if adaptive:
+            M = M.masked_fill(hidden, 0.0)
+    return M, hidden
+
+
+def module_span(
+    view: AttackerView,
+    name: str,
+    om: ObservedModule,
+    adaptive: bool,
+    rank_tol: float = 1e-4,
+    dim: int | None = None,
+    trim_fraction: float = 0.1,
+) -> Span | None:
+    """The usable span of one observed module: the A path when its update is non-zero, else the B path
+    through the starting A (round 1 with peft's B = 0 makes dL/dA vanish)."""
+    got = _observed(view, name, om, "A", adaptive)
+    if got is not None:
+        M, hidden = got
+        keep = torch.arange(M.shape[1])
+        index = keep
+        trim = 0
+        if adaptive:
+            if hidden is not None:
+                keep = torch.nonzero(~hidden.any(0)).flatten()
+            if om.column_order is not None:
+                index = torch.tensor(om.column_order, dtype=torch.long)[keep]
+            else:
+                index = keep
+                if om.columns_permuted:
+                    n_hidden = M.shape[1] - keep.numel()
+                    trim = n_hidden if n_hidden > 0 else max(1, int(trim_fraction * keep.numel()))
+        else:
+            index = keep
+        span = fit_span(name, M, keep, index, rank_tol, trim=trim, dim=dim, path="A")
+        if span is not None:
+            return span
+    got = _observed(view, name, om, "B", adaptive)
+    prev = _prev(view, name)
+    if got is None or prev is None:
+        return None
+    M, hidden = got
+    keep = torch.arange(M.shape[1])
+    if adaptive and hidden is not None:
+        keep = torch.nonzero(~hidden.any(0)).flatten()
+    proj = prev.A.detach().double().cpu()
+    return fit_span(name, M, keep, keep, rank_tol, proj=proj, dim=dim, path="B")
+
+
+def min_distance(spans: list[Span], inputs: list[Tensor]) -> Tensor:
+    """Per-candidate minimum over modules (a token counts if any module's span contains it)."""
+    ds = [sp.distance(x) for sp, x in zip(spans, inputs)]
+    return torch.stack(ds).min(0).values
+
+
+def split_by_gap(d: Tensor, tau: float, max_low: float = 0.1, ratio: float = 20.0, limit: int = 512) -> Tensor:
+    """Indices of the clearly-small distances: below ``tau``, or below the largest multiplicative gap
+    in the sorted smallest distances when that gap exceeds ``ratio`` and sits under ``max_low``
+    (float32 deltas push true distances above a fixed threshold while others stay near 1)."""
+    vals, idx = torch.sort(d)
+    fixed = idx[vals < tau]
+    head = vals[: min(limit, vals.numel())].clamp_min(1e-12)
+    if head.numel() > 1:
+        ratios = head[1:] / head[:-1]
+        ok = head[:-1] < max_low
+        if ok.any():
+            ratios = torch.where(ok, ratios, torch.zeros_like(ratios))
+            i = int(torch.argmax(ratios))
+            if float(ratios[i]) > ratio and i + 1 > fixed.numel():
+                return idx[: i + 1]
+    return fixed
