@@ -1,2 +1,16 @@
 """SHE-LoRA as a library: selective CKKS encryption of sensitive LoRA-A columns for federated
-fine-tuning with heterogeneous ranks. Imports nothing from the benchmark harness."""
+fine-tuning with heterogeneous ranks. Imports nothing from the benchmark harness.
+
+Modules, in protocol order:
+
+- ``sensitivity``: S_j = sum_k |A_kj| ||x_j||, column budgets k = ceil(b n), top-k lists;
+- ``ope``: keyed order-preserving codes for column indices (clients hold the key);
+- ``negotiation``: top-k lists -> one ordered global list per module (nested prefixes);
+- ``permutation``: the shared column swap and its reverse-order inverse;
+- ``layout`` / ``plan``: who packs which value where, derived from public facts only;
+- ``ckks``: packed CKKS (complex slots, seeded symmetric encryption), public vs secret contexts;
+- ``lift``: the server-side lift Enc(a) -> Enc(w s B a) with few rotations;
+- ``reparam``: plaintext column-aware aggregation and the exact fusion of both parts;
+- ``client`` / ``server``: the two roles; the server side only ever loads a public context;
+- ``lowrank``: FlexLoRA's stacked-factor SVD (shared with the harness).
+"""
