@@ -31,3 +31,34 @@ def encrypt_parallel(ctx: Any, chunks: np.ndarray, n_workers: int) -> list[bytes
     mp = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(n_workers, mp_context=mp, initializer=_init, initargs=(secret_context_bytes(ctx),)) as ex:
         return [blob for part in ex.map(_encrypt_rows, parts) for blob in part]
+
+
+def _lift_modules(args: tuple) -> dict[str, list[bytes]]:
+    """Worker: lift a subset of modules for every client, with its own copy of the public context."""
+    from she_lora.ckks import load_public_context
+    from she_lora.lift import ServerLift
+
+    public, groups, shapes, clients = args
+    lift = ServerLift(load_public_context(public), groups, shapes)
+    for blobs, blocks, B, coef in clients:
+        lift.add_client(blobs, blocks, B, coef)
+    return lift.finish()
+
+
+def lift_parallel(public: bytes, groups: Any, shapes: Any, clients: list[tuple], n_workers: int) -> dict[str, list[bytes]]:
+    """Server lift with modules spread over ``n_workers`` forked processes. ``clients`` holds
+    (blobs, blocks, B per module, coef); outputs of a module never mix across workers, so each worker
+    sums its modules over all clients and rescales them itself."""
+    names = sorted(groups)
+    parts = [names[i::n_workers] for i in range(n_workers)]
+    jobs = []
+    for part in parts:
+        keep = set(part)
+        sub = [(blobs, [b for b in blocks if b.module in keep], {n: B[n] for n in keep}, coef) for blobs, blocks, B, coef in clients]
+        jobs.append((public, {n: groups[n] for n in part}, {n: shapes[n] for n in part}, sub))
+    mp = multiprocessing.get_context("fork")
+    out: dict[str, list[bytes]] = {}
+    with ProcessPoolExecutor(n_workers, mp_context=mp) as ex:
+        for res in ex.map(_lift_modules, jobs):
+            out.update(res)
+    return out

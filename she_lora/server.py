@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from she_lora import ckks
+from she_lora._pool import lift_parallel
 from she_lora.layout import client_blocks
 from she_lora.lift import ServerLift
 from she_lora.negotiation import TopK, merge_global_list
@@ -26,6 +27,7 @@ class ServerSide:
 
     def __init__(self, plan: Plan, cfg: ProtocolConfig, public_context: bytes) -> None:
         self.plan, self.cfg = plan, cfg
+        self.public_context = public_context
         self.ctx = ckks.load_public_context(public_context)
         if self.ctx.has_secret_key:
             raise ValueError("server context must not hold the secret key")
@@ -90,14 +92,23 @@ class ServerSide:
         return ({"lift": summed} if summed else {}), {"lift_norm": norms.pop(), "lift_entries": entries}
 
     def _server_lift(self, uploads: Sequence[Any], ids: list[int], coefs: list[float]) -> dict[str, list[bytes]]:
-        lift = ServerLift(self.ctx, self.plan.groups, self.plan.shapes)
+        clients = []
         for cid, coef, (plain, cipher, _) in zip(ids, coefs, uploads):
             rank = self.plan.member(cid).rank
             blocks = client_blocks(self.plan.groups, rank, self.plan.k[cid], self.ctx.slot_count)
-            if len(cipher.get("lift", [])) != max((b.ct for b in blocks), default=-1) + 1:
-                raise ValueError(f"aggregate: client {cid} sent {len(cipher.get('lift', []))} ciphertexts, its layout needs more or fewer")
-            B = {name: plain[f"{name}/B"].double().numpy() for name in self.plan.shapes}
-            lift.add_client(cipher.get("lift", []), blocks, B, coef)
-        return {f"{name}/lift": blobs for name, blobs in lift.finish().items()}
+            blobs = list(cipher.get("lift", []))
+            if len(blobs) != max((b.ct for b in blocks), default=-1) + 1:
+                raise ValueError(f"aggregate: client {cid} sent {len(blobs)} ciphertexts, its layout needs {max((b.ct for b in blocks), default=-1) + 1}")
+            for blob in blobs[:1]:
+                self.ctx.load_ct(blob)  # fail fast (and in this process) on a foreign context
+            clients.append((blobs, blocks, {name: plain[f"{name}/B"].double().numpy() for name in self.plan.shapes}, coef))
+        if self.cfg.n_workers > 1 and len(self.plan.groups) > 1:
+            out = lift_parallel(self.public_context, self.plan.groups, self.plan.shapes, clients, self.cfg.n_workers)
+        else:
+            lift = ServerLift(self.ctx, self.plan.groups, self.plan.shapes)
+            for blobs, blocks, B, coef in clients:
+                lift.add_client(blobs, blocks, B, coef)
+            out = lift.finish()
+        return {f"{name}/lift": blobs for name, blobs in sorted(out.items())}
 
 

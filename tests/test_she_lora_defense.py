@@ -33,8 +33,9 @@ def run_round(params: SHELoRAParams, shapes: dict = SHAPES, ranks: tuple = RANKS
         SHELoRAParams(leakage="plain", send_scores=True),
         SHELoRAParams(leakage="plain", swap=False),
         SHELoRAParams(lift="server_lift"),
+        SHELoRAParams(lift="server_lift", leakage="plain", n_workers=2),
     ],
-    ids=["client_ope", "client_plain_scores", "client_noswap", "server_ope"],
+    ids=["client_ope", "client_plain_scores", "client_noswap", "server_ope", "server_plain_2workers"],
 )
 def test_aggregate_equals_flexlora(params: SHELoRAParams) -> None:
     d, fed, updates, _, payloads, message = run_round(params)
