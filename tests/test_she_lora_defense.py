@@ -184,3 +184,12 @@ def test_setup_costs_and_privacy_params() -> None:
     assert costs["context_bytes"] > costs["public_context_bytes"] > 0 and costs["keygen_s"] >= 0
     pp = d.privacy_params()
     assert 0 < pp["encrypted_fraction"] < 0.15 and pp["lift"] == "client_lift" and pp["leakage"] == "ope"
+
+
+@pytest.mark.parametrize("lift", ["client_lift", "server_lift"])
+def test_zero_budget_client_sends_no_ciphertext(lift: str) -> None:
+    shapes = {"only": (12, 20)}
+    d, fed, updates, _, payloads, message = run_round(SHELoRAParams(lift=lift), shapes, (2, 4, 6), (0.0, 0.0, 0.15))
+    assert payloads[0].cipher_bytes() == 0 and payloads[2].cipher_bytes() > 0
+    ref = reference(updates)
+    assert relative_error(d.fused_deltas(message)["only"].dense(), ref["only"].dense()) <= 1e-5

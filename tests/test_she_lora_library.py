@@ -126,8 +126,8 @@ def test_fuse_equals_dense_sum() -> None:
 
 @pytest.fixture(scope="module")
 def lift_setup() -> tuple:
-    shapes = {"x": (40, 30), "y": (20, 30)}
-    clients = [(2, {"x": 3, "y": 1}), (4, {"x": 7, "y": 2}), (3, {"x": 0, "y": 2})]
+    shapes = {"x": (40, 30), "y": (20, 30), "z": (700, 40)}  # z: two row windows per group
+    clients = [(2, {"x": 3, "y": 1, "z": 20}), (4, {"x": 7, "y": 2, "z": 20}), (3, {"x": 0, "y": 2, "z": 0})]
     groups = server_lift_groups(shapes, clients, 64)  # tiny slot count: several blocks, windows, lanes
     ctx = ckks.make_secret_context(ckks.CKKSParams(poly_modulus_degree=8192, galois_keys=True), rotation_steps(groups))
     return shapes, clients, groups, ctx
@@ -140,7 +140,8 @@ def test_server_lift_matches_numpy(lift_setup: tuple) -> None:
     server = ckks.load_public_context(ckks.public_context_bytes(ctx))
     lift = ServerLift(server, groups, shapes)
     rng = np.random.default_rng(0)
-    expect = {name: np.zeros((m, 7 if name == "x" else 2)) for name, (m, _) in shapes.items()}
+    k_max = {name: max(ks[name] for _, ks in clients) for name in shapes}
+    expect = {name: np.zeros((m, k_max[name])) for name, (m, _) in shapes.items()}
     for (r, ks), coef in zip(clients, [0.5, 0.3, 0.2]):
         cols = {name: rng.normal(0, 0.1, (r, ks[name])) for name in shapes}
         B = {name: rng.normal(0, 0.1, (m, r)) for name, (m, _) in shapes.items()}
@@ -149,6 +150,7 @@ def test_server_lift_matches_numpy(lift_setup: tuple) -> None:
         for name in shapes:
             expect[name][:, : ks[name]] += coef * B[name] @ cols[name]
     out = lift.finish()
+    assert groups["z"][0].n_out(700) == 2
     for name, (m, _) in shapes.items():
         got = decode_lift(ctx, out[name], groups[name], m, expect[name].shape[1])
         assert np.abs(got - expect[name]).max() < 1e-8 * max(1.0, np.abs(expect[name]).max())
