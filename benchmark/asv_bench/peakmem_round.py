@@ -1,0 +1,31 @@
+"""Peak memory of one federated round on the tiny scenario (model, two clients' local training, the
+defense's protect and aggregate, the clients' finalize).
+
+asv's peakmem_ is the process's maximum RSS, setup included; the federation is therefore built in the
+measured method too, so the number is what one round of the whole in-process engine needs. plain_lora
+is the baseline, she_lora the defense whose client-side overhead matters most.
+"""
+
+from __future__ import annotations
+
+from .common import Bench, make_defense, need, seed_all, tiny_scenario
+
+
+class TinyRound(Bench):
+    """Maximum RSS of building the tiny federation and running its first round."""
+
+    version = "1"
+    params = [["plain_lora", "she_lora"]]
+    param_names = ["defense"]
+
+    def setup(self, defense: str) -> None:
+        seed_all()
+        self.federated = need("benchmark.federated")
+        self.scenario = tiny_scenario()
+        make_defense(defense)  # skip early when the defense is missing at this commit
+        self.name = defense
+
+    def peakmem_round(self, defense: str) -> None:
+        fed = self.federated.Federation(self.scenario, make_defense(self.name), 0)
+        fed.defense.setup(fed.fed)
+        fed.run_round(1)
