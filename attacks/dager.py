@@ -26,9 +26,10 @@ from attacks.decoding import (
     soft_decode,
     vocab_distances,
 )
+from attacks.labels import complete_labels
 from attacks.probing import capture_inputs, is_decoder, vocab_inputs
 from attacks.subspace import split_by_gap
-from attacks.textutil import TemplateIds, extract_text, template_ids
+from attacks.textutil import TemplateIds, decode, template_ids
 from benchmark.api import AttackerView, Reconstruction
 
 
@@ -46,6 +47,9 @@ class DAGERParams:
     max_beams: int = 16
     max_positions: int = 64
     max_combos: int = 20000
+    complete_label: bool = True  # decoder classification: append the label token the update implies
+    label_top_k: int = 6  # label candidates added per ranking and round
+    label_budget: int = 24  # most candidates per ranking before giving up on an exact match
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -94,9 +98,11 @@ class DAGER:
         else:
             ids, more = self._encoder(view, first, second, n_seqs)
         notes += more
+        if ids and p.complete_label and view.task == "classification" and is_decoder(view.model):
+            ids = complete_labels(view, ids, p.mode == "adaptive", p.label_top_k, p.label_budget)
         extra["n_sequences"] = float(len(ids))
         extra["attack_s"] = time.perf_counter() - t0
-        texts = [extract_text(s, tpl, view.tokenizer) for s in ids]
+        texts = [decode(s, view.tokenizer) for s in ids]
         return Reconstruction(texts=texts, token_ids=ids, extra=extra, note="; ".join(notes))
 
     def _decoder(self, view: AttackerView, first, second, tpl: TemplateIds, n_seqs: int) -> tuple[list[list[int]], list[str]]:

@@ -56,6 +56,11 @@ def _find(seq: Sequence[int], sub: Sequence[int], start: int = 0) -> int:
     return -1
 
 
+def decode(ids: Sequence[int], tokenizer: Any) -> str:
+    """A recovered sequence as text, decoded the way the harness decodes its references."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
 def extract_text(ids: Sequence[int], tpl: TemplateIds, tokenizer: Any) -> str:
     """Decode the private-text part of a recovered token sequence."""
     ids = list(ids)

@@ -76,12 +76,26 @@ def lora_factors(pm: nn.Module) -> dict[str, LoRAFactors]:
     return out
 
 
-def encode(tokenizer: Any, texts: Sequence[str], template: str, label: str = " positive") -> dict[str, Tensor]:
-    """Right-padded causal-LM batch of ``template.format(text) + label`` with pads masked from the loss."""
+def encode(tokenizer: Any, texts: Sequence[str], template: str, label: str = " positive",
+           loss: str = "label") -> dict[str, Tensor]:
+    """Right-padded batch of ``template.format(text) + label`` as the harness builds it for a decoder
+    classifier: the loss sits on the label token alone (``loss="label"``) or on every token ("lm")."""
     full = [template.format(text=t) + label for t in texts]
     enc = tokenizer(full, return_tensors="pt", padding=True)
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+    mask = enc["attention_mask"]
+    labels = enc["input_ids"].masked_fill(mask == 0, -100)
+    if loss == "label":
+        last = mask.sum(1) - 1
+        keep = torch.zeros_like(mask, dtype=torch.bool)
+        keep[torch.arange(len(full)), last] = True
+        labels = labels.masked_fill(~keep, -100)
+    return {"input_ids": enc["input_ids"], "attention_mask": mask, "labels": labels}
+
+
+def references(tokenizer: Any, texts: Sequence[str], template: str, label: str = " positive") -> list[str]:
+    """The probe batch decoded as the model saw it (what the harness scores against)."""
+    return [tokenizer.decode(tokenizer(template.format(text=t) + label)["input_ids"], skip_special_tokens=True)
+            for t in texts]
 
 
 def _loss(pm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -99,12 +113,13 @@ def public_model(base: nn.Module, factors: dict[str, LoRAFactors]) -> nn.Module:
 
 
 def client_view(pm: nn.Module, base_copy: nn.Module, tokenizer: Any, texts: Sequence[str], template: str,
-                kind: str = "grad", steps: int = 1, lr: float = 0.05) -> AttackerView:
+                kind: str = "grad", steps: int = 1, lr: float = 0.05, loss: str = "label",
+                label: str = " positive") -> AttackerView:
     """Simulate one client probe on ``pm`` (restored afterwards) and return the plaintext view.
 
     ``base_copy`` is an untouched copy of the base model, into which the starting LoRA delta is merged.
     """
-    batch = encode(tokenizer, texts, template)
+    batch = encode(tokenizer, texts, template, label=label, loss=loss)
     prev = lora_factors(pm)
     params = [p for n, p in pm.named_parameters() if "lora_" in n]
     saved = [p.detach().clone() for p in params]

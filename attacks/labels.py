@@ -1,0 +1,138 @@
+"""Completing each recovered prompt with its label token, chosen by the gradient it would cause.
+
+A decoder classifier's label is the last token and no span check can see it (its output has no target).
+But the loss sits on that token, so the update depends on it. Candidates come from two rankings: the
+public model's next-token probabilities, and a first-order score of agreement with the update (for a
+label l the LoRA gradient is J^T (p - e_l); its inner product with the observed update t is
+p.z - z_l with z = J t, a directional derivative of the logits taken by central differences, divided
+by |p - e_l| as a crude norm correction). Each candidate's exact gradient is then recomputed at the
+client's starting point (one batched pass per round of candidates) and the combination whose summed
+gradient best matches the update wins (cosine over the first two adapted layers). The candidate set
+grows until a near-perfect match appears or the budget is spent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attacks.lorahooks import attached, flatten_grads, observed_target, per_example_grads, unflatten
+from attacks.probing import device_of, locate
+from benchmark.api import AttackerView
+
+_EXACT = 0.999  # a cosine this close to 1 means the label combination is found
+
+
+def first_layers(view: AttackerView, layers: int = 2) -> list[str]:
+    found = locate(view.model, list(view.modules))
+    keep = sorted({am.layer for am in found.values()})[:layers]
+    return [n for n, am in found.items() if am.layer in keep]
+
+
+def complete_labels(view: AttackerView, seqs: Sequence[Sequence[int]], adaptive: bool, top_k: int = 6,
+                    budget: int = 24) -> list[list[int]]:
+    """``seqs`` with one predicted label token appended to each (unchanged when nothing fits)."""
+    seqs = [list(s) for s in seqs]
+    if not seqs or view.prev is None or view.model is None:
+        return seqs
+    names = [n for n in first_layers(view) if n in view.prev]
+    target, masks = observed_target(view, names, adaptive)
+    if target.numel() == 0 or float(target.norm()) == 0.0:
+        return seqs
+    target = target.float()
+    factors = {n: view.prev[n] for n in names}
+    rankings = [_rankings(view, factors, s, target, masks) for s in seqs]
+    cands: list[list[int]] = [[] for _ in seqs]
+    grads: list[list[Tensor]] = [[] for _ in seqs]
+    choice = [0] * len(seqs)
+    for depth in range(top_k, budget + top_k, top_k):
+        for i, s in enumerate(seqs):
+            new = [t for r in rankings[i] for t in r[depth - top_k : depth] if t not in cands[i]]
+            new = list(dict.fromkeys(new))
+            if new:
+                grads[i] += _label_grads(view, factors, s, new, masks)
+                cands[i] += new
+        choice, best = _best_combination([torch.stack(g) for g in grads], target)
+        if best >= _EXACT:
+            break
+    return [s + [c[j]] for s, c, j in zip(seqs, cands, choice)]
+
+
+def _rankings(view: AttackerView, factors: dict, seq: list[int], target: Tensor, masks: dict) -> list[list[int]]:
+    """Vocabulary orders by model probability and by (normalized) first-order gradient agreement."""
+    ids = torch.tensor([seq], device=device_of(view.model))
+    with attached(view.model, factors) as leaves:
+        shapes = {n: (leaves[n][0].shape, leaves[n][1].shape) for n in factors}
+        nudge = unflatten(target / target.norm(), masks, shapes)
+        z, logits = _logit_derivative(view.model, ids, leaves, nudge)
+    p = F.softmax(logits, -1)
+    norm = ((p * p).sum() - 2 * p + 1).clamp_min(1e-12).sqrt()  # |p - e_l|
+    keep = 4 * 24
+    return [torch.topk(p, keep).indices.tolist(), torch.topk(-z / norm, keep).indices.tolist()]
+
+
+def _label_grads(view: AttackerView, factors: dict, seq: list[int], labels: list[int], masks: dict) -> list[Tensor]:
+    """Exact flattened gradient of the label loss for each candidate label (one batched pass)."""
+    ids = torch.tensor([seq] * len(labels))
+    lab = torch.tensor(labels, device=device_of(view.model))
+
+    def losses(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits[:, -1].float(), lab, reduction="none")
+
+    per = per_example_grads(view.model, factors, ids, losses)
+    return [flatten_grads({n: (a[k], b[k]) for n, (a, b) in per.items()}, masks).float().cpu() for k in range(len(labels))]
+
+
+@torch.no_grad()
+def _logit_derivative(model, ids: Tensor, leaves: dict, nudge: dict, tries: int = 4) -> tuple[Tensor, Tensor]:
+    """Central difference of the last position's logits along ``nudge`` (step grown until it shows),
+    centred so that only differences between labels remain; also returns the unperturbed logits."""
+    base = model(input_ids=ids).logits[0, -1].float()
+    eps = 1e-3
+    diff = torch.zeros_like(base)
+    for _ in range(tries):
+        outs = []
+        for sign in (1.0, -1.0):
+            _shift(leaves, nudge, sign * eps)
+            outs.append(model(input_ids=ids).logits[0, -1].float())
+            _shift(leaves, nudge, -sign * eps)
+        diff = (outs[0] - outs[1]) / 2
+        if float(diff.norm()) > 1e-3 * float(base.norm()):
+            break
+        eps *= 10
+    z = diff / eps
+    return z - (F.softmax(base, -1) @ z), base
+
+
+def _shift(leaves: dict, nudge: dict, step: float) -> None:
+    for n, (dA, dB) in nudge.items():
+        leaves[n][0].add_(step * dA.to(leaves[n][0]))
+        leaves[n][1].add_(step * dB.to(leaves[n][1]))
+
+
+def _cos(a: Tensor, b: Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
+def _best_combination(grads: list[Tensor], target: Tensor) -> tuple[list[int], float]:
+    """Indices (one per sequence) maximizing cos(sum of chosen gradients, target), and that cosine:
+    exhaustive up to 4096 combinations, coordinate ascent beyond."""
+    sizes = [g.shape[0] for g in grads]
+    total = 1
+    for n in sizes:
+        total *= n
+    if total <= 4096:
+        scores = [(_cos(sum(g[i] for g, i in zip(grads, combo)), target), list(combo))
+                  for combo in itertools.product(*[range(n) for n in sizes])]
+        best, arg = max(scores, key=lambda x: x[0])
+        return arg, best
+    arg = [0] * len(grads)
+    for _ in range(3):
+        for s in range(len(grads)):
+            rest = sum(g[i] for j, (g, i) in enumerate(zip(grads, arg)) if j != s)
+            arg[s] = max(range(sizes[s]), key=lambda i: _cos(rest + grads[s][i], target))
+    return arg, _cos(sum(g[i] for g, i in zip(grads, arg)), target)

@@ -1,0 +1,160 @@
+"""Recomputing a client's LoRA gradients on the public model, for attacks that compare candidates
+with the observed update (label completion, gradient matching).
+
+The public model already has the client's starting delta s*B0@A0 merged, so its forward is the client's
+forward. Each adapted module gets a hook adding s*(x A^T) B^T - s*(x A0^T) B0^T with leaf factors A, B
+starting at A0, B0: at the start the output value is unchanged while autograd sees exactly the LoRA
+gradient there, and moving the leaves moves the output as the client's adapter would. No peft wrapper
+and no model copy are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from attacks.probing import device_of, locate
+from benchmark.api import AttackerView, LoRAFactors, ObservedModule
+
+
+@contextmanager
+def attached(model: nn.Module, factors: Mapping[str, LoRAFactors]) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
+    """Attach differentiable LoRA factors (copies of ``factors``) to the named modules of ``model``."""
+    found = locate(model, list(factors))
+    dev = device_of(model)
+    leaves: dict[str, tuple[Tensor, Tensor]] = {}
+    handles = []
+    for name, am in found.items():
+        f = factors[name]
+        A0 = f.A.detach().to(dev, torch.float32)
+        B0 = f.B.detach().to(dev, torch.float32)
+        A = A0.clone().requires_grad_(True)
+        B = B0.clone().requires_grad_(True)
+        leaves[name] = (A, B)
+
+        def hook(_m: nn.Module, args: tuple, out: Tensor, A: Tensor = A, B: Tensor = B, A0: Tensor = A0,
+                 B0: Tensor = B0, s: float = f.scale) -> Tensor:
+            x = args[0]
+            with torch.no_grad():
+                t0 = s * (x @ A0.T) @ B0.T
+            return out + (s * (x @ A.T) @ B.T - t0)
+
+        handles.append(am.module.register_forward_hook(hook))
+    try:
+        yield leaves
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def observed_target(view: AttackerView, names: Sequence[str], adaptive: bool) -> tuple[Tensor, dict[str, tuple[Tensor | None, Tensor | None]]]:
+    """The observed update as a gradient-like flat vector over usable coordinates, and per module the
+    boolean masks (A, B) selecting those coordinates (None: factor unused).
+
+    A gradient is used as is; an SGD delta is turned into prev - observed (a positive multiple of the
+    summed gradients). Naive mode uses every coordinate (hidden ones are zeros); adaptive mode only
+    visible ones, with A's columns mapped back to input features when their order is known.
+    """
+    parts: list[Tensor] = []
+    masks: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+    for name in names:
+        om: ObservedModule = view.modules[name]
+        prev = view.prev.get(name) if view.prev else None
+        pair: list[Tensor | None] = []
+        for factor in ("A", "B"):
+            M = getattr(om, factor)
+            hidden = getattr(om, f"{factor}_hidden")
+            if M is None or (adaptive and hidden is not None and bool(hidden.all())):
+                pair.append(None)
+                continue
+            M = M.detach().double().cpu()
+            if factor == "A" and adaptive and om.column_order is not None:
+                inv = torch.empty(M.shape[1], dtype=torch.long)
+                inv[torch.tensor(om.column_order)] = torch.arange(M.shape[1])
+                M = M[:, inv]
+                hidden = hidden[:, inv] if hidden is not None else None
+            if view.kind != "grad":
+                if prev is None:
+                    pair.append(None)
+                    continue
+                M = getattr(prev, factor).detach().double().cpu() - M
+            keep = torch.ones_like(M, dtype=torch.bool)
+            if adaptive and hidden is not None:
+                keep = ~hidden.bool().cpu()
+            parts.append(M[keep])
+            pair.append(keep)
+        masks[name] = (pair[0], pair[1])
+    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    return flat, masks
+
+
+def flatten_grads(grads: Mapping[str, tuple[Tensor, Tensor]], masks: Mapping[str, tuple[Tensor | None, Tensor | None]]) -> Tensor:
+    """Flatten recomputed (dA, dB) per module over the same coordinates as ``observed_target``."""
+    parts = []
+    for name, (ka, kb) in masks.items():
+        gA, gB = grads[name]
+        if ka is not None:
+            parts.append(gA[ka.to(gA.device)])
+        if kb is not None:
+            parts.append(gB[kb.to(gB.device)])
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def unflatten(flat: Tensor, masks: Mapping[str, tuple[Tensor | None, Tensor | None]],
+              shapes: Mapping[str, tuple[torch.Size, torch.Size]]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Inverse of ``flatten_grads``: per module (A, B) tensors, zero outside the masks."""
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    pos = 0
+    for name, (ka, kb) in masks.items():
+        pair = []
+        for keep, shape in zip((ka, kb), shapes[name]):
+            t = torch.zeros(shape, dtype=flat.dtype)
+            if keep is not None:
+                n = int(keep.sum())
+                t[keep] = flat[pos : pos + n]
+                pos += n
+            pair.append(t)
+        out[name] = (pair[0], pair[1])
+    return out
+
+
+def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], input_ids: Tensor,
+                      losses: Callable[[Tensor], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-example LoRA gradients (K, r, n) and (K, m, r) at the starting factors, from ONE batched
+    forward/backward: each module's input x and output gradient g are captured, and
+    dA_k = s (g_k B)^T x_k, dB_k = s g_k^T (x_k A^T). ``losses`` maps logits to per-example losses."""
+    found = locate(model, list(factors))
+    xs: dict[str, Tensor] = {}
+    probes: dict[str, Tensor] = {}
+
+    def make(name: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            xs[name] = args[0].detach()
+            probes[name] = torch.zeros_like(out, requires_grad=True)  # d loss / d probe = d loss / d out
+            return out + probes[name]
+
+        return hook
+
+    handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=input_ids.to(device_of(model))).logits
+            names = [n for n in found if n in probes]
+            gs = torch.autograd.grad(losses(logits).sum(), [probes[n] for n in names], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    res: dict[str, tuple[Tensor, Tensor]] = {}
+    for name, g in zip(names, gs):
+        if g is None:
+            g = torch.zeros_like(probes[name])
+        f = factors[name]
+        A, B = f.A.to(g), f.B.to(g)
+        x = xs[name].to(g)
+        dA = f.scale * torch.einsum("klr,kln->krn", g @ B, x)
+        dB = f.scale * torch.einsum("klm,klr->kmr", g, x @ A.T)
+        res[name] = (dA, dB)
+    return res
