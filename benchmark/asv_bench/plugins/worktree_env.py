@@ -8,7 +8,8 @@ the project and its dependencies, which needs the network and a multi-GB torch d
 This environment type (``"environment_type": "worktree"`` in asv.conf.json) keeps the dependencies of
 the interpreter that runs asv (the project's .venv) and swaps only the project's own code: asv's git
 plugin checks the commit out into the environment's build folder (a shared clone, cheap and offline)
-and every benchmark process gets that folder first on ``PYTHONPATH``, ahead of the editable install.
+and every benchmark process gets that folder first on its import path, ahead of the editable install
+(through ``ASV_PYTHONPATH``: asv's runner script strips plain ``PYTHONPATH`` entries from ``sys.path``).
 Nothing is built, installed or uninstalled. It lives in a folder without ``__init__.py`` so that
 asv's benchmark discovery, which walks packages only, never imports it.
 """
@@ -20,6 +21,7 @@ import sys
 from typing import Any
 
 from asv import util
+from asv.console import log
 from asv.environment import Environment, EnvironmentUnavailable
 
 
@@ -66,6 +68,7 @@ class WorktreeEnvironment(Environment):
             self._set_commit_hash(commit_hash)
             return
         self._set_installed_commit_hash(None)
+        log.info(f"Checking out {repo.get_decorated_hash(commit_hash, 8)} into {self._build_root}")
         self.checkout_project(repo, commit_hash)
         self._set_installed_commit_hash(commit_hash)
 
@@ -77,5 +80,5 @@ class WorktreeEnvironment(Environment):
     def run(self, args: list[str], **kwargs: Any) -> Any:
         env = dict(kwargs.pop("env", None) or os.environ)
         env.update(self._global_env_vars)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (self._build_root, env.get("PYTHONPATH", "")) if p)
+        env["ASV_PYTHONPATH"] = os.pathsep.join(p for p in (self._build_root, env.get("ASV_PYTHONPATH", "")) if p)
         return util.check_output([self._executable, *args], env=env, **kwargs)
