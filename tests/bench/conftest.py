@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+BENCH_THREADS = 1  # torch threads while a benchmark runs: stable timings on a shared machine, like asv
 LIBRARIES = ("torch", "tenseal", "numpy", "peft", "transformers", "opacus", "pytest-benchmark", "she-lora-bench")
 
 
@@ -49,11 +50,11 @@ def _gpu() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    """One torch thread while a benchmark runs: stable timings on a shared machine, like the asv suite."""
+    """Pin torch's threads while a benchmark runs (``BENCH_THREADS``)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(BENCH_THREADS)
     yield
     torch.set_num_threads(before)
 
@@ -64,9 +65,4 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["cpu_model"] = _cpu_model()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["gpu"] = _gpu()
-    try:
-        import torch
-
-        machine_info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
+    machine_info["torch_threads"] = BENCH_THREADS
