@@ -186,6 +186,7 @@ class ScenarioSpec:
     ref: str
     label: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    attacks: tuple[str, ...] | None = None  # restrict this scenario to these attack labels
 
 
 @dataclass(frozen=True)
@@ -368,8 +369,12 @@ def scenario_specs(entries: Any, where: str) -> tuple[ScenarioSpec, ...]:
         if isinstance(entry, str):
             specs.append(ScenarioSpec(entry, _stem(entry)))
         elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
-            over = {k: v for k, v in entry.items() if k not in ("name", "label")}
-            specs.append(ScenarioSpec(entry["name"], str(entry.get("label", _stem(entry["name"]))), over))
+            over = {k: v for k, v in entry.items() if k not in ("name", "label", "attacks")}
+            only = entry.get("attacks")
+            if only is not None and (isinstance(only, str) or not all(isinstance(a, str) for a in only)):
+                raise ConfigError(f"{where}[{i}].attacks must be a list of attack labels, got {only!r}")
+            label = str(entry.get("label", _stem(entry["name"])))
+            specs.append(ScenarioSpec(entry["name"], label, over, tuple(only) if only is not None else None))
         else:
             raise ConfigError(f"{where}[{i}] must be a name or a table with a 'name' key, got {entry!r}")
     labels = [s.label for s in specs]

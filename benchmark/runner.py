@@ -164,8 +164,9 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
         for seed in suite.seeds:
             for d in defenses:
                 pairs: list[tuple[ComponentSpec | None, str]] = []
-                if scenario.kind == "federated" and attacks:
-                    pairs = [(a, m) for a in attacks for m in suite.attack_modes]
+                chosen = [a for a in attacks if spec.attacks is None or a.label in spec.attacks]
+                if scenario.kind == "federated" and chosen:
+                    pairs = [(a, m) for a in chosen for m in suite.attack_modes]
                 if not pairs:
                     pairs = [(None, "")]
                 cells = tuple(
