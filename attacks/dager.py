@@ -39,7 +39,7 @@ class DAGERParams:
     singular-value cut for the rank estimate; the rest bound the search."""
 
     mode: str = "naive"
-    rank_tol: float = 1e-4
+    rank_tol: float = 1e-7
     tau1: float = 1e-3
     tau2: float = 1e-2
     max_bag: int = 512

@@ -141,9 +141,12 @@ def soft_decode(
     n_seqs: int,
     max_len: int,
     stops: Sequence[Sequence[int]] = (),
+    max_repeat: int = 2,
 ) -> list[list[int]]:
     """No threshold: branch into the ``n_seqs`` best first continuations, then follow each sequence's
-    best next token until it ends with a stop sequence or reaches ``max_len`` new tokens."""
+    best next token until it ends with a stop sequence or reaches ``max_len`` new tokens. A token
+    already used ``max_repeat`` times in a sequence is not offered again, which keeps noisy scores
+    from looping on one token."""
     bag_t = torch.tensor(list(bag), dtype=torch.long)
     if bag_t.numel() == 0:
         return []
@@ -158,6 +161,11 @@ def soft_decode(
         prefixes = torch.tensor(seqs, dtype=torch.long)
         cands = torch.cat([prefixes.repeat_interleave(len(bag_t), 0), bag_t.repeat(len(seqs)).unsqueeze(1)], 1)
         d = _last_distances(model, check, cands).view(len(seqs), len(bag_t))
+        for i, s in enumerate(seqs):
+            used = torch.tensor(s[len(start) :], dtype=torch.long)
+            if used.numel():
+                counts = (bag_t.unsqueeze(1) == used.unsqueeze(0)).sum(1)
+                d[i, counts >= max_repeat] = float("inf")
         if step == 0 and len(seqs) == 1 and n_seqs > 1:
             best = torch.topk(d[0], min(n_seqs, len(bag_t)), largest=False).indices.tolist()
             seqs = [seqs[0] + [int(bag_t[j])] for j in best]

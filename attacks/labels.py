@@ -49,6 +49,9 @@ def complete_labels(view: AttackerView, seqs: Sequence[Sequence[int]], adaptive:
     cands: list[list[int]] = [[] for _ in seqs]
     grads: list[list[Tensor]] = [[] for _ in seqs]
     choice = [0] * len(seqs)
+    single_step = view.kind == "grad" or (view.kind == "sgd" and view.local_steps == 1)
+    if not single_step:  # no exact match exists for a multi-step delta: one round of candidates
+        budget = top_k
     for depth in range(top_k, budget + top_k, top_k):
         for i, s in enumerate(seqs):
             new = [t for r in rankings[i] for t in r[depth - top_k : depth] if t not in cands[i]]

@@ -91,25 +91,25 @@ def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 2) -> Tensor
     return (res * mask).norm(dim=1) / kept
 
 
-def estimate_rank(s: Tensor, rank_tol: float, gap: float = 100.0) -> tuple[int, bool]:
+def estimate_rank(s: Tensor, rank_tol: float = 1e-7, gap: float = 20.0) -> tuple[int, bool]:
     """Numerical rank of singular values ``s`` (descending) and whether it is saturated (full).
 
-    A relative tolerance decides first; when everything clears it (float32 deltas carry cancellation
-    noise), the largest drop between consecutive singular values decides if it exceeds ``gap``.
+    The rank sits at the largest drop between consecutive singular values when that drop exceeds
+    ``gap``: a gradient's signal can span five decades (positions with tiny attention weights), so a
+    fixed relative cut misses real directions, while the float32 noise floor lies decades lower.
+    Without such a drop, values above ``rank_tol * s[0]`` count and a full count means saturated.
     """
     s = s[s > 0]
     full = int(s.numel())
     if full == 0:
         return 0, False
-    k = int((s > rank_tol * s[0]).sum())
-    if k < full:
-        return k, False
     if full > 1:
         ratios = s[:-1] / s[1:]
         i = int(torch.argmax(ratios))
         if float(ratios[i]) > gap:
             return i + 1, False
-    return full, True
+    k = int((s > rank_tol * s[0]).sum())
+    return k, k == full
 
 
 def fit_span(
@@ -222,7 +222,7 @@ def module_span(
     name: str,
     om: ObservedModule,
     adaptive: bool,
-    rank_tol: float = 1e-4,
+    rank_tol: float = 1e-7,
     dim: int | None = None,
     trim_fraction: float = 0.1,
 ) -> Span | None:

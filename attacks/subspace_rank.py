@@ -1,0 +1,94 @@
+"""Soft subspace ranking: every vocabulary token ranked by its distance to the observed subspace.
+
+Exact span checks need a clean low-rank update. When the batch's tokens exceed the LoRA rank, when
+noise (DP) fills the spectrum, or when the update is an AdamW delta, nothing passes a threshold, yet
+the top singular directions still lean towards the batch's inputs (a TIGER/SOMP-like relaxation).
+This attack keeps the ``dim`` strongest directions, ranks the vocabulary by distance to them, and
+orders the best tokens into sequences with the second layer's distance as a score (no threshold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from attacks.common import check_mode, unusable
+from attacks.decoding import (
+    LayerCheck,
+    first_layer_is_position_free,
+    layer_checks,
+    soft_decode,
+    vocab_distances,
+)
+from attacks.probing import is_decoder
+from attacks.textutil import decode, template_ids
+from benchmark.api import AttackerView, Reconstruction
+
+
+@dataclass(frozen=True)
+class SubspaceRankParams:
+    """``dim``: subspace directions kept (0: the numerical rank, or when the spectrum is saturated
+    ``batch_size * tokens_per_example`` capped below the rank); ``top_n``: tokens used (0: ``dim``)."""
+
+    mode: str = "naive"
+    rank_tol: float = 1e-7
+    dim: int = 0
+    tokens_per_example: int = 16
+    top_n: int = 0
+    max_len: int = 40
+    max_positions: int = 64
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+
+class SubspaceRank:
+    name: ClassVar[str] = "subspace_rank"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
+    target: ClassVar[str] = "probe"
+    Params = SubspaceRankParams
+
+    def __init__(self, params: SubspaceRankParams | None = None) -> None:
+        self.params = params or SubspaceRankParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        why = unusable(view)
+        if why:
+            return Reconstruction(note=why)
+        p = self.params
+        adaptive = p.mode == "adaptive"
+        checks = layer_checks(view, adaptive, p.rank_tol, dim=p.dim or None)
+        if not checks or checks[0].layer != 0:
+            return Reconstruction(note="no usable update of a first-layer attention projection")
+        dim = p.dim
+        if not dim and (checks[0].saturated or checks[0].vacuous):
+            dim = self._dim_estimate(view, checks[0])
+            checks = layer_checks(view, adaptive, p.rank_tol, dim=dim)
+        first = checks[0]
+        dim = dim or first.rank
+        top_n = p.top_n or dim
+        model, tok = view.model, view.tokenizer
+        if first_layer_is_position_free(model, first):
+            scores = vocab_distances(model, first)
+        else:
+            scores = torch.stack([vocab_distances(model, first, pos) for pos in range(p.max_positions)]).min(0).values
+        ranked = torch.argsort(scores)[:top_n].tolist()
+        extra = {"dim": float(dim), "rank_l0": float(first.rank), "bag_size": float(len(ranked))}
+        second = checks[1] if len(checks) > 1 else None
+        if second is None or not is_decoder(model) or not first_layer_is_position_free(model, first):
+            return Reconstruction(texts=[tok.decode(ranked, skip_special_tokens=True)], token_ids=[ranked],
+                                  extra=extra, note="unordered: top-ranked tokens")
+        tpl = template_ids(tok, view.template)
+        stops = [list(tpl.suffix)] if tpl.suffix else []
+        bag = list(dict.fromkeys(ranked + list(tpl.start) + list(tpl.suffix)))
+        seqs = soft_decode(model, second, bag, tpl.start, max(1, view.batch_size or 1), p.max_len, stops)
+        return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra)
+
+    def _dim_estimate(self, view: AttackerView, first: LayerCheck) -> int:
+        coords = min(s.basis.shape[0] for s in first.spans)
+        rank = first.rank
+        guess = max(1, (view.batch_size or 1) * self.params.tokens_per_example)
+        return max(1, min(guess, rank - 1, coords - 2))

@@ -1,0 +1,83 @@
+"""Token-presence leakage: the bag of vocabulary tokens whose first-layer input lies in the span of
+the first adapted layer's observed update.
+
+The cheapest baseline of the suite. With LoRA on attention only there is no embedding gradient to
+read, but the layer-0 span check gives the same bag (DAGER's first stage without the ordering), so
+this row shows how much leaks before any sequence search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from attacks.common import check_mode, unusable
+from attacks.decoding import first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.subspace import split_by_gap
+from benchmark.api import AttackerView, Reconstruction
+
+
+@dataclass(frozen=True)
+class TokenLeakParams:
+    """``tau``: relative span-distance threshold; ``max_tokens`` caps the bag."""
+
+    mode: str = "naive"
+    rank_tol: float = 1e-7
+    tau: float = 1e-3
+    max_tokens: int = 256
+    max_positions: int = 64  # position-dependent (encoder) models: positions scanned
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+
+class TokenLeak:
+    name: ClassVar[str] = "token_leak"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
+    target: ClassVar[str] = "probe"
+    Params = TokenLeakParams
+
+    def __init__(self, params: TokenLeakParams | None = None) -> None:
+        self.params = params or TokenLeakParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        why = unusable(view)
+        if why:
+            return Reconstruction(note=why)
+        p = self.params
+        checks = layer_checks(view, p.mode == "adaptive", p.rank_tol, layers=1)
+        if not checks or checks[0].layer != 0:
+            return Reconstruction(note="no usable update of a first-layer attention projection")
+        first = checks[0]
+        if first.vacuous:
+            return Reconstruction(note=f"layer-0 span (rank {first.rank}) fills the usable coordinates")
+        cap = min(p.max_tokens, 2 * first.rank + 8)
+        if first_layer_is_position_free(view.model, first):
+            bag = split_by_gap(vocab_distances(view.model, first), p.tau)[:cap].tolist()
+        else:
+            bag = self._positional_bag(view, first, cap)
+        notes = []
+        if view.kind == "adamw":
+            notes.append("adamw delta: the exact span check is unreliable (see subspace_rank)")
+        if first.saturated:
+            notes.append(f"layer-0 rank saturated at {first.rank}: tokens likely exceed the LoRA rank")
+        extra = {"bag_size": float(len(bag)), "rank_l0": float(first.rank)}
+        if not bag:
+            return Reconstruction(extra=extra, note="; ".join(notes + ["no token lies in the layer-0 span"]))
+        text = view.tokenizer.decode(bag, skip_special_tokens=True)
+        return Reconstruction(texts=[text], token_ids=[bag], extra=extra, note="; ".join(notes))
+
+    def _positional_bag(self, view: AttackerView, first, cap: int) -> list[int]:
+        found: dict[int, float] = {}
+        for pos in range(self.params.max_positions):
+            d = vocab_distances(view.model, first, pos)
+            hits = split_by_gap(d, self.params.tau)[:cap]
+            if hits.numel() == 0:
+                break
+            for t in hits.tolist():
+                found[t] = min(found.get(t, 1.0), float(d[t]))
+        order = sorted(found, key=found.get)
+        return order[:cap]
+
+
