@@ -262,8 +262,8 @@ class Federation:
             "model": public, "tokenizer": self.loaded.tokenizer, "task": self.scenario.task,
             "template": self.scenario.data.template,
         }
-        probe_view = dataclasses.replace(self.defense.observe(payload), lr=cfg.lr, local_steps=steps,
-                                         batch_size=cfg.batch_size, **grant)
+        probe_view = on_device(dataclasses.replace(self.defense.observe(payload), lr=cfg.lr, local_steps=steps,
+                                                   batch_size=cfg.batch_size, **grant), self.device)
         references = [self.loaded.tokenizer.decode(ids[m.bool()], skip_special_tokens=True)
                       for ids, m in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu())]
         round_view, is_member = self._round_view(client, grant)
@@ -281,8 +281,9 @@ class Federation:
         outsiders = [self.spec.prompt(self.data.test[i]) for i in gen.permutation(len(self.data.test))[:k]]
         pool = [(t, True) for t in members] + [(t, False) for t in outsiders]
         pool = [pool[i] for i in gen.permutation(len(pool))]
-        view = dataclasses.replace(self.defense.observe(payload), **grant, candidates=[t for t, _ in pool],
-                                   local_steps=self.scenario.train.local_steps, lr=self.scenario.train.lr)
+        view = on_device(dataclasses.replace(self.defense.observe(payload), **grant, candidates=[t for t, _ in pool],
+                                             local_steps=self.scenario.train.local_steps, lr=self.scenario.train.lr),
+                         self.device)
         return view, [m for _, m in pool]
 
     def run(self) -> SimulationResult:
@@ -308,6 +309,20 @@ class Federation:
             "per_tier": summarize_tiers(self.per_tier, self.clients),
         }
         return SimulationResult(metrics, rounds, probe, self.loaded.tokenizer)
+
+
+def on_device(view: AttackerView, device: str) -> AttackerView:
+    """Put the view's tensors where the public model lives, so attacks need no device bookkeeping."""
+
+    def move(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(device)
+
+    modules = {
+        n: dataclasses.replace(m, A=move(m.A), B=move(m.B), A_hidden=move(m.A_hidden), B_hidden=move(m.B_hidden))
+        for n, m in view.modules.items()
+    }
+    prev = None if view.prev is None else {n: LoRAFactors(f.A.to(device), f.B.to(device), f.scale) for n, f in view.prev.items()}
+    return dataclasses.replace(view, modules=modules, prev=prev)
 
 
 def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequence[ClientInfo]) -> dict[str, dict]:
