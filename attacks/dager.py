@@ -29,7 +29,7 @@ from attacks.decoding import (
 from attacks.labels import complete_labels
 from attacks.probing import capture_inputs, is_decoder, vocab_inputs
 from attacks.subspace import split_by_gap
-from attacks.textutil import TemplateIds, decode, template_ids
+from attacks.textutil import TemplateIds, decode, harness_ids
 from benchmark.api import AttackerView, Reconstruction
 
 
@@ -91,7 +91,7 @@ class DAGER:
         notes = []
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: the batch's tokens likely exceed the LoRA rank")
-        tpl = template_ids(view.tokenizer, view.template)
+        tpl = harness_ids(view.tokenizer, view.template, is_decoder(view.model))
         n_seqs = view.batch_size or 1
         if is_decoder(view.model) and first_layer_is_position_free(view.model, first):
             ids, more = self._decoder(view, first, second, tpl, n_seqs)

@@ -23,7 +23,7 @@ from attacks.decoding import (
     vocab_distances,
 )
 from attacks.probing import is_decoder
-from attacks.textutil import decode, template_ids
+from attacks.textutil import decode, harness_ids
 from benchmark.api import AttackerView, Reconstruction
 
 
@@ -81,7 +81,7 @@ class SubspaceRank:
         if second is None or not is_decoder(model) or not first_layer_is_position_free(model, first):
             return Reconstruction(texts=[tok.decode(ranked, skip_special_tokens=True)], token_ids=[ranked],
                                   extra=extra, note="unordered: top-ranked tokens")
-        tpl = template_ids(tok, view.template)
+        tpl = harness_ids(tok, view.template, True)
         stops = [list(tpl.suffix)] if tpl.suffix else []
         bag = list(dict.fromkeys(ranked + list(tpl.start) + list(tpl.suffix)))
         seqs = soft_decode(model, second, bag, tpl.start, max(1, view.batch_size or 1), p.max_len, stops)

@@ -17,6 +17,7 @@ class TemplateIds:
     lead: tuple[int, ...]  # special tokens the tokenizer puts first (BOS, [CLS])
     prefix: tuple[int, ...]  # the template before {text}, trailing whitespace stripped
     suffix: tuple[int, ...]  # the template after {text}, stripped
+    trail: tuple[int, ...] = ()  # special tokens the tokenizer puts last ([SEP])
 
     @property
     def start(self) -> list[int]:
@@ -37,13 +38,23 @@ def template_ids(tokenizer: Any, template: str) -> TemplateIds:
     with_sp = _ids(tokenizer, probe, special=True)
     plain = _ids(tokenizer, probe)
     lead: list[int] = []
+    trail: list[int] = []
     for i in range(len(with_sp) - len(plain) + 1):
         if with_sp[i : i + len(plain)] == plain:
-            lead = with_sp[:i]
+            lead, trail = with_sp[:i], with_sp[i + len(plain) :]
             break
     prefix = _ids(tokenizer, head.rstrip()) if head.strip() else []
     suffix = _ids(tokenizer, tail.strip()) if tail.strip() else []
-    return TemplateIds(tuple(lead), tuple(prefix), tuple(suffix))
+    return TemplateIds(tuple(lead), tuple(prefix), tuple(suffix), tuple(trail))
+
+
+def harness_ids(tokenizer: Any, template: str, decoder: bool) -> TemplateIds:
+    """The template as the harness tokenizes inputs: decoders get the formatted prompt without special
+    tokens, encoders the bare text with their special tokens ([CLS] ... [SEP])."""
+    t = template_ids(tokenizer, template)
+    if decoder:
+        return TemplateIds((), t.prefix, t.suffix, ())
+    return TemplateIds(t.lead, (), (), t.trail)
 
 
 def _find(seq: Sequence[int], sub: Sequence[int], start: int = 0) -> int:

@@ -81,7 +81,7 @@ def encode(tokenizer: Any, texts: Sequence[str], template: str, label: str = " p
     """Right-padded batch of ``template.format(text) + label`` as the harness builds it for a decoder
     classifier: the loss sits on the label token alone (``loss="label"``) or on every token ("lm")."""
     full = [template.format(text=t) + label for t in texts]
-    enc = tokenizer(full, return_tensors="pt", padding=True)
+    enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = enc["attention_mask"]
     labels = enc["input_ids"].masked_fill(mask == 0, -100)
     if loss == "label":
@@ -94,8 +94,8 @@ def encode(tokenizer: Any, texts: Sequence[str], template: str, label: str = " p
 
 def references(tokenizer: Any, texts: Sequence[str], template: str, label: str = " positive") -> list[str]:
     """The probe batch decoded as the model saw it (what the harness scores against)."""
-    return [tokenizer.decode(tokenizer(template.format(text=t) + label)["input_ids"], skip_special_tokens=True)
-            for t in texts]
+    return [tokenizer.decode(tokenizer(template.format(text=t) + label, add_special_tokens=False)["input_ids"],
+                             skip_special_tokens=True) for t in texts]
 
 
 def _loss(pm: nn.Module, batch: dict[str, Tensor]) -> Tensor:

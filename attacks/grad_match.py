@@ -1,0 +1,237 @@
+"""Gradient matching (TAG/LAMP-style): optimize a soft token sequence until the LoRA gradient it
+causes matches the observed one.
+
+Each unknown position holds logits over the vocabulary; its input embedding is the softmax mixture of
+the embedding rows, so the whole pipeline is differentiable. The dummy batch follows the public format
+(known template tokens stay fixed; the label is a soft unknown too), its LoRA gradient is recomputed at
+the client's starting factors, and the distance to the observed update (cosine as in LAMP, or TAG's
+L2 + L1) is minimized with Adam, over the visible coordinates only in adaptive mode. It needs double
+backpropagation, so it is sized for tiny models on CPU; bigger models get an honest note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attacks.common import check_mode, unusable
+from attacks.decoding import first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.labels import complete_labels
+from attacks.lorahooks import attached, flatten_grads, observed_target
+from attacks.probing import device_of, is_decoder, locate
+from attacks.refine import refine
+from attacks.textutil import TemplateIds, decode, harness_ids
+from benchmark.api import AttackerView, Reconstruction
+
+
+@dataclass(frozen=True)
+class GradMatchParams:
+    """``loss``: "cos" (LAMP) or "l2l1" (TAG, with ``tag_l1`` weight); ``max_tokens``: the most unknown
+    positions per example; ``max_params``: larger models are skipped unless a GPU holds the model."""
+
+    mode: str = "naive"
+    loss: str = "cos"
+    steps: int = 300
+    restarts: int = 2
+    lr: float = 0.1
+    max_tokens: int = 32
+    tag_l1: float = 0.01
+    max_params: int = 30_000_000
+    vocab: str = "bag"  # "bag": text tokens drawn from those nearest the layer-0 span; "full"
+    refine_rounds: int = 4  # discrete hill-climbing rounds after the continuous phase (0: none)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.loss not in ("cos", "l2l1"):
+            raise ValueError(f"loss must be 'cos' or 'l2l1', got {self.loss!r}")
+        if self.vocab not in ("bag", "full"):
+            raise ValueError(f"vocab must be 'bag' or 'full', got {self.vocab!r}")
+
+
+class GradMatch:
+    name: ClassVar[str] = "grad_match"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
+    target: ClassVar[str] = "probe"
+    Params = GradMatchParams
+
+    def __init__(self, params: GradMatchParams | None = None) -> None:
+        self.params = params or GradMatchParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        why = unusable(view)
+        if why:
+            return Reconstruction(note=why)
+        if not (view.kind == "grad" or (view.kind == "sgd" and view.local_steps == 1)):
+            return Reconstruction(note=f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched")
+        if view.prev is None:
+            return Reconstruction(note="the starting factors (prev) are needed to recompute gradients")
+        p, model = self.params, view.model
+        n_params = sum(t.numel() for t in model.parameters())
+        if n_params > p.max_params and device_of(model).type == "cpu":
+            return Reconstruction(note=f"model has {n_params / 1e6:.0f}M parameters: gradient matching needs a GPU at this size")
+        adaptive = p.mode == "adaptive"
+        names = [n for n in locate(model, list(view.modules)) if n in view.prev]
+        target, masks = observed_target(view, names, adaptive)
+        if target.numel() == 0 or float(target.norm()) == 0.0:
+            return Reconstruction(note="observed update is zero on every usable coordinate")
+        checks = layer_checks(view, adaptive, 1e-7)
+        layout = _Layout.build(view, _length(view, checks), self._vocab(view, checks))
+        with _eager(model), attached(model, {n: view.prev[n] for n in names}) as leaves:
+            best, best_loss = None, float("inf")
+            for restart in range(p.restarts):
+                z, loss = self._run(view, layout, leaves, names, masks, target.float(), restart)
+                if loss < best_loss:
+                    best, best_loss = z, loss
+        ids = layout.tokens(*best)
+        extra = {"match_loss": best_loss, "unknown_tokens": float(layout.T), "vocab": float(len(layout.vocab))}
+        if layout.decoder and view.task == "classification" and p.refine_rounds > 0:
+            ids, cos = self._discrete(view, layout, names, masks, target, [s[:-1] for s in ids])
+            extra["match_cos"] = cos
+        return Reconstruction(texts=[decode(s, view.tokenizer) for s in ids], token_ids=ids, extra=extra)
+
+    def _discrete(self, view: AttackerView, layout: _Layout, names: list[str], masks: dict, target: Tensor,
+                  prompts: list[list[int]]) -> tuple[list[list[int]], float]:
+        """Pick each label by its exact gradient, then hill-climb the text tokens (swaps, moves and,
+        over a small candidate vocabulary, substitutions) on the exact gradient cosine."""
+        adaptive = self.params.mode == "adaptive"
+        labels = [s[-1] for s in complete_labels(view, prompts, adaptive)]
+        lo = len(layout.tpl.start)
+        pool = layout.vocab.tolist() if len(layout.vocab) <= 64 else []
+        seqs, cos = refine(view, names, masks, target, prompts, labels, lo, lo + layout.T, pool, self.params.refine_rounds)
+        return [s + [y] for s, y in zip(seqs, labels)], cos
+
+    def _vocab(self, view: AttackerView, checks: list) -> Tensor:
+        """Candidate tokens for the text positions: the tokens nearest the first layer's span when it
+        is usable (LAMP's bag-of-words prior, here from the span instead of embedding gradients),
+        else the whole vocabulary."""
+        V = view.model.get_input_embeddings().weight.shape[0]
+        first = checks[0] if checks and checks[0].layer == 0 else None
+        if self.params.vocab != "bag" or first is None or first.vacuous:
+            return torch.arange(V)
+        if not first_layer_is_position_free(view.model, first):
+            return torch.arange(V)
+        d = vocab_distances(view.model, first)
+        k = min(V, max(32, 2 * first.rank + 8))
+        return torch.topk(d, k, largest=False).indices
+
+    def _run(self, view: AttackerView, layout: _Layout, leaves: dict, names: list[str], masks: dict,
+             target: Tensor, restart: int) -> tuple[tuple[Tensor, Tensor], float]:
+        p = self.params
+        gen = torch.Generator().manual_seed(p.seed * 1000 + restart)
+        dev = device_of(view.model)
+        z = torch.randn((layout.B, layout.T, len(layout.vocab)), generator=gen).to(dev).requires_grad_(True)
+        lab = torch.zeros((layout.B, layout.n_label)).to(dev).requires_grad_(True)
+        opt = torch.optim.Adam([z, lab], lr=p.lr)
+        params = [t for n in names for t in leaves[n]]
+        tnorm = target.to(dev) / target.norm()
+        loss_val = float("inf")
+        for _ in range(p.steps):
+            loss = layout.loss(view.model, z, lab)
+            g = torch.autograd.grad(loss, params, create_graph=True)
+            flat = flatten_grads({n: (g[2 * i], g[2 * i + 1]) for i, n in enumerate(names)}, masks)
+            if p.loss == "cos":
+                dist = 1 - flat @ tnorm / flat.norm().clamp_min(1e-12)
+            else:
+                diff = flat / flat.norm().clamp_min(1e-12) - tnorm
+                dist = (diff * diff).sum() + p.tag_l1 * diff.abs().sum()
+            opt.zero_grad()
+            z.grad, lab.grad = torch.autograd.grad(dist, [z, lab])
+            opt.step()
+            loss_val = float(dist.detach())
+        return (z.detach(), lab.detach()), loss_val
+
+
+def _length(view: AttackerView, checks: list) -> int | None:
+    """Tokens per example from the second layer's rank (one per visible position), if exact."""
+    if len(checks) < 2 or checks[1].saturated or checks[1].vacuous:
+        return None
+    return checks[1].rank // max(1, view.batch_size or 1) + 1
+
+
+@dataclass
+class _Layout:
+    """Where the unknowns sit: per example, the known start tokens, T soft text tokens over ``vocab``,
+    the known suffix, and a soft label (a token for decoders, a class for encoders)."""
+
+    tpl: TemplateIds
+    B: int
+    T: int
+    vocab: Tensor
+    decoder: bool
+    n_label: int
+    embed: Any
+
+    @staticmethod
+    def build(view: AttackerView, length: int | None, vocab: Tensor) -> _Layout:
+        model = view.model
+        decoder = is_decoder(model)
+        tpl = harness_ids(view.tokenizer, view.template, decoder)
+        fixed = len(tpl.start) + len(tpl.suffix) + 1 if decoder else len(tpl.lead) + len(tpl.trail)
+        T = (length - fixed) if length else 12
+        emb = model.get_input_embeddings()
+        n_label = emb.weight.shape[0] if decoder else int(getattr(model.config, "num_labels", 2))
+        return _Layout(tpl, max(1, view.batch_size or 1), max(1, min(T, 64)), vocab, decoder, n_label, emb)
+
+    def _embeds(self, z: Tensor, lab: Tensor) -> Tensor:
+        W = self.embed.weight
+        parts = []
+        if self.tpl.start:
+            parts.append(W[torch.tensor(self.tpl.start, device=W.device)].expand(self.B, -1, -1))
+        parts.append(F.softmax(z, -1) @ W[self.vocab.to(W.device)])
+        tail = list(self.tpl.suffix) if self.decoder else list(self.tpl.trail)
+        if tail:
+            parts.append(W[torch.tensor(tail, device=W.device)].expand(self.B, -1, -1))
+        if self.decoder:
+            parts.append((F.softmax(lab, -1) @ W).unsqueeze(1))
+        return torch.cat(parts, 1)
+
+    def loss(self, model, z: Tensor, lab: Tensor) -> Tensor:
+        """The client's loss on the soft batch with the soft label as target: the label token's
+        cross-entropy for decoders, the classifier head's for encoders."""
+        embeds = self._embeds(z, lab)
+        target = F.softmax(lab, -1)
+        if self.decoder:
+            out = model(inputs_embeds=embeds, logits_to_keep=2).logits[:, 0].float()
+        else:
+            out = model(inputs_embeds=embeds).logits.float()
+        return -(target * F.log_softmax(out, -1)).sum(-1).mean()
+
+    def tokens(self, z: Tensor, lab: Tensor) -> list[list[int]]:
+        text = self.vocab[z.argmax(-1).cpu()].tolist()
+        label = lab.argmax(-1).tolist()
+        out = []
+        for row, y in zip(text, label):
+            if self.decoder:
+                out.append(list(self.tpl.start) + row + list(self.tpl.suffix) + [y])
+            else:
+                out.append(list(self.tpl.lead) + row + list(self.tpl.trail))
+        return out
+
+
+class _eager:
+    """Switch the model to eager attention for double backpropagation, and back afterwards."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.old = getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+    def __enter__(self) -> None:
+        if self.old not in (None, "eager"):
+            _set_attn(self.model, "eager")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old not in (None, "eager"):
+            _set_attn(self.model, self.old)
+
+
+def _set_attn(model, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl

@@ -1,0 +1,174 @@
+"""Membership inference against the client model the server can rebuild from a round's upload.
+
+The server holds the public model (base + previous global delta, i.e. the client's starting point) and
+sees the client's trained factors, minus whatever the defense hides. It rebuilds the client model by
+adding the visible update, then scores each candidate text: LOSS (mean token log-likelihood), zlib
+(log-likelihood over compressed length), Min-K% (mean of the lowest k% token log-probabilities), or
+reference difference (likelihood gain from the client's update over the starting model, the natural
+reference in federated learning). Higher scores mean "more likely a member".
+
+Naive mode applies the observed factors as shown (hidden entries as zeros); adaptive mode fills hidden
+entries with the starting factors and restores the column order when the defense leaks it, so that
+only the genuinely hidden part of the update is missing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attacks.common import check_mode
+from attacks.probing import device_of, is_decoder, locate
+from benchmark.api import AttackerView, ObservedModule, Reconstruction
+
+SCORES = ("loss", "zlib", "mink", "ref")
+
+
+@dataclass(frozen=True)
+class MIAParams:
+    """``score``: loss | zlib | mink | ref; ``mink_k``: fraction of lowest token log-probs averaged."""
+
+    mode: str = "naive"
+    score: str = "ref"
+    mink_k: float = 0.2
+    max_length: int = 128
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if not 0.0 < self.mink_k <= 1.0:
+            raise ValueError(f"mink_k must be in (0, 1], got {self.mink_k}")
+
+
+class MembershipInference:
+    name: ClassVar[str] = "mia"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
+    target: ClassVar[str] = "round"
+    Params = MIAParams
+
+    def __init__(self, params: MIAParams | None = None) -> None:
+        self.params = params or MIAParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        cands = list(view.candidates or [])
+        if not cands or view.model is None or view.tokenizer is None:
+            return Reconstruction(note="needs candidates, the public model and its tokenizer")
+        if view.kind == "grad":
+            return Reconstruction(note="a gradient is not a round update; membership needs the trained factors")
+        p = self.params
+        deltas = visible_deltas(view, p.mode == "adaptive")
+        notes = [] if deltas else ["no visible update: scoring the public (starting) model only"]
+        with applied(view.model, deltas):
+            target = self._token_logprobs(view, cands)
+        ref = self._token_logprobs(view, cands) if p.score == "ref" else None
+        scores = [self._score(lp, text, ref[i] if ref else None) for i, (lp, text) in enumerate(zip(target, cands))]
+        extra = {"modules_applied": float(len(deltas))}
+        return Reconstruction(membership_scores=scores, extra=extra, note="; ".join(notes))
+
+    def _score(self, lp: Tensor, text: str, ref: Tensor | None) -> float:
+        if lp.numel() == 0:
+            return float("-inf")
+        s = self.params.score
+        if s == "loss":
+            return float(lp.mean())
+        if s == "zlib":
+            return float(lp.sum()) / max(1, len(zlib.compress(text.encode("utf-8"))))
+        if s == "mink":
+            k = max(1, int(round(self.params.mink_k * lp.numel())))
+            return float(torch.sort(lp).values[:k].mean())
+        return float(lp.mean() - ref.mean()) if ref is not None and ref.numel() else float(lp.mean())
+
+    @torch.no_grad()
+    def _token_logprobs(self, view: AttackerView, texts: Sequence[str]) -> list[Tensor]:
+        """Per text, the log-probability of each token given its prefix (decoders), or of the
+        predicted class (encoders, whose only output is a classification)."""
+        model, tok, p = view.model, view.tokenizer, self.params
+        decoder = is_decoder(model)
+        out: list[Tensor] = []
+        for start in range(0, len(texts), p.batch_size):
+            chunk = list(texts[start : start + p.batch_size])
+            enc = tok(chunk, add_special_tokens=not decoder, padding=True, truncation=True,
+                      max_length=p.max_length, return_tensors="pt")
+            enc = {k: v.to(device_of(model)) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            logits = model(**enc).logits.float()
+            if not decoder or logits.dim() == 2:
+                out += [row.max().unsqueeze(0) for row in F.log_softmax(logits, -1)]
+                continue
+            lp = F.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+            mask = enc["attention_mask"][:, 1:].bool()
+            out += [row[m].cpu() for row, m in zip(lp, mask)]
+        return out
+
+
+def _filled(observed: Tensor | None, hidden: Tensor | None, start: Tensor, adaptive: bool) -> Tensor | None:
+    if observed is None:
+        return start if adaptive else None
+    full = observed.detach().float().cpu()
+    if adaptive and hidden is not None:
+        full = torch.where(hidden.bool().cpu(), start, full)
+    return full
+
+
+def module_delta(om: ObservedModule, prev: Any, adaptive: bool) -> Tensor | None:
+    """The visible change s*B@A - s*B0@A0 of one module (None when nothing usable is visible)."""
+    A0 = prev.A.detach().float().cpu() if prev is not None else None
+    B0 = prev.B.detach().float().cpu() if prev is not None else None
+    A_obs = om.A
+    A_hidden = om.A_hidden
+    if adaptive and A_obs is not None and om.column_order is not None:
+        inv = torch.empty(A_obs.shape[1], dtype=torch.long)
+        inv[torch.tensor(om.column_order)] = torch.arange(A_obs.shape[1])
+        A_obs = A_obs[:, inv]
+        A_hidden = A_hidden[:, inv] if A_hidden is not None else None
+    if A0 is None:
+        if A_obs is None or om.B is None:
+            return None
+        return om.scale * (om.B.detach().float().cpu() @ A_obs.detach().float().cpu())
+    A = _filled(A_obs, A_hidden, A0, adaptive)
+    B = _filled(om.B, om.B_hidden, B0, adaptive)
+    if A is None or B is None:
+        return None
+    return om.scale * (B @ A) - prev.scale * (B0 @ A0)
+
+
+def visible_deltas(view: AttackerView, adaptive: bool) -> dict[str, Tensor]:
+    out = {}
+    for name, om in view.modules.items():
+        prev = view.prev.get(name) if view.prev else None
+        d = module_delta(om, prev, adaptive)
+        if d is not None and torch.isfinite(d).all():
+            out[name] = d
+    return out
+
+
+@contextmanager
+def applied(model: nn.Module, deltas: Mapping[str, Tensor]) -> Iterator[None]:
+    """Add each delta to its module's weight (transposed for Conv1D layouts) and restore the exact
+    original weights afterwards."""
+    found = locate(model, list(deltas))
+    saved: list[tuple[Tensor, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name, am in found.items():
+                w = am.module.weight
+                d = deltas[name]
+                d = d if d.shape == w.shape else d.T
+                if d.shape != w.shape:
+                    continue
+                saved.append((w, w.detach().clone()))
+                w.add_(d.to(w))
+        yield
+    finally:
+        with torch.no_grad():
+            for w, orig in saved:
+                w.copy_(orig)
