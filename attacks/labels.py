@@ -13,7 +13,6 @@ grows until a near-perfect match appears or the budget is spent.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -117,25 +116,29 @@ def _shift(leaves: dict, nudge: dict, step: float) -> None:
         leaves[n][1].add_(step * dB.to(leaves[n][1]))
 
 
-def _cos(a: Tensor, b: Tensor) -> float:
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
-
-
 def _best_combination(grads: list[Tensor], target: Tensor) -> tuple[list[int], float]:
-    """Indices (one per sequence) maximizing cos(sum of chosen gradients, target), and that cosine:
-    exhaustive up to 4096 combinations, coordinate ascent beyond."""
-    sizes = [g.shape[0] for g in grads]
-    total = 1
-    for n in sizes:
-        total *= n
-    if total <= 4096:
-        scores = [(_cos(sum(g[i] for g, i in zip(grads, combo)), target), list(combo))
-                  for combo in itertools.product(*[range(n) for n in sizes])]
-        best, arg = max(scores, key=lambda x: x[0])
-        return arg, best
+    """Indices (one per sequence) maximizing cos(sum of chosen gradients, target), and that cosine.
+    Exhaustive for up to two sequences, coordinate ascent beyond; both through inner products only,
+    so no candidate sum is ever materialized."""
+    tn = target.norm().clamp_min(1e-30)
+    dots = [g @ target for g in grads]  # (k_i,)
+    sq = [(g * g).sum(1) for g in grads]
+    if len(grads) == 1:
+        cos = dots[0] / (sq[0].clamp_min(1e-30).sqrt() * tn)
+        k = int(torch.argmax(cos))
+        return [k], float(cos[k])
+    if len(grads) == 2:
+        cross = grads[0] @ grads[1].T
+        norm = (sq[0][:, None] + sq[1][None, :] + 2 * cross).clamp_min(1e-30).sqrt()
+        cos = (dots[0][:, None] + dots[1][None, :]) / (norm * tn)
+        flat = int(torch.argmax(cos))
+        i, j = divmod(flat, cos.shape[1])
+        return [i, j], float(cos[i, j])
     arg = [0] * len(grads)
     for _ in range(3):
         for s in range(len(grads)):
             rest = sum(g[i] for j, (g, i) in enumerate(zip(grads, arg)) if j != s)
-            arg[s] = max(range(sizes[s]), key=lambda i: _cos(rest + grads[s][i], target))
-    return arg, _cos(sum(g[i] for g, i in zip(grads, arg)), target)
+            norm = ((rest * rest).sum() + sq[s] + 2 * grads[s] @ rest).clamp_min(1e-30).sqrt()
+            arg[s] = int(torch.argmax((rest @ target + dots[s]) / norm))
+    total = sum(g[i] for g, i in zip(grads, arg))
+    return arg, float(total @ target / (total.norm().clamp_min(1e-30) * tn))

@@ -37,10 +37,8 @@ def attached(model: nn.Module, factors: Mapping[str, LoRAFactors]) -> Iterator[d
 
         def hook(_m: nn.Module, args: tuple, out: Tensor, A: Tensor = A, B: Tensor = B, A0: Tensor = A0,
                  B0: Tensor = B0, s: float = f.scale) -> Tensor:
-            x = args[0]
-            with torch.no_grad():
-                t0 = s * (x @ A0.T) @ B0.T
-            return out + (s * (x @ A.T) @ B.T - t0)
+            x = args[0]  # t0 keeps its gradient in x: it cancels the merged delta's second x-path
+            return out + (s * (x @ A.T) @ B.T - s * (x @ A0.T) @ B0.T)
 
         handles.append(am.module.register_forward_hook(hook))
     try:

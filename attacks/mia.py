@@ -82,7 +82,7 @@ class MembershipInference:
         if s == "loss":
             return float(lp.mean())
         if s == "zlib":
-            return float(lp.sum()) / max(1, len(zlib.compress(text.encode("utf-8"))))
+            return float(lp.mean()) / max(1, len(zlib.compress(text.encode("utf-8"))))
         if s == "mink":
             k = max(1, int(round(self.params.mink_k * lp.numel())))
             return float(torch.sort(lp).values[:k].mean())

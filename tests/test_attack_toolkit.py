@@ -1,0 +1,96 @@
+"""The shared attack toolkit: gradient hooks agree with peft, rank estimates, gap splits, templates."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attacks import toy
+from attacks.lorahooks import attached, observed_target, per_example_grads
+from attacks.subspace import estimate_rank, split_by_gap
+from attacks.textutil import extract_text, harness_ids, template_ids
+
+T = "Tweet: {text}\nSentiment:"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return toy.minilm_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def setup(tok):
+    torch.set_num_threads(1)
+    base = toy.tiny_llama(len(tok), layers=3)
+    pm = toy.lora_wrap(copy.deepcopy(base), r=8)
+    view = toy.client_view(pm, copy.deepcopy(base), tok, ["good news today"], T)
+    return base, view
+
+
+def test_attached_hooks_reproduce_the_peft_gradient(tok, setup):
+    _, view = setup
+    batch = toy.encode(tok, ["good news today"], T)
+    names = list(view.modules)
+    with attached(view.model, {n: view.prev[n] for n in names}) as leaves:
+        loss = view.model(**batch).loss
+        grads = torch.autograd.grad(loss, [t for n in names for t in leaves[n]])
+    for i, n in enumerate(names):
+        torch.testing.assert_close(grads[2 * i], view.modules[n].A, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(grads[2 * i + 1], view.modules[n].B, rtol=1e-4, atol=1e-7)
+
+
+def test_per_example_grads_sum_to_the_batch_gradient(tok, setup):
+    base, _ = setup
+    pm = toy.lora_wrap(copy.deepcopy(base), r=8)
+    texts = ["good news today", "bad day at work"]
+    view = toy.client_view(pm, copy.deepcopy(base), tok, texts, T)
+    rows = [tok(T.format(text=t), add_special_tokens=False)["input_ids"] for t in texts]
+    label = tok(" positive", add_special_tokens=False)["input_ids"][0]
+    names = list(view.modules)
+    total = {n: [0, 0] for n in names}
+    for row in rows:  # different lengths: one pass each
+        per = per_example_grads(view.model, {n: view.prev[n] for n in names}, torch.tensor([row]),
+                                lambda lg: F.cross_entropy(lg[:, -1], torch.tensor([label]), reduction="none"))
+        for n in names:
+            total[n][0] = total[n][0] + per[n][0][0] / len(rows)
+            total[n][1] = total[n][1] + per[n][1][0] / len(rows)
+    for n in names:
+        torch.testing.assert_close(total[n][0], view.modules[n].A, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(total[n][1], view.modules[n].B, rtol=1e-3, atol=1e-7)
+
+
+def test_observed_target_turns_sgd_deltas_into_gradient_directions(tok, setup):
+    base, _ = setup
+    pm = toy.lora_wrap(copy.deepcopy(base), r=8)
+    g = toy.client_view(pm, copy.deepcopy(base), tok, ["good news today"], T)
+    d = toy.client_view(pm, copy.deepcopy(base), tok, ["good news today"], T, kind="sgd", steps=1, lr=0.1)
+    names = list(g.modules)
+    tg, _ = observed_target(g, names, adaptive=True)
+    td, _ = observed_target(d, names, adaptive=True)
+    assert float(F.cosine_similarity(tg, td, dim=0)) > 0.999
+
+
+def test_estimate_rank():
+    s = torch.tensor([1.0, 0.3, 1e-2, 1e-5, 1e-9, 1e-9])
+    assert estimate_rank(s) == (4, False)
+    flat = torch.linspace(1.0, 0.5, 8)
+    assert estimate_rank(flat) == (8, True)
+    assert estimate_rank(torch.zeros(3)) == (0, False)
+
+
+def test_split_by_gap():
+    d = torch.tensor([0.9, 1e-4, 0.8, 3e-3, 0.7, 2e-4])
+    assert sorted(split_by_gap(d, tau=1e-3).tolist()) == [1, 3, 5]  # gap beats the fixed threshold
+    assert split_by_gap(torch.tensor([0.5, 0.6, 0.7]), tau=1e-3).numel() == 0
+
+
+def test_template_ids_and_text_extraction(tok):
+    t = template_ids(tok, T)
+    assert t.lead == (101,) and t.trail == (102,)
+    dec = harness_ids(tok, T, decoder=True)
+    assert dec.lead == () and dec.start == list(t.prefix)
+    ids = tok(T.format(text="hello world") + " positive", add_special_tokens=False)["input_ids"]
+    assert extract_text(ids, dec, tok) == "hello world"
+    enc = harness_ids(tok, T, decoder=False)
+    assert enc.prefix == () and enc.lead == (101,)
