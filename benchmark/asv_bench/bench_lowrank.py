@@ -16,7 +16,7 @@ DIM = 768  # width and height of the adapted module
 class FlexLoRAAggregate(Bench):
     """sum_i w_i s_i B_i A_i, factored through QR of the stacked factors, versus densely."""
 
-    version = "1"
+    version = "2"  # 2: CPU-time timer
     params = [[4, 16], [8, 32]]
     param_names = ["n_clients", "rank"]
 
