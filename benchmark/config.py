@@ -104,7 +104,7 @@ class ProbeConfig:
     """The attack probe: at ``round`` the target ``client`` computes an update on one private batch."""
 
     round: int = 1
-    client: int = 0
+    client: int = -1  # the target; -1 picks the first client of the highest-rank tier
     observation: str = "grad"  # grad | sgd | adamw
     batch_size: int = 1
     steps: int = 1  # local steps for sgd/adamw observations
@@ -164,8 +164,8 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.rounds must be >= 1, got {self.rounds}")
         if not self.tiers:
             raise ConfigError("scenario.tiers must list at least one tier")
-        if not 0 <= self.probe.client < self.n_clients:
-            raise ConfigError(f"scenario.probe.client must be in [0, {self.n_clients}), got {self.probe.client}")
+        if not -1 <= self.probe.client < self.n_clients:
+            raise ConfigError(f"scenario.probe.client must be -1 or in [0, {self.n_clients}), got {self.probe.client}")
         if not 1 <= self.probe.round <= self.rounds:
             raise ConfigError(f"scenario.probe.round must be in [1, rounds={self.rounds}], got {self.probe.round}")
 

@@ -62,11 +62,21 @@ def make_clients(scenario: ScenarioConfig, seed: int) -> tuple[ClientInfo, ...]:
     )
 
 
+def probe_target(scenario: ScenarioConfig, seed: int) -> int:
+    """The attack probe's target client: as configured, or (-1) the first client of the top rank."""
+    if scenario.probe.client >= 0:
+        return scenario.probe.client
+    clients = make_clients(scenario, seed)
+    top = max(c.rank for c in clients)
+    return next(c.client_id for c in clients if c.rank == top)
+
+
 def sample_round(scenario: ScenarioConfig, seed: int, rnd: int) -> list[int]:
     """The round's participants; the probe's target always takes part in the probe round."""
     picks = rng(seed, "sampling", rnd).choice(scenario.n_clients, scenario.clients_per_round, replace=False).tolist()
-    if rnd == scenario.probe.round and scenario.probe.client not in picks:
-        picks[-1] = scenario.probe.client
+    target = probe_target(scenario, seed)
+    if rnd == scenario.probe.round and target not in picks:
+        picks[-1] = target
     return sorted(picks)
 
 
@@ -210,7 +220,7 @@ class Federation:
         """The target client computes its update on one private batch; the defense protects it; the
         views are built by the defense's ``observe`` alone; the true texts stay here."""
         cfg = self.scenario.probe
-        client = self.clients[cfg.client]
+        client = self.clients[probe_target(self.scenario, self.seed)]
         start = self.probe_start
         examples = self.client_examples(client.client_id)
         order = rng(self.seed, "probe").permutation(len(examples)).tolist()
@@ -294,7 +304,7 @@ class Federation:
         rounds, probe = [], None
         for rnd in range(1, self.scenario.rounds + 1):
             if rnd == self.scenario.probe.round:
-                self.probe_start = self.start_factors(self.clients[self.scenario.probe.client])
+                self.probe_start = self.start_factors(self.clients[probe_target(self.scenario, self.seed)])
             self.progress(f"round {rnd}/{self.scenario.rounds}")
             rounds.append(self.run_round(rnd))
             if rnd == self.scenario.probe.round:

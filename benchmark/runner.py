@@ -264,9 +264,9 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
 
 
 def _probe_rank(scenario: ScenarioConfig, seed: int) -> int:
-    from benchmark.federated import make_clients
+    from benchmark.federated import make_clients, probe_target
 
-    return make_clients(scenario, seed)[scenario.probe.client].rank if scenario.kind == "federated" else 0
+    return make_clients(scenario, seed)[probe_target(scenario, seed)].rank if scenario.kind == "federated" else 0
 
 
 def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool = False,

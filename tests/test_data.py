@@ -39,9 +39,9 @@ def test_tier_assignment_follows_fractions():
     assert tiers == assign_tiers(10, [0.5, 0.3, 0.2], seed=0)
     scenario = resolve_scenario("default")
     clients = make_clients(scenario, 0)
-    assert {c.rank for c in clients} == {4, 8, 16}
+    assert {c.rank for c in clients} == {4, 16, 64}
     by_rank = {c.rank: c.budget for c in clients}
-    assert by_rank[4] < by_rank[8] < by_rank[16]  # budgets rise with capability
+    assert by_rank[4] < by_rank[16] < by_rank[64]  # budgets rise with capability
     assert all(c.scale == scenario.lora.alpha / c.rank for c in clients)
 
 
