@@ -7,7 +7,7 @@ label l the LoRA gradient is J^T (p - e_l); its inner product with the observed 
 p.z - z_l with z = J t, a directional derivative of the logits taken by central differences, divided
 by |p - e_l| as a crude norm correction). Each candidate's exact gradient is then recomputed at the
 client's starting point (one batched pass per round of candidates) and the combination whose summed
-gradient best matches the update wins (cosine over the first two adapted layers). The candidate set
+gradient best matches the update wins (cosine over the last two adapted layers). The candidate set
 grows until a near-perfect match appears or the budget is spent.
 """
 
@@ -19,16 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.lorahooks import attached, flatten_grads, observed_target, per_example_grads, unflatten
+from attacks.lorahooks import attached, flatten_grads, label_gradients, observed_target, unflatten
 from attacks.probing import device_of, locate
 from benchmark.api import AttackerView
 
 _EXACT = 0.999  # a cosine this close to 1 means the label combination is found
 
 
-def first_layers(view: AttackerView, layers: int = 2) -> list[str]:
+def label_layers(view: AttackerView, layers: int = 2) -> list[str]:
+    """Modules of the last ``layers`` adapted layers: the label's influence is most direct there and
+    each candidate's exact gradient needs a backward pass through those layers only."""
     found = locate(view.model, list(view.modules))
-    keep = sorted({am.layer for am in found.values()})[:layers]
+    keep = sorted({am.layer for am in found.values()})[-layers:]
     return [n for n, am in found.items() if am.layer in keep]
 
 
@@ -38,7 +40,7 @@ def complete_labels(view: AttackerView, seqs: Sequence[Sequence[int]], adaptive:
     seqs = [list(s) for s in seqs]
     if not seqs or view.prev is None or view.model is None:
         return seqs
-    names = [n for n in first_layers(view) if n in view.prev]
+    names = [n for n in label_layers(view) if n in view.prev]
     target, masks = observed_target(view, names, adaptive)
     if target.numel() == 0 or float(target.norm()) == 0.0:
         return seqs
@@ -49,11 +51,12 @@ def complete_labels(view: AttackerView, seqs: Sequence[Sequence[int]], adaptive:
     grads: list[list[Tensor]] = [[] for _ in seqs]
     choice = [0] * len(seqs)
     single_step = view.kind == "grad" or (view.kind == "sgd" and view.local_steps == 1)
-    if not single_step:  # no exact match exists for a multi-step delta: one round of candidates
-        budget = top_k
-    for depth in range(top_k, budget + top_k, top_k):
+    # The top pick is usually right, so it is tried alone first; a multi-step delta has no exact
+    # match to stop at, so it gets one round.
+    depths = [1] + list(range(top_k, budget + 1, top_k)) if single_step else [top_k]
+    for depth in depths:
         for i, s in enumerate(seqs):
-            new = [t for r in rankings[i] for t in r[depth - top_k : depth] if t not in cands[i]]
+            new = [t for r in rankings[i] for t in r[:depth] if t not in cands[i]]
             new = list(dict.fromkeys(new))
             if new:
                 grads[i] += _label_grads(view, factors, s, new, masks)
@@ -78,15 +81,9 @@ def _rankings(view: AttackerView, factors: dict, seq: list[int], target: Tensor,
 
 
 def _label_grads(view: AttackerView, factors: dict, seq: list[int], labels: list[int], masks: dict) -> list[Tensor]:
-    """Exact flattened gradient of the label loss for each candidate label (one batched pass)."""
-    ids = torch.tensor([seq] * len(labels))
-    lab = torch.tensor(labels, device=device_of(view.model))
-
-    def losses(logits: Tensor) -> Tensor:
-        return F.cross_entropy(logits[:, -1].float(), lab, reduction="none")
-
-    per = per_example_grads(view.model, factors, ids, losses)
-    return [flatten_grads({n: (a[k], b[k]) for n, (a, b) in per.items()}, masks).float().cpu() for k in range(len(labels))]
+    """Exact flattened gradient of the label loss for each candidate label (one forward pass)."""
+    per = label_gradients(view.model, factors, seq, labels)
+    return [flatten_grads(g, masks).float().cpu() for g in per]
 
 
 @torch.no_grad()
@@ -94,7 +91,8 @@ def _logit_derivative(model, ids: Tensor, leaves: dict, nudge: dict, tries: int 
     """Central difference of the last position's logits along ``nudge`` (step grown until it shows),
     centred so that only differences between labels remain; also returns the unperturbed logits."""
     base = model(input_ids=ids).logits[0, -1].float()
-    eps = 1e-3
+    size = sum(float(a.norm() ** 2 + b.norm() ** 2) for a, b in leaves.values()) ** 0.5
+    eps = 1e-2 * max(size, 1e-3)  # a 1% move of the factors: well above float32 noise, still linear
     diff = torch.zeros_like(base)
     for _ in range(tries):
         outs = []
@@ -103,7 +101,7 @@ def _logit_derivative(model, ids: Tensor, leaves: dict, nudge: dict, tries: int 
             outs.append(model(input_ids=ids).logits[0, -1].float())
             _shift(leaves, nudge, -sign * eps)
         diff = (outs[0] - outs[1]) / 2
-        if float(diff.norm()) > 1e-3 * float(base.norm()):
+        if float(diff.norm()) > 1e-4 * float(base.norm()):
             break
         eps *= 10
     z = diff / eps

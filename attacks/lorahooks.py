@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks.probing import device_of, locate
@@ -156,3 +157,43 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
         dB = f.scale * torch.einsum("klm,klr->kmr", g, x @ A.T)
         res[name] = (dA, dB)
     return res
+
+
+def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
+                    labels: Sequence[int]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+    """LoRA gradients of the loss -log p(label | ids) for each candidate label, from ONE forward pass:
+    the label only changes the loss target, so each candidate costs a backward pass down to the
+    hooked modules alone (cheap when they sit in the last layers)."""
+    found = locate(model, list(factors))
+    xs: dict[str, Tensor] = {}
+    probes: dict[str, Tensor] = {}
+
+    def make(name: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            xs[name] = args[0].detach()
+            probes[name] = torch.zeros_like(out, requires_grad=True)
+            return out + probes[name]
+
+        return hook
+
+    handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=torch.tensor([list(ids)], device=device_of(model))).logits[0, -1].float()
+            logp = F.log_softmax(logits, -1)
+            names = [n for n in found if n in probes]
+            out = []
+            for j, label in enumerate(labels):
+                gs = torch.autograd.grad(-logp[label], [probes[n] for n in names], retain_graph=j < len(labels) - 1,
+                                         allow_unused=True)
+                per = {}
+                for name, g in zip(names, gs):
+                    g = torch.zeros_like(probes[name]) if g is None else g
+                    f = factors[name]
+                    A, B, x = f.A.to(g), f.B.to(g), xs[name].to(g)
+                    per[name] = (f.scale * (g[0] @ B).T @ x[0], f.scale * g[0].T @ (x[0] @ A.T))
+                out.append(per)
+    finally:
+        for h in handles:
+            h.remove()
+    return out

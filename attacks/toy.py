@@ -109,6 +109,8 @@ def public_model(base: nn.Module, factors: dict[str, LoRAFactors]) -> nn.Module:
     with torch.no_grad():
         for name, f in factors.items():
             table[name].weight += f.delta().to(table[name].weight.dtype)
+    for p in model.parameters():  # like the harness's copy: frozen, eval mode
+        p.requires_grad_(False)
     return model.eval()
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks import toy
-from attacks.lorahooks import attached, observed_target, per_example_grads
+from attacks.lorahooks import attached, label_gradients, observed_target, per_example_grads
 from attacks.subspace import estimate_rank, split_by_gap
 from attacks.textutil import extract_text, harness_ids, template_ids
 
@@ -94,3 +94,15 @@ def test_template_ids_and_text_extraction(tok):
     assert extract_text(ids, dec, tok) == "hello world"
     enc = harness_ids(tok, T, decoder=False)
     assert enc.prefix == () and enc.lead == (101,)
+
+
+def test_label_gradients_match_the_client_gradient_for_the_true_label(tok, setup):
+    _, view = setup
+    row = tok(T.format(text="good news today"), add_special_tokens=False)["input_ids"]
+    label = tok(" positive", add_special_tokens=False)["input_ids"][0]
+    names = list(view.modules)
+    per = label_gradients(view.model, {n: view.prev[n] for n in names}, row, [label, label + 1])
+    for n in names:
+        torch.testing.assert_close(per[0][n][0], view.modules[n].A, rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(per[0][n][1], view.modules[n].B, rtol=1e-3, atol=1e-7)
+    assert not torch.allclose(per[1][names[-1]][1], view.modules[names[-1]].B)
