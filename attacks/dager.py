@@ -98,7 +98,8 @@ class DAGER:
         else:
             ids, more = self._encoder(view, first, second, n_seqs)
         notes += more
-        if ids and p.complete_label and view.task == "classification" and is_decoder(view.model):
+        ordered = not any("unordered" in n for n in more)
+        if ids and ordered and p.complete_label and view.task == "classification" and is_decoder(view.model):
             ids = complete_labels(view, ids, p.mode == "adaptive", p.label_top_k, p.label_budget)
         extra["n_sequences"] = float(len(ids))
         extra["attack_s"] = time.perf_counter() - t0
@@ -116,6 +117,9 @@ class DAGER:
             return [], ["no vocabulary token lies in the layer-0 span"]
         if second is None:
             return [bag], ["no second adapted layer: returning the unordered token bag"]
+        if second.rank < first.rank:  # contextual positions can never be fewer than distinct tokens
+            return [bag], [f"layer-1 span (rank {second.rank}) is thinner than the token bag ({first.rank}): "
+                           "it cannot order the tokens (is layer 1 the last layer?); returning the unordered bag"]
         if _trimmed(second) and len(tpl.start) >= 2:
             got = capture_inputs(model, second.nn_modules(), torch.tensor([tpl.start]))
             second = second.refined([g[0, 1:] for g in got], p.rank_tol)

@@ -35,7 +35,7 @@ class GradMatchParams:
 
     mode: str = "naive"
     loss: str = "cos"
-    steps: int = 300
+    steps: int = 200
     restarts: int = 2
     lr: float = 0.1
     max_tokens: int = 32

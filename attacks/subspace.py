@@ -71,9 +71,10 @@ class Span:
 
 
 def _plain_distance(F: Tensor, R: Tensor) -> Tensor:
-    norms = F.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    Fn = F / norms
-    return (Fn - (Fn @ R) @ R.T).norm(dim=1)
+    norms = F.norm(dim=1, keepdim=True)
+    Fn = F / norms.clamp_min(1e-30)
+    d = (Fn - (Fn @ R) @ R.T).norm(dim=1)
+    return torch.where(norms.squeeze(1) > 1e-12, d, torch.ones_like(d))  # a zero input (padding) is never a member
 
 
 def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 2) -> Tensor:
@@ -99,10 +100,10 @@ def estimate_rank(s: Tensor, rank_tol: float = 1e-7, gap: float = 20.0) -> tuple
     fixed relative cut misses real directions, while the float32 noise floor lies decades lower.
     Without such a drop, values above ``rank_tol * s[0]`` count and a full count means saturated.
     """
-    s = s[s > 0]
-    full = int(s.numel())
-    if full == 0:
+    if s.numel() == 0 or float(s[0]) == 0.0:
         return 0, False
+    s = s[s > 1e-13 * s[0]]  # structural zeros (e.g. a narrow output dimension), not noise
+    full = int(s.numel())
     if full > 1:
         ratios = s[:-1] / s[1:]
         i = int(torch.argmax(ratios))
