@@ -24,10 +24,11 @@ from attacks.decoding import (
     layer_checks,
     prefix_distances,
     soft_decode,
+    token_bag,
     vocab_distances,
 )
 from attacks.labels import complete_labels
-from attacks.probing import capture_inputs, is_decoder, vocab_inputs
+from attacks.probing import capture_inputs, is_decoder
 from attacks.subspace import split_by_gap
 from attacks.textutil import TemplateIds, decode, harness_ids
 from benchmark.api import AttackerView, Reconstruction
@@ -109,10 +110,7 @@ class DAGER:
     def _decoder(self, view: AttackerView, first, second, tpl: TemplateIds, n_seqs: int) -> tuple[list[list[int]], list[str]]:
         p, model = self.params, view.model
         cap = min(p.max_bag, 2 * first.rank + 8)  # distinct visible tokens cannot exceed the rank
-        bag = split_by_gap(vocab_distances(model, first), p.tau1)[:cap].tolist()
-        if bag and _trimmed(first):
-            first = first.refined([x[bag] for x in vocab_inputs(model, first.nn_modules())], p.rank_tol)
-            bag = split_by_gap(vocab_distances(model, first), p.tau1)[:cap].tolist()
+        bag, first = token_bag(model, first, p.tau1, cap, p.rank_tol)
         if not bag:
             return [], ["no vocabulary token lies in the layer-0 span"]
         if second is None:

@@ -25,7 +25,7 @@ from attacks.probing import (
     position_free,
     vocab_inputs,
 )
-from attacks.subspace import Span, min_distance, module_span, refine
+from attacks.subspace import Span, min_distance, module_span, refine, split_by_gap
 from benchmark.api import AttackerView
 
 
@@ -85,6 +85,17 @@ def layer_checks(
 def vocab_distances(model: nn.Module, check: LayerCheck, position: int = 0) -> Tensor:
     """Distance of every vocabulary token (placed at ``position``) to the first layer's spans: (V,)."""
     return check.distance(vocab_inputs(model, check.nn_modules(), position))
+
+
+def token_bag(model: nn.Module, first: LayerCheck, tau: float, cap: int, rank_tol: float) -> tuple[list[int], LayerCheck]:
+    """Vocabulary tokens in the first layer's span (at most ``cap``), and the check used. When a secret
+    column permutation forces trimmed distances, the first bag teaches which coordinates are
+    displaced, the check is refit without them and the bag recomputed."""
+    bag = split_by_gap(vocab_distances(model, first), tau)[:cap].tolist()
+    if bag and any(s.trim > 0 for s in first.spans):
+        first = first.refined([x[bag] for x in vocab_inputs(model, first.nn_modules())], rank_tol)
+        bag = split_by_gap(vocab_distances(model, first), tau)[:cap].tolist()
+    return bag, first
 
 
 def first_layer_is_position_free(model: nn.Module, check: LayerCheck) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from attacks.common import check_mode, unusable
-from attacks.decoding import first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.decoding import first_layer_is_position_free, layer_checks, token_bag, vocab_distances
 from attacks.subspace import split_by_gap
 from benchmark.api import AttackerView, Reconstruction
 
@@ -54,7 +54,7 @@ class TokenLeak:
             return Reconstruction(note=f"layer-0 span (rank {first.rank}) fills the usable coordinates")
         cap = min(p.max_tokens, 2 * first.rank + 8)
         if first_layer_is_position_free(view.model, first):
-            bag = split_by_gap(vocab_distances(view.model, first), p.tau)[:cap].tolist()
+            bag, first = token_bag(view.model, first, p.tau, cap, p.rank_tol)
         else:
             bag = self._positional_bag(view, first, cap)
         notes = []
