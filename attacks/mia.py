@@ -5,7 +5,9 @@ sees the client's trained factors, minus whatever the defense hides. It rebuilds
 adding the visible update, then scores each candidate text: LOSS (mean token log-likelihood), zlib
 (log-likelihood over compressed length), Min-K% (mean of the lowest k% token log-probabilities), or
 reference difference (likelihood gain from the client's update over the starting model, the natural
-reference in federated learning). Higher scores mean "more likely a member".
+reference in federated learning). Higher scores mean "more likely a member". A decoder classifier
+trains only the label token after the prompt, so for classification the per-token log-probabilities
+are replaced by the model's confidence in its top next token there (candidates carry no label).
 
 Naive mode applies the observed factors as shown (hidden entries as zeros); adaptive mode fills hidden
 entries with the starting factors and restores the column order when the defense leaks it, so that
@@ -38,11 +40,15 @@ class MIAParams:
     mode: str = "naive"
     score: str = "ref"
     mink_k: float = 0.2
+    tokens: str = "auto"  # "all": every token's log-prob; "label": the confidence of the next token
+    # after the prompt (what a classifier's label-only loss trains); "auto": label for classification
     max_length: int = 128
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+        if self.tokens not in ("auto", "all", "label"):
+            raise ValueError(f"tokens must be auto, all or label, got {self.tokens!r}")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if not 0.0 < self.mink_k <= 1.0:
@@ -75,6 +81,9 @@ class MembershipInference:
         extra = {"modules_applied": float(len(deltas))}
         return Reconstruction(membership_scores=scores, extra=extra, note="; ".join(notes))
 
+    def _label_only(self, view: AttackerView) -> bool:
+        return _label_only_for(self.params.tokens, view.task)
+
     def _score(self, lp: Tensor, text: str, ref: Tensor | None) -> float:
         if lp.numel() == 0:
             return float("-inf")
@@ -104,10 +113,19 @@ class MembershipInference:
             if not decoder or logits.dim() == 2:
                 out += [row.max().unsqueeze(0) for row in F.log_softmax(logits, -1)]
                 continue
+            if self._label_only(view):  # members' labels were trained: confidence after the prompt
+                last = enc["attention_mask"].sum(1) - 1
+                conf = F.log_softmax(logits[torch.arange(len(chunk)), last], -1).max(-1).values
+                out += [c.reshape(1).cpu() for c in conf]
+                continue
             lp = F.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
             mask = enc["attention_mask"][:, 1:].bool()
             out += [row[m].cpu() for row, m in zip(lp, mask)]
         return out
+
+
+def _label_only_for(tokens: str, task: str) -> bool:
+    return tokens == "label" or (tokens == "auto" and task == "classification")
 
 
 def _filled(observed: Tensor | None, hidden: Tensor | None, start: Tensor, adaptive: bool) -> Tensor | None:

@@ -76,11 +76,13 @@ def lora_factors(pm: nn.Module) -> dict[str, LoRAFactors]:
     return out
 
 
-def encode(tokenizer: Any, texts: Sequence[str], template: str, label: str = " positive",
+def encode(tokenizer: Any, texts: Sequence[str], template: str, label: str | Sequence[str] = " positive",
            loss: str = "label") -> dict[str, Tensor]:
     """Right-padded batch of ``template.format(text) + label`` as the harness builds it for a decoder
-    classifier: the loss sits on the label token alone (``loss="label"``) or on every token ("lm")."""
-    full = [template.format(text=t) + label for t in texts]
+    classifier: the loss sits on the label token alone (``loss="label"``) or on every token ("lm").
+    ``label`` is one label word for all texts or one per text."""
+    labels_ = [label] * len(texts) if isinstance(label, str) else list(label)
+    full = [template.format(text=t) + lab for t, lab in zip(texts, labels_)]
     enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = enc["attention_mask"]
     labels = enc["input_ids"].masked_fill(mask == 0, -100)
@@ -116,7 +118,7 @@ def public_model(base: nn.Module, factors: dict[str, LoRAFactors]) -> nn.Module:
 
 def client_view(pm: nn.Module, base_copy: nn.Module, tokenizer: Any, texts: Sequence[str], template: str,
                 kind: str = "grad", steps: int = 1, lr: float = 0.05, loss: str = "label",
-                label: str = " positive") -> AttackerView:
+                label: str | Sequence[str] = " positive") -> AttackerView:
     """Simulate one client probe on ``pm`` (restored afterwards) and return the plaintext view.
 
     ``base_copy`` is an untouched copy of the base model, into which the starting LoRA delta is merged.

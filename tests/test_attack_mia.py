@@ -35,7 +35,8 @@ def round_view():
     base = toy.tiny_llama(len(tok), layers=2)
     pm = toy.lora_wrap(copy.deepcopy(base), r=8)
     start = toy.lora_factors(pm)
-    batch = toy.encode(tok, MEMBERS, T, loss="lm")
+    labels = [" positive", " negative"] * (len(MEMBERS) // 2)
+    batch = toy.encode(tok, MEMBERS, T, label=labels)  # label-only loss, as the harness trains decoders
     params = [p for n, p in pm.named_parameters() if "lora_" in n]
     opt = torch.optim.AdamW(params, lr=3e-2)
     for _ in range(40):
@@ -89,3 +90,14 @@ def test_no_plaintext_scores_the_public_model_and_no_candidates_gives_a_note(rou
     rec = MembershipInference(MIAParams(score="loss")).reconstruct(replace(view, modules={}))
     assert len(rec.membership_scores) == len(view.candidates) and "public" in rec.note
     assert MembershipInference().reconstruct(replace(view, candidates=None)).membership_scores is None
+
+
+def test_all_token_scoring_and_param_checks(round_view):
+    view, _ = round_view
+    rec = MembershipInference(MIAParams(score="loss", tokens="all")).reconstruct(view)
+    assert len(rec.membership_scores) == len(view.candidates)
+    assert all(math.isfinite(x) for x in rec.membership_scores)
+    with pytest.raises(ValueError):
+        MIAParams(score="vibes")
+    with pytest.raises(ValueError):
+        MIAParams(tokens="some")
