@@ -70,7 +70,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def privacy_matrix(df: pd.DataFrame) -> pd.DataFrame:
-    attacked = df[(df["attack"] != "none") & (df["status"] == "ok")]
+    attacked = df[(df["attack"] != "none") & df["status"].isin(["ok", "incompatible"])]
     if attacked.empty:
         return pd.DataFrame()
     attacked = attacked.assign(col=attacked["attack"] + "/" + attacked["attack_mode"].fillna(""))
@@ -79,8 +79,10 @@ def privacy_matrix(df: pd.DataFrame) -> pd.DataFrame:
     for (scenario, defense, col), group in attacked.groupby(["scenario", "defense", "col"], sort=False):
         metric = "mia_auc" if group["mia_auc"].notna().any() else "rouge1"
         key = f"{scenario} / {defense}" if multi else defense
-        out.setdefault(key, {})[f"{col} ({metric}{arrow(metric)})"] = _mean_std(group[metric], metric)
-    table = pd.DataFrame(out).T.fillna("incompatible")
+        ok = group[group["status"] == "ok"]
+        value = _mean_std(ok[metric], metric) if not ok.empty else "incompatible"
+        out.setdefault(key, {})[f"{col} ({metric}{arrow(metric)})"] = value
+    table = pd.DataFrame(out).T.fillna("not run")
     table.index.name = "scenario / defense" if multi else "defense"
     return table.reset_index()
 
@@ -209,7 +211,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
                  f"Commits: {', '.join(sorted({str(c)[:10] for c in df['git_commit'].dropna()}))}.")
     lines.append("")
     lines.append("↑ higher is better, ↓ lower is better. Attack metrics measure the attacker: lower means a stronger defense. "
-                 "Values are mean ± std over seeds.")
+                 "Values are mean ± std over seeds. 'incompatible': the defense leaves the attack nothing to work on "
+                 "(e.g. ciphertext only); 'not run': the suite does not pair that scenario with that attack.")
     sections = [
         ("Privacy matrix (attack success per defense)", privacy_matrix(df)),
         ("Utility and cost per defense", cost_table(df)),
