@@ -10,7 +10,6 @@ rank and an SGD-like update; an AdamW delta or a saturated rank gets an honest e
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -73,7 +72,6 @@ class DAGER:
         if view.kind == "adamw":
             return Reconstruction(note="adamw delta: per-coordinate rescaling destroys the span structure DAGER needs")
         p = self.params
-        t0 = time.perf_counter()
         checks = layer_checks(view, p.mode == "adaptive", p.rank_tol)
         if not checks:
             return Reconstruction(note="no observed attention-input module with a usable update")
@@ -103,7 +101,6 @@ class DAGER:
         if ids and ordered and p.complete_label and view.task == "classification" and is_decoder(view.model):
             ids = complete_labels(view, ids, p.mode == "adaptive", p.label_top_k, p.label_budget)
         extra["n_sequences"] = float(len(ids))
-        extra["attack_s"] = time.perf_counter() - t0
         texts = [decode(s, view.tokenizer) for s in ids]
         return Reconstruction(texts=texts, token_ids=ids, extra=extra, note="; ".join(notes))
 

@@ -66,20 +66,35 @@ class LayerCheck:
 
 
 def layer_checks(
-    view: AttackerView, adaptive: bool, rank_tol: float, dim: int | None = None, layers: int = 2
+    view: AttackerView, adaptive: bool, rank_tol: float, dim: int | None = None, layers: int = 2,
+    exact: bool = True,
 ) -> list[LayerCheck]:
     """Checks for the first ``layers`` adapted layers, lowest first; modules without a usable span are
-    skipped (the attacks only read the first two, so deeper layers are never factorized)."""
+    skipped (the attacks only read the first two, so deeper layers are never factorized). ``exact``
+    asks for dropout-tolerant (trimmed) distances where training dropout masks the inputs; soft
+    rankings skip that cost."""
     found = locate(view.model, list(view.modules))
     checks: list[LayerCheck] = []
     for layer, mods in attention_inputs_by_layer(found).items():
         if len(checks) >= layers:
             break
-        pairs = [(m, module_span(view, m.name, view.modules[m.name], adaptive, rank_tol, dim)) for m in mods]
+        drop = input_dropout(view.model) if layer == 0 and exact else 0.0
+        pairs = [(m, module_span(view, m.name, view.modules[m.name], adaptive, rank_tol, dim, dropout=drop)) for m in mods]
         pairs = [(m, s) for m, s in pairs if s is not None]
         if pairs:
             checks.append(LayerCheck(layer, [m for m, _ in pairs], [s for _, s in pairs]))
     return checks
+
+
+def input_dropout(model: nn.Module) -> float:
+    """Dropout a client's training applies to the first layer's input (BERT/GPT-2 embedding dropout;
+    Llama has none): it zeroes input coordinates at random, which exact span checks must tolerate."""
+    cfg = getattr(model, "config", None)
+    for key in ("hidden_dropout_prob", "embd_pdrop", "dropout"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, float) and value > 0:
+            return value
+    return 0.0
 
 
 def vocab_distances(model: nn.Module, check: LayerCheck, position: int = 0) -> Tensor:

@@ -80,7 +80,7 @@ class GradMatch:
         target, masks = observed_target(view, names, adaptive)
         if target.numel() == 0 or float(target.norm()) == 0.0:
             return Reconstruction(note="observed update is zero on every usable coordinate")
-        checks = layer_checks(view, adaptive, 1e-7)
+        checks = layer_checks(view, adaptive, 1e-7, exact=False)
         layout = _Layout.build(view, _length(view, checks), self._vocab(view, checks))
         with _eager(model), attached(model, {n: view.prev[n] for n in names}) as leaves:
             best, best_loss = None, float("inf")

@@ -14,6 +14,7 @@ each candidate (a trimmed least-squares fit), since a few misplaced coordinates 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def _plain_distance(F: Tensor, R: Tensor) -> Tensor:
     return torch.where(norms.squeeze(1) > 1e-12, d, torch.ones_like(d))  # a zero input (padding) is never a member
 
 
-def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 2) -> Tensor:
+def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 5) -> Tensor:
     """Residual after refitting each row on all but its ``trim`` worst coordinates."""
     Fn = F / F.norm(dim=1, keepdim=True).clamp_min(1e-30)
     res = Fn - (Fn @ R) @ R.T
@@ -226,9 +227,14 @@ def module_span(
     rank_tol: float = 1e-7,
     dim: int | None = None,
     trim_fraction: float = 0.1,
+    dropout: float = 0.0,
 ) -> Span | None:
     """The usable span of one observed module: the A path when its update is non-zero, else the B path
-    through the starting A (round 1 with peft's B = 0 makes dL/dA vanish)."""
+    through the starting A (round 1 with peft's B = 0 makes dL/dA vanish).
+
+    ``dropout``: the rate at which the client's training zeroed this module's input coordinates (BERT's
+    embedding dropout); each candidate then drops its worst ~2p of coordinates before being judged,
+    since a true token matches its masked copy everywhere else."""
     got = _observed(view, name, om, "A", adaptive)
     if got is not None:
         M, hidden = got
@@ -247,6 +253,8 @@ def module_span(
                     trim = n_hidden if n_hidden > 0 else max(1, int(trim_fraction * keep.numel()))
         else:
             index = keep
+        if dropout > 0:
+            trim = max(trim, math.ceil(2 * dropout * keep.numel()))
         span = fit_span(name, M, keep, index, rank_tol, trim=trim, dim=dim, path="A")
         if span is not None:
             return span

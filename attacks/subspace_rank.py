@@ -60,13 +60,13 @@ class SubspaceRank:
             return Reconstruction(note=why)
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol, dim=p.dim or None)
+        checks = layer_checks(view, adaptive, p.rank_tol, dim=p.dim or None, exact=False)
         if not checks or checks[0].layer != 0:
             return Reconstruction(note="no usable update of a first-layer attention projection")
         dim = p.dim
         if not dim and (checks[0].saturated or checks[0].vacuous):
             dim = self._dim_estimate(view, checks[0])
-            checks = layer_checks(view, adaptive, p.rank_tol, dim=dim)
+            checks = layer_checks(view, adaptive, p.rank_tol, dim=dim, exact=False)
         first = checks[0]
         dim = dim or first.rank
         top_n = p.top_n or dim
@@ -74,7 +74,8 @@ class SubspaceRank:
         if first_layer_is_position_free(model, first):
             scores = vocab_distances(model, first)
         else:
-            scores = torch.stack([vocab_distances(model, first, pos) for pos in range(p.max_positions)]).min(0).values
+            positions = min(p.max_positions, first.rank + 2)  # every visible position adds a direction
+            scores = torch.stack([vocab_distances(model, first, pos) for pos in range(positions)]).min(0).values
         ranked = torch.argsort(scores)[:top_n].tolist()
         extra = {"dim": float(dim), "rank_l0": float(first.rank), "bag_size": float(len(ranked))}
         second = checks[1] if len(checks) > 1 else None

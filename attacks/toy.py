@@ -172,3 +172,35 @@ def hide_columns(view: AttackerView, fraction: float, seed: int = 0, permute: in
             A[:, vis] = om.A[:, shuffled]
         modules[name] = replace(om, A=A, A_hidden=mask, columns_permuted=bool(permute))
     return replace(view, modules=modules, defense="she_lora_toy")
+
+
+def tiny_bert(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, dropout: float = 0.1) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=2 * hidden, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                     num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def encoder_view(pm: nn.Module, base_copy: nn.Module, tokenizer: Any, texts: Sequence[str], seed: int = 0) -> AttackerView:
+    """One single-step gradient of an encoder classifier trained with dropout on, like the harness."""
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True)
+    enc["labels"] = torch.tensor([i % 2 for i in range(len(texts))])
+    prev = lora_factors(pm)
+    params = [p for n, p in pm.named_parameters() if "lora_" in n]
+    torch.manual_seed(seed)
+    pm.train()
+    grads = torch.autograd.grad(pm(**enc).loss, params)
+    pm.eval()
+    by_param = dict(zip([id(p) for p in params], grads))
+    modules = {}
+    for name, mod in pm.named_modules():
+        if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
+            canon = name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
+            modules[canon] = ObservedModule(A=by_param[id(mod.lora_A["default"].weight)].detach().clone(),
+                                            B=by_param[id(mod.lora_B["default"].weight)].detach().clone(),
+                                            scale=prev[canon].scale)
+    return AttackerView(defense="plain_lora", kind="grad", modules=modules, prev=prev, batch_size=len(texts),
+                        model=public_model(base_copy, prev), tokenizer=tokenizer, task="classification")

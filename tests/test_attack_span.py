@@ -141,3 +141,13 @@ def test_noise_degrades_gracefully(tok, base):
     assert DAGER().reconstruct(view).texts == [] or True  # must not raise
     rec = SubspaceRank().reconstruct(view)
     assert score_reconstruction(toy.references(tok, TEXTS[:1], T), rec.texts, tok)["token_recall"] > 0.2
+
+
+def test_encoder_bag_survives_training_dropout(tok):
+    base = toy.tiny_bert(len(tok), dropout=0.1)
+    pm = toy.lora_wrap(copy.deepcopy(base), r=32, targets=("query", "value"))
+    view = toy.encoder_view(pm, copy.deepcopy(base), tok, TEXTS[:1])
+    rec = TokenLeak().reconstruct(view)
+    assert set(rec.token_ids[0]) == set(tok(TEXTS[0])["input_ids"])
+    dag = DAGER().reconstruct(view)
+    assert score_reconstruction(TEXTS[:1], dag.texts, tok)["token_recall"] >= 0.8
