@@ -170,16 +170,8 @@ class FullHE:
     # -- setup --------------------------------------------------------------------------------
     def setup(self, fed: FederationInfo) -> dict[str, float]:
         self.fed = fed
-        t0 = time.perf_counter()
-        self._client_ctx = ckks.make_secret_context(self.params.ckks())
-        keygen_s = time.perf_counter() - t0
-        public = ckks.public_context_bytes(self._client_ctx)
-        self._server_ctx = ckks.load_public_context(public)
-        return {
-            "keygen_s": keygen_s,
-            "context_public_bytes": float(len(public)),
-            "context_secret_bytes": float(len(ckks.secret_context_bytes(self._client_ctx))),
-        }
+        self._client_ctx, self._server_ctx, costs = ckks.key_roles(self.params.ckks())
+        return costs
 
     def _names(self) -> list[str]:
         return sorted(self.fed.module_shapes) if self.fed else []

@@ -177,12 +177,8 @@ class MaskCrypt:
 
     def setup(self, fed: FederationInfo) -> dict[str, float]:
         self.fed = fed
-        t0 = time.perf_counter()
-        self._client_ctx = ckks.make_secret_context(self.params.ckks())
-        keygen_s = time.perf_counter() - t0
-        public = ckks.public_context_bytes(self._client_ctx)
-        self._server_ctx = ckks.load_public_context(public)
-        return {"keygen_s": keygen_s, "context_public_bytes": float(len(public))}
+        self._client_ctx, self._server_ctx, costs = ckks.key_roles(self.params.ckks())
+        return costs
 
     def _shapes(self, update: ClientUpdate) -> tuple[list[str], dict[str, tuple[int, int]]]:
         names = sorted(update.factors)

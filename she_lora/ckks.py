@@ -29,6 +29,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -423,3 +424,18 @@ def _load(obj: Any, seal_ctx: Any, data: bytes) -> None:
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+def key_roles(params: CKKSParams) -> tuple[CKKSContext, CKKSContext, dict[str, float]]:
+    """Keys for a defense whose clients share one secret context and whose server gets only the
+    public bytes: (client context, server context, setup costs reported once)."""
+    t0 = time.perf_counter()
+    secret = make_secret_context(params)
+    keygen_s = time.perf_counter() - t0
+    public = public_context_bytes(secret)
+    costs = {
+        "keygen_s": keygen_s,
+        "context_public_bytes": float(len(public)),
+        "context_secret_bytes": float(len(secret_context_bytes(secret))),
+    }
+    return secret, load_public_context(public), costs
