@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -100,20 +101,42 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
-    """The attack probe: at ``round`` the target ``client`` computes an update on one private batch."""
+class ThreatConfig:
+    """What the honest-but-curious server observes, and what it could know of the target's start.
 
-    round: int = 1
-    client: int = -1  # the target; -1 picks the first client of the highest-rank tier
-    observation: str = "grad"  # grad | sgd | adamw
-    batch_size: int = 1
-    steps: int = 1  # local steps for sgd/adamw observations
-    lr: float = 1e-2
-    members: int = 16  # membership candidates: this many training texts and as many held-out ones
+    The attacker is the server and knows only its transcript plus public facts, so these settings
+    decide what an attack can possibly use; every row records them.
+    """
+
+    init: str = "client"  # who draws the round-1 LoRA factors: client (privately, as peft does) | server (broadcast)
+    observation: str = "upload"  # upload (the real round upload) | sgd (one SGD step at lr, FedSGD) | grad (raw gradient)
+    round: int = 1  # the round whose upload of the target client is attacked
+    batch_size: int = 1  # private examples in the probe batch (sgd/grad observations)
+    lr: float = 1e-2  # the learning rate the server sets for an sgd observation
+    steps: int = 1  # local steps of an sgd observation
 
     def __post_init__(self) -> None:
-        if self.observation not in ("grad", "sgd", "adamw"):
-            raise ConfigError(f"probe.observation must be grad, sgd or adamw, got {self.observation!r}")
+        if self.init not in THREAT_INITS:
+            raise ConfigError(f"threat.init must be one of {', '.join(THREAT_INITS)}, got {self.init!r}")
+        if self.observation not in OBSERVATIONS:
+            raise ConfigError(f"threat.observation must be one of {', '.join(OBSERVATIONS)}, got {self.observation!r}")
+        for key in ("round", "batch_size", "steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"threat.{key} must be >= 1, got {getattr(self, key)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"threat.lr must be > 0 and finite, got {self.lr}")
+
+
+THREAT_INITS = ("client", "server")
+OBSERVATIONS = ("upload", "sgd", "grad")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Who is attacked and how many membership candidates are scored (the threat itself is [threat])."""
+
+    client: int = -1  # the target; -1 picks the first client of the highest-rank tier
+    members: int = 16  # membership candidates: this many training texts and as many held-out ones
 
 
 @dataclass(frozen=True)
@@ -146,6 +169,7 @@ class ScenarioConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
 
@@ -166,8 +190,8 @@ class ScenarioConfig:
             raise ConfigError("scenario.tiers must list at least one tier")
         if not -1 <= self.probe.client < self.n_clients:
             raise ConfigError(f"scenario.probe.client must be -1 or in [0, {self.n_clients}), got {self.probe.client}")
-        if not 1 <= self.probe.round <= self.rounds:
-            raise ConfigError(f"scenario.probe.round must be in [1, rounds={self.rounds}], got {self.probe.round}")
+        if not 1 <= self.threat.round <= self.rounds:
+            raise ConfigError(f"scenario.threat.round must be in [1, rounds={self.rounds}], got {self.threat.round}")
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def sample_round(scenario: ScenarioConfig, seed: int, rnd: int) -> list[int]:
     """The round's participants; the probe's target always takes part in the probe round."""
     picks = rng(seed, "sampling", rnd).choice(scenario.n_clients, scenario.clients_per_round, replace=False).tolist()
     target = probe_target(scenario, seed)
-    if rnd == scenario.probe.round and target not in picks:
+    if rnd == scenario.threat.round and target not in picks:
         picks[-1] = target
     return sorted(picks)
 
@@ -219,7 +219,7 @@ class Federation:
     def probe(self, rnd: int) -> ProbeResult:
         """The target client computes its update on one private batch; the defense protects it; the
         views are built by the defense's ``observe`` alone; the true texts stay here."""
-        cfg = self.scenario.probe
+        cfg = self.scenario.threat
         client = self.clients[probe_target(self.scenario, self.seed)]
         start = self.probe_start
         examples = self.client_examples(client.client_id)
@@ -303,11 +303,11 @@ class Federation:
         setup_s = time.perf_counter() - setup_t
         rounds, probe = [], None
         for rnd in range(1, self.scenario.rounds + 1):
-            if rnd == self.scenario.probe.round:
+            if rnd == self.scenario.threat.round:
                 self.probe_start = self.start_factors(self.clients[probe_target(self.scenario, self.seed)])
             self.progress(f"round {rnd}/{self.scenario.rounds}")
             rounds.append(self.run_round(rnd))
-            if rnd == self.scenario.probe.round:
+            if rnd == self.scenario.threat.round:
                 probe = self.probe(rnd)
         utility = self.evaluate()
         metrics: dict[str, Any] = {

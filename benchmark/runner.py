@@ -256,7 +256,7 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
         defense_name=cell.defense.name, attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
         seed=cell.seed, defense_params=dict(cell.defense.params), device=device,
         tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
-        probe_batch_size=group.scenario.probe.batch_size, probe_observation=group.scenario.probe.observation,
+        probe_batch_size=group.scenario.threat.batch_size, probe_observation=group.scenario.threat.observation,
         probe_rank=_probe_rank(group.scenario, group.seed),
         git_commit=prov["git"]["commit"], git_dirty=prov["git"]["dirty"],
     )

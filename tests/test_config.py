@@ -6,12 +6,12 @@ from benchmark.runner import parse_overrides, resolve_scenario
 
 def test_override_parsing_is_typed_and_nested():
     over = parse_overrides(["rounds=3", "scenario.train.lr=1e-3", "defense.dp.sigma=2", "attack.dager.mode=adaptive",
-                            "probe.observation=sgd"])
-    assert over.scenario == {"rounds": 3, "train": {"lr": 1e-3}, "probe": {"observation": "sgd"}}
+                            "threat.observation=sgd"])
+    assert over.scenario == {"rounds": 3, "train": {"lr": 1e-3}, "threat": {"observation": "sgd"}}
     assert over.defense == {"dp": {"sigma": 2}}
     assert over.attack == {"dager": {"mode": "adaptive"}}
     scenario = resolve_scenario("tiny", over.scenario)
-    assert scenario.rounds == 3 and scenario.train.lr == 1e-3 and scenario.probe.observation == "sgd"
+    assert scenario.rounds == 3 and scenario.train.lr == 1e-3 and scenario.threat.observation == "sgd"
 
 
 def test_parse_value_keeps_strings_and_literals():
@@ -63,12 +63,12 @@ def test_suite_entries_accept_variants_and_reject_duplicate_labels():
 def test_suite_scenario_variants_get_their_own_labels_and_overrides():
     from benchmark.runner import Overrides, plan
 
-    suite = suite_from_dict({"scenarios": ["tiny", {"name": "tiny", "label": "tiny_b2", "probe": {"batch_size": 2},
+    suite = suite_from_dict({"scenarios": ["tiny", {"name": "tiny", "label": "tiny_b2", "threat": {"batch_size": 2},
                                                     "tiers": [{"name": "only", "fraction": 1.0, "rank": 8}]}]})
     groups = plan(suite, Overrides({}, {}, {}))
     by_name = {g.scenario.name: g.scenario for g in groups}
     assert set(by_name) == {"tiny", "tiny_b2"}
-    assert by_name["tiny_b2"].probe.batch_size == 2 and by_name["tiny"].probe.batch_size == 1
+    assert by_name["tiny_b2"].threat.batch_size == 2 and by_name["tiny"].threat.batch_size == 1
     assert [t.rank for t in by_name["tiny_b2"].tiers] == [8]  # a list replaces the base list
     assert groups[0].cells[0].cell_id != groups[1].cells[0].cell_id
     with pytest.raises(ConfigError, match="duplicate labels"):

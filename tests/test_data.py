@@ -48,7 +48,7 @@ def test_tier_assignment_follows_fractions():
 def test_probe_target_always_takes_part_in_the_probe_round():
     scenario = resolve_scenario("default", {"probe": {"client": 5}})
     for seed in range(5):
-        assert 5 in sample_round(scenario, seed, scenario.probe.round)
+        assert 5 in sample_round(scenario, seed, scenario.threat.round)
 
 
 def test_offline_datasets_load_and_bad_paths_are_clear(tmp_path):
