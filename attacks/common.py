@@ -19,3 +19,14 @@ def unusable(view: AttackerView, need_model: bool = True) -> str:
     if need_model and (view.model is None or view.tokenizer is None):
         return "the view carries no public model or tokenizer"
     return ""
+
+
+def no_usable_update(view: AttackerView) -> str:
+    """The abstention reason when no module yields a usable span: usually a start the server lacks."""
+    if view.prev is None and view.kind != "grad":
+        return (f"an {view.kind} upload must be differenced against the client's start, which the server "
+                f"does not know (start: {view.start_known})")
+    if view.prev is None:
+        return ("dL/dA is zero where B starts at zero, and the dL/dB path needs the client's starting A, "
+                f"which the server does not know (start: {view.start_known})")
+    return "no observed first-layer attention projection with a usable update"

@@ -10,12 +10,13 @@ rank and an SGD-like update; an AdamW delta or a saturated rank gets an honest e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, unusable
+from attacks.common import check_mode, no_usable_update, unusable
 from attacks.decoding import (
     encoder_decode,
     first_layer_is_position_free,
@@ -30,7 +31,7 @@ from attacks.labels import complete_labels
 from attacks.probing import capture_inputs, is_decoder
 from attacks.subspace import split_by_gap
 from attacks.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class DAGERParams:
 
 class DAGER:
     name: ClassVar[str] = "dager"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = DAGERParams
 
     def __init__(self, params: DAGERParams | None = None) -> None:
@@ -68,15 +70,13 @@ class DAGER:
     def reconstruct(self, view: AttackerView) -> Reconstruction:
         why = unusable(view)
         if why:
-            return Reconstruction(note=why)
-        if view.kind == "adamw":
-            return Reconstruction(note="adamw delta: per-coordinate rescaling destroys the span structure DAGER needs")
+            return Reconstruction.abstain(why)
         p = self.params
         checks = layer_checks(view, p.mode == "adaptive", p.rank_tol)
         if not checks:
-            return Reconstruction(note="no observed attention-input module with a usable update")
+            return Reconstruction.abstain(no_usable_update(view))
         if checks[0].layer != 0:
-            return Reconstruction(note=f"first adapted layer is {checks[0].layer}; the vocabulary check needs layer 0")
+            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; the vocabulary check needs layer 0")
         first = checks[0]
         second = checks[1] if len(checks) > 1 else None
         if first.vacuous:

@@ -11,6 +11,7 @@ backpropagation, so it is sized for tiny models on CPU; bigger models get an hon
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from attacks.lorahooks import attached, flatten_grads, observed_target
 from attacks.probing import device_of, is_decoder, locate
 from attacks.refine import refine
 from attacks.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ class GradMatchParams:
 
 class GradMatch:
     name: ClassVar[str] = "grad_match"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = GradMatchParams
 
     def __init__(self, params: GradMatchParams | None = None) -> None:
@@ -66,20 +68,21 @@ class GradMatch:
     def reconstruct(self, view: AttackerView) -> Reconstruction:
         why = unusable(view)
         if why:
-            return Reconstruction(note=why)
+            return Reconstruction.abstain(why)
         if not (view.kind == "grad" or (view.kind == "sgd" and view.local_steps == 1)):
-            return Reconstruction(note=f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched")
+            return Reconstruction.abstain(f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched")
         if view.prev is None:
-            return Reconstruction(note="the starting factors (prev) are needed to recompute gradients")
+            return Reconstruction.abstain(f"gradients are recomputed at the client's start, which the server does not know "
+                                          f"(start: {view.start_known})")
         p, model = self.params, view.model
         n_params = sum(t.numel() for t in model.parameters())
         if n_params > p.max_params and device_of(model).type == "cpu":
-            return Reconstruction(note=f"model has {n_params / 1e6:.0f}M parameters: gradient matching needs a GPU at this size")
+            return Reconstruction.abstain(f"model has {n_params / 1e6:.0f}M parameters: gradient matching needs a GPU at this size")
         adaptive = p.mode == "adaptive"
         names = [n for n in locate(model, list(view.modules)) if n in view.prev]
         target, masks = observed_target(view, names, adaptive)
         if target.numel() == 0 or float(target.norm()) == 0.0:
-            return Reconstruction(note="observed update is zero on every usable coordinate")
+            return Reconstruction.abstain("observed update is zero on every usable coordinate")
         checks = layer_checks(view, adaptive, 1e-7, exact=False)
         layout = _Layout.build(view, _length(view, checks), self._vocab(view, checks))
         with _eager(model), attached(model, {n: view.prev[n] for n in names}) as leaves:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from attacks.common import check_mode
 from attacks.probing import device_of, is_decoder, locate
-from benchmark.api import AttackerView, ObservedModule, Reconstruction
+from benchmark.api import MEMBERSHIP_METRICS, AttackerView, ObservedModule, Reconstruction
 
 SCORES = ("loss", "zlib", "mink", "ref")
 
@@ -57,9 +57,10 @@ class MIAParams:
 
 class MembershipInference:
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
+    metrics: ClassVar[Mapping[str, bool]] = MEMBERSHIP_METRICS
     Params = MIAParams
 
     def __init__(self, params: MIAParams | None = None) -> None:
@@ -68,9 +69,9 @@ class MembershipInference:
     def reconstruct(self, view: AttackerView) -> Reconstruction:
         cands = list(view.candidates or [])
         if not cands or view.model is None or view.tokenizer is None:
-            return Reconstruction(note="needs candidates, the public model and its tokenizer")
+            return Reconstruction.abstain("needs candidates, the public model and its tokenizer")
         if view.kind == "grad":
-            return Reconstruction(note="a gradient is not a round update; membership needs the trained factors")
+            return Reconstruction.abstain("a gradient is not a round update; membership needs the trained factors")
         p = self.params
         deltas = visible_deltas(view, p.mode == "adaptive")
         notes = [] if deltas else ["no visible update: scoring the public (starting) model only"]

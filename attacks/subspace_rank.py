@@ -9,12 +9,13 @@ orders the best tokens into sequences with the second layer's distance as a scor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, unusable
+from attacks.common import check_mode, no_usable_update, unusable
 from attacks.decoding import (
     LayerCheck,
     first_layer_is_position_free,
@@ -24,7 +25,7 @@ from attacks.decoding import (
 )
 from attacks.probing import is_decoder
 from attacks.textutil import decode, harness_ids
-from benchmark.api import AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class SubspaceRankParams:
 
 class SubspaceRank:
     name: ClassVar[str] = "subspace_rank"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = SubspaceRankParams
 
     def __init__(self, params: SubspaceRankParams | None = None) -> None:
@@ -57,12 +59,12 @@ class SubspaceRank:
     def reconstruct(self, view: AttackerView) -> Reconstruction:
         why = unusable(view)
         if why:
-            return Reconstruction(note=why)
+            return Reconstruction.abstain(why)
         p = self.params
         adaptive = p.mode == "adaptive"
         checks = layer_checks(view, adaptive, p.rank_tol, dim=p.dim or None, exact=False)
         if not checks or checks[0].layer != 0:
-            return Reconstruction(note="no usable update of a first-layer attention projection")
+            return Reconstruction.abstain(no_usable_update(view))
         dim = p.dim
         if not dim and (checks[0].saturated or checks[0].vacuous):
             dim = self._dim_estimate(view, checks[0])

@@ -8,13 +8,14 @@ this row shows how much leaks before any sequence search.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from attacks.common import check_mode, unusable
+from attacks.common import check_mode, no_usable_update, unusable
 from attacks.decoding import first_layer_is_position_free, layer_checks, token_bag, vocab_distances
 from attacks.subspace import split_by_gap
-from benchmark.api import AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,10 @@ class TokenLeakParams:
 
 class TokenLeak:
     name: ClassVar[str] = "token_leak"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = TokenLeakParams
 
     def __init__(self, params: TokenLeakParams | None = None) -> None:
@@ -44,11 +46,11 @@ class TokenLeak:
     def reconstruct(self, view: AttackerView) -> Reconstruction:
         why = unusable(view)
         if why:
-            return Reconstruction(note=why)
+            return Reconstruction.abstain(why)
         p = self.params
         checks = layer_checks(view, p.mode == "adaptive", p.rank_tol, layers=1)
         if not checks or checks[0].layer != 0:
-            return Reconstruction(note="no usable update of a first-layer attention projection")
+            return Reconstruction.abstain(no_usable_update(view))
         first = checks[0]
         if first.vacuous:
             return Reconstruction(note=f"layer-0 span (rank {first.rank}) fills the usable coordinates")
@@ -58,8 +60,6 @@ class TokenLeak:
         else:
             bag = self._positional_bag(view, first, cap)
         notes = []
-        if view.kind == "adamw":
-            notes.append("adamw delta: the exact span check is unreliable (see subspace_rank)")
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: tokens likely exceed the LoRA rank")
         extra = {"bag_size": float(len(bag)), "rank_l0": float(first.rank)}

@@ -1,9 +1,12 @@
 """The contracts between the harness, the defenses and the attacks.
 
-The separation matters more than the names: a defense sees a client's update only on its client
-side (``protect``/``finalize``), its server side (``aggregate``) sees only ``WirePayload``s, and an
-attack sees only the ``AttackerView`` that ``Defense.observe`` builds from one payload. The harness
-alone holds the true private batch and scores reconstructions against it.
+A defense is two roles that share nothing but ``WirePayload``s and public setup facts: a
+``ClientRole`` (sees a client's update, holds keys, ``protect``/``finalize``) and a ``ServerRole``
+(``aggregate``, and ``observe``/``known_start``, from which the engine builds the attacker's view out
+of the server's transcript alone). An attack sees only that ``AttackerView``. The harness alone holds
+the true private batch and scores reconstructions against it. Optional hooks are declared here once,
+with no-op defaults, so an engine never probes a defense with ``getattr`` (the seam Flower's
+ClientApp / Strategy split plugs into).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 
@@ -145,21 +147,51 @@ class ObservedModule:
     columns_permuted: bool = False
 
 
+START_KNOWN = ("exact", "estimate", "none")
+
+
+@dataclass(frozen=True)
+class StartKnowledge:
+    """What the server can know of the factors a client started its round from.
+
+    ``factors`` is the server's best reconstruction from messages it sent (``None``: nothing), in the
+    column order its own view of that client's upload uses; ``known`` says whether that is ``exact``
+    (the server can replay the client's deterministic finalize), an ``estimate`` (ciphertext or masks
+    stand in the way) or ``none``.
+    """
+
+    factors: Mapping[str, LoRAFactors] | None
+    known: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.known not in START_KNOWN:
+            raise ValueError(f"StartKnowledge.known must be one of {', '.join(START_KNOWN)}, got {self.known!r}")
+
+    @classmethod
+    def nothing(cls, note: str) -> StartKnowledge:
+        return cls(None, "none", note)
+
+
 @dataclass(frozen=True)
 class AttackerView:
     """The only input of an attack: what an honest-but-curious server holds about one client update.
 
-    ``modules`` is what the defense's ``observe`` exposes; ``prev`` the factors the server sent the
-    client; ``model`` a public copy of the base model with the previous global delta merged (never
-    the client's trained adapter); ``candidates`` texts whose membership an inference attack scores.
+    Built by the engine from the server's transcript alone: ``modules`` is what the server role's
+    ``observe`` exposes of the upload; ``prev`` the server's knowledge of the client's starting
+    factors (``start_known`` says exact, estimate or none); ``model`` a public copy of the base model
+    with the global delta the server can compute merged (never the client's adapter); ``lr``,
+    ``local_steps``, ``batch_size`` are hyperparameters the server set; ``candidates`` texts whose
+    membership an inference attack scores.
     """
 
     defense: str
-    kind: str  # "grad" | "sgd" | "adamw"
+    kind: str  # "grad" | "sgd" | "weights" (a real round upload)
     modules: Mapping[str, ObservedModule]
     leaked: Mapping[str, Any] = field(default_factory=dict)
     cipher_bytes: int = 0
     prev: Mapping[str, LoRAFactors] | None = None
+    start_known: str = "none"
     lr: float | None = None
     local_steps: int = 1
     batch_size: int | None = None
@@ -174,44 +206,129 @@ class AttackerView:
     def has_plaintext(self) -> bool:
         return any(m.A is not None or m.B is not None for m in self.modules.values())
 
+    @property
+    def prev_exact(self) -> bool:
+        return self.prev is not None and self.start_known == "exact"
+
+
+RECONSTRUCTION_STATUS = ("ok", "abstained")
+
 
 @dataclass
 class Reconstruction:
     """An attack's output. ``texts`` are reconstructed inputs (one per recovered sequence);
-    ``membership_scores`` align with ``AttackerView.candidates`` (higher = more likely member)."""
+    ``membership_scores`` align with ``AttackerView.candidates`` (higher = more likely member).
+
+    ``status`` is ``abstained`` when the attack gave up (no usable input, a precondition unmet):
+    ``note`` says why, and the cell is reported apart, never as a defense win."""
 
     texts: list[str] = field(default_factory=list)
     token_ids: list[list[int]] | None = None
     membership_scores: list[float] | None = None
     extra: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    status: str = "ok"
+
+    @classmethod
+    def abstain(cls, why: str, **extra: float) -> Reconstruction:
+        return cls(note=why, status="abstained", extra=dict(extra))
 
 
-@runtime_checkable
-class Defense(Protocol):
-    """A privacy defense: client-side ``protect``/``finalize``, server-side ``aggregate``.
+# ---- the two roles of a defense ------------------------------------------------------------
 
-    Optional hooks the harness calls when present:
-    ``negotiate(updates) -> WirePayload | None`` before ``protect`` in a round (e.g. SHE-LoRA's
-    column negotiation; the returned messages are metered), and
-    ``wrap_training(model, optimizer, loader, client) -> (model, optimizer, loader)`` to change local
-    training itself (e.g. DP-SGD).
+
+class ClientRole:
+    """The client side of a defense: sees updates, may hold keys; talks to the server by messages.
+
+    In the in-process engine one object serves every client (they share a secret key in the
+    single-key threat model); per-client state is keyed by client id. Hooks other than ``protect``
+    and ``finalize`` are optional and default to doing nothing.
     """
 
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
+        """Prepare keys; return a message for the server (e.g. a public CKKS context), or None."""
+        return None
+
+    def setup_costs(self) -> dict[str, float]:
+        """Client-side setup measurements (key generation time, context sizes)."""
+        return {}
+
+    def propose(self, update: ClientUpdate) -> WirePayload | None:
+        """A negotiation message before ``protect`` in a round (e.g. SHE-LoRA's top-k lists)."""
+        return None
+
+    def accept(self, reply: WirePayload) -> None:
+        """The server's negotiation reply, delivered to every participant of the round."""
+
+    def wrap_training(self, model: Any, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[Any, Any, Any]:
+        """Change local training itself (e.g. DP-SGD); the engine trains with what this returns."""
+        return model, optimizer, loader
+
+    def release(self) -> None:
+        """Undo ``wrap_training``'s changes to the model once a client's training is over."""
+
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        raise NotImplementedError
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        """A client's own-rank factors from the server's broadcast."""
+        raise NotImplementedError
+
+    def privacy_params(self) -> dict[str, Any]:
+        """Privacy facts only the clients can tell (e.g. a per-client DP accountant)."""
+        return {}
+
+
+class ServerRole:
+    """The server side of a defense: never holds a secret key, a client's factors or its start.
+
+    Everything it knows arrives as messages; ``observe`` and ``known_start`` turn messages it received
+    and sent into what an attacker on the server can use.
+    """
+
+    def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
+        """Public facts and the clients' setup messages (e.g. a public context)."""
+        self.fed = fed
+
+    def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
+        """The reply to a round's ``ClientRole.propose`` messages (None when there were none)."""
+        return None
+
+    def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
+        raise NotImplementedError
+
+    def observe(self, payload: WirePayload) -> AttackerView:
+        """What the server can read of one upload (modules, masks, leaked metadata)."""
+        raise NotImplementedError
+
+    def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """What the server can compute of ``client``'s start from a broadcast it sent it."""
+        return StartKnowledge.nothing("the server cannot replay this defense's finalize")
+
+    def privacy_params(self) -> dict[str, Any]:
+        return {}
+
+
+class Defense:
+    """A registered defense: its name, ``Params``, and its two roles built from the same public params.
+
+    Engines hand ``client`` to client code and ``server`` to server code; the two objects share no
+    state (a contract test walks the server's object graph)."""
+
     name: ClassVar[str]
-    version: ClassVar[str]
+    version: ClassVar[str] = "2"
+    Params: ClassVar[type]
+    Client: ClassVar[type[ClientRole]]
+    Server: ClassVar[type[ServerRole]]
 
-    def setup(self, fed: FederationInfo) -> dict[str, float]: ...
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.client = self.Client(self.params)
+        self.server = self.Server(self.params)
 
-    def protect(self, update: ClientUpdate) -> WirePayload: ...
-
-    def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload: ...
-
-    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]: ...
-
-    def observe(self, payload: WirePayload) -> AttackerView: ...
-
-    def privacy_params(self) -> dict[str, Any]: ...
+    def privacy_params(self) -> dict[str, Any]:
+        """The row's privacy facts: public ones from the server role, client-only ones on top."""
+        return {**self.server.privacy_params(), **self.client.privacy_params()}
 
 
 @runtime_checkable
@@ -220,14 +337,19 @@ class Attack(Protocol):
 
     ``requires`` names what the view must offer (``"plaintext"``, ``"model"``, ``"candidates"``,
     ``"grad"``); a cell whose view lacks one is recorded as ``incompatible``, never crashed.
+    ``metrics`` maps each metric the attack is scored on to True when a higher value means the
+    attack recovered more (the report reads directions from here, never guesses).
     """
 
     name: ClassVar[str]
     version: ClassVar[str]
     requires: ClassVar[frozenset[str]]
+    metrics: ClassVar[Mapping[str, bool]]
 
     def reconstruct(self, view: AttackerView) -> Reconstruction: ...
 
 
-def zeros_like_factors(factors: Mapping[str, LoRAFactors]) -> dict[str, LoRAFactors]:
-    return {k: LoRAFactors(torch.zeros_like(f.A), torch.zeros_like(f.B), f.scale) for k, f in factors.items()}
+RECONSTRUCTION_METRICS: Mapping[str, bool] = {
+    "rouge1": True, "rouge2": True, "rougeL": True, "token_recall": True, "token_precision": True, "exact_match": True,
+}
+MEMBERSHIP_METRICS: Mapping[str, bool] = {"mia_auc": True, "tpr_at_1fpr": True, "tpr_at_5fpr": True}

@@ -1,6 +1,7 @@
 """Shapes-only cost scenarios: random LoRA factors of a paper-scale model's shapes go through one
-defense's full round (negotiate, protect, aggregate, finalize) so bytes and times can be measured
-without the model. Values are random; only shapes, ranks and budgets matter here."""
+defense's full round (the same ``benchmark.protocol`` steps as the federated engine: negotiate,
+protect, aggregate, finalize) so bytes and times can be measured without the model. Values are
+random; only shapes, ranks and budgets matter here."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from benchmark.federated import (
     reference_aggregate,
     summarize_tiers,
 )
+from benchmark.protocol import aggregate, negotiate, setup_roles, upload
 from benchmark.seeding import torch_generator
-from benchmark.wire import WireMeter
+from benchmark.transcript import Channel
 
 
 def module_shapes(scenario: ScenarioConfig) -> dict[str, tuple[int, int]]:
@@ -46,10 +48,10 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
     shapes = module_shapes(scenario)
     clients = make_clients(scenario, seed)
     fed = FederationInfo(clients, shapes, scenario.rounds, scenario.clients_per_round, seed, device)
+    channel = Channel()
+    setup_costs = setup_roles(defense, fed, channel)
+    setup_s = setup_costs.pop("setup_s")
     t0 = time.perf_counter()
-    setup_costs = defense.setup(fed) or {}
-    setup_s = time.perf_counter() - t0
-    meter = WireMeter()
     timings: dict[str, list[float]] = {"enc_s": [], "dec_s": [], "agg_s": []}
     errors, rounds = [], []
     per_tier: dict[str, dict[str, list[float]]] = {}
@@ -59,33 +61,28 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
             progress(f"cost round {rnd}/{scenario.cost.repeats}")
         picks = clients[: scenario.clients_per_round]
         updates = [random_update(c, shapes, gen, rnd) for c in picks]
-        negotiate = getattr(defense, "negotiate", None)
-        if negotiate is not None:
-            for msg in negotiate(updates) or []:
-                meter.side_channel(msg)
-        payloads = []
+        negotiate(defense, updates, rnd, channel)
+        uploads = []
         for u in updates:
-            t = time.perf_counter()
-            p = defense.protect(u)
-            timings["enc_s"].append(p.timings.get("enc_s", time.perf_counter() - t))
+            sent = upload(defense, u, rnd, channel)
+            timings["enc_s"].append(sent.enc_s or 0.0)
             tier = per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
-            tier["bytes_up"].append(p.nbytes())
-            tier["cipher_bytes_up"].append(p.cipher_bytes())
-            tier["enc_s"].append(timings["enc_s"][-1])
-            payloads.append(meter.send_up(p))
-        t = time.perf_counter()
-        message = defense.aggregate(payloads)
-        timings["agg_s"].append(message.timings.get("agg_s", time.perf_counter() - t))
-        meter.send_down(message, len(picks))
+            tier["bytes_up"].append(sent.nbytes)
+            tier["cipher_bytes_up"].append(sent.cipher_bytes)
+            tier["enc_s"].append(sent.enc_s or 0.0)
+            uploads.append(sent)
+        message, agg_s = aggregate(defense, uploads)
+        timings["agg_s"].append(agg_s)
+        delivered = channel.down(message, rnd, [c.client_id for c in picks], "broadcast")
         reference = reference_aggregate(updates)
         for c in picks:
             t = time.perf_counter()
-            finalized = defense.finalize(message, c)
+            finalized = defense.client.finalize(delivered, c)
             timings["dec_s"].append(time.perf_counter() - t)
             errors.append(aggregation_error(finalized, reference, c))
         rounds.append({"round": rnd, "clients": [c.client_id for c in picks], "agg_rel_err": max(errors)})
     metrics: dict[str, Any] = {
-        **meter.summary(), **{k: sum(v) / len(v) for k, v in timings.items()},
+        **channel.meter.summary(), **{k: sum(v) / len(v) for k, v in timings.items()},
         "agg_rel_err": max(errors), "setup_s": setup_s, "setup_costs": setup_costs,
         "sim_s": time.perf_counter() - t0, "utility_metric": None, "utility": None,
         "per_tier": summarize_tiers(per_tier, clients),

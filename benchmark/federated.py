@@ -1,13 +1,14 @@
 """The embedded engine: every client in one process, one after another.
 
 One call simulates a whole federation for one defense, scenario and seed, runs the attack probe at
-the configured round, evaluates the final global model, and hands back measurements plus the
-attacker views. Defenses and attacks never see this module; they only see the api contracts.
+the threat's round, evaluates the final global model, and hands back measurements plus the attacker
+views. Clients and server talk only through a ``Channel`` (``benchmark.protocol``), which records
+the server's transcript; the views are built from that transcript alone
+(``benchmark.transcript.attacker_view``). Defenses and attacks never see this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,20 +30,24 @@ from benchmark.config import ScenarioConfig
 from benchmark.data import Dataset, Example, assign_tiers, load_dataset, partition
 from benchmark.lora import LoRAHost
 from benchmark.models import LoadedModel, load_model
+from benchmark.protocol import aggregate, negotiate, setup_roles, upload
 from benchmark.seeding import derive, rng, seed_everything, torch_generator
 from benchmark.train import LocalResult, TaskSpec, encode, evaluate, local_train, to_device
-from benchmark.wire import WireMeter
+from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_upload, read_init
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank, relative_error, to_lora
 
 
 @dataclass
 class ProbeResult:
-    """What the attacks get (views) and what only the harness keeps (the truth)."""
+    """What the attacks get (views, built from the server's transcript) and what only the harness
+    keeps (the truth: the private texts and which candidates were members)."""
 
-    probe_view: AttackerView
+    probe_view: AttackerView | None
     round_view: AttackerView | None
-    references: list[str]  # the probe batch as the model saw it
+    references: list[str]  # the private texts of the attacked batch (no template, no label)
     candidates_are_members: list[bool]
+    template: str = "{text}"
+    label_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,7 +106,8 @@ def aggregation_error(finalized: dict[str, LoRAFactors], reference: dict[str, Fa
 
 
 class Federation:
-    """State of one simulated federation: model host, clients, data shards, the latest broadcast."""
+    """State of one simulated federation: model host, clients, data shards, the channel between the
+    defense's client role and its server role, and what each client last received."""
 
     def __init__(self, scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",
                  progress: Callable[[str], None] | None = None) -> None:
@@ -120,36 +126,61 @@ class Federation:
                              scenario.train.seq_len)
         self.fed = FederationInfo(self.clients, self.host.module_shapes, scenario.rounds, scenario.clients_per_round,
                                   seed, device)
-        self.message: WirePayload | None = None
+        self.channel = Channel()
+        self.public = PublicFacts(self.public_model, self.loaded.tokenizer, scenario.task, scenario.data.template, device)
+        self.global_msg: WirePayload | None = None  # the latest aggregate, as the server holds it
+        self.global_round = 0
+        self.latest: WirePayload | None = None  # the latest aggregate as its receivers got it
+        self.received: dict[int, int] = {}  # client -> round of the aggregate it last received
         self.start: dict[int, dict[str, LoRAFactors]] = {}
         self.head: dict[str, Tensor] = {n: p.detach().cpu().clone() for n, p in self.host.head_parameters().items()}
-        self.meter = WireMeter()
         self.timings: dict[str, list[float]] = {"enc_s": [], "dec_s": [], "agg_s": [], "train_s": []}
         self.per_tier: dict[str, dict[str, list[float]]] = {}
+
+    @property
+    def meter(self):
+        return self.channel.meter
 
     def client_examples(self, cid: int) -> list[Example]:
         return [self.data.train[i] for i in self.shards[cid]]
 
-    def start_factors(self, client: ClientInfo) -> dict[str, LoRAFactors]:
-        if client.client_id in self.start:
-            return self.start[client.client_id]
-        if self.message is None:
-            return self.host.init_factors(client.rank, torch_generator(self.seed, "init", client.client_id))
-        return self.finalize(client)
+    # ---- what each client starts a round from -----------------------------------------------
 
-    def finalize(self, client: ClientInfo) -> dict[str, LoRAFactors]:
+    def start_factors(self, client: ClientInfo, rnd: int) -> dict[str, LoRAFactors]:
+        """The client's start: the latest aggregate (sent to it now if it missed it), else its
+        round-1 factors, drawn privately or received from the server as the threat says."""
+        cid = client.client_id
+        if self.global_msg is not None and self.received.get(cid) != self.global_round:
+            delivered = self.channel.down(self.global_msg, rnd, [cid], "broadcast")
+            self.start[cid] = self.finalize(delivered, client)
+            self.received[cid] = self.global_round
+        if cid not in self.start:
+            self.start[cid] = self.initial_factors(client, rnd)
+        return self.start[cid]
+
+    def initial_factors(self, client: ClientInfo, rnd: int) -> dict[str, LoRAFactors]:
+        if self.scenario.threat.init == "client":
+            return self.host.init_factors(client.rank, torch_generator(self.seed, "init", client.client_id))
+        drawn = self.host.init_factors(client.rank, torch_generator(self.seed, "server-init", client.rank))
+        message = WirePayload("server", plain={f"{n}/A": f.A for n, f in drawn.items()},
+                              meta={"kind": "init", "rank": client.rank,
+                                    "out_features": {n: int(f.B.shape[0]) for n, f in drawn.items()}})
+        return read_init(self.channel.down(message, rnd, [client.client_id], "init"), client)
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
         t0 = time.perf_counter()
-        factors = self.defense.finalize(self.message, client)
+        factors = self.defense.client.finalize(message, client)
         self.timings["dec_s"].append(time.perf_counter() - t0)
-        self.start[client.client_id] = factors
         return factors
 
+    # ---- one round -------------------------------------------------------------------------
+
     def train_client(self, client: ClientInfo, rnd: int) -> LocalResult:
-        wrap = getattr(self.defense, "wrap_training", None)
         result = local_train(
-            self.host, client, self.start_factors(client), self.client_examples(client.client_id),
+            self.host, client, self.start_factors(client, rnd), self.client_examples(client.client_id),
             len(self.shards[client.client_id]), self.spec, self.scenario.train, self.loaded.tokenizer,
-            torch_generator(self.seed, "batches", rnd, client.client_id), rnd, self.device, self.head, wrap,
+            torch_generator(self.seed, "batches", rnd, client.client_id), rnd, self.device, self.head,
+            self.defense.client,
         )
         self.timings["train_s"].append(result.train_s)
         return result
@@ -158,32 +189,31 @@ class Federation:
         picks = sample_round(self.scenario, self.seed, rnd)
         results = {cid: self.train_client(self.clients[cid], rnd) for cid in picks}
         updates = [results[cid].update for cid in picks]
-        negotiate = getattr(self.defense, "negotiate", None)
-        if negotiate is not None:
-            for msg in negotiate(updates) or []:
-                self.meter.side_channel(msg)
-        payloads = []
+        negotiate(self.defense, updates, rnd, self.channel)
+        uploads = []
         for u in updates:
-            p = self.meter.send_up(self.defense.protect(u))
-            self.timings["enc_s"].append(p.timings.get("enc_s", 0.0))
+            sent = upload(self.defense, u, rnd, self.channel)
+            self.timings["enc_s"].append(sent.enc_s or 0.0)
             tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
-            tier["bytes_up"].append(p.nbytes())
-            tier["cipher_bytes_up"].append(p.cipher_bytes())
-            tier["enc_s"].append(p.timings.get("enc_s", 0.0))
-            payloads.append(p)
-        t0 = time.perf_counter()
-        self.message = self.defense.aggregate(payloads)
-        agg_s = self.message.timings.get("agg_s", time.perf_counter() - t0)
+            tier["bytes_up"].append(sent.nbytes)
+            tier["cipher_bytes_up"].append(sent.cipher_bytes)
+            tier["enc_s"].append(sent.enc_s or 0.0)
+            uploads.append(sent)
+        message, agg_s = aggregate(self.defense, uploads)
         self.timings["agg_s"].append(agg_s)
-        self.meter.send_down(self.message, len(picks))
         self._average_head([results[cid] for cid in picks])
-        self.start = {}
+        self.global_msg, self.global_round = message, rnd
+        self.latest = self.channel.down(message, rnd, picks, "broadcast")
         reference = reference_aggregate(updates)
-        err = max(aggregation_error(self.finalize(self.clients[cid]), reference, self.clients[cid]) for cid in picks)
-        self.last_round = {"picks": picks, "results": results, "payloads": dict(zip(picks, payloads))}
+        err = 0.0
+        for cid in picks:
+            self.start[cid] = self.finalize(self.latest, self.clients[cid])
+            self.received[cid] = rnd
+            err = max(err, aggregation_error(self.start[cid], reference, self.clients[cid]))
+        self.last_round = {"picks": picks, "results": results}
         loss = sum(r.loss for r in results.values()) / len(results)
         return {"round": rnd, "clients": picks, "train_loss": loss, "agg_s": agg_s, "agg_rel_err": err,
-                "bytes_up": sum(p.nbytes() for p in payloads), "bytes_down": self.message.nbytes() * len(picks)}
+                "bytes_up": sum(u.nbytes for u in uploads), "bytes_down": message.nbytes() * len(picks)}
 
     def _average_head(self, results: list[LocalResult]) -> None:
         """Encoder heads are averaged in the clear (FedAvg) under every defense, as in the paper."""
@@ -195,10 +225,10 @@ class Federation:
 
     def global_deltas(self) -> dict[str, Tensor]:
         """The global model as the most capable client reconstructs it from the last broadcast."""
-        if self.message is None:
+        if self.latest is None:
             return {}
         best = max(self.clients, key=lambda c: c.rank)
-        factors = self.defense.finalize(self.message, best)
+        factors = self.defense.client.finalize(self.latest, best)
         return {n: f.delta() for n, f in factors.items()}
 
     def evaluate(self) -> dict[str, float]:
@@ -209,102 +239,92 @@ class Federation:
             return evaluate(model, self.loaded.tokenizer, self.spec, self.data.test, device=self.device)
 
     # ----------------------------------------------------------------------------------------
-    # The attack probe.
+    # The attack probe: the client computes, the server observes, the harness keeps the truth.
 
     def public_model(self, deltas: dict[str, Tensor]) -> torch.nn.Module:
-        """A copy of the base model with the previous global delta merged: what the server can build."""
+        """A copy of the base model with ``deltas`` merged: all the server can build from its knowledge."""
         with self.host.merged(deltas) as model:
             return _detached_copy(model.get_base_model())
 
     def probe(self, rnd: int) -> ProbeResult:
-        """The target client computes its update on one private batch; the defense protects it; the
-        views are built by the defense's ``observe`` alone; the true texts stay here."""
-        cfg = self.scenario.threat
+        """The target's attacked message of round ``rnd``: its real upload (``observation=upload``) or
+        an update on a private probe batch from its real start (``sgd``/``grad``), protected by the
+        client role and recorded like any upload. Views come from the transcript alone."""
+        th, train = self.scenario.threat, self.scenario.train
         client = self.clients[probe_target(self.scenario, self.seed)]
+        if th.observation == "upload":
+            kind = "upload"
+            references = list(self.last_round["results"][client.client_id].private_texts)
+            hyper = {"lr": train.lr, "local_steps": train.local_steps, "batch_size": train.batch_size}
+        else:
+            kind = "probe"
+            examples = self.client_examples(client.client_id)
+            order = rng(self.seed, "probe").permutation(len(examples)).tolist()
+            batch_ex = [examples[i] for i in order[: th.batch_size]]
+            upload(self.defense, self.probe_update(client, rnd, batch_ex), rnd, self.channel, kind="probe")
+            references = [ex.text for ex in batch_ex]
+            hyper = {"lr": th.lr, "local_steps": 1 if th.observation == "grad" else th.steps, "batch_size": len(batch_ex)}
+        view = attacker_view(self.defense.server, self.channel.transcript, client, rnd, kind, self.public, **hyper)
+        round_view, is_member = self._round_view(client, rnd)
+        return ProbeResult(view, round_view, references, is_member, self.scenario.data.template, self.data.label_names)
+
+    def probe_update(self, client: ClientInfo, rnd: int, batch_ex: list[Example]) -> ClientUpdate:
+        """``threat.steps`` SGD steps at ``threat.lr`` (or, for ``grad``, the gradient the optimizer
+        would apply) on the private batch, through the client role's training wrapper (DP-SGD)."""
+        th = self.scenario.threat
         start = self.probe_start
-        examples = self.client_examples(client.client_id)
-        order = rng(self.seed, "probe").permutation(len(examples)).tolist()
-        batch_ex = [examples[i] for i in order[: cfg.batch_size]]
         batch = to_device(encode(self.loaded.tokenizer, self.spec, batch_ex), self.device)
         self.host.use(client.rank)
         self.host.set_factors(client.rank, start)
         model = self.host.model
         model.train()
+        grad_mode = th.observation == "grad"
+        steps = 1 if grad_mode else th.steps
+        # lr 0 for a gradient: the (possibly privatizing) optimizer fills p.grad and moves nothing
+        opt = torch.optim.SGD(self.host.lora_parameters(client.rank), lr=0.0 if grad_mode else th.lr)
         sums: dict[str, Tensor] = {}
-        params = self.host.lora_parameters(client.rank)
-        wrap = getattr(self.defense, "wrap_training", None)
-        grad_mode = cfg.observation == "grad"
-        # Under a defense that changes training (DP-SGD), the observed gradient is what its optimizer
-        # applies: one plain SGD step at lr=1 from the start point, read back as start - after.
-        if grad_mode:
-            opt = torch.optim.SGD(params, lr=1.0)
-        else:
-            opt = torch.optim.SGD(params, lr=cfg.lr) if cfg.observation == "sgd" else torch.optim.AdamW(params, lr=cfg.lr)
-        steps = 1 if grad_mode else cfg.steps
-        loader: Any = [batch] * steps
-        if wrap is not None:
-            model, opt, loader = wrap(model, opt, loader, client)
-        for _, step_batch in zip(range(steps), loader):
-            step_batch = to_device(step_batch, self.device)
-            opt.zero_grad(set_to_none=True)
-            with self.host.input_norm_hooks(sums, [step_batch["attention_mask"]]):
-                loss = model(**step_batch).loss
-            loss.backward()
-            if not grad_mode or wrap is not None:
+        model, opt, loader = self.defense.client.wrap_training(model, opt, [batch] * steps, client)
+        try:
+            for _, step_batch in zip(range(steps), loader):
+                step_batch = to_device(step_batch, self.device)
+                opt.zero_grad(set_to_none=True)
+                with self.host.input_norm_hooks(sums, [step_batch["attention_mask"]]):
+                    loss = model(**step_batch).loss
+                loss.backward()
                 opt.step()
-        self.host.model.eval()
-        release = getattr(self.defense, "release", None)
-        if release is not None:
-            release()
-        if grad_mode and wrap is not None:
-            after = self.host.get_factors(client.rank)
-            factors = {n: LoRAFactors(start[n].A - after[n].A, start[n].B - after[n].B, after[n].scale) for n in after}
-        elif grad_mode:
-            factors = self.host.get_grads(client.rank)
-        else:
-            factors = self.host.get_factors(client.rank)
-        update = ClientUpdate(client, rnd, factors, len(self.shards[client.client_id]), sums, None, start, cfg.observation)
-        payload = self.defense.protect(update)
-        prev_deltas = {n: f.delta() for n, f in start.items()}
-        public = self.public_model(prev_deltas)
-        grant = {
-            "prev": {n: LoRAFactors(f.A.clone(), f.B.clone(), f.scale) for n, f in start.items()},
-            "model": public, "tokenizer": self.loaded.tokenizer, "task": self.scenario.task,
-            "template": self.scenario.data.template,
-        }
-        probe_view = on_device(dataclasses.replace(self.defense.observe(payload), lr=cfg.lr, local_steps=steps,
-                                                   batch_size=cfg.batch_size, **grant), self.device)
-        references = [self.loaded.tokenizer.decode(ids[m.bool()], skip_special_tokens=True)
-                      for ids, m in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu())]
-        round_view, is_member = self._round_view(client, grant)
-        return ProbeResult(probe_view, round_view, references, is_member)
+            factors = self.host.get_grads(client.rank) if grad_mode else self.host.get_factors(client.rank)
+        finally:
+            self.defense.client.release()
+            self.host.model.eval()
+        return ClientUpdate(client, rnd, factors, len(self.shards[client.client_id]), sums, None, start, th.observation)
 
-    def _round_view(self, client: ClientInfo, grant: dict[str, Any]) -> tuple[AttackerView | None, list[bool]]:
+    def _round_view(self, client: ClientInfo, rnd: int) -> tuple[AttackerView | None, list[bool]]:
         """The target's real upload of the probe round, with membership candidates."""
-        payload = self.last_round["payloads"].get(client.client_id)
-        if payload is None:
+        result = self.last_round["results"].get(client.client_id)
+        if result is None:
             return None, []
-        trained = list(dict.fromkeys(self.last_round["results"][client.client_id].texts))
+        trained = list(dict.fromkeys(result.texts))
         k = min(self.scenario.probe.members, len(trained), len(self.data.test))
         gen = rng(self.seed, "members")
         members = [trained[i] for i in gen.permutation(len(trained))[:k]]
         outsiders = [self.spec.prompt(self.data.test[i]) for i in gen.permutation(len(self.data.test))[:k]]
         pool = [(t, True) for t in members] + [(t, False) for t in outsiders]
         pool = [pool[i] for i in gen.permutation(len(pool))]
-        view = on_device(dataclasses.replace(self.defense.observe(payload), **grant, candidates=[t for t, _ in pool],
-                                             local_steps=self.scenario.train.local_steps, lr=self.scenario.train.lr),
-                         self.device)
+        train = self.scenario.train
+        view = attacker_view(self.defense.server, self.channel.transcript, client, rnd, "upload", self.public,
+                             candidates=[t for t, _ in pool], local_steps=train.local_steps, lr=train.lr,
+                             batch_size=train.batch_size)
         return view, [m for _, m in pool]
 
     def run(self) -> SimulationResult:
         t0 = time.perf_counter()
-        setup_t = time.perf_counter()
-        setup_costs = self.defense.setup(self.fed) or {}
-        setup_s = time.perf_counter() - setup_t
+        setup_costs = setup_roles(self.defense, self.fed, self.channel)
+        setup_s = setup_costs.pop("setup_s")
         rounds, probe = [], None
+        target = self.clients[probe_target(self.scenario, self.seed)]
         for rnd in range(1, self.scenario.rounds + 1):
             if rnd == self.scenario.threat.round:
-                self.probe_start = self.start_factors(self.clients[probe_target(self.scenario, self.seed)])
+                self.probe_start = self.start_factors(target, rnd)
             self.progress(f"round {rnd}/{self.scenario.rounds}")
             rounds.append(self.run_round(rnd))
             if rnd == self.scenario.threat.round:
@@ -318,21 +338,10 @@ class Federation:
             "model_load_s": self.loaded.load_s, "final_train_loss": rounds[-1]["train_loss"],
             "per_tier": summarize_tiers(self.per_tier, self.clients),
         }
+        if probe is not None and probe.probe_view is not None:
+            metrics["start_known"] = probe.probe_view.start_known
+            metrics["server_saw"] = describe_upload(probe.probe_view)
         return SimulationResult(metrics, rounds, probe, self.loaded.tokenizer)
-
-
-def on_device(view: AttackerView, device: str) -> AttackerView:
-    """Put the view's tensors where the public model lives, so attacks need no device bookkeeping."""
-
-    def move(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.to(device)
-
-    modules = {
-        n: dataclasses.replace(m, A=move(m.A), B=move(m.B), A_hidden=move(m.A_hidden), B_hidden=move(m.B_hidden))
-        for n, m in view.modules.items()
-    }
-    prev = None if view.prev is None else {n: LoRAFactors(f.A.to(device), f.B.to(device), f.scale) for n, f in view.prev.items()}
-    return dataclasses.replace(view, modules=modules, prev=prev)
 
 
 def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequence[ClientInfo]) -> dict[str, dict]:

@@ -55,6 +55,27 @@ def strip_template(text: str, template: str) -> str:
     return " ".join(out.split())
 
 
+def private_text(text: str, template: str, labels: Sequence[str] = ()) -> str:
+    """The private part of a reconstruction: the template's literal pieces removed and, when the
+    template has a tail (the label or response follows it), everything from the tail on cut; without
+    a tail a trailing label word is dropped. References are private texts already, so a
+    reconstruction that only echoes the template and label scores nothing."""
+    head, _, tail = template.partition("{text}")
+    out = " ".join(text.split())
+    h, t = " ".join(head.split()), " ".join(tail.split())
+    if h and out.lower().startswith(h.lower()):
+        out = out[len(h) :]
+    if t:
+        i = out.lower().find(t.lower())
+        if i >= 0:
+            out = out[:i]
+    elif labels:
+        words = out.split()
+        if words and words[-1].lower() in {lab.lower() for lab in labels}:
+            out = " ".join(words[:-1])
+    return " ".join(out.split())
+
+
 def score_reconstruction(
     references: Sequence[str], texts: Sequence[str], tokenizer: Any | None = None, template: str | None = None
 ) -> dict[str, float]:

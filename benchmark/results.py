@@ -15,7 +15,9 @@ COLUMNS = (
     "exact_match", "mia_auc", "tpr_at_1fpr", "tpr_at_5fpr", "n_reconstructed", "attack_note",
     "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "cipher_bytes_down",
     "negotiation_bytes", "enc_s", "dec_s", "agg_s", "train_s", "attack_s", "setup_s", "sim_s", "peak_rss_mb",
-    "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "per_tier", "probe_batch_size", "probe_observation", "probe_rank", "device",
+    "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "per_tier",
+    "threat_init", "observation", "probe_round", "probe_batch_size", "probe_rank", "start_known", "server_saw",
+    "metric_directions", "setup_bytes", "device",
     "defense_params", "attack_params", "privacy", "setup_costs", "git_commit", "git_dirty", "finished_at",
 )
 
@@ -77,4 +79,4 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def finished_cells(path: Path) -> set[str]:
-    return {r["cell_id"] for r in latest_rows(read_rows(path)) if r.get("status") in ("ok", "incompatible")}
+    return {r["cell_id"] for r in latest_rows(read_rows(path)) if r.get("status") in ("ok", "incompatible", "abstained")}

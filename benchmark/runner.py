@@ -207,16 +207,15 @@ def _view_lacks(view: AttackerView | None, requires: frozenset[str]) -> list[str
 
 
 def run_attack(spec: ComponentSpec, mode: str, sim: Any) -> dict[str, Any]:
-    """Run one attack on the views of a finished simulation; score it against the truth."""
+    """Run one attack on the views of a finished simulation; score it against the private truth."""
     from attacks import ATTACKS
     from benchmark import metrics
 
     cls, params = _component(ATTACKS, spec, {"mode": mode}, "attack")
-    target = getattr(cls, "target", "probe")
     probe = sim.probe
-    view = None if probe is None else (probe.round_view if target == "round" else probe.probe_view)
-    missing = _view_lacks(view, getattr(cls, "requires", frozenset()))
-    row: dict[str, Any] = {"attack_params": to_dict(params)}
+    view = None if probe is None else (probe.round_view if cls.target == "round" else probe.probe_view)
+    missing = _view_lacks(view, cls.requires)
+    row: dict[str, Any] = {"attack_params": to_dict(params), "metric_directions": dict(cls.metrics)}
     if missing:
         row.update(status="incompatible", attack_note=f"{view.note + '; ' if view and view.note else ''}view lacks: {', '.join(missing)}")
         return row
@@ -224,15 +223,19 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any) -> dict[str, Any]:
     rec = cls(params).reconstruct(view)
     row["attack_s"] = time.perf_counter() - t0
     row["attack_note"] = rec.note
-    if target == "round":
+    row.update({k: v for k, v in rec.extra.items() if k not in row})
+    if rec.status == "abstained":
+        row["status"] = "abstained"
+        return row
+    if cls.target == "round":
         if rec.membership_scores is None:
-            row.update(status="incompatible", attack_note=rec.note or "no membership scores")
+            row.update(status="abstained", attack_note=rec.note or "no membership scores")
             return row
         row.update(metrics.membership_auc(rec.membership_scores, probe.candidates_are_members))
     else:
-        row.update(metrics.score_reconstruction(probe.references, rec.texts, sim.tokenizer))
+        texts = [metrics.private_text(t, probe.template, probe.label_names) for t in rec.texts]
+        row.update(metrics.score_reconstruction(probe.references, texts, sim.tokenizer))
         row["n_reconstructed"] = len(rec.texts)
-    row.update({k: v for k, v in rec.extra.items() if k not in row})
     row["status"] = "ok"
     return row
 
@@ -256,7 +259,8 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
         defense_name=cell.defense.name, attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
         seed=cell.seed, defense_params=dict(cell.defense.params), device=device,
         tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
-        probe_batch_size=group.scenario.threat.batch_size, probe_observation=group.scenario.threat.observation,
+        threat_init=group.scenario.threat.init, observation=group.scenario.threat.observation,
+        probe_round=group.scenario.threat.round, probe_batch_size=group.scenario.threat.batch_size,
         probe_rank=_probe_rank(group.scenario, group.seed),
         git_commit=prov["git"]["commit"], git_dirty=prov["git"]["dirty"],
     )
@@ -300,7 +304,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
             row = _base_row(run_dir.name, cell, group, prov, device)
             if sim_error is None:
                 row.update({k: v for k, v in sim.metrics.items() if k in row})
-                privacy = defense.privacy_params() or {}
+                privacy = defense.privacy_params()
                 row["privacy"] = privacy
                 for key, col in (("epsilon", "epsilon"), ("sigma", "dp_sigma"), ("clip", "dp_clip"), ("delta", "dp_delta"),
                                  ("encrypted_fraction", "encrypted_fraction")):

@@ -9,13 +9,13 @@ loss on the response tokens.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientUpdate, LoRAFactors
+from benchmark.api import ClientInfo, ClientRole, ClientUpdate, LoRAFactors
 from benchmark.config import TrainConfig
 from benchmark.data import Example
 from benchmark.lora import LoRAHost
@@ -88,7 +88,8 @@ class LocalResult:
     head: dict[str, Tensor]
     loss: float
     train_s: float
-    texts: list[str]  # what the client trained on (for membership ground truth; never on the wire)
+    texts: list[str]  # what the client trained on, as prompts (membership ground truth; never on the wire)
+    private_texts: list[str]  # the same examples' private text alone (scoring an attacked upload)
 
 
 def local_train(
@@ -104,9 +105,10 @@ def local_train(
     round_index: int,
     device: str = "cpu",
     head_start: dict[str, Tensor] | None = None,
-    wrap: Callable | None = None,
+    role: ClientRole | None = None,
 ) -> LocalResult:
-    """Train ``client``'s own-rank adapter from ``start`` for ``cfg.local_steps`` steps."""
+    """Train ``client``'s own-rank adapter from ``start`` for ``cfg.local_steps`` steps, through the
+    defense client role's training wrapper (DP-SGD) when one is given."""
     t0 = time.perf_counter()
     host.use(client.rank)
     host.set_factors(client.rank, start)
@@ -127,8 +129,8 @@ def local_train(
     loader: object = [encode(tokenizer, spec, b) for b in batches]
     model = host.model
     model.train()
-    if wrap is not None:
-        model, opt, loader = wrap(model, opt, loader, client)
+    if role is not None:
+        model, opt, loader = role.wrap_training(model, opt, loader, client)
     sums: dict[str, Tensor] = {}
     mask_ref: list[Tensor | None] = [None]
     seen, losses = 0, []
@@ -146,6 +148,8 @@ def local_train(
         opt.step()
         losses.append(float(loss.detach()))
     grads = host.get_grads(client.rank)
+    if role is not None:
+        role.release()
     host.model.eval()
     update = ClientUpdate(
         client=client,
@@ -159,7 +163,8 @@ def local_train(
     )
     head_state = {n: p.detach().cpu().clone() for n, p in head.items()}
     texts = [spec.prompt(ex) for b in batches for ex in b]
-    return LocalResult(update, head_state, sum(losses) / max(1, len(losses)), time.perf_counter() - t0, texts)
+    private = [ex.text for b in batches for ex in b]
+    return LocalResult(update, head_state, sum(losses) / max(1, len(losses)), time.perf_counter() - t0, texts, private)
 
 
 @torch.no_grad()

@@ -9,13 +9,30 @@ from benchmark.api import WirePayload
 
 @dataclass
 class WireMeter:
-    """Counts every payload up (client -> server) and down (server -> client), per client-round."""
+    """Counts every payload up (client -> server) and down (server -> client), per client-round.
+
+    Uploads of local training and model messages (``broadcast``, ``init``) count per client-round;
+    negotiation and setup messages are protocol overhead, totalled apart.
+    """
 
     up: list[int] = field(default_factory=list)
     down: list[int] = field(default_factory=list)
     cipher_up: list[int] = field(default_factory=list)
     cipher_down: list[int] = field(default_factory=list)
     negotiation: int = 0
+    setup: int = 0
+
+    def count(self, kind: str, payload: WirePayload, receivers: int = 1) -> None:
+        if kind == "upload":
+            self.send_up(payload)
+        elif kind in ("broadcast", "init"):
+            self.send_down(payload, receivers)
+        elif kind == "negotiation":
+            self.negotiation += payload.nbytes() * receivers
+        elif kind == "setup":
+            self.setup += payload.nbytes() * receivers
+        else:
+            raise ValueError(f"wire meter: {kind!r} messages are not metered")
 
     def send_up(self, payload: WirePayload) -> WirePayload:
         self.up.append(payload.nbytes())
@@ -26,11 +43,6 @@ class WireMeter:
         for _ in range(receivers):
             self.down.append(payload.nbytes())
             self.cipher_down.append(payload.cipher_bytes())
-        return payload
-
-    def side_channel(self, payload: WirePayload) -> WirePayload:
-        """Protocol messages outside the update itself (e.g. column negotiation)."""
-        self.negotiation += payload.nbytes()
         return payload
 
     @staticmethod
@@ -44,4 +56,5 @@ class WireMeter:
             "cipher_bytes_up": self._mean(self.cipher_up),
             "cipher_bytes_down": self._mean(self.cipher_down),
             "negotiation_bytes": float(self.negotiation),
+            "setup_bytes": float(self.setup),
         }

@@ -3,12 +3,15 @@ and the broadcast of a factored aggregate that each client truncates to its own 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientUpdate, LoRAFactors, WirePayload
+from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from she_lora import ckks
 from she_lora.lowrank import FactoredDelta, to_lora
 
 
@@ -47,6 +50,11 @@ def fedavg_weights(payloads: Sequence[WirePayload]) -> list[float]:
     return [c / total for c in counts]
 
 
+def broadcast_rank(fed: FederationInfo | None) -> int:
+    """FlexLoRA broadcasts the aggregate at the largest client rank: every smaller rank is a prefix."""
+    return max(c.rank for c in fed.clients) if fed else 64
+
+
 def broadcast(deltas: Mapping[str, FactoredDelta], rank: int, *, sender: str = "server") -> WirePayload:
     """Send the aggregate truncated at ``rank`` (the largest client rank): smaller ranks are its prefixes."""
     plain: dict[str, Tensor] = {}
@@ -72,10 +80,25 @@ def read_broadcast(message: WirePayload) -> dict[str, FactoredDelta]:
 
 
 def finalize_to_rank(deltas: Mapping[str, FactoredDelta], client: ClientInfo, seed: int = 0) -> dict[str, LoRAFactors]:
-    """Each client's own-rank LoRA from the aggregate, with its alpha/r scaling divided out."""
+    """Each client's own-rank LoRA from the aggregate, with its alpha/r scaling divided out.
+
+    Padding rows (an aggregate of lower rank than the client's) come from a stream of the public
+    federation seed and the client id, so this is a deterministic function of public inputs and the
+    server can replay it for any broadcast it can read."""
     gen = torch.Generator().manual_seed(seed * 100_003 + client.client_id)
     out: dict[str, LoRAFactors] = {}
     for name, d in deltas.items():
         A, B = to_lora(d, client.rank, client.scale, generator=gen)
         out[name] = LoRAFactors(A, B, client.scale)
     return out
+
+
+def client_keys(params: ckks.CKKSParams) -> tuple[Any, bytes, dict[str, float]]:
+    """The clients' shared secret context, the public bytes the server gets, and setup costs."""
+    t0 = time.perf_counter()
+    secret = ckks.make_secret_context(params)
+    keygen_s = time.perf_counter() - t0
+    public = ckks.public_context_bytes(secret)
+    costs = {"keygen_s": keygen_s, "context_public_bytes": float(len(public)),
+             "context_secret_bytes": float(len(ckks.secret_context_bytes(secret)))}
+    return secret, public, costs

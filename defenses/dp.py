@@ -1,9 +1,10 @@
 """Client-level differential privacy on the LoRA update (FlexLoRA-DP, SHE-LoRA's DP baseline).
 
 Each client clips the change of its LoRA factors to an L2 ball of radius C, taken over every factor of
-every module jointly, and adds N(0, sigma^2 C^2) to each coordinate before upload. Since the server
-knows the factors it sent (``update.prev``), the client uploads ``prev + noisy clipped delta``: the
-server's side stays plain FlexLoRA and the guarantee is that of the Gaussian mechanism on the delta.
+every module jointly, and adds N(0, sigma^2 C^2) to each coordinate before upload. The client uploads
+``prev + noisy clipped delta``: the server's side stays plain FlexLoRA (it can replay the client's
+start from its own broadcast, so it learns exactly the noisy delta) and the guarantee is that of the
+Gaussian mechanism on the delta.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from benchmark.api import ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from benchmark.api import ClientUpdate, Defense, FederationInfo, LoRAFactors, WirePayload
 from defenses.common import encode_factors, update_meta
-from defenses.plain_lora import PlainLoRA
+from defenses.plain_lora import PlainClient, PlainServer
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -143,39 +144,21 @@ def update_delta(update: ClientUpdate) -> dict[str, LoRAFactors]:
     return out
 
 
-class ClientLevelDP(PlainLoRA):
-    """FlexLoRA-DP: each client clips its LoRA delta to norm C and adds Gaussian noise sigma*C.
+def resolve_sigma(params: ClientLevelDPParams, fed: FederationInfo) -> tuple[float, float, float]:
+    """(sigma, sample rate, epsilon) from public parameters: both roles compute the same numbers."""
+    q = min(1.0, fed.sample_rate) if params.amplification else 1.0
+    sigma = params.sigma
+    if params.target_epsilon > 0:
+        sigma = solve_sigma(params.target_epsilon, q, fed.rounds, params.delta, params.accountant)
+    return sigma, q, epsilon_for(sigma, q, fed.rounds, params.delta, params.accountant)
 
-    Upload: ``prev + noisy delta`` for weight updates (a gradient probe uploads the noisy gradient),
-    so the server aggregates plain FlexLoRA and an attacker sees exactly the noisy upload. Epsilon is
-    that of ``rounds`` compositions of the sampled Gaussian mechanism with q = clients_per_round /
-    n_clients (``amplification=False``: q = 1), from opacus' RDP or PRV accountant. Noise streams derive
-    from the federation seed, the client, the round and the update kind.
-    """
 
-    name: ClassVar[str] = "dp"
-    version: ClassVar[str] = "1"
-    Params = ClientLevelDPParams
+class DPClient(PlainClient):
+    """Clips its delta from the start to norm C and adds N(0, (sigma C)^2); uploads start + noisy delta."""
 
-    def __init__(self, params: ClientLevelDPParams | None = None) -> None:
-        super().__init__()
-        self.params = params or ClientLevelDPParams()
-        self.sigma = self.params.sigma
-        self.epsilon: float | None = None
-
-    def setup(self, fed: FederationInfo) -> dict[str, float]:
-        self.fed = fed
-        p = self.params
-        q = self.sample_rate()
-        if p.target_epsilon > 0:
-            self.sigma = solve_sigma(p.target_epsilon, q, fed.rounds, p.delta, p.accountant)
-        self.epsilon = epsilon_for(self.sigma, q, fed.rounds, p.delta, p.accountant)
-        return {}
-
-    def sample_rate(self) -> float:
-        if self.fed is None or not self.params.amplification:
-            return 1.0
-        return min(1.0, self.fed.sample_rate)
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
+        self.sigma = resolve_sigma(self.params, fed)[0]
+        return super().setup(fed)
 
     def protect(self, update: ClientUpdate) -> WirePayload:
         seed = self.fed.seed if self.fed else 0
@@ -190,16 +173,37 @@ class ClientLevelDP(PlainLoRA):
             sender=f"client:{update.client.client_id}", plain=encode_factors(noisy), meta=update_meta(update)
         )
 
+
+class DPServer(PlainServer):
+    """Plain FlexLoRA on the noisy uploads; reports the epsilon every client's release spends."""
+
+    name: ClassVar[str] = "dp"
+
+    def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
+        super().setup(fed, hello)
+        self.sigma, self.q, self.epsilon = resolve_sigma(self.params, fed)
+
     def privacy_params(self) -> dict[str, Any]:
         p = self.params
         return {
-            "epsilon": self.epsilon,
-            "sigma": self.sigma,
-            "clip": p.clip,
-            "delta": p.delta,
-            "accountant": p.accountant,
-            "sample_rate": self.sample_rate(),
-            "steps": self.fed.rounds if self.fed else None,
-            "level": "client",
+            "epsilon": self.epsilon, "sigma": self.sigma, "clip": p.clip, "delta": p.delta, "accountant": p.accountant,
+            "sample_rate": self.q, "steps": self.fed.rounds if self.fed else None, "level": "client",
             "encrypted_fraction": 0.0,
         }
+
+
+class ClientLevelDP(Defense):
+    """FlexLoRA-DP: each client clips its LoRA delta to norm C and adds Gaussian noise sigma*C.
+
+    Upload: ``prev + noisy delta`` for weight updates (a gradient probe uploads the noisy gradient),
+    so the server aggregates plain FlexLoRA and an attacker sees exactly the noisy upload. Epsilon is
+    that of ``rounds`` compositions of the sampled Gaussian mechanism with q = clients_per_round /
+    n_clients (``amplification=False``: q = 1), from opacus' RDP or PRV accountant. Noise streams derive
+    from the federation seed, the client, the round and the update kind.
+    """
+
+    name: ClassVar[str] = "dp"
+    version: ClassVar[str] = "2"
+    Params = ClientLevelDPParams
+    Client = DPClient
+    Server = DPServer

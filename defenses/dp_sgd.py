@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, WirePayload
+from benchmark.api import ClientInfo, ClientUpdate, Defense, WirePayload
 from defenses.dp import check_accountant, check_delta, stream
-from defenses.plain_lora import PlainLoRA
+from defenses.plain_lora import PlainClient, PlainServer
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
 # opacus' backward hooks on the first LoRA layer see inputs that need no gradient (frozen embeddings);
@@ -60,29 +60,20 @@ class DPSGDParams:
             )
 
 
-class DPSGD(PlainLoRA):
-    """DP-SGD on the LoRA parameters (opacus), FlexLoRA aggregation of the resulting factors.
+class DPSGDClient(PlainClient):
+    """DP-SGD on the LoRA parameters (opacus); uploads the resulting factors in the clear.
 
-    The harness must call ``wrap_training(model, optimizer, loader, client)`` before local training
-    and train with what it returns; ``protect`` (or ``release``) then detaches opacus from the model.
+    The engine calls ``wrap_training(model, optimizer, loader, client)`` before local training and
+    trains with what it returns; ``release`` (or ``protect``) then detaches opacus from the model.
     One opacus ``PrivacyEngine`` per client tracks that client's steps; ``privacy_params`` reports the
-    largest epsilon over clients (the guarantee every client gets).
+    largest epsilon over clients (the guarantee every client gets): only clients know it.
     """
 
-    name: ClassVar[str] = "dp_sgd"
-    version: ClassVar[str] = "1"
-    Params = DPSGDParams
-
-    def __init__(self, params: DPSGDParams | None = None) -> None:
-        super().__init__()
-        self.params = params or DPSGDParams()
+    def __init__(self, params: DPSGDParams) -> None:
+        super().__init__(params)
         self._engines: dict[int, Any] = {}
         self._wraps: dict[int, int] = {}
         self._hooks: Any = None
-
-    def setup(self, fed: FederationInfo) -> dict[str, float]:
-        self.fed = fed
-        return {}
 
     def wrap_training(self, model: nn.Module, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[nn.Module, Any, Any]:
         """Make local training DP-SGD: returns (the same model, a DPOptimizer, a loader).
@@ -171,6 +162,22 @@ class DPSGD(PlainLoRA):
         }
 
 
+class DPSGDServer(PlainServer):
+    """Plain FlexLoRA: the privacy comes from the clients' training."""
+
+    name: ClassVar[str] = "dp_sgd"
+
+
+class DPSGD(Defense):
+    """DP-SGD on the LoRA parameters (opacus), FlexLoRA aggregation of the resulting factors."""
+
+    name: ClassVar[str] = "dp_sgd"
+    version: ClassVar[str] = "2"
+    Params = DPSGDParams
+    Client = DPSGDClient
+    Server = DPSGDServer
+
+
 def pad_collate(rows: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """Stack dict rows, right-padding sequences to the longest (labels with -100, the rest with 0)."""
     out = {}
@@ -230,7 +237,7 @@ def private_grads(optimizer: Any) -> bool:
 
 
 def train_local(
-    defense: DPSGD,
+    defense: DPSGDClient,
     model: nn.Module,
     optimizer: Any,
     loader: Iterable,

@@ -31,8 +31,18 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from benchmark.api import AttackerView, ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
-from defenses.common import fedavg_weights, finalize_to_rank, update_meta
+from benchmark.api import (
+    AttackerView,
+    ClientInfo,
+    ClientRole,
+    ClientUpdate,
+    Defense,
+    FederationInfo,
+    LoRAFactors,
+    ServerRole,
+    WirePayload,
+)
+from defenses.common import client_keys, fedavg_weights, finalize_to_rank, update_meta
 from she_lora import ckks
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank
 
@@ -148,35 +158,25 @@ def cipher_view(name: str, payload: WirePayload, note: str = "ciphertext only") 
     )
 
 
-class FullHE:
-    """Every uploaded LoRA value is CKKS-encrypted; the server aggregates with a public context only.
+class FullHEClient(ClientRole):
+    """Holds the clients' shared secret context; encrypts every value; decrypts and aggregates."""
 
-    See the module docstring for the ``stack`` and ``lift`` aggregations and the two packings. Both
-    aggregations equal the plaintext FlexLoRA aggregate up to CKKS error (~1e-9 relative).
-    """
-
-    name: ClassVar[str] = "full_he"
-    version: ClassVar[str] = "1"
-    Params = FullHEParams
-
-    def __init__(self, params: FullHEParams | None = None) -> None:
-        self.params = params or FullHEParams()
+    def __init__(self, params: FullHEParams) -> None:
+        self.params = params
         self.fed: FederationInfo | None = None
         self._client_ctx: Any = None  # shared by the clients: holds the secret key
-        self._server_ctx: Any = None  # the server's: loaded from the public bytes only
+        self._costs: dict[str, float] = {}
         self._cache: tuple[WirePayload, dict[str, FactoredDelta], float] | None = None
         self.last_timings: dict[str, float] = {}
 
-    # -- setup --------------------------------------------------------------------------------
-    def setup(self, fed: FederationInfo) -> dict[str, float]:
+    def setup(self, fed: FederationInfo) -> WirePayload:
         self.fed = fed
-        self._client_ctx, self._server_ctx, costs = ckks.key_roles(self.params.ckks())
-        return costs
+        self._client_ctx, public, self._costs = client_keys(self.params.ckks())
+        return WirePayload("clients", cipher={"public_context": public}, meta={"kind": "setup"})
 
-    def _names(self) -> list[str]:
-        return sorted(self.fed.module_shapes) if self.fed else []
+    def setup_costs(self) -> dict[str, float]:
+        return dict(self._costs)
 
-    # -- client side --------------------------------------------------------------------------
     def protect(self, update: ClientUpdate) -> WirePayload:
         ctx, p = self._client_ctx, self.params
         names = sorted(update.factors)
@@ -202,23 +202,6 @@ class FullHE:
             sender=f"client:{update.client.client_id}", cipher={"values": blobs}, meta=meta, timings={"enc_s": enc_s}
         )
 
-    # -- server side (public context only) ----------------------------------------------------
-    def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
-        t0 = time.perf_counter()
-        weights = fedavg_weights(payloads)
-        clients = [{k: p.meta[k] for k in ("client_id", "rank", "scale", "n_samples")} for p in payloads]
-        meta: dict[str, Any] = {"aggregation": self.params.aggregation, "packing": self.params.packing}
-        if self.params.aggregation == "stack":
-            cipher = {f"client{i}": list(p.cipher["values"]) for i, p in enumerate(payloads)}
-            meta.update(clients=clients, layouts=[p.meta["layout"] for p in payloads])
-        else:
-            srv = self._server_ctx
-            scaled = [ckks.mul_scalar_packed(srv, p.cipher["values"], w) for p, w in zip(payloads, weights)]
-            cipher = {"delta": ckks.add_packed(srv, scaled)}
-            meta.update(layout=payloads[0].meta["layout"], clients=[c["client_id"] for c in clients])
-        return WirePayload(sender="server", cipher=cipher, meta=meta, timings={"agg_s": time.perf_counter() - t0})
-
-    # -- client side: decrypt, aggregate, truncate to own rank --------------------------------
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
         deltas, dec_s = self._decrypted(message)
         self.last_timings = {"dec_s": dec_s}
@@ -260,7 +243,36 @@ class FullHE:
             out[name] = FactoredDelta(u.float(), s.float(), vh.float())
         return out
 
-    # -- attacker's view and privacy facts ----------------------------------------------------
+
+class FullHEServer(ServerRole):
+    """Relays or adds ciphertexts with the public context only: it reads nothing of any update and
+    cannot replay a client's start."""
+
+    name: ClassVar[str] = "full_he"
+
+    def __init__(self, params: FullHEParams) -> None:
+        self.params = params
+        self._server_ctx: Any = None  # loaded from the public bytes only
+
+    def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
+        super().setup(fed, hello)
+        self._server_ctx = ckks.load_public_context(hello[0].cipher["public_context"])
+
+    def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
+        t0 = time.perf_counter()
+        weights = fedavg_weights(payloads)
+        clients = [{k: p.meta[k] for k in ("client_id", "rank", "scale", "n_samples")} for p in payloads]
+        meta: dict[str, Any] = {"aggregation": self.params.aggregation, "packing": self.params.packing}
+        if self.params.aggregation == "stack":
+            cipher = {f"client{i}": list(p.cipher["values"]) for i, p in enumerate(payloads)}
+            meta.update(clients=clients, layouts=[p.meta["layout"] for p in payloads])
+        else:
+            srv = self._server_ctx
+            scaled = [ckks.mul_scalar_packed(srv, p.cipher["values"], w) for p, w in zip(payloads, weights)]
+            cipher = {"delta": ckks.add_packed(srv, scaled)}
+            meta.update(layout=payloads[0].meta["layout"], clients=[c["client_id"] for c in clients])
+        return WirePayload(sender="server", cipher=cipher, meta=meta, timings={"agg_s": time.perf_counter() - t0})
+
     def observe(self, payload: WirePayload) -> AttackerView:
         return cipher_view(self.name, payload)
 
@@ -273,3 +285,17 @@ class FullHE:
             "ckks_poly_modulus_degree": p.poly_modulus_degree,
             "ckks_scale_bits": p.scale_bits,
         }
+
+
+class FullHE(Defense):
+    """Every uploaded LoRA value is CKKS-encrypted; the server aggregates with a public context only.
+
+    See the module docstring for the ``stack`` and ``lift`` aggregations and the two packings. Both
+    aggregations equal the plaintext FlexLoRA aggregate up to CKKS error (~1e-9 relative).
+    """
+
+    name: ClassVar[str] = "full_he"
+    version: ClassVar[str] = "2"
+    Params = FullHEParams
+    Client = FullHEClient
+    Server = FullHEServer

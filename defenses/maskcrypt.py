@@ -35,14 +35,20 @@ from torch import Tensor
 from benchmark.api import (
     AttackerView,
     ClientInfo,
+    ClientRole,
     ClientUpdate,
+    Defense,
     FederationInfo,
     LoRAFactors,
     ObservedModule,
+    ServerRole,
+    StartKnowledge,
     WirePayload,
 )
 from defenses.common import (
     broadcast,
+    broadcast_rank,
+    client_keys,
     decode_factors,
     encode_factors,
     fedavg_weights,
@@ -154,43 +160,79 @@ def masks_from_keys(keys: np.ndarray, names: Sequence[str], shapes: Mapping[str,
     return out
 
 
-class MaskCrypt:
-    """Selective HE of the most important individual LoRA weights, agreed by mask consensus.
+def _shapes_of(update: ClientUpdate) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    names = sorted(update.factors)
+    return names, {n: (int(update.factors[n].B.shape[0]), int(update.factors[n].A.shape[1])) for n in names}
 
-    See the module docstring for the protocol and the exact (stacked) aggregation. ``negotiate``
-    must run before ``protect`` in a round for the consensus; without it each client hides its own
-    proposal.
-    """
 
-    name: ClassVar[str] = "maskcrypt"
-    version: ClassVar[str] = "1"
-    Params = MaskCryptParams
+def payload_keys(payload: WirePayload, agreed: Mapping[int, np.ndarray]) -> np.ndarray:
+    """The hidden keys of an upload, as the server (and every client) can tell them from the
+    upload's metadata and the round's consensus list."""
+    meta = payload.meta
+    if meta["n_hidden"] == 0:
+        return np.zeros(0, dtype=np.int64)
+    if "hidden_keys" in payload.plain:
+        return payload.plain["hidden_keys"].numpy()
+    names = sorted(meta["shapes"])
+    shapes = {n: tuple(meta["shapes"][n]) for n in names}
+    mine = agreed[int(meta["round"])]
+    mine = mine[exists_in_rank(mine, names, shapes, meta["rank"])]
+    return np.sort(mine[: meta["n_hidden"]])
 
-    def __init__(self, params: MaskCryptParams | None = None) -> None:
-        self.params = params or MaskCryptParams()
+
+def visible(payload: WirePayload, agreed: Mapping[int, np.ndarray]) -> tuple[dict[str, LoRAFactors], dict[str, list[Tensor]]]:
+    """Plaintext factors of an upload (zeros where hidden or not sent) and the hidden masks."""
+    meta = payload.meta
+    names = sorted(meta["shapes"])
+    shapes = {n: tuple(meta["shapes"][n]) for n in names}
+    r = meta["rank"]
+    masks = masks_from_keys(payload_keys(payload, agreed), names, shapes, r)
+    out = {}
+    for n in names:
+        m, k = shapes[n]
+        A = payload.plain.get(f"{n}/A", torch.zeros(r, k))
+        B = payload.plain.get(f"{n}/B", torch.zeros(m, r))
+        out[n] = LoRAFactors(A.clone(), B.clone(), meta["scale"])
+    return out, masks
+
+
+def relayed(message: WirePayload) -> list[tuple[dict[str, Any], WirePayload]]:
+    """Each client's part of a relay broadcast: (its public facts, its upload as relayed)."""
+    out = []
+    for i, c in enumerate(message.meta["clients"]):
+        prefix = f"client{i}/"
+        plain = {k[len(prefix):]: v for k, v in message.plain.items() if k.startswith(prefix)}
+        out.append((c, WirePayload(sender="relay", plain=plain, meta=c)))
+    return out
+
+
+class MaskCryptClient(ClientRole):
+    """Proposes its top coordinates, hides the agreed ones under CKKS, rebuilds the aggregate exactly."""
+
+    def __init__(self, params: MaskCryptParams) -> None:
+        self.params = params
         self.fed: FederationInfo | None = None
         self._client_ctx: Any = None
-        self._server_ctx: Any = None
-        self._consensus: dict[int, np.ndarray] = {}  # round -> ordered consensus keys (public)
+        self._costs: dict[str, float] = {}
+        self._consensus: dict[int, np.ndarray] = {}  # round -> the server's ordered consensus (public)
         self._cache: tuple[WirePayload, dict[str, FactoredDelta], float] | None = None
         self.last_timings: dict[str, float] = {}
 
-    def setup(self, fed: FederationInfo) -> dict[str, float]:
+    def setup(self, fed: FederationInfo) -> WirePayload:
         self.fed = fed
-        self._client_ctx, self._server_ctx, costs = ckks.key_roles(self.params.ckks())
-        return costs
+        self._client_ctx, public, self._costs = client_keys(self.params.ckks())
+        return WirePayload("clients", cipher={"public_context": public}, meta={"kind": "setup"})
 
-    def _shapes(self, update: ClientUpdate) -> tuple[list[str], dict[str, tuple[int, int]]]:
-        names = sorted(update.factors)
-        return names, {n: (int(update.factors[n].B.shape[0]), int(update.factors[n].A.shape[1])) for n in names}
+    def setup_costs(self) -> dict[str, float]:
+        return dict(self._costs)
 
     def budget(self, client: ClientInfo) -> float:
         return client.budget if self.params.budget is None else self.params.budget
 
-    # -- step 1 and 2: proposals and consensus -------------------------------------------------
-    def propose(self, update: ClientUpdate) -> np.ndarray:
+    # -- step 1: proposal; the reply is the consensus -------------------------------------------
+    def ranked(self, update: ClientUpdate) -> np.ndarray:
         """The client's top-K_i keys, most important first."""
-        names, shapes = self._shapes(update)
+        names, shapes = _shapes_of(update)
         rank = update.client.rank
         k = hidden_count(names, shapes, rank, self.budget(update.client), self.params.basis)
         if k == 0:
@@ -206,31 +248,26 @@ class MaskCrypt:
         top = torch.topk(score, k, sorted=True).indices.numpy()
         return all_keys(names, shapes, rank)[top]
 
-    def negotiate(self, updates: Sequence[ClientUpdate]) -> list[WirePayload]:
-        """Proposals up (one message per client), the consensus list down."""
-        proposals = [self.propose(u) for u in updates]
-        rnd = updates[0].round if updates else 0
-        self._consensus[rnd] = consensus(proposals)
-        ups = [
-            WirePayload(sender=f"client:{u.client.client_id}", plain={"proposal": torch.from_numpy(p)})
-            for u, p in zip(updates, proposals)
-        ]
-        down = WirePayload(sender="server", plain={"consensus": torch.from_numpy(self._consensus[rnd])}, meta={"round": rnd})
-        return [*ups, down]
+    def propose(self, update: ClientUpdate) -> WirePayload:
+        return WirePayload(sender=f"client:{update.client.client_id}", plain={"proposal": torch.from_numpy(self.ranked(update))},
+                           meta={"kind": "negotiation", "round": update.round, "client_id": update.client.client_id})
+
+    def accept(self, reply: WirePayload) -> None:
+        self._consensus[int(reply.meta["round"])] = reply.plain["consensus"].numpy()
 
     def _hidden_keys(self, update: ClientUpdate) -> tuple[np.ndarray, bool]:
         """Sorted hidden keys of this upload, and whether they follow the round's consensus."""
-        names, shapes = self._shapes(update)
+        names, shapes = _shapes_of(update)
         agreed = self._consensus.get(update.round) if update.kind == "weights" else None
         if agreed is None:
-            return np.sort(self.propose(update)), False
+            return np.sort(self.ranked(update)), False
         k = hidden_count(names, shapes, update.client.rank, self.budget(update.client), self.params.basis)
         mine = agreed[exists_in_rank(agreed, names, shapes, update.client.rank)]
         return np.sort(mine[:k]), True
 
     # -- step 3: upload -------------------------------------------------------------------------
     def protect(self, update: ClientUpdate) -> WirePayload:
-        names, shapes = self._shapes(update)
+        names, shapes = _shapes_of(update)
         t0 = time.perf_counter()
         keys, agreed = self._hidden_keys(update)
         masks = masks_from_keys(keys, names, shapes, update.client.rank)
@@ -241,46 +278,75 @@ class MaskCrypt:
             if not bool(hidden.all()):
                 plain[k] = t.masked_fill(hidden.to(t.device), 0.0)
         cipher: dict[str, bytes | list[bytes]] = {}
+        timings = {}
         if len(keys):
             values = flat_values(update.factors, names).numpy()
             index = np.searchsorted(all_keys(names, shapes, update.client.rank), keys)
             cipher["hidden"] = ckks.encrypt_packed(self._client_ctx, values[index], n_workers=self.params.n_workers)
+            timings["enc_s"] = time.perf_counter() - t0
             if not agreed:
                 plain["hidden_keys"] = torch.from_numpy(keys)
         meta = {**update_meta(update), "n_hidden": len(keys), "mask": "consensus" if agreed else "own",
                 "shapes": {n: list(shapes[n]) for n in names}}
-        return WirePayload(sender=f"client:{update.client.client_id}", plain=plain, cipher=cipher, meta=meta,
-                           timings={"enc_s": time.perf_counter() - t0})
+        return WirePayload(sender=f"client:{update.client.client_id}", plain=plain, cipher=cipher, meta=meta, timings=timings)
 
-    def _payload_keys(self, payload: WirePayload) -> np.ndarray:
-        """The hidden keys of an upload, as the server (and every client) can tell them."""
-        meta = payload.meta
-        if meta["n_hidden"] == 0:
-            return np.zeros(0, dtype=np.int64)
-        if "hidden_keys" in payload.plain:
-            return payload.plain["hidden_keys"].numpy()
-        names = sorted(meta["shapes"])
-        shapes = {n: tuple(meta["shapes"][n]) for n in names}
-        agreed = self._consensus[meta["round"]]
-        mine = agreed[exists_in_rank(agreed, names, shapes, meta["rank"])]
-        return np.sort(mine[: meta["n_hidden"]])
+    # -- step 5: every client rebuilds the exact aggregate ----------------------------------------
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        seed = self.fed.seed if self.fed else 0
+        if "clients" not in message.meta:
+            self.last_timings = {"dec_s": 0.0}
+            return finalize_to_rank(read_broadcast(message), client, seed)
+        if self._cache is None or self._cache[0] is not message:
+            t0 = time.perf_counter()
+            deltas = rebuild(message, self._consensus, self._client_ctx)
+            self._cache = (message, deltas, time.perf_counter() - t0)
+        self.last_timings = {"dec_s": self._cache[2]}
+        return finalize_to_rank(self._cache[1], client, seed)
 
-    def _visible(self, payload: WirePayload) -> tuple[dict[str, LoRAFactors], dict[str, list[Tensor]]]:
-        """Plaintext factors (zeros where hidden or not sent) and the hidden masks."""
-        meta = payload.meta
-        names = sorted(meta["shapes"])
-        shapes = {n: tuple(meta["shapes"][n]) for n in names}
-        r = meta["rank"]
-        masks = masks_from_keys(self._payload_keys(payload), names, shapes, r)
-        out = {}
-        for n in names:
-            m, k = shapes[n]
-            A = payload.plain.get(f"{n}/A", torch.zeros(r, k))
-            B = payload.plain.get(f"{n}/B", torch.zeros(m, r))
-            out[n] = LoRAFactors(A.clone(), B.clone(), meta["scale"])
-        return out, masks
 
-    # -- server side ---------------------------------------------------------------------------
+def rebuild(message: WirePayload, agreed: Mapping[int, np.ndarray], ctx: Any | None) -> dict[str, FactoredDelta]:
+    """The aggregate from a relay broadcast: exact with the secret context, hidden values taken as
+    zero without it (the server's best estimate)."""
+    clients = message.meta["clients"]
+    total = sum(float(c["n_samples"]) for c in clients)
+    terms: dict[str, list[tuple[float, Tensor, Tensor]]] = {}
+    for i, (c, own) in enumerate(relayed(message)):
+        factors, _ = visible(own, agreed)
+        if c["n_hidden"] and ctx is not None:
+            names = sorted(c["shapes"])
+            shapes = {n: tuple(c["shapes"][n]) for n in names}
+            values = flat_values(factors, names).numpy()
+            index = np.searchsorted(all_keys(names, shapes, c["rank"]), payload_keys(own, agreed))
+            values[index] = ckks.decrypt_packed(ctx, message.cipher[f"client{i}"], c["n_hidden"])
+            factors = _unflat(values, names, shapes, c["rank"], c["scale"])
+        w = float(c["n_samples"]) / total * float(c["scale"])
+        for n, f in factors.items():
+            terms.setdefault(n, []).append((w, f.B, f.A))
+    return {n: aggregate_lowrank(t) for n, t in terms.items()}
+
+
+class MaskCryptServer(ServerRole):
+    """Orders the proposals into a consensus, relays plaintext parts and ciphertexts (or plain
+    FlexLoRA when nothing is hidden); knows a client's start only up to the hidden values."""
+
+    name: ClassVar[str] = "maskcrypt"
+
+    def __init__(self, params: MaskCryptParams) -> None:
+        self.params = params
+        self._consensus: dict[int, np.ndarray] = {}
+
+    def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
+        super().setup(fed, hello)
+        ckks.load_public_context(hello[0].cipher["public_context"])  # checks the clients' parameters
+
+    def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
+        if not proposals:
+            return None
+        rnd = int(proposals[0].meta["round"])
+        self._consensus[rnd] = consensus([p.plain["proposal"].numpy() for p in proposals])
+        return WirePayload(sender="server", plain={"consensus": torch.from_numpy(self._consensus[rnd])},
+                           meta={"kind": "negotiation", "round": rnd})
+
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         t0 = time.perf_counter()
         weights = fedavg_weights(payloads)
@@ -290,7 +356,7 @@ class MaskCrypt:
                 name: aggregate_lowrank([(w * f[name].scale, f[name].B, f[name].A) for w, f in zip(weights, per_client)])
                 for name in per_client[0]
             }
-            message = broadcast(deltas, self._broadcast_rank())
+            message = broadcast(deltas, broadcast_rank(self.fed))
         else:  # relay plaintext parts and ciphertexts: clients rebuild every factor exactly
             plain, cipher = {}, {}
             for i, p in enumerate(payloads):
@@ -299,47 +365,12 @@ class MaskCrypt:
                     cipher[f"client{i}"] = list(p.cipher["hidden"])
             keep = ("client_id", "rank", "scale", "n_samples", "n_hidden", "round", "mask", "shapes")
             message = WirePayload(sender="server", plain=plain, cipher=cipher,
-                                  meta={"rank": self._broadcast_rank(), "clients": [{k: p.meta[k] for k in keep} for p in payloads]})
+                                  meta={"rank": broadcast_rank(self.fed), "clients": [{k: p.meta[k] for k in keep} for p in payloads]})
         message.timings["agg_s"] = time.perf_counter() - t0
         return message
 
-    # -- client side ---------------------------------------------------------------------------
-    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        seed = self.fed.seed if self.fed else 0
-        if "clients" not in message.meta:
-            self.last_timings = {"dec_s": 0.0}
-            return finalize_to_rank(read_broadcast(message), client, seed)
-        if self._cache is None or self._cache[0] is not message:
-            t0 = time.perf_counter()
-            deltas = self._rebuild(message)
-            self._cache = (message, deltas, time.perf_counter() - t0)
-        self.last_timings = {"dec_s": self._cache[2]}
-        return finalize_to_rank(self._cache[1], client, seed)
-
-    def _rebuild(self, message: WirePayload) -> dict[str, FactoredDelta]:
-        clients = message.meta["clients"]
-        total = sum(float(c["n_samples"]) for c in clients)
-        terms: dict[str, list[tuple[float, Tensor, Tensor]]] = {}
-        for i, c in enumerate(clients):
-            prefix = f"client{i}/"
-            own = WirePayload(sender="relay", plain={k[len(prefix):]: v for k, v in message.plain.items() if k.startswith(prefix)},
-                              meta=c)
-            factors, _ = self._visible(own)
-            if c["n_hidden"]:
-                names = sorted(c["shapes"])
-                shapes = {n: tuple(c["shapes"][n]) for n in names}
-                values = flat_values(factors, names).numpy()
-                index = np.searchsorted(all_keys(names, shapes, c["rank"]), self._payload_keys(own))
-                values[index] = ckks.decrypt_packed(self._client_ctx, message.cipher[f"client{i}"], c["n_hidden"])
-                factors = _unflat(values, names, shapes, c["rank"], c["scale"])
-            w = float(c["n_samples"]) / total * float(c["scale"])
-            for n, f in factors.items():
-                terms.setdefault(n, []).append((w, f.B, f.A))
-        return {n: aggregate_lowrank(t) for n, t in terms.items()}
-
-    # -- attacker's view -------------------------------------------------------------------------
     def observe(self, payload: WirePayload) -> AttackerView:
-        factors, masks = self._visible(payload)
+        factors, masks = visible(payload, self._consensus)
         modules = {}
         for n, f in factors.items():
             a_hidden, b_hidden = masks[n]
@@ -359,6 +390,14 @@ class MaskCrypt:
             note="maskcrypt: hidden coordinates are zero in A/B and marked in A_hidden/B_hidden",
         )
 
+    def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
+        seed = self.fed.seed if self.fed else 0
+        if "clients" not in broadcast.meta:
+            return StartKnowledge(finalize_to_rank(read_broadcast(broadcast), client, seed), "exact",
+                                  "nothing was hidden: replayed the client's finalize")
+        estimate = finalize_to_rank(rebuild(broadcast, self._consensus, None), client, seed)
+        return StartKnowledge(estimate, "estimate", "replayed finalize with the hidden values taken as zero")
+
     def privacy_params(self) -> dict[str, Any]:
         """``encrypted_fraction``: mean over clients of hidden / all coordinates of their LoRA."""
         p = self.params
@@ -366,15 +405,25 @@ class MaskCrypt:
         if self.fed and self.fed.module_shapes:
             names, shapes = sorted(self.fed.module_shapes), self.fed.module_shapes
             fractions = [
-                hidden_count(names, shapes, c.rank, self.budget(c), p.basis)
+                hidden_count(names, shapes, c.rank, c.budget if p.budget is None else p.budget, p.basis)
                 / sum(c.rank * (m + n) for m, n in shapes.values())
                 for c in self.fed.clients
             ]
             out["encrypted_fraction"] = sum(fractions) / len(fractions)
         return out
 
-    def _broadcast_rank(self) -> int:
-        return max(c.rank for c in self.fed.clients) if self.fed else 64
+
+class MaskCrypt(Defense):
+    """Selective HE of the most important individual LoRA weights, agreed by mask consensus.
+
+    See the module docstring for the protocol and the exact (stacked) aggregation.
+    """
+
+    name: ClassVar[str] = "maskcrypt"
+    version: ClassVar[str] = "2"
+    Params = MaskCryptParams
+    Client = MaskCryptClient
+    Server = MaskCryptServer
 
 
 def _unflat(values: np.ndarray, names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int, scale: float) -> dict[str, LoRAFactors]:

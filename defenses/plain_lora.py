@@ -9,14 +9,19 @@ from typing import Any, ClassVar
 from benchmark.api import (
     AttackerView,
     ClientInfo,
+    ClientRole,
     ClientUpdate,
+    Defense,
     FederationInfo,
     LoRAFactors,
     ObservedModule,
+    ServerRole,
+    StartKnowledge,
     WirePayload,
 )
 from defenses.common import (
     broadcast,
+    broadcast_rank,
     decode_factors,
     encode_factors,
     fedavg_weights,
@@ -32,27 +37,37 @@ class PlainLoRAParams:
     """plain_lora has no parameters."""
 
 
-class PlainLoRA:
-    """FlexLoRA without protection: the weighted sum of s_i B_i A_i, truncated per client by SVD."""
+class PlainClient(ClientRole):
+    """Uploads its own-rank factors as they are; finalizes by truncating the broadcast to its rank."""
 
-    name: ClassVar[str] = "plain_lora"
-    version: ClassVar[str] = "1"
-    Params = PlainLoRAParams
-
-    def __init__(self, params: PlainLoRAParams | None = None) -> None:
-        self.params = params or PlainLoRAParams()
+    def __init__(self, params: Any) -> None:
+        self.params = params
         self.fed: FederationInfo | None = None
 
-    def setup(self, fed: FederationInfo) -> dict[str, float]:
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
         self.fed = fed
-        return {}
+        return None
 
     def protect(self, update: ClientUpdate) -> WirePayload:
-        return WirePayload(
-            sender=f"client:{update.client.client_id}",
-            plain=encode_factors(update.factors),
-            meta=update_meta(update),
-        )
+        return WirePayload(sender=f"client:{update.client.client_id}", plain=encode_factors(update.factors),
+                           meta=update_meta(update))
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        return finalize_to_rank(read_broadcast(message), client, self.fed.seed if self.fed else 0)
+
+
+class PlainServer(ServerRole):
+    """FlexLoRA: the weighted sum of s_i B_i A_i through stacked factors, broadcast at the top rank.
+
+    It can replay every client's finalize from its own broadcast (truncation is deterministic and
+    its padding rows come from the public federation seed), so it knows each client's start exactly.
+    """
+
+    name: ClassVar[str] = "plain_lora"
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+        self.fed: FederationInfo | None = None
 
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         weights = fedavg_weights(payloads)
@@ -61,19 +76,26 @@ class PlainLoRA:
         for name in per_client[0]:
             terms = [(w * f[name].scale, f[name].B, f[name].A) for w, f in zip(weights, per_client)]
             deltas[name] = aggregate_lowrank(terms)
-        return broadcast(deltas, self._broadcast_rank())
-
-    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        seed = self.fed.seed if self.fed else 0
-        return finalize_to_rank(read_broadcast(message), client, seed)
+        return broadcast(deltas, broadcast_rank(self.fed))
 
     def observe(self, payload: WirePayload) -> AttackerView:
         factors = decode_factors(payload.plain, payload.meta["scale"])
         modules = {n: ObservedModule(A=f.A.clone(), B=f.B.clone(), scale=f.scale) for n, f in factors.items()}
         return AttackerView(defense=self.name, kind=payload.meta.get("kind", "weights"), modules=modules)
 
+    def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
+        factors = finalize_to_rank(read_broadcast(broadcast), client, self.fed.seed if self.fed else 0)
+        return StartKnowledge(factors, "exact", "replayed the client's finalize from the broadcast")
+
     def privacy_params(self) -> dict[str, Any]:
         return {"encrypted_fraction": 0.0}
 
-    def _broadcast_rank(self) -> int:
-        return max(c.rank for c in self.fed.clients) if self.fed else 64
+
+class PlainLoRA(Defense):
+    """FlexLoRA without protection: the weighted sum of s_i B_i A_i, truncated per client by SVD."""
+
+    name: ClassVar[str] = "plain_lora"
+    version: ClassVar[str] = "2"
+    Params = PlainLoRAParams
+    Client = PlainClient
+    Server = PlainServer

@@ -1,13 +1,13 @@
 """SHE-LoRA: selective CKKS encryption of the most sensitive LoRA-A columns, negotiated per module.
 
-The method lives in the ``she_lora`` library; this adapter maps it onto the harness contracts and
-keeps the two roles apart: ``self._clients`` (``she_lora.client.ClientSide``) holds the secret CKKS
-key and the OPE key and is used only by ``negotiate``'s client half, ``protect`` and ``finalize``;
-``self._server`` (``she_lora.server.ServerSide``) is built from the public context bytes alone and is
-the only thing ``aggregate`` and ``observe`` touch.
+The method lives in the ``she_lora`` library; this adapter maps it onto the harness's two roles:
+``SHELoRAClient`` wraps ``she_lora.client.ClientSide`` (the secret CKKS key and the OPE key),
+``SHELoRAServer`` wraps ``she_lora.server.ServerSide``, built from the public context bytes the
+clients send at setup. They share nothing else: every fact crosses as a ``WirePayload``.
 
-Round flow: ``negotiate(updates)`` (client top-k lists -> ordered global list per module, plus the
-round's sample total) -> ``protect`` per client -> ``aggregate`` -> ``finalize`` per client.
+Round flow: ``propose`` (each client's sample count, and its top-k lists when due) -> the server's
+``negotiate`` reply (the ordered global list per module, the round's sample total) -> ``protect`` per
+client -> ``aggregate`` -> ``finalize`` per client.
 """
 
 from __future__ import annotations
@@ -22,16 +22,21 @@ import torch
 from benchmark.api import (
     AttackerView,
     ClientInfo,
+    ClientRole,
     ClientUpdate,
+    Defense,
     FederationInfo,
     LoRAFactors,
     ObservedModule,
+    ServerRole,
+    StartKnowledge,
     WirePayload,
 )
 from defenses.common import finalize_to_rank, update_meta
 from she_lora import ckks
 from she_lora.client import ClientSide
-from she_lora.negotiation import DEFAULT_SHARES
+from she_lora.lowrank import svd_of_product
+from she_lora.negotiation import DEFAULT_SHARES, TopK
 from she_lora.plan import LEAKAGES, LIFTS, Member, Plan, ProtocolConfig
 from she_lora.reparam import thin_linalg
 from she_lora.server import ServerSide
@@ -85,113 +90,105 @@ class SHELoRAParams:
         return ProtocolConfig(self.lift, self.leakage, self.swap, self.send_scores, shares, params, self.n_workers)
 
 
-class SHELoRADefense:
-    """SHE-LoRA with ordered negotiation, one shared permutation and exact column-aware aggregation."""
+def make_plan(params: SHELoRAParams, fed: FederationInfo) -> Plan:
+    """The public plan both roles derive from the setup facts: budgets, k per module, packing."""
+    members = []
+    for c in fed.clients:
+        if c.rank < 1:
+            raise ValueError(f"she_lora: client {c.client_id} has LoRA rank {c.rank}; ranks must be >= 1")
+        if not 0.0 <= c.budget <= 1.0:
+            raise ValueError(f"she_lora: client {c.client_id} has budget {c.budget}; budgets must be in [0, 1]")
+        members.append(Member(c.client_id, c.rank, c.budget * params.budget_scale))
+    cfg = params.protocol()
+    return Plan(dict(fed.module_shapes), members, cfg.lift, cfg.ckks.poly_modulus_degree // 2)
 
-    name: ClassVar[str] = "she_lora"
-    version: ClassVar[str] = "1"
-    Params = SHELoRAParams
 
-    def __init__(self, params: SHELoRAParams | None = None) -> None:
-        self.params = params or SHELoRAParams()
-        self.cfg = self.params.protocol()
+def refresh_due(params: SHELoRAParams, last_round: int, rnd: int) -> bool:
+    r = params.sensitivity_refresh
+    return r > 0 and last_round > 0 and rnd - last_round >= r
+
+
+class SHELoRAClient(ClientRole):
+    """The clients' shared state (``she_lora.client.ClientSide``: CKKS secret key, OPE key, installed
+    global lists) plus what the negotiation replies told them (versions, round sample totals)."""
+
+    def __init__(self, params: SHELoRAParams) -> None:
+        self.params = params
+        self.cfg = params.protocol()
         self.fed: FederationInfo | None = None
         self.plan: Plan | None = None
-        self._clients: ClientSide | None = None
-        self._server: ServerSide | None = None
+        self._side: ClientSide | None = None
         self._round_total: dict[int, tuple[float, frozenset[int]]] = {}
         self._last_nego_round = 0
-        self._provisional = False
-        self._scores: dict[int, dict[str, list[float]]] = {}
         self.last_timings: dict[str, float] = {}
 
-    # -- setup and negotiation -----------------------------------------------------------------
-    def setup(self, fed: FederationInfo) -> dict[str, float]:
-        members = []
-        for c in fed.clients:
-            if c.rank < 1:
-                raise ValueError(f"she_lora: client {c.client_id} has LoRA rank {c.rank}; ranks must be >= 1")
-            if not 0.0 <= c.budget <= 1.0:
-                raise ValueError(f"she_lora: client {c.client_id} has budget {c.budget}; budgets must be in [0, 1]")
-            members.append(Member(c.client_id, c.rank, c.budget * self.params.budget_scale))
+    def setup(self, fed: FederationInfo) -> WirePayload:
         self.fed = fed
-        self.plan = Plan(dict(fed.module_shapes), members, self.cfg.lift, self.cfg.ckks.poly_modulus_degree // 2)
-        self._clients = ClientSide(self.plan, self.cfg)
-        secret = ckks.secret_context_bytes(self._clients.ctx)
-        public = ckks.public_context_bytes(self._clients.ctx)
-        self._server = ServerSide(self.plan, self.cfg, public)
-        return {"context_bytes": float(len(secret)), "public_context_bytes": float(len(public)), "keygen_s": self._clients.keygen_s}
+        self.plan = make_plan(self.params, fed)
+        self._side = ClientSide(self.plan, self.cfg)
+        public = ckks.public_context_bytes(self._side.ctx)
+        self._costs = {"context_bytes": float(len(ckks.secret_context_bytes(self._side.ctx))),
+                       "public_context_bytes": float(len(public)), "keygen_s": self._side.keygen_s}
+        return WirePayload("clients", cipher={"public_context": public}, meta={"kind": "setup"})
 
-    def negotiate(self, updates: Sequence[ClientUpdate]) -> list[WirePayload]:
-        """Client top-k lists -> one ordered global list per module (when due), and the round's
-        sample total (so client lifts carry final weights). Returns every message, uploads first."""
-        clients, server = self._roles()
-        if not updates:
-            return []
-        rnd = updates[0].round
-        due = self._negotiation_due(updates, rnd)
-        ups = []
-        lists = []
-        for u in updates:
-            meta: dict[str, Any] = {"kind": "negotiation", "round": rnd, "client_id": u.client.client_id, "n_samples": u.n_samples}
-            if due:
-                msg = clients.topk(u.client.client_id, {n: f.A for n, f in u.factors.items()}, u.input_sq_norms)
-                lists.append(msg)
-                meta["topk"] = {n: list(t.codes) for n, t in msg.items()}
-                if self.cfg.send_scores:
-                    meta["scores"] = {n: list(t.scores or ()) for n, t in msg.items()}
-                    self._scores[u.client.client_id] = meta["scores"]
-            ups.append(WirePayload(sender=f"client:{u.client.client_id}", meta=meta))
-        total = float(sum(u.n_samples for u in updates))
-        self._round_total[rnd] = (total, frozenset(u.client.client_id for u in updates))
-        down: dict[str, Any] = {"kind": "negotiation", "round": rnd, "n_total": total}
-        if due:
-            fresh = self._provisional or self._last_nego_round == 0 or self._refresh_due(rnd)
-            codes = server.negotiate(lists, fresh=fresh)
-            clients.install(server.version, codes)
-            self._last_nego_round, self._provisional = rnd, False
-            down["global"] = codes
-        down["version"] = server.version
-        return ups + [WirePayload(sender="server", meta=down)]
+    def setup_costs(self) -> dict[str, float]:
+        return dict(self._costs)
 
-    def _negotiation_due(self, updates: Sequence[ClientUpdate], rnd: int) -> bool:
-        server = self._roles()[1]
-        if server.version == 0 or self._provisional or self._refresh_due(rnd):
+    @property
+    def side(self) -> ClientSide:
+        if self._side is None or self.plan is None:
+            raise RuntimeError("she_lora: call setup(fed) first")
+        return self._side
+
+    @property
+    def version(self) -> int:
+        return max(self.side.globals, default=0)
+
+    def _due(self, update: ClientUpdate) -> bool:
+        """A client sends its top-k lists when no global list covers its budget yet, or a refresh is due."""
+        if self.version == 0 or refresh_due(self.params, self._last_nego_round, update.round):
             return True
-        current = server.globals[server.version]
-        return any(len(current[n]) < k for u in updates for n, k in self.plan.k[u.client.client_id].items())
+        current = self.side.globals[self.version]
+        return any(len(current[n]) < k for n, k in self.plan.k[update.client.client_id].items())
 
-    def _refresh_due(self, rnd: int) -> bool:
-        r = self.params.sensitivity_refresh
-        return r > 0 and self._last_nego_round > 0 and rnd - self._last_nego_round >= r
-
-    # -- client side ---------------------------------------------------------------------------
-    def protect(self, update: ClientUpdate) -> WirePayload:
-        clients, server = self._roles()
+    def propose(self, update: ClientUpdate) -> WirePayload:
+        """The client's sample count, and its top-k lists when a negotiation is due (OPE-encoded or
+        plain column indices; sensitivity scores only with ``send_scores``)."""
         cid = update.client.client_id
-        if server.version == 0 or any(len(server.globals[server.version][n]) < k for n, k in self.plan.k[cid].items()):
-            self._negotiate_inline(update)  # e.g. the attack probe before any round: not metered
+        meta: dict[str, Any] = {"kind": "negotiation", "round": update.round, "client_id": cid, "n_samples": update.n_samples}
+        if self._due(update):
+            msg = self.side.topk(cid, {n: f.A for n, f in update.factors.items()}, update.input_sq_norms)
+            meta["topk"] = {n: list(t.codes) for n, t in msg.items()}
+            if self.cfg.send_scores:
+                meta["scores"] = {n: list(t.scores or ()) for n, t in msg.items()}
+        return WirePayload(sender=f"client:{cid}", meta=meta)
+
+    def accept(self, reply: WirePayload) -> None:
+        meta = reply.meta
+        rnd = int(meta["round"])
+        self._round_total[rnd] = (float(meta["n_total"]), frozenset(int(c) for c in meta["clients"]))
+        if "global" in meta:
+            self.side.install(int(meta["version"]), meta["global"])
+            self._last_nego_round = rnd
+
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        side, cid, version = self.side, update.client.client_id, self.version
+        if version == 0 or any(len(side.globals[version][n]) < k for n, k in self.plan.k[cid].items()):
+            raise ValueError(f"she_lora: client {cid} has no negotiated global list covering its budget; "
+                             "negotiate in this round before protect")
         total, members = self._round_total.get(update.round, (0.0, frozenset()))
         norm = total if cid in members and total > 0 else 1.0
         factors = {n: (f.A, f.B) for n, f in update.factors.items()}
         with thin_linalg():
-            plain, cipher, enc_s = clients.protect(cid, update.client.scale, float(update.n_samples), factors, server.version, norm)
-        meta = {**update_meta(update), "version": server.version, "lift": self.cfg.lift, "lift_norm": norm, "k": self.plan.k[cid]}
-        return WirePayload(sender=f"client:{cid}", plain=plain, cipher=cipher, meta=meta, timings={"enc_s": enc_s})
-
-    def _negotiate_inline(self, update: ClientUpdate) -> None:
-        clients, server = self._roles()
-        msg = clients.topk(update.client.client_id, {n: f.A for n, f in update.factors.items()}, update.input_sq_norms)
-        codes = server.negotiate([msg], fresh=server.version == 0)
-        clients.install(server.version, codes)
-        self._provisional = self._last_nego_round == 0
+            plain, cipher, enc_s = side.protect(cid, update.client.scale, float(update.n_samples), factors, version, norm)
+        meta = {**update_meta(update), "version": version, "lift": self.cfg.lift, "lift_norm": norm, "k": self.plan.k[cid]}
+        return WirePayload(sender=f"client:{cid}", plain=plain, cipher=cipher, meta=meta,
+                           timings={"enc_s": enc_s} if cipher else {})
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        clients = self._roles()[0]
         t0 = time.perf_counter()
-        fused = clients.fuse(message.plain, message.cipher, message.meta)
+        fused = self.side.fuse(message.plain, message.cipher, message.meta)
         self.last_timings = {"dec_s": time.perf_counter() - t0}
-        message.timings["dec_s"] = message.timings.get("dec_s", 0.0) + self.last_timings["dec_s"]
         seed = self.fed.seed if self.fed else 0
         with thin_linalg():
             out = finalize_to_rank(fused, client, seed)
@@ -200,19 +197,66 @@ class SHELoRADefense:
 
     def fused_deltas(self, message: WirePayload) -> dict[str, Any]:
         """The full aggregate before truncation (FactoredDelta per module), as a client computes it."""
-        return self._roles()[0].fuse(message.plain, message.cipher, message.meta)
+        return self.side.fuse(message.plain, message.cipher, message.meta)
 
-    # -- server side ---------------------------------------------------------------------------
+
+class SHELoRAServer(ServerRole):
+    """Negotiation and column-aware aggregation (``she_lora.server.ServerSide``, a public context
+    only), and what that lets the server see: plaintext columns, OPE codes or indices, ciphertext."""
+
+    name: ClassVar[str] = "she_lora"
+
+    def __init__(self, params: SHELoRAParams) -> None:
+        self.params = params
+        self.cfg = params.protocol()
+        self.plan: Plan | None = None
+        self._side: ServerSide | None = None
+        self._last_nego_round = 0
+        self._scores: dict[int, dict[str, list[float]]] = {}
+
+    def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
+        super().setup(fed, hello)
+        self.plan = make_plan(self.params, fed)
+        self._side = ServerSide(self.plan, self.cfg, hello[0].cipher["public_context"])
+
+    @property
+    def side(self) -> ServerSide:
+        if self._side is None or self.plan is None:
+            raise RuntimeError("she_lora: call setup(fed, hello) first")
+        return self._side
+
+    def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
+        """One ordered global list per module from the clients' top-k lists (when any were sent),
+        and the round's sample total (so client lifts carry final weights)."""
+        if not proposals:
+            return None
+        rnd = int(proposals[0].meta["round"])
+        lists = []
+        for p in proposals:
+            if "topk" in p.meta:
+                lists.append({n: TopK(tuple(c), tuple(p.meta.get("scores", {}).get(n, ())) or None) for n, c in p.meta["topk"].items()})
+                if "scores" in p.meta:
+                    self._scores[int(p.meta["client_id"])] = p.meta["scores"]
+        reply: dict[str, Any] = {"kind": "negotiation", "round": rnd,
+                                 "n_total": float(sum(float(p.meta["n_samples"]) for p in proposals)),
+                                 "clients": [int(p.meta["client_id"]) for p in proposals]}
+        if lists:
+            side = self.side
+            fresh = side.version == 0 or refresh_due(self.params, self._last_nego_round, rnd)
+            reply["global"] = side.negotiate(lists, fresh=fresh)
+            self._last_nego_round = rnd
+        reply["version"] = self.side.version
+        return WirePayload(sender="server", meta=reply)
+
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
-        server = self._roles()[1]
         t0 = time.perf_counter()
-        plain, cipher, meta = server.aggregate([(p.plain, p.cipher, p.meta) for p in payloads])
+        plain, cipher, meta = self.side.aggregate([(p.plain, p.cipher, p.meta) for p in payloads])
         return WirePayload(sender="server", plain=plain, cipher=dict(cipher), meta=meta, timings={"agg_s": time.perf_counter() - t0})
 
     def observe(self, payload: WirePayload) -> AttackerView:
         """What the server holds: B, the plaintext A columns (hidden ones zero), where it can the
         original layout; the encrypted columns only as ciphertext bytes."""
-        server = self._roles()[1]
+        side = self.side
         version, ks, scale = int(payload.meta["version"]), payload.meta["k"], float(payload.meta["scale"])
         modules, leaked = {}, {"leakage": self.cfg.leakage, "swap": self.cfg.swap, "k": dict(ks), "lift": self.cfg.lift}
         for name, (_, n) in sorted(self.plan.shapes.items()):
@@ -222,17 +266,36 @@ class SHELoRADefense:
             A[:, : n - k] = a_plain
             hidden = torch.zeros(r, n, dtype=torch.bool)
             hidden[:, n - k :] = True
-            layout = server.known_layout(version, name)
+            layout = side.known_layout(version, name)
             if layout is not None:  # plain indices: the server recomputes the permutation and undoes it
                 A, hidden = layout.undo(A), layout.undo(hidden)
             modules[name] = ObservedModule(A=A, B=B.clone(), scale=scale, A_hidden=hidden, columns_permuted=layout is None and self.cfg.swap)
-        codes = server.globals.get(version, {})
+        codes = side.globals.get(version, {})
         leaked["global_list" if self.cfg.leakage == "plain" else "global_list_ope_codes"] = {n: list(c) for n, c in codes.items()}
         if self.cfg.leakage == "plain":
             leaked["encrypted_columns"] = {n: list(codes[n][: ks[n]]) for n in codes}
         if self.cfg.send_scores and payload.meta["client_id"] in self._scores:
             leaked["scores"] = self._scores[payload.meta["client_id"]]
         return AttackerView(defense=self.name, kind=payload.meta.get("kind", "weights"), modules=modules, leaked=leaked, cipher_bytes=payload.cipher_bytes())
+
+    def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """The client's start recomputed from the broadcast's plaintext part alone (the encrypted
+        columns taken as zero), in the column order the server's views use: the original one under
+        plain leakage, the permuted one otherwise. Exact only when nothing was encrypted."""
+        version, k_round = int(broadcast.meta["version"]), broadcast.meta["k_round"]
+        deltas = {}
+        with thin_linalg():
+            for name in sorted(self.plan.shapes):
+                us, vh = broadcast.plain[f"{name}/US"].double(), broadcast.plain[f"{name}/Vh"].double()
+                layout = self.side.known_layout(version, name)
+                deltas[name] = svd_of_product(us, layout.undo(vh) if layout is not None else vh)
+            factors = finalize_to_rank(deltas, client, self.fed.seed if self.fed else 0)
+        dtype = next(iter(broadcast.plain.values())).dtype
+        factors = {n: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for n, f in factors.items()}
+        if not any(k_round.values()):
+            return StartKnowledge(factors, "exact", "nothing was encrypted: replayed the client's finalize")
+        order = "original" if self.cfg.leakage == "plain" or not self.cfg.swap else "permuted"
+        return StartKnowledge(factors, "estimate", f"finalize replayed on the plaintext part, encrypted columns as zero ({order} column order)")
 
     def privacy_params(self) -> dict[str, Any]:
         fractions = [k / self.plan.shapes[n][1] for ks in self.plan.k.values() for n, k in ks.items()] if self.plan else []
@@ -241,7 +304,12 @@ class SHELoRADefense:
             "lift": self.cfg.lift, "leakage": self.cfg.leakage, "swap": self.cfg.swap, "budget_scale": self.params.budget_scale,
         }
 
-    def _roles(self) -> tuple[ClientSide, ServerSide]:
-        if self._clients is None or self._server is None or self.plan is None:
-            raise RuntimeError("she_lora: call setup(fed) first")
-        return self._clients, self._server
+
+class SHELoRADefense(Defense):
+    """SHE-LoRA with ordered negotiation, one shared permutation and exact column-aware aggregation."""
+
+    name: ClassVar[str] = "she_lora"
+    version: ClassVar[str] = "2"
+    Params = SHELoRAParams
+    Client = SHELoRAClient
+    Server = SHELoRAServer

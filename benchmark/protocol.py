@@ -1,0 +1,61 @@
+"""One federated round as messages between a defense's two roles, shared by every engine.
+
+Each step hands the client role's message to the ``Channel`` (metered, recorded in the server's
+transcript, copied) and the server role only ever receives the copies. The engines (the federated
+simulation, the shapes-only cost engine) and the tests call these functions, so the order of the
+protocol lives in one place: setup, negotiation, upload, aggregation, broadcast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from benchmark.api import ClientUpdate, Defense, FederationInfo, WirePayload
+from benchmark.transcript import Channel
+
+
+def setup_roles(defense: Defense, fed: FederationInfo, channel: Channel) -> dict[str, float]:
+    """Client keys first; their public part (if any) travels to the server, which sets up from it."""
+    t0 = time.perf_counter()
+    hello = defense.client.setup(fed)
+    received = [channel.up(hello, 0, -1, "setup")] if hello is not None else []
+    defense.server.setup(fed, received)
+    return {**defense.client.setup_costs(), "setup_s": time.perf_counter() - t0}
+
+
+def negotiate(defense: Defense, updates: Sequence[ClientUpdate], rnd: int, channel: Channel) -> None:
+    """Each participant's proposal up, the server's one reply down to all of them."""
+    proposals = []
+    for u in updates:
+        message = defense.client.propose(u)
+        if message is not None:
+            proposals.append(channel.up(message, rnd, u.client.client_id, "negotiation"))
+    reply = defense.server.negotiate(proposals)
+    if reply is not None:
+        defense.client.accept(channel.down(reply, rnd, [u.client.client_id for u in updates], "negotiation"))
+
+
+@dataclass
+class Upload:
+    """A protected update as the server received it, and the client's own encryption time."""
+
+    payload: WirePayload
+    enc_s: float | None
+    nbytes: int
+    cipher_bytes: int
+
+
+def upload(defense: Defense, update: ClientUpdate, rnd: int, channel: Channel, kind: str = "upload") -> Upload:
+    """``protect`` on the client, then the wire; ``probe`` uploads are recorded but not metered."""
+    sent = defense.client.protect(update)
+    received = channel.up(sent, rnd, update.client.client_id, kind, metered=kind == "upload")
+    return Upload(received, sent.timings.get("enc_s"), received.nbytes(), received.cipher_bytes())
+
+
+def aggregate(defense: Defense, uploads: Sequence[Upload]) -> tuple[WirePayload, float]:
+    """The server's aggregate of the round's uploads and its own aggregation time."""
+    t0 = time.perf_counter()
+    message = defense.server.aggregate([u.payload for u in uploads])
+    return message, message.timings.get("agg_s", time.perf_counter() - t0)
