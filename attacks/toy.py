@@ -147,7 +147,7 @@ def client_view(pm: nn.Module, base_copy: nn.Module, tokenizer: Any, texts: Sequ
                 p.copy_(s)
     modules = {k: ObservedModule(A=a.detach().clone(), B=b.detach().clone(), scale=prev[k].scale) for k, (a, b) in observed.items()}
     return AttackerView(
-        defense="plain_lora", kind=kind, modules=modules, prev=prev, lr=lr, local_steps=steps,
+        defense="plain_lora", kind=kind, modules=modules, prev=prev, start_known="exact", lr=lr, local_steps=steps,
         batch_size=len(texts), model=public_model(base_copy, prev), tokenizer=tokenizer,
         task="classification", template=template,
     )
@@ -202,5 +202,5 @@ def encoder_view(pm: nn.Module, base_copy: nn.Module, tokenizer: Any, texts: Seq
             modules[canon] = ObservedModule(A=by_param[id(mod.lora_A["default"].weight)].detach().clone(),
                                             B=by_param[id(mod.lora_B["default"].weight)].detach().clone(),
                                             scale=prev[canon].scale)
-    return AttackerView(defense="plain_lora", kind="grad", modules=modules, prev=prev, batch_size=len(texts),
+    return AttackerView(defense="plain_lora", kind="grad", modules=modules, prev=prev, start_known="exact", batch_size=len(texts),
                         model=public_model(base_copy, prev), tokenizer=tokenizer, task="classification")

@@ -26,8 +26,9 @@ def plain_view():
 @pytest.mark.parametrize("name", NAMES)
 def test_class_contract(name):
     cls = ATTACKS.get(name)
-    assert cls.name == name and cls.version == "1"
+    assert cls.name == name and cls.version
     assert cls.requires <= {"plaintext", "model", "candidates", "grad"}
+    assert cls.metrics and all(isinstance(v, bool) for v in cls.metrics.values())
     assert cls.target == ("round" if name == "mia" else "probe")
     names = [f.name for f in fields(cls.Params)]
     assert "mode" in names and cls.Params().mode == "naive"
@@ -47,17 +48,19 @@ def test_ciphertext_only_view_yields_a_note(name, plain_view):
         rec = cls(cls.Params(mode=mode)).reconstruct(view)
         assert isinstance(rec, Reconstruction)
         assert rec.texts == [] and rec.note
+        if name != "mia":  # nothing to reconstruct from: an abstention, never a defense win
+            assert rec.status == "abstained"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bare_view_without_model_yields_a_note(name):
     view = AttackerView(defense="x", kind="grad", modules={})
     rec = ATTACKS.get(name)().reconstruct(view)
-    assert rec.texts == [] and rec.note
+    assert rec.texts == [] and rec.note and rec.status == "abstained"
 
 
 @pytest.mark.parametrize("name", ["dager", "token_leak", "subspace_rank"])
 def test_modules_with_nothing_visible_yield_a_note(name, plain_view):
     hidden = {n: replace(m, A=None, B=None) for n, m in plain_view.modules.items()}
     rec = ATTACKS.get(name)().reconstruct(replace(plain_view, modules=hidden))
-    assert rec.texts == [] and rec.note
+    assert rec.texts == [] and rec.note and rec.status == "abstained"

@@ -108,10 +108,10 @@ def test_tokens_exceeding_the_rank_are_reported_not_raised(tok, base):
     assert soft.texts and soft.extra["dim"] < 8
 
 
-def test_adamw_delta_is_declined_by_dager_and_ranked_by_subspace_rank(tok, base):
+def test_adamw_delta_defeats_dager_and_is_ranked_by_subspace_rank(tok, base):
     view = make_view(tok, base, 1, kind="adamw", steps=1, lr=1e-3)
-    rec = DAGER().reconstruct(view)
-    assert rec.texts == [] and "adamw" in rec.note
+    rec = DAGER().reconstruct(view)  # per-coordinate rescaling breaks the span: no exact token passes
+    assert rec.status == "ok" and rec.texts == [] and "span" in rec.note
     soft = SubspaceRank(SubspaceRankParams(mode="naive")).reconstruct(view)
     assert len(soft.texts) == 1 and soft.token_ids
 

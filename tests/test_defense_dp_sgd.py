@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from duo import Duo
 from torch.utils.data import DataLoader
 
 from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
@@ -58,9 +59,8 @@ def _opt(model, kind="sgd"):
 
 
 def _defense(**kw):
-    d = DPSGD(DPSGDParams(**kw))
-    d.setup(FederationInfo((CLIENT,), {}, 2, 1, 0))
-    return d
+    """Both roles set up over a channel; training goes through ``.client`` (the role the engine wraps)."""
+    return Duo(DPSGD(DPSGDParams(**kw)), FederationInfo((CLIENT,), {}, 2, 1, 0))
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
@@ -77,7 +77,7 @@ def test_no_noise_and_huge_clip_equal_plain_training(lora_model, opt):
         o.step()
     private = copy.deepcopy(lora_model)
     d = _defense(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
-    train_local(d, private, _opt(private, opt), _loader(), CLIENT, 3, _loss)
+    train_local(d.client, private, _opt(private, opt), _loader(), CLIENT, 3, _loss)
     ref, got = _lora(plain), _lora(private)
     assert max(float((ref[k] - start[k]).abs().max()) for k in ref) > 1e-3  # training moved LoRA
     for k in ref:
@@ -89,12 +89,12 @@ def test_clipping_bounds_each_step_and_noise_perturbs(lora_model):
     start = _lora(lora_model)
     model = copy.deepcopy(lora_model)
     d = _defense(noise_multiplier=0.0, max_grad_norm=1e-3, poisson_sampling=False)
-    train_local(d, model, _opt(model), _loader(), CLIENT, 2, _loss)
+    train_local(d.client, model, _opt(model), _loader(), CLIENT, 2, _loss)
     moved = torch.sqrt(sum(((v - start[k]) ** 2).sum() for k, v in _lora(model).items()))
     assert float(moved) <= 2 * 0.5 * 1e-3 * (1 + 1e-4)  # steps * lr * C
     noisy = copy.deepcopy(lora_model)
     d = _defense(noise_multiplier=1.0, max_grad_norm=1e-3, poisson_sampling=False)
-    train_local(d, noisy, _opt(noisy), _loader(), CLIENT, 2, _loss)
+    train_local(d.client, noisy, _opt(noisy), _loader(), CLIENT, 2, _loss)
     assert not torch.allclose(_lora(noisy)[sorted(start)[0]], _lora(model)[sorted(start)[0]])
 
 
@@ -102,15 +102,14 @@ def test_epsilon_tracks_steps_per_client(lora_model):
     from opacus.accountants import RDPAccountant
 
     other = ClientInfo(1, "t", 4, 0.0, 8.0)
-    d = DPSGD(DPSGDParams(noise_multiplier=1.0, max_grad_norm=1.0))
-    d.setup(FederationInfo((CLIENT, other), {}, 2, 2, 0))
+    d = Duo(DPSGD(DPSGDParams(noise_multiplier=1.0, max_grad_norm=1.0)), FederationInfo((CLIENT, other), {}, 2, 2, 0))
     assert d.privacy_params()["epsilon"] == 0.0
     for client, steps in ((CLIENT, 3), (other, 1), (CLIENT, 2)):
         model = copy.deepcopy(lora_model)
-        train_local(d, model, _opt(model), _loader(), client, steps, _loss)
+        train_local(d.client, model, _opt(model), _loader(), client, steps, _loss)
     acc = RDPAccountant()
     acc.history = [(1.0, 0.25, 5)]  # q = batch 4 / 16 examples, 5 steps for client 0
-    assert d.steps() == {0: 5, 1: 1}
+    assert d.client.steps() == {0: 5, 1: 1}
     pp = d.privacy_params()
     assert pp["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
     assert pp["epsilon_mean"] < pp["epsilon"]
@@ -120,12 +119,12 @@ def test_epsilon_tracks_steps_per_client(lora_model):
 def test_release_detaches_opacus_from_the_model(lora_model):
     model = copy.deepcopy(lora_model)
     d = _defense(noise_multiplier=0.5)
-    model, opt, loader = d.wrap_training(model, _opt(model), _loader(), CLIENT)
+    model, opt, loader = d.client.wrap_training(model, _opt(model), _loader(), CLIENT)
     opt.zero_grad()
     _loss(model, next(iter(loader))).backward()
     assert private_grads(opt)
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
-    d.release()
+    d.client.release()
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
     assert not any(m._forward_hooks for m in model.modules())
 
@@ -137,9 +136,7 @@ def test_upload_and_aggregation_are_flexlora():
         ClientUpdate(c, 1, {"m": LoRAFactors(torch.randn(c.rank, 6, generator=gen), torch.randn(8, c.rank, generator=gen), c.scale)}, 3, {})
         for c in fed.clients
     ]
-    d, p = DPSGD(), PlainLoRA()
-    d.setup(fed)
-    p.setup(fed)
+    d, p = Duo(DPSGD(), fed), Duo(PlainLoRA(), fed)
     got = d.aggregate([d.protect(u) for u in updates])
     ref = p.aggregate([p.protect(u) for u in updates])
     assert all(torch.equal(got.plain[k], ref.plain[k]) for k in ref.plain)
@@ -176,16 +173,16 @@ def test_list_of_batches_loader_as_the_harness_passes_it(lora_model):
         o.step()
     private = copy.deepcopy(lora_model)
     d = _defense(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
-    train_local(d, private, _opt(private), _batches(), CLIENT, 3, _loss)
+    train_local(d.client, private, _opt(private), _batches(), CLIENT, 3, _loss)
     ref, got = _lora(plain), _lora(private)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
     poisson = _defense(noise_multiplier=1.0)
     model = copy.deepcopy(lora_model)
-    _, _, loader = poisson.wrap_training(model, _opt(model), _batches(), CLIENT)
+    _, _, loader = poisson.client.wrap_training(model, _opt(model), _batches(), CLIENT)
     assert len(loader) == 3
-    poisson.release()
-    assert poisson._engines[0].accountant.history == []  # nothing spent before a step
+    poisson.client.release()
+    assert poisson.client._engines[0].accountant.history == []  # nothing spent before a step
 
 
 def test_empty_poisson_batches_become_a_dummy_row():

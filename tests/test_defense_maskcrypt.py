@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from duo import Duo
 
 from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
@@ -39,7 +40,7 @@ def _updates(fed: FederationInfo, seed: int = 0, kind: str = "weights") -> list[
 
 def _round(defense, fed, updates, negotiate=True):
     defense.setup(fed)
-    if negotiate and hasattr(defense, "negotiate"):
+    if negotiate:
         defense.negotiate(updates)
     payloads = [defense.protect(u) for u in updates]
     message = defense.aggregate(payloads)
@@ -47,7 +48,7 @@ def _round(defense, fed, updates, negotiate=True):
 
 
 def _assert_matches_plain(got, fed, updates, rtol=1e-5):
-    _, _, ref = _round(PlainLoRA(), fed, updates)
+    _, _, ref = _round(Duo(PlainLoRA()), fed, updates)
     for cid, factors in ref.items():
         for name, f in factors.items():
             err = torch.linalg.norm(got[cid][name].delta() - f.delta()) / torch.linalg.norm(f.delta())
@@ -57,9 +58,10 @@ def _assert_matches_plain(got, fed, updates, rtol=1e-5):
 def test_budget_zero_is_plain_lora_exactly():
     fed = _fed()
     updates = _updates(fed)
-    payloads, message, got = _round(MaskCrypt(MaskCryptParams(budget=0.0)), fed, updates)
-    ref_payloads, ref_message, ref = _round(PlainLoRA(), fed, updates)
+    payloads, message, got = _round(Duo(MaskCrypt(MaskCryptParams(budget=0.0))), fed, updates)
+    ref_payloads, ref_message, ref = _round(Duo(PlainLoRA()), fed, updates)
     assert all(not p.cipher for p in payloads)
+    assert all("enc_s" not in p.timings for p in payloads)  # nothing encrypted, no encryption time
     for p, q in zip(payloads, ref_payloads):
         assert p.plain.keys() == q.plain.keys() and all(torch.equal(p.plain[k], q.plain[k]) for k in q.plain)
     assert all(torch.equal(message.plain[k], ref_message.plain[k]) for k in ref_message.plain)
@@ -71,10 +73,11 @@ def test_budget_zero_is_plain_lora_exactly():
 def test_budget_one_hides_every_coordinate_and_stays_exact():
     fed = _fed()
     updates = _updates(fed)
-    d = MaskCrypt(MaskCryptParams(budget=1.0))
+    d = Duo(MaskCrypt(MaskCryptParams(budget=1.0)))
     payloads, message, got = _round(d, fed, updates)
     for u, p in zip(updates, payloads):
         assert not any(k.endswith(("/A", "/B")) for k in p.plain)
+        assert p.timings["enc_s"] > 0
         view = d.observe(p)
         assert not view.has_plaintext
         for name, mod in view.modules.items():
@@ -88,10 +91,15 @@ def test_budget_one_hides_every_coordinate_and_stays_exact():
 def test_tier_budgets_with_consensus_are_exact_and_nested():
     fed = _fed()
     updates = _updates(fed)
-    d = MaskCrypt()
+    d = Duo(MaskCrypt())
     d.setup(fed)
     msgs = d.negotiate(updates)
     assert len(msgs) == len(updates) + 1 and "consensus" in msgs[-1].plain
+    assert all("proposal" in m.plain for m in msgs[:-1])
+    # the consensus reaches the client role only through the reply, equal to the server's own list
+    agreed = d.client._consensus[1]
+    assert len(agreed) > 0 and np.array_equal(agreed, d.server._consensus[1])
+    assert np.array_equal(agreed, msgs[-1].plain["consensus"].numpy())
     payloads = [d.protect(u) for u in updates]
     names = sorted(SHAPES)
     for u, p in zip(updates, payloads):
@@ -111,7 +119,7 @@ def test_tier_budgets_with_consensus_are_exact_and_nested():
 def test_same_rank_clients_hide_nested_sets():
     fed = _fed(ranks=(4, 4), budgets=(0.05, 0.2))
     updates = _updates(fed)
-    d = MaskCrypt()
+    d = Duo(MaskCrypt())
     d.setup(fed)
     d.negotiate(updates)
     small, large = (d.observe(d.protect(u)).modules for u in updates)
@@ -127,7 +135,7 @@ def test_grad_selection_hides_the_most_important_coordinates():
     factors["l0.v_proj"].A[1, 5] += 3.0  # big update and big gradient there
     factors["l0.q_proj"].B[7, 2] += 2.0
     u = dataclasses.replace(u, factors=factors)
-    d = MaskCrypt(MaskCryptParams(budget=0.01))  # ceil(0.01 * 4 * 80) = 4 coordinates
+    d = Duo(MaskCrypt(MaskCryptParams(budget=0.01)))  # ceil(0.01 * 4 * 80) = 4 coordinates
     d.setup(fed)
     view = d.observe(d.protect(u))
     assert bool(view.modules["l0.v_proj"].A_hidden[1, 5]) and bool(view.modules["l0.q_proj"].B_hidden[7, 2])
@@ -137,16 +145,32 @@ def test_grad_selection_hides_the_most_important_coordinates():
 def test_probe_without_consensus_sends_its_keys_and_stays_exact():
     fed = _fed()
     updates = _updates(fed, kind="grad")
-    d = MaskCrypt(MaskCryptParams(selection="random"))
+    d = Duo(MaskCrypt(MaskCryptParams(selection="random")))
     payloads, _, got = _round(d, fed, updates, negotiate=False)
     assert all("hidden_keys" in p.plain for p in payloads)
     _assert_matches_plain(got, fed, updates)
 
 
+def test_probe_in_a_negotiated_round_hides_its_own_proposal():
+    fed = _fed()
+    updates = _updates(fed)
+    d = Duo(MaskCrypt())
+    d.setup(fed)
+    d.negotiate(updates)
+    probe = dataclasses.replace(updates[1], kind="grad")
+    p = d.protect(probe)
+    assert p.meta["mask"] == "own" and p.timings["enc_s"] > 0
+    own = np.sort(d.client.ranked(probe))
+    assert np.array_equal(p.plain["hidden_keys"].numpy(), own)  # its keys travel in plaintext
+    view = d.observe(p)
+    assert view.leaked["mask"] == "own"
+    assert sum(int(m.A_hidden.sum() + m.B_hidden.sum()) for m in view.modules.values()) == len(own) > 0
+
+
 def test_observe_clones():
     fed = _fed()
     updates = _updates(fed)
-    d = MaskCrypt(MaskCryptParams(budget=0.1))
+    d = Duo(MaskCrypt(MaskCryptParams(budget=0.1)))
     d.setup(fed)
     view = d.observe(d.protect(updates[0]))
     mod = view.modules["l0.q_proj"]
@@ -161,7 +185,7 @@ def test_consensus_orders_by_votes_then_position():
 
 def test_she_lora_basis_matches_the_column_budget():
     fed = _fed(ranks=(4,), budgets=(0.125,))
-    d = MaskCrypt(MaskCryptParams(basis="she_lora"))
+    d = Duo(MaskCrypt(MaskCryptParams(basis="she_lora")))
     d.setup(fed)
     assert d.privacy_params()["encrypted_fraction"] == pytest.approx(16 / (4 * 72))
     names = sorted(SHAPES)

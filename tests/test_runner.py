@@ -9,21 +9,25 @@ from benchmark.config import ComponentSpec
 from benchmark.results import read_rows
 from benchmark.runner import Overrides, execute, plan, resolve_suite, write_manifest
 from defenses import DEFENSES
-from defenses.plain_lora import PlainLoRA
+from defenses.plain_lora import PlainLoRA, PlainServer
 
 REQUIRED = ("run_id", "cell_id", "scenario", "defense", "attack", "attack_mode", "seed", "status", "error",
             "utility_metric", "utility", "rouge1", "rouge2", "rougeL", "token_recall", "exact_match",
             "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "enc_s", "dec_s", "agg_s",
-            "train_s", "attack_s", "peak_rss_mb", "epsilon", "encrypted_fraction", "git_commit")
+            "train_s", "attack_s", "peak_rss_mb", "epsilon", "encrypted_fraction", "git_commit",
+            "threat_init", "observation", "probe_round", "probe_batch_size", "start_known", "server_saw")
+
+
+class ExplodingServer(PlainServer):
+    def aggregate(self, payloads):
+        raise RuntimeError("planted failure")
 
 
 class ExplodingDefense(PlainLoRA):
     """plain_lora that fails on the server side, to prove one bad cell does not stop a run."""
 
     name = "exploding_test"
-
-    def aggregate(self, payloads):
-        raise RuntimeError("planted failure")
+    Server = ExplodingServer
 
 
 @pytest.fixture
@@ -51,6 +55,7 @@ def test_rows_have_required_columns_and_a_failing_cell_does_not_stop_the_run(tmp
         assert col in ok
     assert ok["utility_metric"] == "accuracy" and 0 <= ok["utility"] <= 1
     assert ok["bytes_up_per_client_round"] > 0 and ok["agg_rel_err"] < 1e-5
+    assert (ok["threat_init"], ok["observation"], ok["probe_round"]) == ("server", "grad", 1)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {"argv", "git", "packages", "machine", "suite", "scenarios"} <= set(manifest)
     assert read_rows(run_dir / "rows.jsonl") == rows

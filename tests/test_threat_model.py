@@ -1,0 +1,161 @@
+"""The attacker is the server and knows only its transcript: checks that can fail, for every defense.
+
+- A fresh server role that only replays the recorded transcript builds the very same attacker view
+  as the engine did: the view is a function of messages (plus public facts), never of client state.
+- The server role's object graph reaches no client object, no secret key, no client tensor.
+- The start the attacker gets is what the server sent or can compute: nothing for factors a client
+  drew privately (the leak the old harness had), an estimate where ciphertext stands in the way.
+"""
+
+from __future__ import annotations
+
+import gc
+import types
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from benchmark.api import ClientRole, ClientUpdate, Defense, LoRAFactors
+from benchmark.federated import Federation, probe_target
+from benchmark.lora import LoRAHost
+from benchmark.runner import resolve_scenario
+from benchmark.transcript import Transcript, attacker_view
+from defenses import DEFENSES
+from she_lora import ckks
+from she_lora.lowrank import relative_error
+
+ALL = DEFENSES.names()
+
+
+def federation(name: str, **threat) -> Federation:
+    torch.set_num_threads(1)
+    scenario = resolve_scenario("tiny", {"rounds": 2, "threat": threat or {"round": 2, "observation": "sgd"}})
+    defense = DEFENSES.get(name)()
+    fed = Federation(scenario, defense, seed=0)
+    fed.result = fed.run()
+    return fed
+
+
+@pytest.fixture(scope="module")
+def round2() -> dict[str, Federation]:
+    return {name: federation(name) for name in ALL}
+
+
+def replay(defense: Defense, transcript: Transcript, fed_info) -> None:
+    """Drive a server role with the transcript's messages only, in their recorded order."""
+    hello, proposals, uploads, ready = [], [], [], False
+    for m in transcript.messages:
+        if m.kind == "setup":
+            hello.append(m.payload)
+            continue
+        if not ready:
+            defense.server.setup(fed_info, hello)
+            ready = True
+        if m.kind == "negotiation" and m.direction == "up":
+            proposals.append(m.payload)
+        elif m.kind == "negotiation":
+            defense.server.negotiate(proposals)
+            proposals = []
+        elif m.kind == "upload":
+            uploads.append(m.payload)
+        elif m.kind == "broadcast" and uploads:
+            defense.server.aggregate(uploads)
+            uploads = []
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, LoRAFactors):
+        return same(a.A, b.A) and same(a.B, b.B) and a.scale == b.scale
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if hasattr(a, "__dataclass_fields__"):
+        return all(same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
+    return a == b
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_view_is_a_function_of_the_transcript_alone(name, round2):
+    fed = round2[name]
+    engine_view = fed.result.probe.probe_view
+    fresh = DEFENSES.get(name)()  # never met a client: it knows only the replayed messages
+    replay(fresh, fed.channel.transcript, fed.fed)
+    client = fed.clients[probe_target(fed.scenario, 0)]
+    th = fed.scenario.threat
+    view = attacker_view(fresh.server, fed.channel.transcript, client, th.round, "probe", fed.public,
+                         lr=th.lr, local_steps=th.steps, batch_size=th.batch_size)
+    for field in ("defense", "kind", "modules", "leaked", "cipher_bytes", "prev", "start_known", "lr", "batch_size"):
+        assert same(getattr(view, field), getattr(engine_view, field)), f"{name}: {field} differs on replay"
+
+
+def reachable(root: object) -> Iterator[object]:
+    """Every object reachable from ``root`` by references, skipping modules, classes and code."""
+    seen, stack = {id(root)}, [root]
+    skip = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+    while stack:
+        obj = stack.pop()
+        yield obj
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, skip):
+                seen.add(id(ref))
+                stack.append(ref)
+
+
+def storages(root: object) -> set[int]:
+    return {o.untyped_storage().data_ptr() for o in reachable(root) if isinstance(o, torch.Tensor) and o.numel()}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_server_role_reaches_no_client_object_secret_key_or_client_tensor(name, round2):
+    fed = round2[name]
+    server, client = fed.defense.server, fed.defense.client
+    for obj in reachable(server):
+        assert not isinstance(obj, ClientRole | ClientUpdate | LoRAHost), f"{name}: server reaches {type(obj).__name__}"
+        assert not (isinstance(obj, ckks.CKKSContext) and obj.has_secret_key), f"{name}: server holds a secret key"
+        assert "SecretKey" not in type(obj).__name__, f"{name}: server holds {type(obj).__name__}"
+    assert not storages(server) & storages(client), f"{name}: server and client roles share tensor memory"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_privately_drawn_start_never_reaches_the_attacker(name):
+    """The old harness handed every attack the client's round-1 factors although nothing was sent."""
+    fed = federation(name, round=1, observation="grad", init="client")
+    view = fed.result.probe.probe_view
+    assert not any(m.kind == "init" for m in fed.channel.transcript.messages)
+    assert view.prev is None and view.start_known == "none"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_server_drawn_start_is_known_exactly(name):
+    fed = federation(name, round=1, observation="grad", init="server")
+    view = fed.result.probe.probe_view
+    assert view.start_known == "exact"
+    for n, f in fed.probe_start.items():
+        assert torch.equal(view.prev[n].A, f.A) and torch.equal(view.prev[n].B, f.B)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_later_start_is_known_only_as_far_as_the_broadcast_is_readable(name, round2):
+    fed = round2[name]
+    view, truth = fed.result.probe.probe_view, fed.probe_start
+    if name == "full_he":
+        assert view.prev is None and view.start_known == "none"
+        return
+    err = max(relative_error(view.prev[n].delta(), truth[n].delta()) for n in truth)
+    if name in ("she_lora", "maskcrypt"):  # encrypted parts of the aggregate stand in the way
+        assert view.start_known == "estimate" and err > 0.05
+    else:  # the server replays the client's finalize from its own broadcast
+        assert view.start_known == "exact" and err < 1e-5
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_hidden_values_are_zero_in_the_view(name, round2):
+    view = round2[name].result.probe.probe_view
+    for m in view.modules.values():
+        for factor, mask in ((m.A, m.A_hidden), (m.B, m.B_hidden)):
+            if factor is not None and mask is not None:
+                assert mask.shape == factor.shape and torch.all(factor[mask] == 0)
