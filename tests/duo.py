@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from benchmark.api import AttackerView, ClientInfo, ClientUpdate, Defense, FederationInfo, LoRAFactors, WirePayload
+from benchmark.api import (
+    AttackerView,
+    ClientInfo,
+    ClientUpdate,
+    Defense,
+    FederationInfo,
+    LoRAFactors,
+    WirePayload,
+)
 from benchmark.protocol import negotiate, setup_roles
 from benchmark.transcript import Channel, wire_copy
 
