@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from benchmark.config import ConfigError  # noqa: E402
@@ -361,6 +362,10 @@ def _hbars(ax: Any, labels: Sequence[str], values: Sequence[float], title: str, 
     ax.invert_yaxis()
     if log:
         ax.set_xscale("log")
+    else:
+        ax.locator_params(axis="x", nbins=4)
+    if title.split(": ")[-1].startswith("bytes"):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(v) if v > 0 else "0"))
     trans = blended_transform_factory(ax.transAxes, ax.transData)
     for i, v in enumerate(vals):
         if not v > 0:
@@ -407,7 +412,7 @@ def _plot_tiers(tiers: pd.DataFrame, df: pd.DataFrame, path: Path) -> bool:
         return False
     data = pd.DataFrame(records)
     scenarios = list(dict.fromkeys(data["scenario"]))
-    fig, axes = _panels(len(scenarios), width=6.0, height=0.5 * data["defense"].nunique() * data["tier"].nunique() / 2 + 2.5, cols=2)
+    fig, axes = _panels(len(scenarios), width=6.0, height=0.22 * data["defense"].nunique() * data["tier"].nunique() + 1.5, cols=2)
     for ax, scenario in zip(axes, scenarios):
         pivot = data[data["scenario"] == scenario].pivot_table(index="defense", columns="tier", values="bytes_up",
                                                                 aggfunc="mean", sort=False)
@@ -426,6 +431,7 @@ def _plot_tiers(tiers: pd.DataFrame, df: pd.DataFrame, path: Path) -> bool:
         ax.invert_yaxis()
         if (pivot.to_numpy() > 0).any():
             ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(v)))
         ax.set_xlabel("upload bytes per client-round ↓ (log)")
         ax.set_title(f"{scenario}: per-tier upload cost", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="tier (rank)", title_fontsize=7)
