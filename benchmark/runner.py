@@ -75,7 +75,11 @@ def resolve_scenario(ref: str, overrides: Mapping[str, Any] | None = None) -> Sc
 def resolve_suite(ref: str) -> SuiteConfig:
     name, data = _toml_for(SUITES, ref)
     data.setdefault("name", name)
-    return suite_from_dict(data, f"suite {name!r}")
+    try:
+        return suite_from_dict(data, "suite")
+    except ConfigError as exc:  # name the file the problem is in
+        source = ref if ref.endswith(".toml") else SUITES.target(ref)
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 @dataclass(frozen=True)
