@@ -129,8 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "show": cmd_show, "env": cmd_env}[args.command](args, argv)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
+    except (ConfigError, RegistryError) as exc:
         print(f"shebench: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the run needs: name it
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"shebench: error:{where}: {exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("shebench: interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)

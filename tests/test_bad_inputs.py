@@ -113,7 +113,7 @@ SUITES = [
 GOOD_CSV = "text,label\n" + "".join(f"sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60))
 
 DATA_FILES = [
-    ("csv-not-utf8", "d.csv", "text,label\nfine,pos\n".encode() + b"caf\xe9 bad,neg\n", "d.csv:3: not UTF-8"),
+    ("csv-not-utf8", "d.csv", b"text,label\nfine,pos\n" + b"caf\xe9 bad,neg\n", "d.csv:3: not UTF-8"),
     ("csv-missing-label", "d.csv", b"text,label\nfine,pos\nno label here\n", "d.csv:3: 'label' is missing"),
     ("csv-empty-label", "d.csv", b"text,label\nfine,pos\nempty label,\n", "d.csv:3: 'label' is empty"),
     ("csv-empty-text", "d.csv", b"text,label\nfine,pos\n,neg\n", "d.csv:3: 'text' is empty"),
