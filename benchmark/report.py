@@ -1,35 +1,100 @@
 """``shebench report``: markdown tables and PNG plots from one or more runs.
 
-Tables: the privacy matrix (defense x attack/mode, mean +- std over seeds), utility and cost per
-defense, per-tier costs, and cost scenarios. Arrows mark each metric's direction.
+Tables: the privacy matrix (defense x attack/mode, mean +- std over seeds; abstentions, failures and
+incompatible pairs shown as such, never as a score), the threat model per scenario and defense,
+utility and cost per defense, per-tier costs, and cost scenarios. Arrows mark each metric's direction:
+attack metrics take theirs from the rows' ``metric_directions``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from benchmark.config import ConfigError  # noqa: E402
 from benchmark.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
 
+# Columns the report reads; rows written before a column existed get it as missing.
+REPORT_COLUMNS = ("run_id", "scenario", "defense", "defense_name", "attack", "attack_mode", "seed", "status", "error",
+                  "rouge1", "mia_auc", "utility", "per_tier", "probe_rank", "probe_batch_size", "probe_observation",
+                  "attack_note", "metric_directions", "threat_init", "observation", "probe_round", "start_known",
+                  "server_saw", "git_commit", "null_reasons")
 
-def arrow(metric: str) -> str:
+
+def arrow(metric: str, directions: dict[str, bool] | None = None) -> str:
+    """`` ↑`` where a higher value is better for the defended side, `` ↓`` where lower is."""
+    if directions and metric in directions:  # True: higher means the attack succeeded more
+        return " ↓" if directions[metric] else " ↑"
     if metric not in HIGHER_IS_BETTER:
         return ""
     return " ↑" if HIGHER_IS_BETTER[metric] else " ↓"
 
 
-def load_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
+def _directions(rows: pd.DataFrame) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    if "metric_directions" in rows:
+        for d in rows["metric_directions"]:
+            if isinstance(d, dict):
+                out.update({str(k): bool(v) for k, v in d.items()})
+    return out
+
+
+def _manifest(run: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _current_cells(manifest: dict[str, Any]) -> dict[str, str]:
+    """cell_key -> cell_id of the run's current cells (from its manifest)."""
+    cells = manifest.get("cells")
+    if not isinstance(cells, list):
+        return {}
+    return {c["cell_key"]: c["cell_id"] for c in cells if isinstance(c, dict) and c.get("cell_key") and c.get("cell_id")}
+
+
+def _fill_threat(row: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """Rows written before the threat fields existed: take them from the run's resolved scenario."""
+    scenario = (manifest.get("scenarios") or {}).get(row.get("scenario"))
+    threat = scenario.get("threat") if isinstance(scenario, dict) else None
+    if not isinstance(threat, dict) or row.get("threat_init") is not None:
+        return row
+    return {**row, "threat_init": threat.get("init"), "observation": row.get("observation") or threat.get("observation"),
+            "probe_round": threat.get("round"), "probe_batch_size": row.get("probe_batch_size") or threat.get("batch_size")}
+
+
+def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd.DataFrame:
+    """The latest row per cell of each run. Rows computed with code or data the run has since moved on
+    from (stale: their cell key now maps to another cell id) are left out and counted in ``problems``."""
     rows = []
     for run in run_dirs:
-        rows += latest_rows(read_rows(Path(run) / "rows.jsonl"))
-    return pd.DataFrame(rows)
+        run = Path(run)
+        manifest = _manifest(run)
+        latest = [_fill_threat(r, manifest) for r in latest_rows(read_rows(run / "rows.jsonl", problems))]
+        current = _current_cells(manifest)
+        stale = [r for r in latest if r.get("cell_key") in current and current[r["cell_key"]] != r["cell_id"]]
+        if stale and problems is not None:
+            problems.append(f"{run / 'rows.jsonl'}: {len(stale)} rows were computed with older code or data and are "
+                            "left out; re-run the run's command to recompute them")
+        rows += [r for r in latest if not any(r is s for s in stale)]
+    df = pd.DataFrame(rows)
+    for col in REPORT_COLUMNS:
+        if col not in df:
+            df[col] = None
+    return df
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -62,29 +127,125 @@ def _mean_std(series: pd.Series, metric: str) -> str:
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
+    def cell(v: Any) -> str:
+        return " ".join(str(v).split()).replace("|", "\\|")
+
+    cols = [cell(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(v) for v in r.tolist()) + " |")
+        lines.append("| " + " | ".join(cell(v) for v in r.tolist()) + " |")
     return "\n".join(lines)
 
 
-def privacy_matrix(df: pd.DataFrame) -> pd.DataFrame:
-    attacked = df[(df["attack"] != "none") & df["status"].isin(["ok", "incompatible"])]
+def headline_metric(group: pd.DataFrame) -> str:
+    """The metric a privacy-matrix cell shows: the first one the attack declared (``metric_directions``)
+    that has values, else membership AUC or ROUGE-1."""
+    for d in group["metric_directions"]:
+        if isinstance(d, dict):
+            for metric in d:
+                if metric in group and pd.to_numeric(group[metric], errors="coerce").notna().any():
+                    return metric
+    return "mia_auc" if group["mia_auc"].notna().any() else "rouge1"
+
+
+def _short_reason(row: pd.Series) -> str:
+    text = row.get("attack_note") if row.get("status") != "failed" else row.get("error")
+    return " ".join(str(text or "no reason given").split())[:300]
+
+
+def privacy_matrix(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
+    """Scenario/defense x attack/mode. A cell is a score (over the seeds that scored), or the reason there
+    is none: ``abstained [n]`` (reason n in ``notes``), ``failed``, ``incompatible``; ``not run`` where the
+    suite does not pair them. Partial results say how many seeds did not score."""
+    attacked = df[(df["attack"].fillna("none") != "none")]
     if attacked.empty:
         return pd.DataFrame()
     attacked = attacked.assign(col=attacked["attack"] + "/" + attacked["attack_mode"].fillna(""))
     multi = attacked["scenario"].nunique() > 1
+    notes = notes if notes is not None else []
     out: dict[str, dict[str, str]] = {}
     for (scenario, defense, col), group in attacked.groupby(["scenario", "defense", "col"], sort=False):
-        metric = "mia_auc" if group["mia_auc"].notna().any() else "rouge1"
+        metric = headline_metric(group)
         key = f"{scenario} / {defense}" if multi else defense
         ok = group[group["status"] == "ok"]
-        value = _mean_std(ok[metric], metric) if not ok.empty else "incompatible"
-        out.setdefault(key, {})[f"{col} ({metric}{arrow(metric)})"] = value
+        parts = []
+        if not ok.empty:
+            parts.append(_mean_std(ok[metric], metric))
+        for status in ("abstained", "failed", "incompatible"):
+            these = group[group["status"] == status]
+            if these.empty:
+                continue
+            word = status if ok.empty else f"{len(these)}/{len(group)} {status}"
+            if status == "abstained":
+                for reason in dict.fromkeys(_short_reason(r) for _, r in these.iterrows()):
+                    if reason not in notes:
+                        notes.append(reason)
+                    word += f" [{notes.index(reason) + 1}]"
+            parts.append(word)
+        out.setdefault(key, {})[f"{col} ({metric}{arrow(metric, _directions(group))})"] = "; ".join(parts) or "–"
     table = pd.DataFrame(out).T.fillna("not run")
     table.index.name = "scenario / defense" if multi else "defense"
     return table.reset_index()
+
+
+def threat_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario and defense: who drew the round-1 factors, what the server observed and when, what it
+    received from the target and what it knew of the target's start. Old rows lack some fields: shown as –."""
+    fed = df[df["attack"].fillna("none") != "none"]
+    if fed.empty:
+        return pd.DataFrame()
+    fields = (("threat_init", "init"), ("observation", "observation"), ("probe_round", "round"),
+              ("probe_batch_size", "batch"), ("server_saw", "server saw"), ("start_known", "start known"))
+    records = []
+    for (scenario, defense), group in fed.groupby(["scenario", "defense"], sort=False):
+        rec = {"scenario": scenario, "defense": defense}
+        for col, title in fields:
+            values = group[col] if col in group else pd.Series(dtype=object)
+            if col == "observation" and values.isna().all():
+                values = group["probe_observation"]
+            uniq = [v for v in dict.fromkeys(values.dropna().tolist()) if v != ""]
+            rec[title] = ", ".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in uniq) or "–"
+        records.append(rec)
+    table = pd.DataFrame(records)
+    if (table[["init", "server saw", "start known"]] == "–").all().all() and (table["observation"] == "–").all():
+        return pd.DataFrame()
+    return table
+
+
+def summary_table(run_dir: Path, cells: set[str] | None = None) -> str:
+    """A compact text table for the end of a run: scenario/defense x attack, utility and each attack's
+    headline metric (naive/adaptive), or the status word where there is no score."""
+    df = load_runs([run_dir])
+    if cells is not None and not df.empty:
+        df = df[df["cell_id"].isin(cells)]
+    if df.empty:
+        return "(no rows)"
+    multi = df["scenario"].nunique() > 1
+    attacks = [a for a in dict.fromkeys(df["attack"].fillna("none")) if a != "none"]
+    header = ["scenario / defense" if multi else "defense", "utility ↑"]
+    lines: list[list[str]] = []
+    for (scenario, defense), group in df.groupby(["scenario", "defense"], sort=False):
+        ok = group[group["status"] == "ok"]
+        utility = _mean_std(ok.drop_duplicates("seed")["utility"], "utility") if not ok.empty else group["status"].iloc[0]
+        line = [f"{scenario} / {defense}" if multi else str(defense), utility]
+        for attack in attacks:
+            these = group[group["attack"] == attack]
+            cells_ = []
+            for _, by_mode in these.groupby(these["attack_mode"].fillna(""), sort=False):
+                metric = headline_metric(by_mode)
+                scored = by_mode[by_mode["status"] == "ok"]
+                cells_.append(_mean_std(scored[metric], metric) if not scored.empty else str(by_mode["status"].iloc[0]))
+            line.append("/".join(cells_) or "·")
+        lines.append(line)
+    for attack in attacks:
+        sub = df[df["attack"] == attack]
+        metric = headline_metric(sub) if not sub.empty else "rouge1"
+        modes = "/".join(m for m in dict.fromkeys(sub["attack_mode"].fillna("")) if m)
+        header.append(f"{attack} {metric}{arrow(metric, _directions(sub))}" + (f" ({modes})" if "/" in modes else ""))
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    table = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
+    return "\n".join(t.rstrip() for t in table)
 
 
 def rank_sweep(df: pd.DataFrame, attack: str = "dager") -> pd.DataFrame:
@@ -135,86 +296,176 @@ def tier_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def _plot_privacy_utility(df: pd.DataFrame, path: Path) -> bool:
-    attacked = df[(df["status"] == "ok") & df["rouge1"].notna()]
-    if attacked.empty:
-        return False
-    worst = attacked.groupby("defense")["rouge1"].max()
-    utility = df[df["status"] == "ok"].groupby("defense")["utility"].mean()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for defense in worst.index:
-        ax.scatter(utility.get(defense), worst[defense], s=60)
-        ax.annotate(defense, (utility.get(defense), worst[defense]), textcoords="offset points", xytext=(5, 4))
-    ax.set_xlabel("utility (accuracy) ↑")
-    ax.set_ylabel("strongest attack ROUGE-1 ↓")
-    ax.set_title("Privacy vs utility (best corner: bottom right)")
-    ax.grid(alpha=0.3)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _styles(names: Sequence[str]) -> dict[str, tuple[Any, str, float]]:
+    """A fixed color, marker and size per name (sizes shrink so that coinciding points stay visible)."""
+    colors = plt.get_cmap("tab10").colors
+    return {n: (colors[i % 10], MARKERS[i % len(MARKERS)], 150 - 10 * (i % 8)) for i, n in enumerate(names)}
+
+
+def _panels(n: int, width: float = 5.0, height: float = 4.0, cols: int = 3) -> tuple[Any, list[Any]]:
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _plot_privacy_utility(df: pd.DataFrame, path: Path) -> bool:
+    """One panel per scenario: each defense's utility against its strongest attack's ROUGE-1."""
+    ok = df[df["status"] == "ok"]
+    scenarios = [s for s in dict.fromkeys(ok["scenario"]) if ok[(ok["scenario"] == s)]["rouge1"].notna().any()
+                 and ok[(ok["scenario"] == s)]["utility"].notna().any()]
+    if not scenarios:
+        return False
+    styles = _styles(list(dict.fromkeys(df["defense"])))
+    fig, axes = _panels(len(scenarios))
+    for ax, scenario in zip(axes, scenarios):
+        rows = ok[ok["scenario"] == scenario]
+        scored = rows[rows["rouge1"].notna()]
+        worst = scored.groupby(["defense", "attack", "attack_mode"])["rouge1"].mean().groupby("defense").max()
+        utility = rows.drop_duplicates(["defense", "seed"]).groupby("defense")["utility"].mean()
+        for defense in worst.index:
+            color, marker, size = styles[defense]
+            ax.scatter(utility.get(defense), worst[defense], s=size, marker=marker, facecolors="none",
+                       edgecolors=color, linewidths=2, label=f"{defense} ({utility.get(defense, float('nan')):.2f}, {worst[defense]:.2f})")
+        ax.set_xlabel("utility ↑")
+        ax.set_ylabel("strongest attack ROUGE-1 ↓")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(f"{scenario}: privacy vs utility\n(best corner: bottom right)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="defense (utility, ROUGE-1)",
+                  title_fontsize=7, frameon=False)
+    _save(fig, path)
     return True
 
 
+def _hbars(ax: Any, labels: Sequence[str], values: Sequence[float], title: str, colors: Sequence[Any]) -> None:
+    """Horizontal bars, log scale where values span decades; zeros and missing values are written as
+    text at the axis instead of being drawn at an arbitrary floor."""
+    vals = [float(v) if v is not None and not pd.isna(v) else float("nan") for v in values]
+    positive = [v for v in vals if v > 0]
+    log = bool(positive) and max(positive) / min(positive) > 50
+    y = range(len(vals))
+    ax.barh(list(y), [v if v > 0 else 0 for v in vals], color=colors)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    else:
+        ax.locator_params(axis="x", nbins=4)
+    if title.split(": ")[-1].startswith("bytes"):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(v) if v > 0 else "0"))
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    for i, v in enumerate(vals):
+        if not v > 0:
+            ax.text(0.01, i, "0" if v == 0 else "n/a", transform=trans, va="center", fontsize=8, color="dimgray")
+    ax.set_title(title + (" (log)" if log else ""), fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _sims(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"].drop_duplicates(subset=["scenario", "defense", "seed"])
+
+
 def _plot_costs(df: pd.DataFrame, path: Path) -> bool:
-    sims = df[df["status"] == "ok"].drop_duplicates(subset=["scenario", "defense", "seed"])
+    """Rows: scenarios; columns: upload bytes, encryption time, aggregation time; one bar per defense."""
+    sims = _sims(df)
     if sims.empty:
         return False
-    metrics = [m for m in ("bytes_up_per_client_round", "enc_s", "agg_s") if sims[m].notna().any()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        values = sims.groupby(["scenario", "defense"])[metric].mean().clip(lower=1e-6)
-        labels = [f"{d}\n{s}" if sims["scenario"].nunique() > 1 else d for s, d in values.index]
-        ax.bar(range(len(values)), values.values, color="tab:blue")
-        ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_title(f"{metric}{arrow(metric)} (log)")
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    metrics = [m for m in ("bytes_up_per_client_round", "enc_s", "agg_s") if m in sims and sims[m].notna().any()]
+    scenarios = list(dict.fromkeys(sims["scenario"]))
+    if not metrics:
+        return False
+    styles = _styles(list(dict.fromkeys(df["defense"])))
+    fig, axes = plt.subplots(len(scenarios), len(metrics), figsize=(4.8 * len(metrics), 0.45 * sims["defense"].nunique() * len(scenarios) + 1.6 * len(scenarios)),
+                             squeeze=False)
+    for r, scenario in enumerate(scenarios):
+        rows = sims[sims["scenario"] == scenario]
+        for c, metric in enumerate(metrics):
+            values = rows.groupby("defense", sort=False)[metric].mean()
+            _hbars(axes[r][c], list(values.index), values.tolist(), f"{scenario}: {metric}{arrow(metric)}",
+                   [styles[d][0] for d in values.index])
+    _save(fig, path)
     return True
 
 
 def _plot_tiers(tiers: pd.DataFrame, df: pd.DataFrame, path: Path) -> bool:
-    sims = df[df["status"] == "ok"].drop_duplicates(subset=["scenario", "defense", "seed"])
+    """One panel per scenario: upload bytes per client-round of each tier, per defense."""
     records = []
-    for _, row in sims.iterrows():
+    for _, row in _sims(df).iterrows():
         if isinstance(row.get("per_tier"), dict):
             for tier, v in row["per_tier"].items():
-                records.append({"defense": row["defense"], "tier": f"{tier} (r{v.get('rank')})", "bytes_up": v.get("bytes_up", 0)})
+                records.append({"scenario": row["scenario"], "defense": row["defense"],
+                                "tier": f"{tier} (r{v.get('rank')})", "bytes_up": v.get("bytes_up")})
     if not records:
         return False
-    pivot = pd.DataFrame(records).pivot_table(index="defense", columns="tier", values="bytes_up", aggfunc="mean")
-    ax = pivot.plot.bar(figsize=(7, 4), logy=True, rot=30)
-    ax.set_ylabel("upload bytes per client-round ↓ (log)")
-    ax.set_title("Per-tier upload cost")
-    ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=120)
-    plt.close(ax.figure)
+    data = pd.DataFrame(records)
+    scenarios = list(dict.fromkeys(data["scenario"]))
+    fig, axes = _panels(len(scenarios), width=6.0, height=0.22 * data["defense"].nunique() * data["tier"].nunique() + 1.5, cols=2)
+    for ax, scenario in zip(axes, scenarios):
+        pivot = data[data["scenario"] == scenario].pivot_table(index="defense", columns="tier", values="bytes_up",
+                                                                aggfunc="mean", sort=False)
+        n_tiers = len(pivot.columns)
+        height = 0.8 / max(n_tiers, 1)
+        colors = plt.get_cmap("viridis")([i / max(n_tiers - 1, 1) for i in range(n_tiers)])
+        trans = blended_transform_factory(ax.transAxes, ax.transData)
+        for j, tier in enumerate(pivot.columns):
+            ys = [i - 0.4 + height * (j + 0.5) for i in range(len(pivot.index))]
+            vals = pivot[tier].tolist()
+            ax.barh(ys, [v if v and v > 0 else 0 for v in vals], height=height, color=colors[j], label=tier)
+            for yy, v in zip(ys, vals):
+                if not (v and v > 0):
+                    ax.text(0.01, yy, "0" if v == 0 else "n/a", transform=trans, va="center", fontsize=7, color="dimgray")
+        ax.set_yticks(range(len(pivot.index)), list(pivot.index), fontsize=8)
+        ax.invert_yaxis()
+        if (pivot.to_numpy() > 0).any():
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(v)))
+        ax.set_xlabel("upload bytes per client-round ↓ (log)")
+        ax.set_title(f"{scenario}: per-tier upload cost", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="tier (rank)", title_fontsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
     return True
 
 
-def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
-    """Write ``report.md`` and its PNG plots into ``out_dir``; returns the report's path."""
+def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | None = None) -> Path:
+    """Write ``report.md`` and its PNG plots into ``out_dir``; returns the report's path. Unreadable
+    lines of rows files and stale rows are skipped and described in ``problems``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df = load_runs(run_dirs)
+    problems = problems if problems is not None else []
+    df = load_runs(run_dirs, problems)
     if df.empty:
-        raise ValueError(f"no rows in {', '.join(map(str, run_dirs))}")
-    for col in ("rouge1", "mia_auc", "utility", "per_tier", "attack_mode", "defense_name", "probe_rank", "probe_batch_size"):
-        if col not in df:
-            df[col] = None
+        raise ConfigError(f"no rows to report in {', '.join(map(str, run_dirs))} (the run has not finished a cell yet)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = df["status"].value_counts()
     lines = ["# shebench report", ""]
-    lines.append(f"Runs: {', '.join(sorted(df['run_id'].dropna().unique()))}. "
-                 f"Rows: {len(df)} ({(df['status'] == 'ok').sum()} ok, {(df['status'] == 'failed').sum()} failed, "
-                 f"{(df['status'] == 'incompatible').sum()} incompatible). Seeds: {sorted(df['seed'].dropna().unique().tolist())}. "
+    lines.append(f"Runs: {', '.join(sorted(df['run_id'].dropna().astype(str).unique()))}. "
+                 f"Rows: {len(df)} ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('ok', 'failed', 'incompatible', 'abstained'))}). "
+                 f"Seeds: {sorted(df['seed'].dropna().unique().tolist())}. "
                  f"Commits: {', '.join(sorted({str(c)[:10] for c in df['git_commit'].dropna()}))}.")
     lines.append("")
-    lines.append("↑ higher is better, ↓ lower is better. Attack metrics measure the attacker: lower means a stronger defense. "
-                 "Values are mean ± std over seeds. 'incompatible': the defense leaves the attack nothing to work on "
-                 "(e.g. ciphertext only); 'not run': the suite does not pair that scenario with that attack.")
+    lines.append("↑ higher is better, ↓ lower is better (for the defended side). Attack metrics measure the attacker: "
+                 "lower means a stronger defense. Values are mean ± std over the seeds that scored. "
+                 "'abstained [n]': the attack gave up for reason n (below); it is neither a defense win nor an error. "
+                 "'incompatible': the defense leaves the attack nothing to work on (e.g. ciphertext only); "
+                 "'failed': an error (see Failed cells); 'not run': the suite does not pair that scenario with that attack.")
+    notes: list[str] = []
+    matrix = privacy_matrix(df, notes)
     sections = [
-        ("Privacy matrix (attack success per defense)", privacy_matrix(df)),
+        ("Privacy matrix (attack success per defense)", matrix),
+        ("Threat model (what the curious server saw and knew)", threat_table(df)),
         ("Utility and cost per defense", cost_table(df)),
         ("Per-tier cost (heterogeneous clients)", tier_table(df)),
         ("DAGER ROUGE-1 ↓ on unprotected updates as tokens outgrow the LoRA rank", rank_sweep(df)),
@@ -222,21 +473,37 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     for title, table in sections:
         if table is not None and not table.empty:
             lines += ["", f"## {title}", "", _markdown(table)]
+            if table is matrix and notes:
+                lines += ["", "Abstentions:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, start=1)]
+    nulls = _null_notes(df)
+    if nulls:
+        lines += ["", "Values written as null: " + "; ".join(nulls) + "."]
     plots = [("privacy_vs_utility.png", _plot_privacy_utility(df, out_dir / "privacy_vs_utility.png")),
              ("costs.png", _plot_costs(df, out_dir / "costs.png")),
              ("tiers.png", _plot_tiers(tier_table(df), df, out_dir / "tiers.png"))]
-    extra = _extra_sections(df, out_dir)
-    lines += extra
+    lines += _extra_sections(df, out_dir)
     made = [name for name, ok in plots if ok]
     if made:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in made]
     failed = df[df["status"] == "failed"]
     if not failed.empty:
         lines += ["", "## Failed cells", "", _markdown(failed[["scenario", "defense", "attack", "attack_mode", "seed", "error"]])]
+    if problems:
+        lines += ["", "## Skipped lines", ""] + [f"- {p}" for p in problems[:50]]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "report_rows.json").write_text(json.dumps({"rows": len(df)}))
     return path
+
+
+def _null_notes(df: pd.DataFrame) -> list[str]:
+    seen: dict[str, set[str]] = {}
+    for _, row in df.iterrows():
+        reasons = row.get("null_reasons")
+        if isinstance(reasons, dict):
+            for key, why in reasons.items():
+                seen.setdefault(str(key), set()).add(f"{row['defense']}: {why}")
+    return [f"{key} ({', '.join(sorted(v))})" for key, v in sorted(seen.items())]
 
 
 def _extra_sections(df: pd.DataFrame, out_dir: Path) -> list[str]:

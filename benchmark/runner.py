@@ -7,14 +7,16 @@ cells are run in groups. A group whose cells are all finished is skipped: re-run
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from benchmark.config import (
     ScenarioConfig,
     SuiteConfig,
     build,
+    check_label,
     field_names,
     load_toml,
     merge,
@@ -39,7 +42,7 @@ from benchmark.config import (
 )
 from benchmark.provenance import provenance
 from benchmark.registry import Registry
-from benchmark.results import append_row, empty_row, finished_cells
+from benchmark.results import FINISHED, append_row, dumps, empty_row, finished_cells, latest_rows, read_rows
 
 log = logging.getLogger("shebench")
 
@@ -72,7 +75,11 @@ def resolve_scenario(ref: str, overrides: Mapping[str, Any] | None = None) -> Sc
 def resolve_suite(ref: str) -> SuiteConfig:
     name, data = _toml_for(SUITES, ref)
     data.setdefault("name", name)
-    return suite_from_dict(data, f"suite {name!r}")
+    try:
+        return suite_from_dict(data, "suite")
+    except ConfigError as exc:  # name the file the problem is in
+        source = ref if ref.endswith(".toml") else SUITES.target(ref)
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,10 @@ def parse_overrides(items: Sequence[str]) -> Overrides:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        value = parse_value(raw.strip())
+        try:
+            value = parse_value(raw.strip())
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}: {exc}") from None
         head, _, rest = key.partition(".")
         if head in ("defense", "attack"):
             label, _, param = rest.partition(".")
@@ -104,6 +114,9 @@ def parse_overrides(items: Sequence[str]) -> Overrides:
             set_path(target.setdefault(label, {}), param, value)
             continue
         path = rest if head == "scenario" else key
+        if path in ("name", "description"):
+            raise ConfigError(f"--set {key}: a scenario's name is its label in the suite; "
+                              "use a suite entry like {{ name = \"tiny\", label = \"my_label\" }} instead")
         if path.split(".")[0] not in scenario_fields:
             raise ConfigError(
                 f"unknown key {key!r}; valid keys: scenario.<{'|'.join(scenario_fields)}>, "
@@ -115,12 +128,15 @@ def parse_overrides(items: Sequence[str]) -> Overrides:
 
 @dataclass(frozen=True)
 class Cell:
-    cell_id: str
+    cell_id: str  # hash of key, code and data: what the row's numbers depend on
     scenario: str
     defense: ComponentSpec
     attack: ComponentSpec | None
     mode: str
     seed: int
+    key: str = ""  # hash of the configuration alone: the same cell across code and data changes
+    code_fp: str = ""
+    data_fp: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,11 +155,49 @@ def _component(registry: Registry, spec: ComponentSpec, extra: Mapping[str, Any]
     return cls, params_from_dict(cls.Params, params, f"{kind}.{spec.label}")
 
 
+def check_suite(suite: SuiteConfig) -> None:
+    """Lists a run is made of: none empty, no duplicates, seeds in range (the CLI can bypass the TOML checks)."""
+    from benchmark.config import check_seed, check_unique
+
+    for what, items in (("scenarios", suite.scenarios), ("defenses", suite.defenses), ("seeds", suite.seeds)):
+        if not items:
+            raise ConfigError(f"suite {suite.name!r}: {what} is empty; list at least one")
+    if suite.attacks and not suite.attack_modes:
+        raise ConfigError(f"suite {suite.name!r}: attack_modes is empty but attacks are listed; use naive and/or adaptive")
+    check_unique("scenario labels", [s.label for s in suite.scenarios])
+    check_unique("defense labels", [d.label for d in suite.defenses])
+    check_unique("attack labels", [a.label for a in suite.attacks])
+    check_unique("attack modes", list(suite.attack_modes))
+    check_unique("seeds", list(suite.seeds))
+    for seed in suite.seeds:
+        check_seed("seeds", seed)
+
+
+def check_scenario_inputs(scenario: ScenarioConfig) -> None:
+    """The model and data a scenario names exist and are readable, before any work starts."""
+    if scenario.kind != "federated":
+        return
+    from benchmark.data import check_data
+    from benchmark.models import MODELS
+
+    model = scenario.model
+    if model.path:
+        folder = Path(model.path)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"model.path {model.path!r} is not a transformers model folder (no config.json)")
+    elif model.name not in MODELS:
+        MODELS.get(model.name)  # raises with "did you mean" and the valid names
+    check_data(scenario.data, scenario.task, scenario.n_clients)
+
+
 def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
-    """Resolve every scenario, defense and attack (validating all parameters) into groups of cells."""
+    """Resolve every scenario, defense and attack (validating all parameters, the model and the data)
+    into groups of cells. A cell's id covers its configuration, the code that computes it and the data."""
     from attacks import ATTACKS
+    from benchmark import fingerprint
     from defenses import DEFENSES
 
+    check_suite(suite)
     for label in overrides.defense:
         if label not in {d.label for d in suite.defenses}:
             raise ConfigError(f"--set defense.{label}: no such defense in this run; valid: {', '.join(d.label for d in suite.defenses)}")
@@ -161,6 +215,13 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     for spec in suite.scenarios:
         scen_over = merge(merge(spec.overrides, suite.scenario_overrides.get(spec.label, {})), overrides.scenario)
         scenario = resolve_scenario(spec.ref, {**scen_over, "name": spec.label})
+        if spec.attacks is not None:
+            unknown = [a for a in spec.attacks if a not in {x.label for x in attacks}]
+            if unknown:
+                raise ConfigError(f"scenario {spec.label!r}: attacks {unknown} are not in this run's attacks "
+                                  f"({', '.join(a.label for a in attacks) or 'none'})")
+        check_scenario_inputs(scenario)
+        data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
         for seed in suite.seeds:
             for d in defenses:
                 pairs: list[tuple[ComponentSpec | None, str]] = []
@@ -169,13 +230,15 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                     pairs = [(a, m) for a in chosen for m in suite.attack_modes]
                 if not pairs:
                     pairs = [(None, "")]
-                cells = tuple(
-                    Cell(stable_hash({"scenario": to_dict(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
-                                      "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a)}),
-                         scenario.name, d, a, m, seed)
-                    for a, m in pairs
-                )
-                groups.append(Group(scenario, d, seed, cells))
+                cells = []
+                for a, m in pairs:
+                    key = stable_hash({"scenario": to_dict(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
+                                       "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a)})
+                    code_fp = fingerprint.combine(fingerprint.file_hashes(fingerprint.code_files(
+                        DEFENSES.target(d.name), ATTACKS.target(a.name) if a else None)))
+                    cell_id = stable_hash({"key": key, "code": code_fp, "data": data_fp})
+                    cells.append(Cell(cell_id, scenario.name, d, a, m, seed, key, code_fp, data_fp))
+                groups.append(Group(scenario, d, seed, tuple(cells)))
     return groups
 
 
@@ -187,8 +250,9 @@ def _versions(defenses: Registry, attacks: Registry, d: ComponentSpec, a: Compon
 
 
 def run_id_for(suite: SuiteConfig, groups: Sequence[Group]) -> str:
-    """The same command resolves to the same run id, so re-running it resumes."""
-    return f"{suite.name}-{stable_hash([c.cell_id for g in groups for c in g.cells], 8)}"
+    """The same command resolves to the same run id, so re-running it resumes; the id hashes the cells'
+    configuration only, so a re-run after a code or data change recomputes its stale cells in place."""
+    return f"{suite.name}-{stable_hash([c.key or c.cell_id for g in groups for c in g.cells], 8)}"
 
 
 def _peak_rss_mb() -> float:
@@ -279,7 +343,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
     from tqdm.auto import tqdm
 
     rows_path = run_dir / "rows.jsonl"
-    done = set() if force else finished_cells(rows_path)
+    done = set() if force else finished_cells(rows_path, [])
     prov = provenance()
     written: list[dict[str, Any]] = []
     total = sum(len(g.cells) for g in groups)
@@ -302,6 +366,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
             _log_traceback(run_dir, group, exc)
         for cell in todo:
             row = _base_row(run_dir.name, cell, group, prov, device)
+            row.update(cell_key=cell.key, code_fp=cell.code_fp, data_fp=cell.data_fp)
             if sim_error is None:
                 row.update({k: v for k, v in sim.metrics.items() if k in row})
                 privacy = defense.privacy_params()
@@ -352,24 +417,164 @@ def _log_traceback(run_dir: Path, group: Group, exc: BaseException) -> None:
         fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) + "\n")
 
 
-def write_manifest(run_dir: Path, suite: SuiteConfig, groups: Sequence[Group], argv: Sequence[str], device: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "run_id": run_dir.name, "argv": list(argv), "device": device,
-        "suite": to_dict(suite),
-        "scenarios": {g.scenario.name: to_dict(g.scenario) for g in groups},
-        "cells": [{"cell_id": c.cell_id, "defense": c.defense.label, "attack": c.attack.label if c.attack else "none",
-                   "mode": c.mode, "scenario": c.scenario, "seed": c.seed} for g in groups for c in g.cells],
-        **provenance(),
-        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+class RunBusy(ConfigError):
+    """Another process is writing to the same run folder."""
+
+
+def prepare_run_dir(out: Path, run_id: str, *, create: bool = True) -> Path:
+    """``out/run_id``, checked: a safe run id, ``out`` a writable folder (created if missing)."""
+    check_label("--run-id", run_id)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; give a folder for the runs")
+    run_dir = out / run_id
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {str(run_dir)!r} exists and is not a folder")
+    if not create:
+        return run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r}: cannot create {str(run_dir)!r}: {exc.strerror or exc}") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: {str(run_dir)!r} is not writable; give another --out")
+    for name in ("rows.jsonl", "manifest.json", "rounds.jsonl"):
+        if (run_dir / name).exists() and not (run_dir / name).is_file():
+            raise ConfigError(f"{str(run_dir / name)!r} is not a file; move it away")
+    return run_dir
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/run.lock`` for the run: a second run into the same folder is refused, not doubled.
+    The OS releases the lock when the process ends, however it ends."""
+    import fcntl
+
+    fh = open(run_dir / "run.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunBusy(f"another shebench run ({holder}) is writing to {run_dir}; wait for it to finish "
+                      "or choose another --out or --run-id") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, started {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}\n")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def code_and_data(groups: Sequence[Group]) -> tuple[dict[str, str], dict[str, str]]:
+    """Per-file hashes of all code the planned cells depend on, and the data/model inputs by content."""
+    from attacks import ATTACKS
+    from benchmark import fingerprint
+    from defenses import DEFENSES
+
+    files: set[Path] = set()
+    data: dict[str, str] = {}
+    for g in groups:
+        data.update(fingerprint.data_inputs(g.scenario))
+        for c in g.cells:
+            files.update(fingerprint.code_files(DEFENSES.target(c.defense.name), ATTACKS.target(c.attack.name) if c.attack else None))
+    return fingerprint.file_hashes(sorted(files)), data
+
+
+@dataclass
+class ResumeState:
+    """What a (re-)run finds in its folder: finished cells, stale ones and why, unreadable lines."""
+
+    total: int
+    done: set[str]
+    stale: int
+    reasons: list[str]
+    problems: list[str]
+
+    @property
+    def todo(self) -> int:
+        return self.total - len(self.done)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest, or {} if there is none; a broken one is moved aside (``manifest.json.broken``)."""
     path = run_dir / "manifest.json"
-    if path.exists():  # keep the first invocation's record; note each resume
-        old = json.loads(path.read_text())
-        manifest["resumed"] = old.get("resumed", []) + [{"argv": list(argv), "at": manifest["written_at"], "git": manifest["git"]}]
-        manifest["written_at"] = old.get("written_at", manifest["written_at"])
-    path.write_text(json.dumps(manifest, indent=2, default=str))
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name("manifest.json.broken")
+        path.replace(aside)
+        log.warning("shebench: warning: %s is unreadable (%s); moved to %s, a new one is written", path, exc, aside.name)
+        return {}
+
+
+def resume_state(groups: Sequence[Group], run_dir: Path, *, force: bool = False) -> ResumeState:
+    problems: list[str] = []
+    rows = latest_rows(read_rows(run_dir / "rows.jsonl", problems))
+    cells = [c for g in groups for c in g.cells]
+    planned = {c.cell_id for c in cells}
+    done = set() if force else {r["cell_id"] for r in rows if r["cell_id"] in planned and r.get("status") in FINISHED}
+    by_key = {c.key: c for c in cells if c.key}
+    stale_rows = [r for r in rows if r.get("status") in FINISHED and r.get("cell_key") in by_key
+                  and r["cell_id"] != by_key[r["cell_key"]].cell_id and by_key[r["cell_key"]].cell_id not in done]
+    reasons = []
+    if stale_rows and not force:
+        old = read_manifest(run_dir)
+        code, data = code_and_data(groups)
+        if any(r.get("code_fp") != by_key[r["cell_key"]].code_fp for r in stale_rows):
+            changed = _diff(old.get("code_files") or {}, code)
+            reasons.append(f"code changed since they ran ({changed or 'files not recorded'})")
+        if any(r.get("data_fp") != by_key[r["cell_key"]].data_fp for r in stale_rows):
+            changed = _diff(old.get("data_inputs") or {}, data)
+            reasons.append(f"data or model changed ({changed or 'inputs not recorded'})")
+    return ResumeState(len(cells), done, 0 if force else len({r["cell_key"] for r in stale_rows}), reasons, problems)
+
+
+def _diff(old: Mapping[str, str], new: Mapping[str, str], limit: int = 6) -> str:
+    changed = sorted(k for k in new if old and old.get(k) != new[k]) + sorted(k for k in old if old and k not in new)
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more
+
+
+def write_manifest(run_dir: Path, suite: SuiteConfig, groups: Sequence[Group], argv: Sequence[str], device: str,
+                   note: Mapping[str, Any] | None = None) -> None:
+    """Record the run. The first invocation's provenance stays; each resume is appended to ``resumed``
+    with its own argv, git state, packages and machine; ``cells`` is the union of all planned cells."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    code, data = code_and_data(groups)
+    cells = [{"cell_id": c.cell_id, "cell_key": c.key, "defense": c.defense.label, "attack": c.attack.label if c.attack else "none",
+              "mode": c.mode, "scenario": c.scenario, "seed": c.seed} for g in groups for c in g.cells]
+    prov = provenance()
+    this = {"argv": list(argv), "device": device, **prov, "at": now, **(note or {})}
+    old = read_manifest(run_dir)
+    if old:
+        manifest = dict(old)
+        merged = {c.get("cell_key") or c["cell_id"]: c for c in old.get("cells", []) if isinstance(c, dict) and "cell_id" in c}
+        merged.update({c["cell_key"] or c["cell_id"]: c for c in cells})
+        manifest["cells"] = list(merged.values())
+        manifest["scenarios"] = {**old.get("scenarios", {}), **{g.scenario.name: to_dict(g.scenario) for g in groups}}
+        manifest["resumed"] = list(old.get("resumed", [])) + [this]
+    else:
+        manifest = {
+            "run_id": run_dir.name, "argv": list(argv), "device": device, "suite": to_dict(suite),
+            "scenarios": {g.scenario.name: to_dict(g.scenario) for g in groups}, "cells": cells,
+            **prov, "written_at": now, "resumed": [],
+        }
+    manifest["code_files"], manifest["data_inputs"] = code, data
+    tmp = run_dir / "manifest.json.tmp"
+    tmp.write_text(dumps(manifest, indent=2), encoding="utf-8")
+    tmp.replace(run_dir / "manifest.json")
 
 
 __all__ = ["SCENARIOS", "SUITES", "plan", "execute", "parse_overrides", "resolve_suite", "resolve_scenario",
-           "write_manifest", "run_id_for", "build"]
+           "write_manifest", "run_id_for", "build", "prepare_run_dir", "run_lock", "resume_state", "RunBusy"]

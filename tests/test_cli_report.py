@@ -22,7 +22,7 @@ def test_help_list_show_and_errors(capsys):
 def test_run_then_report_writes_tables_and_plots(tmp_path, capsys):
     out = tmp_path / "res"
     assert main(["run", "--suite", "smoke", "--set", "rounds=1", "--out", str(out), "-q"]) == 0
-    run_dir = next((out / "runs").iterdir())
+    run_dir = next(out.iterdir())
     rows = [json.loads(x) for x in (run_dir / "rows.jsonl").read_text().splitlines()]
     assert rows[0]["status"] == "ok"
     report = write_report([run_dir], tmp_path / "rep")

@@ -63,6 +63,6 @@ def test_offline_datasets_load_and_bad_paths_are_clear(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("sentence,y\nx,1\n")
     with pytest.raises(ConfigError, match="needs columns text,label or prompt,response"):
-        load_dataset(DataConfig(path=str(bad), test_examples=0), "classification", 0)
+        load_dataset(DataConfig(path=str(bad), test_examples=1), "classification", 0)
     with pytest.raises(ConfigError, match="does not exist"):
         load_dataset(DataConfig(path=str(tmp_path / "nope.jsonl")), "classification", 0)

