@@ -30,3 +30,11 @@ def no_usable_update(view: AttackerView) -> str:
         return ("dL/dA is zero where B starts at zero, and the dL/dB path needs the client's starting A, "
                 f"which the server does not know (start: {view.start_known})")
     return "no observed first-layer attention projection with a usable update"
+
+
+def start_caveats(view: AttackerView) -> list[str]:
+    """What the attack had to assume about the client's start (empty when it was known exactly or
+    not needed): the update was differenced against the server's estimate, errors and all."""
+    if view.kind != "grad" and view.start_known == "estimate":
+        return ["start known only as the server's estimate: the differenced update carries its error"]
+    return []

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, no_usable_update, unusable
+from attacks.common import check_mode, no_usable_update, start_caveats, unusable
 from attacks.decoding import (
     encoder_decode,
     first_layer_is_position_free,
@@ -87,7 +87,7 @@ class DAGER:
         extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
         if second is not None:
             extra["rank_l1"] = float(second.rank)
-        notes = []
+        notes = start_caveats(view)
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: the batch's tokens likely exceed the LoRA rank")
         tpl = harness_ids(view.tokenizer, view.template, is_decoder(view.model))

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, no_usable_update, unusable
+from attacks.common import check_mode, no_usable_update, start_caveats, unusable
 from attacks.decoding import (
     LayerCheck,
     first_layer_is_position_free,
@@ -88,7 +88,8 @@ class SubspaceRank:
         stops = [list(tpl.suffix)] if tpl.suffix else []
         bag = list(dict.fromkeys(ranked + list(tpl.start) + list(tpl.suffix)))
         seqs = soft_decode(model, second, bag, tpl.start, max(1, view.batch_size or 1), p.max_len, stops)
-        return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra)
+        return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra,
+                              note="; ".join(start_caveats(view)))
 
     def _dim_estimate(self, view: AttackerView, first: LayerCheck) -> int:
         coords = min(s.basis.shape[0] for s in first.spans)

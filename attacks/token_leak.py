@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from attacks.common import check_mode, no_usable_update, unusable
+from attacks.common import check_mode, no_usable_update, start_caveats, unusable
 from attacks.decoding import first_layer_is_position_free, layer_checks, token_bag, vocab_distances
 from attacks.subspace import split_by_gap
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
@@ -59,7 +59,7 @@ class TokenLeak:
             bag, first = token_bag(view.model, first, p.tau, cap, p.rank_tol)
         else:
             bag = self._positional_bag(view, first, cap)
-        notes = []
+        notes = start_caveats(view)
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: tokens likely exceed the LoRA rank")
         extra = {"bag_size": float(len(bag)), "rank_l0": float(first.rank)}

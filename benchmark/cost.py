@@ -19,7 +19,7 @@ from benchmark.federated import (
     reference_aggregate,
     summarize_tiers,
 )
-from benchmark.protocol import aggregate, negotiate, setup_roles, upload
+from benchmark.protocol import aggregate, mean_or_none, negotiate, setup_roles, upload
 from benchmark.seeding import torch_generator
 from benchmark.transcript import Channel
 
@@ -65,11 +65,11 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
         uploads = []
         for u in updates:
             sent = upload(defense, u, rnd, channel)
-            timings["enc_s"].append(sent.enc_s or 0.0)
+            timings["enc_s"].append(sent.enc_s)
             tier = per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
             tier["bytes_up"].append(sent.nbytes)
             tier["cipher_bytes_up"].append(sent.cipher_bytes)
-            tier["enc_s"].append(sent.enc_s or 0.0)
+            tier["enc_s"].append(sent.enc_s)
             uploads.append(sent)
         message, agg_s = aggregate(defense, uploads)
         timings["agg_s"].append(agg_s)
@@ -82,7 +82,7 @@ def simulate_cost(scenario: ScenarioConfig, defense: Defense, seed: int, device:
             errors.append(aggregation_error(finalized, reference, c))
         rounds.append({"round": rnd, "clients": [c.client_id for c in picks], "agg_rel_err": max(errors)})
     metrics: dict[str, Any] = {
-        **channel.meter.summary(), **{k: sum(v) / len(v) for k, v in timings.items()},
+        **channel.meter.summary(), **{k: mean_or_none(v) for k, v in timings.items()},
         "agg_rel_err": max(errors), "setup_s": setup_s, "setup_costs": setup_costs,
         "sim_s": time.perf_counter() - t0, "utility_metric": None, "utility": None,
         "per_tier": summarize_tiers(per_tier, clients),

@@ -30,7 +30,7 @@ from benchmark.config import ScenarioConfig
 from benchmark.data import Dataset, Example, assign_tiers, load_dataset, partition
 from benchmark.lora import LoRAHost
 from benchmark.models import LoadedModel, load_model
-from benchmark.protocol import aggregate, negotiate, setup_roles, upload
+from benchmark.protocol import aggregate, mean_or_none, negotiate, setup_roles, upload
 from benchmark.seeding import derive, rng, seed_everything, torch_generator
 from benchmark.train import LocalResult, TaskSpec, encode, evaluate, local_train, to_device
 from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_upload, read_init
@@ -193,11 +193,11 @@ class Federation:
         uploads = []
         for u in updates:
             sent = upload(self.defense, u, rnd, self.channel)
-            self.timings["enc_s"].append(sent.enc_s or 0.0)
+            self.timings["enc_s"].append(sent.enc_s)
             tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
             tier["bytes_up"].append(sent.nbytes)
             tier["cipher_bytes_up"].append(sent.cipher_bytes)
-            tier["enc_s"].append(sent.enc_s or 0.0)
+            tier["enc_s"].append(sent.enc_s)
             uploads.append(sent)
         message, agg_s = aggregate(self.defense, uploads)
         self.timings["agg_s"].append(agg_s)
@@ -332,7 +332,7 @@ class Federation:
         utility = self.evaluate()
         metrics: dict[str, Any] = {
             **utility, **self.meter.summary(),
-            **{k: (sum(v) / len(v) if v else 0.0) for k, v in self.timings.items()},
+            **{k: mean_or_none(v) for k, v in self.timings.items()},
             "agg_rel_err": max(r["agg_rel_err"] for r in rounds),
             "setup_s": setup_s, "setup_costs": setup_costs, "sim_s": time.perf_counter() - t0,
             "model_load_s": self.loaded.load_s, "final_train_loss": rounds[-1]["train_loss"],
@@ -349,7 +349,7 @@ def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequen
     info = {c.tier: c for c in clients}
     return {
         tier: {"rank": info[tier].rank, "budget": info[tier].budget,
-               **{k: sum(v) / len(v) for k, v in values.items() if v}}
+               **{k: mean_or_none(v) for k, v in values.items() if v}}
         for tier, values in sorted(per_tier.items(), key=lambda kv: info[kv[0]].rank)
     }
 

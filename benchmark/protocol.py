@@ -59,3 +59,11 @@ def aggregate(defense: Defense, uploads: Sequence[Upload]) -> tuple[WirePayload,
     t0 = time.perf_counter()
     message = defense.server.aggregate([u.payload for u in uploads])
     return message, message.timings.get("agg_s", time.perf_counter() - t0)
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean of a per-client-round timing, a None (e.g. no encryption in that upload) counting 0; None
+    when every value is None (a plaintext defense reports no encryption time, not a zero one)."""
+    if not values or all(v is None for v in values):
+        return None
+    return sum(v or 0.0 for v in values) / len(values)

@@ -61,9 +61,10 @@ class Transcript:
     def start_message(self, client_id: int, rnd: int) -> Message | None:
         """The last model message (``init`` or ``broadcast``) the client received before it uploaded
         in round ``rnd``: what its start in that round came from."""
-        found = self.find("upload", client_id, rnd)
-        end = found[0] if found else len(self.messages)
-        for m in reversed(self.messages[:end]):
+        found = self.find("upload", client_id, rnd) or self.find("probe", client_id, rnd)
+        if found is None:
+            raise ValueError(f"transcript: client {client_id} sent nothing in round {rnd}")
+        for m in reversed(self.messages[: found[0]]):
             if m.direction == "down" and m.kind in ("init", "broadcast") and client_id in m.clients:
                 return m
         return None
