@@ -32,7 +32,15 @@ from benchmark.lora import LoRAHost
 from benchmark.models import LoadedModel, load_model
 from benchmark.protocol import aggregate, mean_or_none, negotiate, setup_roles, upload
 from benchmark.seeding import derive, rng, seed_everything, torch_generator
-from benchmark.train import LocalResult, TaskSpec, encode, evaluate, local_train, to_device
+from benchmark.train import (
+    LocalResult,
+    TaskSpec,
+    encode,
+    evaluate,
+    local_train,
+    seen_private_texts,
+    to_device,
+)
 from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_upload, read_init
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank, relative_error, to_lora
 
@@ -134,7 +142,7 @@ class Federation:
         self.received: dict[int, int] = {}  # client -> round of the aggregate it last received
         self.start: dict[int, dict[str, LoRAFactors]] = {}
         self.head: dict[str, Tensor] = {n: p.detach().cpu().clone() for n, p in self.host.head_parameters().items()}
-        self.timings: dict[str, list[float]] = {"enc_s": [], "dec_s": [], "agg_s": [], "train_s": []}
+        self.timings: dict[str, list[float | None]] = {"enc_s": [], "protect_s": [], "dec_s": [], "agg_s": [], "train_s": []}
         self.per_tier: dict[str, dict[str, list[float]]] = {}
 
     @property
@@ -194,6 +202,7 @@ class Federation:
         for u in updates:
             sent = upload(self.defense, u, rnd, self.channel)
             self.timings["enc_s"].append(sent.enc_s)
+            self.timings["protect_s"].append(sent.protect_s)
             tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
             tier["bytes_up"].append(sent.nbytes)
             tier["cipher_bytes_up"].append(sent.cipher_bytes)
@@ -254,7 +263,7 @@ class Federation:
         client = self.clients[probe_target(self.scenario, self.seed)]
         if th.observation == "upload":
             kind = "upload"
-            references = list(self.last_round["results"][client.client_id].private_texts)
+            references = seen_private_texts(self.loaded.tokenizer, self.spec, self.last_round["results"][client.client_id].examples)
             hyper = {"lr": train.lr, "local_steps": train.local_steps, "batch_size": train.batch_size}
         else:
             kind = "probe"
@@ -262,11 +271,11 @@ class Federation:
             order = rng(self.seed, "probe").permutation(len(examples)).tolist()
             batch_ex = [examples[i] for i in order[: th.batch_size]]
             upload(self.defense, self.probe_update(client, rnd, batch_ex), rnd, self.channel, kind="probe")
-            references = [ex.text for ex in batch_ex]
+            references = seen_private_texts(self.loaded.tokenizer, self.spec, batch_ex)
             hyper = {"lr": th.lr, "local_steps": 1 if th.observation == "grad" else th.steps, "batch_size": len(batch_ex)}
         view = attacker_view(self.defense.server, self.channel.transcript, client, rnd, kind, self.public, **hyper)
         round_view, is_member = self._round_view(client, rnd)
-        return ProbeResult(view, round_view, references, is_member, self.scenario.data.template, self.data.label_names)
+        return ProbeResult(view, round_view, references, is_member, *self.spec.private_format())
 
     def probe_update(self, client: ClientInfo, rnd: int, batch_ex: list[Example]) -> ClientUpdate:
         """``threat.steps`` SGD steps at ``threat.lr`` (or, for ``grad``, the gradient the optimizer
@@ -320,7 +329,7 @@ class Federation:
         t0 = time.perf_counter()
         setup_costs = setup_roles(self.defense, self.fed, self.channel)
         setup_s = setup_costs.pop("setup_s")
-        rounds, probe = [], None
+        rounds, probe, probe_s = [], None, 0.0
         target = self.clients[probe_target(self.scenario, self.seed)]
         for rnd in range(1, self.scenario.rounds + 1):
             if rnd == self.scenario.threat.round:
@@ -328,14 +337,22 @@ class Federation:
             self.progress(f"round {rnd}/{self.scenario.rounds}")
             rounds.append(self.run_round(rnd))
             if rnd == self.scenario.threat.round:
+                t_probe = time.perf_counter()
                 probe = self.probe(rnd)
+                probe_s = time.perf_counter() - t_probe
+        t_eval = time.perf_counter()
         utility = self.evaluate()
+        eval_s = time.perf_counter() - t_eval
         metrics: dict[str, Any] = {
             **utility, **self.meter.summary(),
             **{k: mean_or_none(v) for k, v in self.timings.items()},
             "agg_rel_err": max(r["agg_rel_err"] for r in rounds),
             "setup_s": setup_s, "setup_costs": setup_costs, "sim_s": time.perf_counter() - t0,
             "model_load_s": self.loaded.load_s, "final_train_loss": rounds[-1]["train_loss"],
+            "eval_s": eval_s, "probe_s": probe_s,
+            "time_breakdown": {"model_load_s": self.loaded.load_s, "setup_s": setup_s, "eval_s": eval_s, "probe_s": probe_s,
+                               **{k.replace("_s", "_total_s"): sum(v or 0.0 for v in vals) for k, vals in self.timings.items()},
+                               "sim_s": time.perf_counter() - t0},
             "per_tier": summarize_tiers(self.per_tier, self.clients),
         }
         if probe is not None and probe.probe_view is not None:

@@ -56,20 +56,19 @@ def strip_template(text: str, template: str) -> str:
 
 
 def private_text(text: str, template: str, labels: Sequence[str] = ()) -> str:
-    """The private part of a reconstruction: the template's literal pieces removed and, when the
-    template has a tail (the label or response follows it), everything from the tail on cut; without
-    a tail a trailing label word is dropped. References are private texts already, so a
+    """The private part of a text: the template's head removed and, where the template's tail (the
+    label or response follows it) occurs, everything from the tail on cut; where it does not, a
+    trailing label word dropped. Applied to references and reconstructions alike, so a
     reconstruction that only echoes the template and label scores nothing."""
     head, _, tail = template.partition("{text}")
     out = " ".join(text.split())
     h, t = " ".join(head.split()), " ".join(tail.split())
     if h and out.lower().startswith(h.lower()):
         out = out[len(h) :]
-    if t:
-        i = out.lower().find(t.lower())
-        if i >= 0:
-            out = out[:i]
-    elif labels:
+    i = out.lower().find(t.lower()) if t else -1
+    if i >= 0:
+        out = out[:i]
+    elif labels:  # no tail to cut at (none in the template, or truncated away): drop a trailing label word
         words = out.split()
         if words and words[-1].lower() in {lab.lower() for lab in labels}:
             out = " ".join(words[:-1])

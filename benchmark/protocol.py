@@ -42,16 +42,19 @@ class Upload:
     """A protected update as the server received it, and the client's own encryption time."""
 
     payload: WirePayload
-    enc_s: float | None
+    enc_s: float | None  # the defense's own encryption time (None: nothing was encrypted)
     nbytes: int
     cipher_bytes: int
+    protect_s: float = 0.0  # wall time of the whole protect step (packing, encryption, serialization)
 
 
 def upload(defense: Defense, update: ClientUpdate, rnd: int, channel: Channel, kind: str = "upload") -> Upload:
     """``protect`` on the client, then the wire; ``probe`` uploads are recorded but not metered."""
+    t0 = time.perf_counter()
     sent = defense.client.protect(update)
+    protect_s = time.perf_counter() - t0
     received = channel.up(sent, rnd, update.client.client_id, kind, metered=kind == "upload")
-    return Upload(received, sent.timings.get("enc_s"), received.nbytes(), received.cipher_bytes())
+    return Upload(received, sent.timings.get("enc_s"), received.nbytes(), received.cipher_bytes(), protect_s)
 
 
 def aggregate(defense: Defense, uploads: Sequence[Upload]) -> tuple[WirePayload, float]:

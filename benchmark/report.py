@@ -188,6 +188,18 @@ def privacy_matrix(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataF
     return table.reset_index()
 
 
+THREAT_TEXT = (
+    "The attacker is the honest-but-curious server and knows only its transcript (every message it sent and "
+    "received) plus public facts: the base model, tokenizer, template and the hyperparameters it set. "
+    "*server saw*: what it could read of the attacked message. *start known*: what it could compute of the "
+    "target's starting LoRA factors, which the span attacks difference the update against: `exact` where it "
+    "replays the client's deterministic finalize of its own broadcast (or sent the round-1 factors itself, "
+    "init=server), `estimate` where ciphertext or masked values of the broadcast stand in the way (replayed "
+    "with them as zero), `none` where the client drew its factors privately (init=client, round 1) or the "
+    "broadcast is all ciphertext. The public model the attacks use is the base model plus that estimate."
+)
+
+
 def threat_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per scenario and defense: who drew the round-1 factors, what the server observed and when, what it
     received from the target and what it knew of the target's start. Old rows lack some fields: shown as –."""
@@ -473,6 +485,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
     for title, table in sections:
         if table is not None and not table.empty:
             lines += ["", f"## {title}", "", _markdown(table)]
+            if title.startswith("Threat model"):
+                lines += ["", THREAT_TEXT]
             if table is matrix and notes:
                 lines += ["", "Abstentions:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, start=1)]
     nulls = _null_notes(df)

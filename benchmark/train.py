@@ -34,6 +34,13 @@ class TaskSpec:
     def prompt(self, ex: Example) -> str:
         return self.template.format(text=ex.text)
 
+    def private_format(self) -> tuple[str, tuple[str, ...]]:
+        """The template and label words around private text in the model's input (encoders see the
+        bare text; decoders the template, and for classification the label word after it)."""
+        if self.arch != "decoder":
+            return "{text}", ()
+        return self.template, self.label_names if self.task == "classification" else ()
+
 
 def label_token_ids(tokenizer, label_names: Sequence[str]) -> list[int]:
     """The first token of `` <label>`` for each label: the verbalizer's vocabulary."""
@@ -89,7 +96,7 @@ class LocalResult:
     loss: float
     train_s: float
     texts: list[str]  # what the client trained on, as prompts (membership ground truth; never on the wire)
-    private_texts: list[str]  # the same examples' private text alone (scoring an attacked upload)
+    examples: list[Example]  # the same examples (the truth when this upload is attacked)
 
 
 def local_train(
@@ -163,8 +170,25 @@ def local_train(
     )
     head_state = {n: p.detach().cpu().clone() for n, p in head.items()}
     texts = [spec.prompt(ex) for b in batches for ex in b]
-    private = [ex.text for b in batches for ex in b]
-    return LocalResult(update, head_state, sum(losses) / max(1, len(losses)), time.perf_counter() - t0, texts, private)
+    seen = [ex for b in batches for ex in b]
+    return LocalResult(update, head_state, sum(losses) / max(1, len(losses)), time.perf_counter() - t0, texts, seen)
+
+
+def seen_private_texts(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> list[str]:
+    """The private text of each example as the model saw it: its input tokens (truncated to
+    ``seq_len``; for decoders only the prompt, never the label or response) decoded, with the
+    template's literal pieces removed. The truth every reconstruction is scored against."""
+    from benchmark.metrics import private_text
+
+    batch = encode(tokenizer, spec, examples)
+    out = []
+    for i in range(len(examples)):
+        keep = batch["attention_mask"][i].bool()
+        if spec.arch == "decoder":
+            keep &= batch["labels"][i] == -100
+        text = tokenizer.decode(batch["input_ids"][i][keep], skip_special_tokens=True)
+        out.append(private_text(text, *spec.private_format()))
+    return out
 
 
 @torch.no_grad()

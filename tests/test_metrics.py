@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmark.metrics import match, membership_auc, score_reconstruction, strip_template
+from benchmark.metrics import match, membership_auc, private_text, score_reconstruction, strip_template
 
 
 def test_perfect_reconstruction_in_any_order_scores_one():
@@ -90,3 +90,14 @@ def test_membership_auc_handles_nan_and_length_mismatch():
     assert out["mia_auc"] == 0.0 and not math.isnan(out["mia_auc"])
     with pytest.raises(ValueError):
         membership_auc([1.0], [True, False])
+
+
+def test_private_text_strips_template_and_label_from_both_sides():
+    t = "Tweet: {text}\nSentiment:"
+    labels = ("negative", "positive")
+    assert private_text("Tweet: secret words here\nSentiment: positive", t, labels) == "secret words here"
+    assert private_text("Tweet: secret words", t, labels) == "secret words"  # tail truncated away
+    assert private_text("Tweet: words positive", t, labels) == "words"  # ... and the label word after it
+    assert private_text("secret words", "{text} ->", ()) == "secret words"
+    echo = private_text("Tweet:\nSentiment: positive", t, labels)
+    assert score_reconstruction(["secret words here"], [echo])["rouge1"] == 0.0
