@@ -13,8 +13,11 @@ is lifted for all its units, columns and rows at once:
    summing over j gives, in slot t W + l, sum_k B_u[t0 + t, k] A_u[k, l]: rows t0..t0+T-1 of every
    unit's lifted columns (real and imaginary lanes at once).
 
-Rotations are paid per band and client (about log2(S / rW) + r), products per output ciphertext
-(r per client), and products of all clients are summed before one rescale per output (level 2).
+A band with several planes (see ``she_lora.layout``) tiles and rotates each plane's block and
+multiplies all of them by the same encoded P_j: encoding (an FFT and an NTT per prime) costs more
+than the product itself. Rotations are paid per band, plane and client (about log2(S / rW) + r),
+products per output ciphertext (r per client), and products of all clients are summed before one
+rescale per output (level 2).
 Rotations are left rotations by powers of two only (half the default Galois keys).
 
 Magnitudes: client i encrypts its columns times 2^-e_i (``exponents``, public, see
@@ -50,8 +53,10 @@ def pack_blocks(columns: Mapping[str, np.ndarray], bands: Sequence[Band], blocks
         rows = np.zeros((rank, band.lanes), dtype=np.complex128)
         for u in band.units:
             cols = np.asarray(columns[u.module][:, u.start : u.end], dtype=np.float64)
-            rows[:, u.lane : u.lane + u.width].real = cols[:, : u.width]
-            rows[:, u.lane : u.lane + u.size - u.width].imag = cols[:, u.width :]
+            lo = blk.plane * 2 * u.width  # this plane's columns of the unit: [lo, lo + 2 width)
+            real, imag = cols[:, lo : lo + u.width], cols[:, lo + u.width : lo + 2 * u.width]
+            rows[:, u.lane : u.lane + real.shape[1]].real = real
+            rows[:, u.lane : u.lane + imag.shape[1]].imag = imag
         out[blk.ct][blk.offset : blk.offset + blk.size] = rows.reshape(-1)
     return out
 
@@ -93,7 +98,7 @@ class ServerLift:
         self.ctx, self.bands, self.shapes = ctx, bands, shapes
         self.out_exponents = dict(out_exponents or {})
         self.slots = ctx.slot_count
-        self._acc: dict[tuple[int, int], Any] = {}
+        self._acc: dict[tuple[int, int, int], Any] = {}
 
     def add(self, x: LiftInput) -> None:
         self.add_client(x.blobs, x.blocks, x.B, x.coef, x.exponents)
@@ -102,59 +107,72 @@ class ServerLift:
                    exponents: Mapping[str, int] | None = None) -> None:
         cts = [self.ctx.load_ct(b) for b in blobs]
         exps = exponents or {}
+        by_band: dict[int, list[Block]] = {}
         for blk in blocks:
-            band = self.bands[blk.band]
-            weights = np.zeros((len(band.units), band.m, blk.size // band.lanes))
+            by_band.setdefault(blk.band, []).append(blk)
+        for bi, band_blocks in sorted(by_band.items()):
+            band = self.bands[bi]
+            if sorted(b.plane for b in band_blocks) != list(range(band.planes)):
+                raise ValueError(f"server lift: band {bi} needs blocks for planes 0..{band.planes - 1}")
+            weights = np.zeros((len(band.units), band.m, band_blocks[0].size // band.lanes))
             for i, u in enumerate(band.units):
                 e = exps.get(u.module, 0) - self.out_exponents.get(u.module, 0)
                 b = np.asarray(B[u.module], dtype=np.float64)
                 weights[i, : b.shape[0]] = coef * 2.0**e * b
-            self._lift_block(cts[blk.ct], blk, band, weights)
+            self._lift_band(bi, band, [(cts[b.ct], b) for b in sorted(band_blocks, key=lambda b: b.plane)], weights)
 
     def finish(self) -> dict[int, list[bytes]]:
-        """Rescale each summed output once; per band, outputs in row-window order."""
+        """Rescale each summed output once; per band, outputs in (plane, row window) order."""
         out: dict[int, list[bytes]] = {}
-        for (band, _), ct in sorted(self._acc.items()):
+        for (band, _, _), ct in sorted(self._acc.items()):
             self.ctx.evaluator.rescale_to_next_inplace(ct)  # SEAL tracks the (shared) scale
             out.setdefault(band, []).append(self.ctx.dump_ct(ct))
         self._acc.clear()
         return out
 
-    def _lift_block(self, ct: Any, blk: Block, band: Band, weights: np.ndarray) -> None:
-        S, W, ctx, ev = self.slots, band.lanes, self.ctx, self.ctx.evaluator
-        rank = blk.size // W
+    def _lift_band(self, bi: int, band: Band, planes: Sequence[tuple[Any, Block]], weights: np.ndarray) -> None:
+        W, ctx, ev = band.lanes, self.ctx, self.ctx.evaluator
+        rank = weights.shape[2]
+        tiles = [self._tile_block(ct, blk) for ct, blk in planes]
+        prime = float(ctx.primes(tiles[0].parms_id())[-1])
+        T, n_out = band.rows, band.n_out
+        # Lane-expanded weights, rows padded to n_out * T: by_lane[l, row, k] = weight of lane l's unit.
+        lane_unit = np.full(W, len(band.units))
+        for i, u in enumerate(band.units):
+            lane_unit[u.lane : u.lane + u.width] = i
+        padded = np.zeros((len(band.units) + 1, n_out * T, rank))
+        padded[: len(band.units), : band.m] = weights
+        by_lane = padded[lane_unit]
+        t = np.arange(T)
+        rows = (np.arange(n_out)[:, None] * T + t).reshape(-1)
+        rotated = tiles
+        for j in range(rank):
+            if j:
+                rotated = [self._rotl(x, W) for x in rotated]
+            k = np.tile((t + j) % rank, n_out)
+            plains = by_lane[:, rows, k].T.reshape(n_out, T * W)  # output h: slots t * W + l
+            for h in range(n_out):
+                slots = np.zeros(self.slots)
+                slots[: T * W] = plains[h]
+                pt = ctx.encode(slots, rotated[0].parms_id(), prime)  # one encoding serves every plane
+                for p, x in enumerate(rotated):
+                    prod = seal.Ciphertext()
+                    ev.multiply_plain(x, pt, prod)
+                    key = (bi, p, h)
+                    self._acc[key] = add_into(ctx, self._acc.get(key), prod)
+
+    def _tile_block(self, ct: Any, blk: Block) -> Any:
+        """The block masked out of its upload and repeated with period blk.size from slot 0."""
+        S, ev = self.slots, self.ctx.evaluator
         # The mask carries 2^boost extra scale: after its rescale the block sits at 2^(scale_bits +
         # boost), so the key-switching noise of the rotations and the rounding of the final rescale
         # shrink by 2^boost.
-        mask_pt = ctx.encode(self._mask(blk.offset, blk.size), ct.parms_id(), self._mask_scale(ct))
+        mask_pt = self.ctx.encode(self._mask(blk.offset, blk.size), ct.parms_id(), self._mask_scale(ct))
         masked = seal.Ciphertext()
         ev.multiply_plain(ct, mask_pt, masked)
         ev.rescale_to_next_inplace(masked)
         copies = S // blk.size
-        tile = self._rotl(self._tile(masked, blk.size, copies), (blk.offset - (copies - 1) * blk.size) % S)
-        prime = float(ctx.primes(tile.parms_id())[-1])
-        lane_unit = np.full(W, -1)
-        for i, u in enumerate(band.units):
-            lane_unit[u.lane : u.lane + u.width] = i
-        used = lane_unit >= 0
-        units = np.where(used, lane_unit, 0)
-        T = band.rows
-        t = np.arange(T)
-        rotated = tile
-        for j in range(rank):
-            if j:
-                rotated = self._rotl(rotated, W)
-            k = (t + j) % rank
-            for h in range(band.n_out):
-                rows = h * T + t
-                valid = rows < band.m
-                vals = weights[:, np.where(valid, rows, 0), k] * valid  # units x T
-                slots = np.zeros(S)
-                slots[: T * W] = (vals[units, :].T * used).reshape(-1)
-                prod = seal.Ciphertext()
-                ev.multiply_plain(rotated, ctx.encode(slots, rotated.parms_id(), prime), prod)
-                key = (blk.band, h)
-                self._acc[key] = add_into(ctx, self._acc.get(key), prod)
+        return self._rotl(self._tile(masked, blk.size, copies), (blk.offset - (copies - 1) * blk.size) % S)
 
     def _mask_scale(self, ct: Any) -> float:
         p = self.ctx.params
@@ -214,22 +232,27 @@ def decode_lift(ctx: CKKSContext, outputs: Mapping[int, Sequence[bytes]], bands:
                 shapes: Mapping[str, tuple[int, int]], k_round: Mapping[str, int],
                 out_exponents: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """The m x k_round lifted columns (global positions) per module, from the summed outputs of each
-    band (band index -> ciphertexts), times 2^E per module."""
+    band (band index -> ciphertexts in (plane, row window) order), times 2^E per module."""
     out = {name: np.zeros((shapes[name][0], k)) for name, k in k_round.items() if k}
     for bi, blobs in outputs.items():
         band = bands[bi]
-        if len(blobs) != band.n_out:
-            raise ValueError(f"server lift: band {bi} has {len(blobs)} output ciphertexts, its layout needs {band.n_out}")
-        for h, blob in enumerate(blobs):
-            z = ctx.decrypt_slots(ctx.load_ct(blob))[: band.rows * band.lanes].reshape(band.rows, band.lanes)
-            t0 = h * band.rows
-            n_rows = min(band.rows, band.m - t0)
-            for u in band.units:
-                if u.module not in out or u.end > out[u.module].shape[1]:
-                    continue
+        if len(blobs) != band.planes * band.n_out:
+            raise ValueError(f"server lift: band {bi} has {len(blobs)} output ciphertexts, its layout needs {band.planes * band.n_out}")
+        units = [u for u in band.units if u.module in out and u.end <= out[u.module].shape[1]]
+        if not units:
+            continue
+        for plane in range(band.planes):
+            # The plane's rows stacked over its row windows: z[row, lane].
+            windows = blobs[plane * band.n_out : (plane + 1) * band.n_out]
+            z = np.concatenate([ctx.decrypt_slots(ctx.load_ct(blob))[: band.rows * band.lanes] for blob in windows])
+            z = z.reshape(-1, band.lanes)[: band.m]
+            for u in units:
+                lo = u.start + plane * 2 * u.width
+                n_real = max(0, min(u.width, u.end - lo))
+                n_imag = max(0, min(u.width, u.end - lo - u.width))
                 dest = out[u.module]
-                dest[t0 : t0 + n_rows, u.start : u.start + u.width] = z[:n_rows, u.lane : u.lane + u.width].real
-                dest[t0 : t0 + n_rows, u.start + u.width : u.end] = z[:n_rows, u.lane : u.lane + u.size - u.width].imag
+                dest[:, lo : lo + n_real] = z[: dest.shape[0], u.lane : u.lane + n_real].real
+                dest[:, lo + u.width : lo + u.width + n_imag] = z[: dest.shape[0], u.lane : u.lane + n_imag].imag
     for name, e in (out_exponents or {}).items():
         if name in out and e:
             out[name] *= 2.0**e

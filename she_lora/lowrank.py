@@ -9,7 +9,7 @@ min(m, n)).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -83,11 +83,8 @@ def _svd_of_product64(left: Tensor, right: Tensor, rank: int | None) -> tuple[Te
     if inner == 0 or m == 0 or n == 0:
         batch = left.shape[:-2]
         return left.new_zeros(*batch, m, 0), left.new_zeros(*batch, 0), left.new_zeros(*batch, 0, n)
-    # Householder QR without forming Q (geqrf): Q is applied once, to the kept singular vectors only.
-    a_left, tau_left = torch.geqrf(left)
-    a_right, tau_right = torch.geqrf(right.mT)
-    r_left = a_left[..., : min(m, inner), :].triu()
-    r_right = a_right[..., : min(n, inner), :].triu()
+    q_left, r_left = _qr(left)
+    q_right, r_right = _qr(right.mT)
     core = r_left @ r_right.mT
     full = min(core.shape[-2:])
     k = full if rank is None else min(rank, full)
@@ -96,7 +93,16 @@ def _svd_of_product64(left: Tensor, right: Tensor, rank: int | None) -> tuple[Te
     else:
         u, s, vh = torch.linalg.svd(core, full_matrices=False)
         u, s, vh = u[..., :k], s[..., :k], vh[..., :k, :]
-    return _apply_q(a_left, tau_left, u), s, _apply_q(a_right, tau_right, vh.mT).mT
+    return q_left(u), s, q_right(vh.mT).mT
+
+
+def _qr(x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """(Q @ ., R) of an m x R factor by Householder QR without forming Q (geqrf): R is min(m, R) x R
+    upper triangular; the reflectors are applied to the kept singular vectors only."""
+    m, inner = x.shape[-2], x.shape[-1]
+    reflectors, tau = torch.geqrf(x)
+    r = reflectors[..., : min(m, inner), :].triu()
+    return (lambda v: _apply_q(reflectors, tau, v)), r
 
 
 def _leading_svd(core: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
