@@ -136,15 +136,19 @@ class ClientSide:
                 vec[self.plan.offsets[i] : self.plan.offsets[i + 1]] = np.ldexp(lifted[name][:, j], -exponents[name])
         return ckks.encrypt_packed(self.ctx, vec, self.cfg.n_workers)
 
-    def fuse(self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, FactoredDelta]:
-        """Decrypt the aggregated columns and fuse them with the plaintext aggregate (original layout)."""
+    def fuse(
+        self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any], rank: int | None = None
+    ) -> dict[str, FactoredDelta]:
+        """Decrypt the aggregated columns and fuse them with the plaintext aggregate (original layout).
+        ``rank`` keeps the leading ``rank`` components per module (what a client finalizing at its
+        own rank needs; the full aggregate otherwise)."""
         version, k_round = int(meta["version"]), meta["k_round"]
         lifted = self._decrypt_lift(plain, cipher, meta)
         out = {}
         with thin_linalg():
             for name in sorted(self.plan.shapes):
                 lift = torch.from_numpy(lifted.get(name, np.zeros((self.plan.shapes[name][0], 0))))[:, : k_round[name]]
-                out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name])
+                out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name], rank)
         return out
 
     def _decrypt_lift(self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -92,9 +92,11 @@ def band_rows(slots: int, lanes: int, rank: int) -> int:
 
 
 def server_lift_bands(
-    shapes: Mapping[str, tuple[int, int]], clients: Sequence[tuple[int, Mapping[str, int]]], slots: int
+    shapes: Mapping[str, tuple[int, int]], clients: Sequence[tuple[int, Mapping[str, int]]], slots: int,
+    planes: int | None = None,
 ) -> tuple[Band, ...]:
-    """Bands for every client's (rank, {module: k}); ``slots`` = complex slots per ciphertext."""
+    """Bands for every client's (rank, {module: k}); ``slots`` = complex slots per ciphertext.
+    ``planes`` forces that many planes per band (a power of two; default: cheapest by estimate)."""
     active = [(r, ks) for r, ks in clients if any(k > 0 for k in ks.values())]
     if not active:
         return ()
@@ -111,16 +113,17 @@ def server_lift_bands(
             classes.setdefault((shapes[name][0], holders), []).append((name, lo, hi - lo))
     bands: list[Band] = []
     for (m, holders), runs in sorted(classes.items(), key=lambda kv: (kv[1][0][0], kv[1][0][1])):
-        bands.extend(_pack_class(runs, m, [active[i][0] for i in holders], slots, cap))
+        bands.extend(_pack_class(runs, m, [active[i][0] for i in holders], slots, cap, planes))
     return tuple(bands)
 
 
-def _pack_class(runs: list[tuple[str, int, int]], m: int, ranks: list[int], slots: int, cap: int) -> list[Band]:
+def _pack_class(runs: list[tuple[str, int, int]], m: int, ranks: list[int], slots: int, cap: int,
+                forced: int | None = None) -> list[Band]:
     """Pack one class (same rows, same holders) into bands: the plane count and lane count with the
     lowest estimated cost."""
     best: tuple[float, list[Band]] | None = None
     widest = max(size for _, _, size in runs)
-    planes = 1
+    planes = forced or 1
     while True:
         units = _units(runs, planes, cap)
         lanes = 1 << (max(u.width for u in units) - 1).bit_length()
@@ -131,7 +134,7 @@ def _pack_class(runs: list[tuple[str, int, int]], m: int, ranks: list[int], slot
                 if best is None or cost < best[0]:
                     best = (cost, bands)
             lanes *= 2
-        if 2 * planes >= widest:  # more planes would only leave planes empty
+        if forced or 2 * planes >= widest:  # more planes would only leave planes empty
             break
         planes *= 2
     if best is None:
@@ -165,7 +168,8 @@ def _pack(units: list[Unit], lanes: int, m: int, ranks: list[int], slots: int, p
         rows = min([band_rows(slots, width, r) for r in ranks] + [m])
         if rows < 1:
             return None
-        out.append(Band(tuple(g), width, rows, m, planes))
+        used = max(-(-u.size // (2 * u.width)) for u in g)  # planes no unit reaches are dropped
+        out.append(Band(tuple(g), width, rows, m, min(planes, used)))
     return out
 
 

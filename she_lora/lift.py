@@ -73,16 +73,16 @@ class LiftInput:
     exponents: Mapping[str, int]
 
 
-def output_exponents(inputs: Sequence[LiftInput], modules: Sequence[str]) -> dict[str, int]:
-    """Per module, the exponent E with |sum_i w_i s_i B_i a_i| <= 2^E for any |a_i| <= 2^e_i."""
-    out = {}
-    for name in modules:
-        bound = None
-        for x in inputs:
+def output_exponents(inputs: Sequence[LiftInput], bands: Sequence[Band]) -> dict[str, int]:
+    """Per module, the exponent E with |sum_i w_i s_i B_i a_i| <= 2^E for any |a_i| <= 2^e_i, over the
+    clients that uploaded columns of the module (row sums of |w s B| 2^e: a bound, never exceeded)."""
+    bounds: dict[str, np.ndarray] = {}
+    for x in inputs:
+        held = {u.module for blk in x.blocks for u in bands[blk.band].units}
+        for name in sorted(held):
             rows = np.abs(np.asarray(x.B[name], dtype=np.float64)).sum(axis=1) * abs(x.coef) * 2.0 ** x.exponents.get(name, 0)
-            bound = rows if bound is None else bound + rows
-        out[name] = exponent_of(bound) if bound is not None else 0
-    return out
+            bounds[name] = rows if name not in bounds else bounds[name] + rows
+    return {name: exponent_of(bound) for name, bound in bounds.items()}
 
 
 class ServerLift:

@@ -66,8 +66,9 @@ def lift_columns(B: Tensor, encrypted: Tensor, coef: float) -> Tensor:
     return coef * (B.double() @ encrypted.double())
 
 
-def fuse(us: Tensor, vh: Tensor, lifted: Tensor, layout: ColumnLayout) -> FactoredDelta:
-    """The aggregate in the original column order from the plaintext part and lifted columns."""
+def fuse(us: Tensor, vh: Tensor, lifted: Tensor, layout: ColumnLayout, rank: int | None = None) -> FactoredDelta:
+    """The aggregate in the original column order from the plaintext part and lifted columns;
+    ``rank`` keeps its leading components only (``svd_of_product``)."""
     n, K = layout.n, lifted.shape[1]
     if vh.shape[1] != n or us.shape[0] != lifted.shape[0]:
         raise ValueError(f"fuse: plaintext part {tuple(us.shape)} x {tuple(vh.shape)} does not match lifted {tuple(lifted.shape)}")
@@ -75,4 +76,4 @@ def fuse(us: Tensor, vh: Tensor, lifted: Tensor, layout: ColumnLayout) -> Factor
     unit[torch.arange(K), n - 1 - torch.arange(K)] = 1.0
     left = torch.cat([us.double(), lifted.double()], dim=1)
     right = layout.undo(torch.cat([vh.double(), unit], dim=0))
-    return svd_of_product(left, right)
+    return svd_of_product(left, right, rank=rank)
