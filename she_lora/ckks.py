@@ -127,7 +127,7 @@ class CKKSContext:
         """Plaintext of complex (or real) slot values at a level and scale (defaults: top, 2^scale_bits)."""
         pt = seal.Plaintext()
         values = np.asarray(slots)
-        data = values.tolist() if np.iscomplexobj(values) else values.astype(np.float64).tolist()
+        data = values.tolist() if np.iscomplexobj(values) else values.astype(np.float64, copy=False).tolist()
         self.encoder.encode(data, parms_id if parms_id is not None else self.seal.first_parms_id(), scale or self.scale, pt)
         return pt
 
@@ -368,6 +368,9 @@ def add_into(ctx: CKKSContext, acc: Any | None, ct: Any) -> Any:
     if acc is None:
         return ct
     ev = ctx.evaluator
+    if acc.parms_id() == ct.parms_id():
+        ev.add_inplace(acc, ct)
+        return acc
     level = {id(x): ctx.seal.get_context_data(x.parms_id()).chain_index() for x in (acc, ct)}
     if level[id(acc)] > level[id(ct)]:
         ev.mod_switch_to_inplace(acc, ct.parms_id())

@@ -105,9 +105,14 @@ class ClientSide:
         """client_lift: this client's proposal for the round's exponents, per module the e of its
         largest |lifted value| (``ckks.exponent_of``). Sent to the server in the clear: it reveals
         the power of two of the client's largest encrypted value per module, nothing finer."""
-        hidden = self._split(client_id, factors, version, {})
+        rank, ks = self.plan.member(client_id).rank, self.plan.k[client_id]
         coef = scale * n_samples / lift_norm
-        return {name: ckks.exponent_of(lift_columns(factors[name][1], h, coef)) for name, h in hidden.items()}
+        out = {}
+        for name in sorted(self.plan.shapes):
+            A, B = self._check(name, factors, rank)
+            hidden = A.detach()[:, self.globals[version][name][: ks[name]]]  # global positions 0..k-1
+            out[name] = ckks.exponent_of(lift_columns(B, hidden, coef))
+        return out
 
     def _split(self, client_id: int, factors: Mapping[str, tuple[Tensor, Tensor]], version: int, plain: dict[str, Tensor]) -> dict[str, Tensor]:
         """Fill ``plain`` with B and the plaintext columns of A (permuted); return the hidden columns

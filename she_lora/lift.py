@@ -99,6 +99,7 @@ class ServerLift:
         self.out_exponents = dict(out_exponents or {})
         self.slots = ctx.slot_count
         self._acc: dict[tuple[int, int, int], Any] = {}
+        self._tmp = seal.Ciphertext()
 
     def add(self, x: LiftInput) -> None:
         self.add_client(x.blobs, x.blocks, x.B, x.coef, x.exponents)
@@ -151,15 +152,19 @@ class ServerLift:
                 rotated = [self._rotl(x, W) for x in rotated]
             k = np.tile((t + j) % rank, n_out)
             plains = by_lane[:, rows, k].T.reshape(n_out, T * W)  # output h: slots t * W + l
+            full = T * W == self.slots
             for h in range(n_out):
-                slots = np.zeros(self.slots)
-                slots[: T * W] = plains[h]
+                slots = plains[h] if full else np.concatenate([plains[h], np.zeros(self.slots - T * W)])
                 pt = ctx.encode(slots, rotated[0].parms_id(), prime)  # one encoding serves every plane
                 for p, x in enumerate(rotated):
-                    prod = seal.Ciphertext()
-                    ev.multiply_plain(x, pt, prod)
                     key = (bi, p, h)
-                    self._acc[key] = add_into(ctx, self._acc.get(key), prod)
+                    acc = self._acc.get(key)
+                    if acc is None:
+                        acc = self._acc[key] = seal.Ciphertext()
+                        ev.multiply_plain(x, pt, acc)
+                    else:
+                        ev.multiply_plain(x, pt, self._tmp)
+                        ev.add_inplace(acc, self._tmp)
 
     def _tile_block(self, ct: Any, blk: Block) -> Any:
         """The block masked out of its upload and repeated with period blk.size from slot 0."""

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from she_lora.lowrank import aggregate_dense_svd, aggregate_lowrank, linalg_threads, relative_error, svd_of_product, to_lora
+from she_lora.lowrank import (
+    aggregate_dense_svd,
+    aggregate_lowrank,
+    linalg_threads,
+    relative_error,
+    svd_of_product,
+    to_lora,
+)
 
 
 def terms(m=60, n=50, ranks=(4, 8, 16), seed=0):

@@ -101,10 +101,10 @@ class LibraryRound:
         except TypeError:  # an older library without the rank argument
             return self.clients.fuse(*message)
 
-    def reference(self) -> dict[str, torch.Tensor]:
-        """Plaintext FlexLoRA (dense float64 sum, the module sizes here allow it; tests only)."""
+    def reference(self, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Plaintext FlexLoRA of ``names`` (default: every module) as dense float64 sums; tests only."""
         out = {}
-        for name in self.plan.shapes:
+        for name in names if names is not None else self.plan.shapes:
             out[name] = sum(n / self.total * s * (f[name][1].double() @ f[name][0].double())
                             for f, n, s in zip(self.factors, self.n_samples, self.scales))
         return out
@@ -143,7 +143,7 @@ def build_round(lift: str, spec: Mapping[str, Any], magnitude: float | None = No
     rnd = LibraryRound(lift, plan, clients, server, factors, n_samples, scales)
     if magnitude is not None:
         name = next(iter(shapes))
-        peak = float(rnd.reference()[name].abs().max())
+        peak = float(rnd.reference([name])[name].abs().max())
         for f in factors:
             for key, (A, B) in f.items():
                 f[key] = (A, (B.double() * (magnitude / peak)).to(dtype))
