@@ -135,10 +135,11 @@ class ClientSide:
         n_entries = self.plan.lift_entries(ks)
         if n_entries == 0:
             return []
+        scaled = {name: np.ldexp(cols, -exponents[name]) for name, cols in lifted.items()}
         vec = np.zeros(self.plan.offsets[n_entries])
         for i, (name, j) in enumerate(self.plan.order[:n_entries]):
             if j < ks[name]:
-                vec[self.plan.offsets[i] : self.plan.offsets[i + 1]] = np.ldexp(lifted[name][:, j], -exponents[name])
+                vec[self.plan.offsets[i] : self.plan.offsets[i + 1]] = scaled[name][:, j]
         return ckks.encrypt_packed(self.ctx, vec, self.cfg.n_workers)
 
     def fuse(
