@@ -9,6 +9,7 @@ import torch
 from she_lora import ckks
 from she_lora.layout import band_rows, client_blocks, client_lift_order, server_lift_bands
 from she_lora.lift import LiftInput, ServerLift, decode_lift, output_exponents, pack_blocks
+from she_lora.lowrank import relative_error
 from she_lora.negotiation import TopK, merge_global_list
 from she_lora.ope import KeyedOPE
 from she_lora.permutation import ColumnLayout
@@ -230,3 +231,19 @@ def test_library_imports_have_no_cycle() -> None:
 
     for mod in graph:
         visit(mod, ())
+
+
+def test_server_lift_in_worker_processes_matches_one_process() -> None:
+    """``n_workers`` > 1 spreads bands over forked workers; the broadcast decodes to the same lift."""
+    import dataclasses
+
+    from benchmark.asv_bench.rounds import SMALL, build_round
+
+    r = build_round("server_lift", SMALL, dtype=torch.float64)
+    assert len(r.plan.bands) >= 2
+    uploads = r.protect_all()
+    serial = r.finalize(r.aggregate(uploads))
+    r.server.cfg = dataclasses.replace(r.server.cfg, n_workers=2)
+    parallel = r.finalize(r.aggregate(uploads))
+    for name, delta in serial.items():
+        assert relative_error(parallel[name].dense(), delta.dense()) < 1e-9
