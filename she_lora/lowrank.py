@@ -96,10 +96,17 @@ def _svd_of_product64(left: Tensor, right: Tensor, rank: int | None) -> tuple[Te
     return q_left(u), s, q_right(vh.mT).mT
 
 
+_THIN = 128  # stacked ranks up to this: one LAPACK qr call beats geqrf plus a lazy Q (fewer torch ops)
+
+
 def _qr(x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """(Q @ ., R) of an m x R factor by Householder QR without forming Q (geqrf): R is min(m, R) x R
-    upper triangular; the reflectors are applied to the kept singular vectors only."""
+    """(Q @ ., R) of an m x R factor, R being min(m, R) x R upper triangular. Thin factors get an
+    explicit reduced Q; wide stacks keep Q as Householder reflectors (geqrf), applied to the kept
+    singular vectors only (cheaper when ``rank`` keeps few of many)."""
     m, inner = x.shape[-2], x.shape[-1]
+    if inner <= _THIN:
+        q, r = torch.linalg.qr(x)
+        return (lambda v: q @ v), r
     reflectors, tau = torch.geqrf(x)
     r = reflectors[..., : min(m, inner), :].triu()
     return (lambda v: _apply_q(reflectors, tau, v)), r
