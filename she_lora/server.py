@@ -3,6 +3,13 @@
 It merges the clients' top-k lists into ordered global lists, and aggregates uploads column-aware:
 plaintext columns as stacked factors, encrypted columns by ciphertext sums (client lift) or by
 lifting Enc(a_ij) with the plaintext B_i first (server lift).
+
+Magnitudes (``plain["lift_exponents"]``, one power-of-two exponent per module, in the clear both
+ways): client lift sums ciphertexts, so every client must have scaled by the round's agreed
+exponents (``agree_exponents``; mixed exponents are refused); server lift folds each client's own
+exponents into its plaintext weights and sends back the output exponents it derived from B. What
+the server learns from them: per client and module, the power of two of the largest encrypted
+|value| (client lift: of the lifted columns; server lift: of the hidden A-columns), nothing finer.
 """
 
 from __future__ import annotations
