@@ -7,10 +7,16 @@ Modules, in protocol order:
 - ``ope``: keyed order-preserving codes for column indices (clients hold the key);
 - ``negotiation``: top-k lists -> one ordered global list per module (nested prefixes);
 - ``permutation``: the shared column swap and its reverse-order inverse;
-- ``layout`` / ``plan``: who packs which value where, derived from public facts only;
-- ``ckks``: packed CKKS (complex slots, seeded symmetric encryption), public vs secret contexts;
-- ``lift``: the server-side lift Enc(a) -> Enc(w s B a) with few rotations;
+- ``layout`` / ``plan``: who packs which value where, derived from public facts only (server lift:
+  bands of modules that share rotations and encoded weights);
+- ``ckks``: packed CKKS (complex slots, seeded symmetric encryption), public vs secret contexts, and
+  power-of-two magnitude exponents (``exponent_of``, ``agree_exponent``) that keep the relative
+  error independent of the values' size;
+- ``lift``: the server-side lift Enc(a) -> Enc(w s B a) for a whole band at once;
 - ``reparam``: plaintext column-aware aggregation and the exact fusion of both parts;
 - ``client`` / ``server``: the two roles; the server side only ever loads a public context;
-- ``lowrank``: FlexLoRA's stacked-factor SVD (shared with the harness).
+- ``lowrank``: FlexLoRA's stacked-factor SVD (shared with the harness), optionally only the leading
+  ``rank`` components, single-threaded by default (``SHE_LORA_THREADS``).
+
+Imports between these modules form a DAG (``ckks`` imports none of them; a test checks it).
 """

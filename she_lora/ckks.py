@@ -24,6 +24,8 @@ import atexit
 import hashlib
 import itertools
 import json
+import math
+import multiprocessing
 import os
 import shutil
 import struct
@@ -31,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +127,7 @@ class CKKSContext:
         """Plaintext of complex (or real) slot values at a level and scale (defaults: top, 2^scale_bits)."""
         pt = seal.Plaintext()
         values = np.asarray(slots)
-        data = values.tolist() if np.iscomplexobj(values) else values.astype(np.float64).tolist()
+        data = values.tolist() if np.iscomplexobj(values) else values.astype(np.float64, copy=False).tolist()
         self.encoder.encode(data, parms_id if parms_id is not None else self.seal.first_parms_id(), scale or self.scale, pt)
         return pt
 
@@ -269,14 +272,19 @@ def _unpack_context(blob: bytes) -> tuple[CKKSParams, bytes, tuple[int, ...], di
 # ---- packed vectors ------------------------------------------------------------------------
 
 
-def encrypt_packed(ctx: CKKSContext, values: Any, n_workers: int = 1) -> list[bytes]:
+def encrypt_packed(ctx: CKKSContext, values: Any, n_workers: int = 1, exponent: int = 0) -> list[bytes]:
     """Encrypt a 1-D float vector into ceil(len / slots(ctx)) ciphertexts (seeded, symmetric).
 
     Ciphertext c holds values[c*N : (c+1)*N]: the first N/2 in the real parts, the rest in the
-    imaginary parts. ``n_workers`` > 1 spreads ciphertexts over processes; SEAL holds the GIL, so
+    imaginary parts. ``exponent`` e encrypts values * 2^-e instead (exact in floating point; see
+    ``exponent_of``): with e = exponent_of(values) every slot lies in [-1, 1], so CKKS's absolute
+    noise becomes a relative error that no longer depends on the values' size. Decrypt with the
+    same exponent. ``n_workers`` > 1 spreads ciphertexts over processes; SEAL holds the GIL, so
     threads do not help, and on 2 cores one worker is fastest for anything below ~100 ciphertexts.
     """
     flat = _as_vector(values, "encrypt_packed")
+    if exponent:
+        flat = np.ldexp(flat, -int(exponent))
     _check_magnitude(ctx, flat)
     cap, half = ctx.params.capacity, ctx.slot_count
     n_ct = -(-flat.size // cap)
@@ -284,14 +292,13 @@ def encrypt_packed(ctx: CKKSContext, values: Any, n_workers: int = 1) -> list[by
     padded[: flat.size] = flat
     chunks = padded.reshape(n_ct, 2, half)
     if n_workers > 1 and n_ct >= 2 * n_workers:
-        from she_lora._pool import encrypt_parallel
-
-        return encrypt_parallel(ctx, chunks, n_workers)
+        return _encrypt_parallel(ctx, chunks, n_workers)
     return [ctx.encrypt_slots(c[0] + 1j * c[1]) for c in chunks]
 
 
-def decrypt_packed(ctx: CKKSContext, blobs: Sequence[bytes], length: int) -> np.ndarray:
-    """Inverse of ``encrypt_packed`` (also for sums and scalar products of such payloads)."""
+def decrypt_packed(ctx: CKKSContext, blobs: Sequence[bytes], length: int, exponent: int = 0) -> np.ndarray:
+    """Inverse of ``encrypt_packed`` (also for sums and scalar products of such payloads); pass the
+    ``exponent`` the payloads were encrypted with (for a sum: the one all summands shared)."""
     cap = ctx.params.capacity
     if not 0 <= length <= len(blobs) * cap:
         raise ValueError(f"decrypt_packed: length {length} does not fit {len(blobs)} ciphertexts of {cap} values")
@@ -300,7 +307,39 @@ def decrypt_packed(ctx: CKKSContext, blobs: Sequence[bytes], length: int) -> np.
         z = ctx.decrypt_slots(ctx.load_ct(blob))
         parts.append(np.concatenate([z.real, z.imag]))
     out = np.concatenate(parts) if parts else np.zeros(0)
-    return out[:length]
+    out = out[:length]
+    return np.ldexp(out, int(exponent)) if exponent else out
+
+
+def exponent_of(values: Any) -> int:
+    """The smallest e with |v| <= 2^e for every value (0 for an empty or all-zero input).
+
+    A client that encrypts v * 2^-e puts every slot in [-1, 1]. What it reveals when it sends e:
+    the power of two of its largest |value|, nothing finer (one integer per call). Powers of two
+    keep the scaling exact in floating point.
+    """
+    arr = np.abs(np.asarray(values.detach().cpu().double().numpy() if hasattr(values, "detach") else values, dtype=np.float64))
+    peak = float(arr.max()) if arr.size else 0.0
+    if not np.isfinite(peak):
+        raise ValueError("exponent_of: values contain NaN or inf")
+    if peak == 0.0:
+        return 0
+    mantissa, e = math.frexp(peak)  # peak = mantissa * 2^e, 0.5 <= mantissa < 1
+    return e - 1 if mantissa == 0.5 else e
+
+
+def agree_exponent(proposals: Sequence[int], summands: int = 1) -> int:
+    """The exponent every party uses when ciphertexts are added: the largest proposal plus
+    ceil(log2(summands)), so a sum of ``summands`` payloads stays in [-1, 1] as well.
+
+    Whoever computes it (the server, from the clients' ``exponent_of`` proposals) learns each
+    proposal: the power of two of each client's largest |value|; every client learns the maximum.
+    """
+    if not proposals:
+        raise ValueError("agree_exponent: no proposals")
+    if summands < 1:
+        raise ValueError(f"agree_exponent: summands must be >= 1, got {summands}")
+    return int(max(proposals)) + (summands - 1).bit_length()
 
 
 def add_packed(ctx: CKKSContext, payloads: Sequence[Sequence[bytes]], ragged: bool = False) -> list[bytes]:
@@ -329,6 +368,9 @@ def add_into(ctx: CKKSContext, acc: Any | None, ct: Any) -> Any:
     if acc is None:
         return ct
     ev = ctx.evaluator
+    if acc.parms_id() == ct.parms_id():
+        ev.add_inplace(acc, ct)
+        return acc
     level = {id(x): ctx.seal.get_context_data(x.parms_id()).chain_index() for x in (acc, ct)}
     if level[id(acc)] > level[id(ct)]:
         ev.mod_switch_to_inplace(acc, ct.parms_id())
@@ -439,3 +481,28 @@ def key_roles(params: CKKSParams) -> tuple[CKKSContext, CKKSContext, dict[str, f
         "context_secret_bytes": float(len(secret_context_bytes(secret))),
     }
     return secret, load_public_context(public), costs
+
+
+# ---- process-parallel encryption (SEAL holds the GIL, threads do not help) -------------------
+
+_WORKER_CTX: CKKSContext | None = None
+
+
+def _init_worker(blob: bytes) -> None:
+    global _WORKER_CTX
+    _WORKER_CTX = load_secret_context(blob, galois=False)
+
+
+def _encrypt_rows(chunks: np.ndarray) -> list[bytes]:
+    assert _WORKER_CTX is not None
+    return [_WORKER_CTX.encrypt_slots(c[0] + 1j * c[1]) for c in chunks]
+
+
+def _encrypt_parallel(ctx: CKKSContext, chunks: np.ndarray, n_workers: int) -> list[bytes]:
+    """Split ``chunks`` (n_ct x 2 x N/2) into ``n_workers`` contiguous parts, encrypt each in a forked
+    worker holding a copy of the clients' context, and keep the order."""
+    parts = np.array_split(chunks, n_workers)
+    mp = multiprocessing.get_context("fork")
+    init = (secret_context_bytes(ctx),)
+    with ProcessPoolExecutor(n_workers, mp_context=mp, initializer=_init_worker, initargs=init) as ex:
+        return [blob for part in ex.map(_encrypt_rows, parts) for blob in part]

@@ -19,13 +19,13 @@ from torch import Tensor
 
 from she_lora import ckks
 from she_lora.layout import client_blocks
-from she_lora.lift import decode_lift, pack_blocks, rotation_steps
+from she_lora.lift import decode_lift, pack_blocks
 from she_lora.lowrank import FactoredDelta
 from she_lora.negotiation import TopK
 from she_lora.ope import KeyedOPE
 from she_lora.permutation import ColumnLayout
 from she_lora.plan import Plan, ProtocolConfig
-from she_lora.reparam import fuse, lift_columns, thin_linalg
+from she_lora.reparam import EXPONENTS_KEY, exponents_tensor, fuse, lift_columns, read_exponents, thin_linalg
 from she_lora.sensitivity import column_sensitivity, top_columns
 
 
@@ -35,7 +35,7 @@ class ClientSide:
     def __init__(self, plan: Plan, cfg: ProtocolConfig) -> None:
         self.plan, self.cfg = plan, cfg
         t0 = time.perf_counter()
-        self.ctx = ckks.make_secret_context(cfg.ckks, rotation_steps(plan.groups))
+        self.ctx = ckks.make_secret_context(cfg.ckks)
         self.keygen_s = time.perf_counter() - t0
         self._ope_key = os.urandom(32)
         self._ope = {name: KeyedOPE(self._ope_key, n, name) for name, (_, n) in plan.shapes.items()}
@@ -67,11 +67,57 @@ class ClientSide:
         }
 
     def protect(
-        self, client_id: int, scale: float, n_samples: float, factors: Mapping[str, tuple[Tensor, Tensor]], version: int, lift_norm: float
+        self, client_id: int, scale: float, n_samples: float, factors: Mapping[str, tuple[Tensor, Tensor]], version: int,
+        lift_norm: float, exponents: Mapping[str, int] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, list[bytes]], float]:
-        """Plaintext tensors, ciphertexts and the encryption time of one update."""
+        """Plaintext tensors, ciphertexts and the encryption time of one update.
+
+        Encrypted values are scaled by 2^-e per module before encoding (see ``ckks.exponent_of``),
+        and the e used travel in the clear as ``plain["lift_exponents"]`` (one int per module).
+        server_lift: each client picks e from its own hidden columns (``exponents`` is ignored);
+        the server folds it into its weights. client_lift: ciphertexts of all clients are added, so
+        all must use the round's agreed ``exponents`` (``propose_exponents`` -> the server's
+        ``agree_exponents``); without them e = 0 (the values' own size: precision then degrades for
+        small updates).
+        """
         rank, ks = self.plan.member(client_id).rank, self.plan.k[client_id]
         plain: dict[str, Tensor] = {}
+        hidden = self._split(client_id, factors, version, plain)
+        t0 = time.perf_counter()
+        if self.cfg.lift == "client_lift":
+            coef = scale * n_samples / lift_norm
+            lifted = {name: lift_columns(factors[name][1], hidden[name], coef).numpy() for name in hidden}
+            used = {name: int((exponents or {}).get(name, 0)) for name in sorted(self.plan.shapes)}
+            blobs = self._encrypt_lift(lifted, ks, used)
+        else:
+            cols = {name: hidden[name].double().numpy() for name in hidden}
+            used = {name: ckks.exponent_of(c) for name, c in cols.items()}
+            cols = {name: np.ldexp(c, -used[name]) for name, c in cols.items()}
+            blocks = client_blocks(self.plan.bands, rank, ks, self.ctx.slot_count)
+            blobs = [self.ctx.encrypt_slots(v) for v in pack_blocks(cols, self.plan.bands, blocks, self.ctx.slot_count)]
+        plain[EXPONENTS_KEY] = exponents_tensor(used, self.plan.shapes)
+        return plain, ({"lift": blobs} if blobs else {}), time.perf_counter() - t0
+
+    def propose_exponents(
+        self, client_id: int, scale: float, n_samples: float, factors: Mapping[str, tuple[Tensor, Tensor]], version: int,
+        lift_norm: float,
+    ) -> dict[str, int]:
+        """client_lift: this client's proposal for the round's exponents, per module the e of its
+        largest |lifted value| (``ckks.exponent_of``). Sent to the server in the clear: it reveals
+        the power of two of the client's largest encrypted value per module, nothing finer."""
+        rank, ks = self.plan.member(client_id).rank, self.plan.k[client_id]
+        coef = scale * n_samples / lift_norm
+        out = {}
+        for name in sorted(self.plan.shapes):
+            A, B = self._check(name, factors, rank)
+            hidden = A.detach()[:, self.globals[version][name][: ks[name]]]  # global positions 0..k-1
+            out[name] = ckks.exponent_of(lift_columns(B, hidden, coef))
+        return out
+
+    def _split(self, client_id: int, factors: Mapping[str, tuple[Tensor, Tensor]], version: int, plain: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fill ``plain`` with B and the plaintext columns of A (permuted); return the hidden columns
+        per module, column j = global position j."""
+        rank, ks = self.plan.member(client_id).rank, self.plan.k[client_id]
         hidden: dict[str, Tensor] = {}
         for name in sorted(self.plan.shapes):
             A, B = self._check(name, factors, rank)
@@ -82,47 +128,41 @@ class ClientSide:
             A_perm = layout.apply(A.detach())
             plain[f"{name}/A"] = A_perm[:, : n - k].clone().contiguous()
             plain[f"{name}/B"] = B.detach().clone().contiguous()
-            hidden[name] = A_perm[:, n - 1 - torch.arange(k)]  # column j = global position j
-        t0 = time.perf_counter()
-        if self.cfg.lift == "client_lift":
-            coef = scale * n_samples / lift_norm
-            lifted = {name: lift_columns(factors[name][1], hidden[name], coef).numpy() for name in hidden}
-            blobs = self._encrypt_lift(lifted, ks)
-        else:
-            cols = {name: hidden[name].double().numpy() for name in hidden}
-            blocks = client_blocks(self.plan.groups, rank, ks, self.ctx.slot_count)
-            blobs = [self.ctx.encrypt_slots(v) for v in pack_blocks(cols, self.plan.groups, blocks, self.ctx.slot_count)]
-        return plain, ({"lift": blobs} if blobs else {}), time.perf_counter() - t0
+            hidden[name] = A_perm[:, n - 1 - torch.arange(k)]
+        return hidden
 
-    def _encrypt_lift(self, lifted: Mapping[str, np.ndarray], ks: Mapping[str, int]) -> list[bytes]:
+    def _encrypt_lift(self, lifted: Mapping[str, np.ndarray], ks: Mapping[str, int], exponents: Mapping[str, int]) -> list[bytes]:
         n_entries = self.plan.lift_entries(ks)
         if n_entries == 0:
             return []
+        scaled = {name: np.ldexp(cols, -exponents[name]) for name, cols in lifted.items()}
         vec = np.zeros(self.plan.offsets[n_entries])
         for i, (name, j) in enumerate(self.plan.order[:n_entries]):
             if j < ks[name]:
-                vec[self.plan.offsets[i] : self.plan.offsets[i + 1]] = lifted[name][:, j]
+                vec[self.plan.offsets[i] : self.plan.offsets[i + 1]] = scaled[name][:, j]
         return ckks.encrypt_packed(self.ctx, vec, self.cfg.n_workers)
 
-    def fuse(self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, FactoredDelta]:
-        """Decrypt the aggregated columns and fuse them with the plaintext aggregate (original layout)."""
+    def fuse(
+        self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any], rank: int | None = None
+    ) -> dict[str, FactoredDelta]:
+        """Decrypt the aggregated columns and fuse them with the plaintext aggregate (original layout).
+        ``rank`` keeps the leading ``rank`` components per module (what a client finalizing at its
+        own rank needs; the full aggregate otherwise)."""
         version, k_round = int(meta["version"]), meta["k_round"]
-        lifted = self._decrypt_lift(cipher, meta)
+        lifted = self._decrypt_lift(plain, cipher, meta)
         out = {}
         with thin_linalg():
             for name in sorted(self.plan.shapes):
                 lift = torch.from_numpy(lifted.get(name, np.zeros((self.plan.shapes[name][0], 0))))[:, : k_round[name]]
-                out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name])
+                out[name] = fuse(plain[f"{name}/US"], plain[f"{name}/Vh"], lift, self.layouts[version][name], rank)
         return out
 
-    def _decrypt_lift(self, cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _decrypt_lift(self, plain: Mapping[str, Tensor], cipher: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
         k_round = meta["k_round"]
+        exponents = read_exponents(plain, self.plan.shapes)
         if self.cfg.lift == "server_lift":
-            return {
-                name: decode_lift(self.ctx, cipher.get(f"{name}/lift", []), self.plan.groups[name], self.plan.shapes[name][0], k)
-                for name, k in k_round.items()
-                if k
-            }
+            outputs = {int(key.split("/")[1]): blobs for key, blobs in cipher.items() if key.startswith("lift/")}
+            return decode_lift(self.ctx, outputs, self.plan.bands, self.plan.shapes, k_round, exponents)
         n_entries = int(meta.get("lift_entries", 0))
         if n_entries == 0:
             return {}
@@ -131,7 +171,7 @@ class ClientSide:
         out = {name: np.zeros((self.plan.shapes[name][0], k)) for name, k in k_round.items()}
         for i, (name, j) in enumerate(self.plan.order[:n_entries]):
             if j < k_round[name]:
-                out[name][:, j] = vec[self.plan.offsets[i] : self.plan.offsets[i + 1]]
+                out[name][:, j] = np.ldexp(vec[self.plan.offsets[i] : self.plan.offsets[i + 1]], exponents.get(name, 0))
         return out
 
     def _check(self, name: str, factors: Mapping[str, tuple[Tensor, Tensor]], rank: int) -> tuple[Tensor, Tensor]:

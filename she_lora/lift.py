@@ -1,103 +1,183 @@
-"""Server-side lift of encrypted A-columns: Enc(a) -> Enc(w s B a), with no matrix transform per column.
+"""Server-side lift of encrypted A-columns: Enc(a) -> Enc(w s B a) for a whole band of modules at once.
 
 The public code multiplies one small ciphertext per column by a (C r) x m plaintext matrix with
-TenSEAL's ``mm`` (a rotation per input slot, ~0.2 s per column). Here a client's r x C block of a
-column group (complex-packed: C' = ceil(C/2) lanes, slot k C' + c) is lifted for all its columns and
-all m rows at once:
+TenSEAL's ``mm`` (a rotation per input slot, ~0.2 s per column). Here a client's r x W block of a
+band (see ``she_lora.layout``: row k holds A[k, :] of every unit of the band, W lanes, complex-packed)
+is lifted for all its units, columns and rows at once:
 
 1. mask the block out of the packed upload (one plaintext product; level 1);
-2. tile it periodically over the ciphertext, n = floor(S / (r C')) copies, by rotate-and-add
-   doubling (O(log n) rotations);
-3. for j = 0..r-1 rotate the tile by j C' (so slot s = t C' + c reads A[(t + j) mod r, c]) and
-   multiply by the plaintext P_j[s] = w s B[t0 + t, (t + j) mod r]; summing over j gives, in slot
-   t C' + c, sum_k B[t0 + t, k] A[k, c]: rows t0..t0+T-1 of the lifted columns (real and imaginary
-   lanes at once). T <= n r - r + 1 keeps every read inside the tile.
+2. tile it periodically over the ciphertext (period r W) by rotate-and-add doubling, so slot t W + l
+   reads A[t mod r, l] (O(log(S / rW)) rotations);
+3. for j = 0..r-1 rotate the tile by j W (so slot t W + l reads A[(t + j) mod r, l]) and multiply
+   by the plaintext P_j[t W + l] = w s B_u[t0 + t, (t + j) mod r] (u: the unit owning lane l);
+   summing over j gives, in slot t W + l, sum_k B_u[t0 + t, k] A_u[k, l]: rows t0..t0+T-1 of every
+   unit's lifted columns (real and imaginary lanes at once).
 
-Cost per block: 1 product + ~log2(n) + r rotations + r products per output ciphertext, and products of
-all clients are summed before a single rescale per output (level 2). Rotations are left rotations by
-powers of two only (half the default Galois keys).
+A band with several planes (see ``she_lora.layout``) tiles and rotates each plane's block and
+multiplies all of them by the same encoded P_j: encoding (an FFT and an NTT per prime) costs more
+than the product itself. Rotations are paid per band, plane and client (about log2(S / rW) + r),
+products per output ciphertext (r per client), and products of all clients are summed before one
+rescale per output (level 2).
+Rotations are left rotations by powers of two only (half the default Galois keys).
+
+Magnitudes: client i encrypts its columns times 2^-e_i (``exponents``, public, see
+``she_lora.ckks.exponent_of``) and the server, which holds every w_i s_i B_i in the clear, folds
+2^e_i into its weights and divides them by 2^E per module, E being the exponent of the largest
+possible |lifted entry| (the row sums of |w s B| 2^e over clients). Every output then lies in
+[-1, 1] whatever the update's size, so CKKS's absolute noise is a fixed relative error; clients
+multiply by 2^E (sent in the clear: it is computed from plaintext the server holds anyway).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
 
-from she_lora.ckks import CKKSContext, add_into
-from she_lora.layout import Block, Group
+from she_lora.ckks import CKKSContext, add_into, exponent_of, load_public_context
+from she_lora.layout import Band, Block
 
 
-def pack_blocks(
-    columns: Mapping[str, np.ndarray], groups: Mapping[str, Sequence[Group]], blocks: Sequence[Block], slots: int
-) -> list[np.ndarray]:
+def pack_blocks(columns: Mapping[str, np.ndarray], bands: Sequence[Band], blocks: Sequence[Block], slots: int) -> list[np.ndarray]:
     """Complex slot vectors of a client's upload; ``columns[name]`` is (r, k_i): global positions 0..k_i-1."""
     n_ct = max((b.ct for b in blocks), default=-1) + 1
     out = [np.zeros(slots, dtype=np.complex128) for _ in range(n_ct)]
-    for b in blocks:
-        g = groups[b.module][b.group]
-        blk = np.asarray(columns[b.module][:, g.start : g.end], dtype=np.float64)
-        lanes = np.zeros((blk.shape[0], g.width), dtype=np.complex128)
-        lanes.real = blk[:, : g.width]
-        lanes.imag[:, : g.size - g.width] = blk[:, g.width :]
-        out[b.ct][b.offset : b.offset + b.size] = lanes.reshape(-1)
+    for blk in blocks:
+        band = bands[blk.band]
+        rank = blk.size // band.lanes
+        rows = np.zeros((rank, band.lanes), dtype=np.complex128)
+        for u in band.units:
+            cols = np.asarray(columns[u.module][:, u.start : u.end], dtype=np.float64)
+            lo = blk.plane * 2 * u.width  # this plane's columns of the unit: [lo, lo + 2 width)
+            real, imag = cols[:, lo : lo + u.width], cols[:, lo + u.width : lo + 2 * u.width]
+            rows[:, u.lane : u.lane + real.shape[1]].real = real
+            rows[:, u.lane : u.lane + imag.shape[1]].imag = imag
+        out[blk.ct][blk.offset : blk.offset + blk.size] = rows.reshape(-1)
     return out
 
 
-class ServerLift:
-    """Accumulates sum_i Enc(w_i s_i B_i a_ij) per output ciphertext; public context only."""
+@dataclass(frozen=True)
+class LiftInput:
+    """One client's contribution: its upload, its blocks, B per module, weight w_i s_i, and the
+    exponents e_i its columns were encrypted with (values times 2^-e_i)."""
 
-    def __init__(self, ctx: CKKSContext, groups: Mapping[str, Sequence[Group]], shapes: Mapping[str, tuple[int, int]]) -> None:
+    blobs: Sequence[bytes]
+    blocks: Sequence[Block]
+    B: Mapping[str, np.ndarray]
+    coef: float
+    exponents: Mapping[str, int]
+
+
+def output_exponents(inputs: Sequence[LiftInput], bands: Sequence[Band]) -> dict[str, int]:
+    """Per module, the exponent E with |sum_i w_i s_i B_i a_i| <= 2^E for any |a_i| <= 2^e_i, over the
+    clients that uploaded columns of the module (row sums of |w s B| 2^e: a bound, never exceeded)."""
+    bounds: dict[str, np.ndarray] = {}
+    for x in inputs:
+        held = {u.module for blk in x.blocks for u in bands[blk.band].units}
+        for name in sorted(held):
+            rows = np.abs(np.asarray(x.B[name], dtype=np.float64)).sum(axis=1) * abs(x.coef) * 2.0 ** x.exponents.get(name, 0)
+            bounds[name] = rows if name not in bounds else bounds[name] + rows
+    return {name: exponent_of(bound) for name, bound in bounds.items()}
+
+
+class ServerLift:
+    """Accumulates sum_i Enc(2^-E w_i s_i B_i a_i) per band and output ciphertext; public context only.
+
+    ``out_exponents`` (module -> E, from ``output_exponents``) scales the weights; without it E = 0
+    and weights are used as given."""
+
+    def __init__(self, ctx: CKKSContext, bands: Sequence[Band], shapes: Mapping[str, tuple[int, int]],
+                 out_exponents: Mapping[str, int] | None = None) -> None:
         if ctx.galois is None or ctx.params.levels < 2:
             raise ValueError("server lift needs a context with Galois keys and two levels, e.g. (60, 40, 40, 60)")
-        self.ctx, self.groups, self.shapes = ctx, groups, shapes
+        self.ctx, self.bands, self.shapes = ctx, bands, shapes
+        self.out_exponents = dict(out_exponents or {})
         self.slots = ctx.slot_count
-        self._acc: dict[tuple[str, int, int], Any] = {}
-        self._masks: dict[tuple[int, int], Any] = {}
+        self._acc: dict[tuple[int, int, int], Any] = {}
+        self._tmp = seal.Ciphertext()
 
-    def add_client(self, blobs: Sequence[bytes], blocks: Sequence[Block], B: Mapping[str, np.ndarray], coef: float) -> None:
+    def add(self, x: LiftInput) -> None:
+        self.add_client(x.blobs, x.blocks, x.B, x.coef, x.exponents)
+
+    def add_client(self, blobs: Sequence[bytes], blocks: Sequence[Block], B: Mapping[str, np.ndarray], coef: float,
+                   exponents: Mapping[str, int] | None = None) -> None:
         cts = [self.ctx.load_ct(b) for b in blobs]
+        exps = exponents or {}
+        by_band: dict[int, list[Block]] = {}
         for blk in blocks:
-            g = self.groups[blk.module][blk.group]
-            weights = coef * np.asarray(B[blk.module], dtype=np.float64)
-            self._lift_block(cts[blk.ct], blk, g, weights)
+            by_band.setdefault(blk.band, []).append(blk)
+        for bi, band_blocks in sorted(by_band.items()):
+            band = self.bands[bi]
+            if sorted(b.plane for b in band_blocks) != list(range(band.planes)):
+                raise ValueError(f"server lift: band {bi} needs blocks for planes 0..{band.planes - 1}")
+            weights = np.zeros((len(band.units), band.m, band_blocks[0].size // band.lanes))
+            for i, u in enumerate(band.units):
+                e = exps.get(u.module, 0) - self.out_exponents.get(u.module, 0)
+                b = np.asarray(B[u.module], dtype=np.float64)
+                weights[i, : b.shape[0]] = coef * 2.0**e * b
+            self._lift_band(bi, band, [(cts[b.ct], b) for b in sorted(band_blocks, key=lambda b: b.plane)], weights)
 
-    def finish(self) -> dict[str, list[bytes]]:
-        """Rescale each summed output once; per module, outputs in (group, row window) order."""
-        out: dict[str, list[bytes]] = {}
-        for (name, _, _), ct in sorted(self._acc.items()):
+    def finish(self) -> dict[int, list[bytes]]:
+        """Rescale each summed output once; per band, outputs in (plane, row window) order."""
+        out: dict[int, list[bytes]] = {}
+        for (band, _, _), ct in sorted(self._acc.items()):
             self.ctx.evaluator.rescale_to_next_inplace(ct)  # SEAL tracks the (shared) scale
-            out.setdefault(name, []).append(self.ctx.dump_ct(ct))
+            out.setdefault(band, []).append(self.ctx.dump_ct(ct))
         self._acc.clear()
         return out
 
-    def _lift_block(self, ct: Any, blk: Block, g: Group, weights: np.ndarray) -> None:
-        m, r = weights.shape
-        S, width, ctx, ev = self.slots, g.width, self.ctx, self.ctx.evaluator
+    def _lift_band(self, bi: int, band: Band, planes: Sequence[tuple[Any, Block]], weights: np.ndarray) -> None:
+        W, ctx, ev = band.lanes, self.ctx, self.ctx.evaluator
+        rank = weights.shape[2]
+        tiles = [self._tile_block(ct, blk) for ct, blk in planes]
+        prime = float(ctx.primes(tiles[0].parms_id())[-1])
+        T, n_out = band.rows, band.n_out
+        # Lane-expanded weights, rows padded to n_out * T: by_lane[l, row, k] = weight of lane l's unit.
+        lane_unit = np.full(W, len(band.units))
+        for i, u in enumerate(band.units):
+            lane_unit[u.lane : u.lane + u.width] = i
+        padded = np.zeros((len(band.units) + 1, n_out * T, rank))
+        padded[: len(band.units), : band.m] = weights
+        by_lane = padded[lane_unit]
+        t = np.arange(T)
+        rows = (np.arange(n_out)[:, None] * T + t).reshape(-1)
+        rotated = tiles
+        for j in range(rank):
+            if j:
+                rotated = [self._rotl(x, W) for x in rotated]
+            k = np.tile((t + j) % rank, n_out)
+            plains = by_lane[:, rows, k].T.reshape(n_out, T * W)  # output h: slots t * W + l
+            full = T * W == self.slots
+            for h in range(n_out):
+                slots = plains[h] if full else np.concatenate([plains[h], np.zeros(self.slots - T * W)])
+                pt = ctx.encode(slots, rotated[0].parms_id(), prime)  # one encoding serves every plane
+                for p, x in enumerate(rotated):
+                    key = (bi, p, h)
+                    acc = self._acc.get(key)
+                    if acc is None:
+                        acc = self._acc[key] = seal.Ciphertext()
+                        ev.multiply_plain(x, pt, acc)
+                    else:
+                        ev.multiply_plain(x, pt, self._tmp)
+                        ev.add_inplace(acc, self._tmp)
+
+    def _tile_block(self, ct: Any, blk: Block) -> Any:
+        """The block masked out of its upload and repeated with period blk.size from slot 0."""
+        S, ev = self.slots, self.ctx.evaluator
         # The mask carries 2^boost extra scale: after its rescale the block sits at 2^(scale_bits +
-        # boost), so the key-switching noise of the rotations (~3e-7 at 2^40) and the rounding of
-        # the final rescale (~5e-9 at 2^40) shrink by 2^boost; lifted values are often ~1e-5.
-        mask_pt = ctx.encode(self._mask(blk.offset, blk.size), ct.parms_id(), self._mask_scale(ct))
+        # boost), so the key-switching noise of the rotations and the rounding of the final rescale
+        # shrink by 2^boost.
+        mask_pt = self.ctx.encode(self._mask(blk.offset, blk.size), ct.parms_id(), self._mask_scale(ct))
         masked = seal.Ciphertext()
         ev.multiply_plain(ct, mask_pt, masked)
         ev.rescale_to_next_inplace(masked)
         copies = S // blk.size
-        w = self._rotl(self._tile(masked, blk.size, copies), (blk.offset - (copies - 1) * blk.size) % S)
-        prime = float(ctx.primes(w.parms_id())[-1])
-        for j in range(r):
-            if j:
-                w = self._rotl(w, width)
-            for h in range(g.n_out(m)):
-                t0 = h * g.rows
-                rows = np.arange(t0, min(m, t0 + g.rows))
-                slots = np.zeros(S)
-                slots[: rows.size * width] = np.repeat(weights[rows, (rows - t0 + j) % r], width)
-                prod = seal.Ciphertext()
-                ev.multiply_plain(w, ctx.encode(slots, w.parms_id(), prime), prod)
-                key = (blk.module, blk.group, h)
-                self._acc[key] = add_into(ctx, self._acc.get(key), prod)
+        return self._rotl(self._tile(masked, blk.size, copies), (blk.offset - (copies - 1) * blk.size) % S)
 
     def _mask_scale(self, ct: Any) -> float:
         p = self.ctx.params
@@ -153,27 +233,61 @@ class ServerLift:
         return out
 
 
-def rotation_steps(groups: Mapping[str, Sequence[Group]]) -> list[int]:
-    """Extra Galois keys worth generating: one per lane width (each used r - 1 times per block)."""
-    return sorted({g.width for gs in groups.values() for g in gs if g.width & (g.width - 1)})
-
-
-def decode_lift(
-    ctx: CKKSContext, blobs: Sequence[bytes], groups: Sequence[Group], m: int, k_round: int
-) -> np.ndarray:
-    """The m x k_round lifted columns (global positions) from a module's summed output ciphertexts."""
-    out = np.zeros((m, k_round))
-    it = iter(blobs)
-    for g in groups:
-        if g.end > k_round:
-            break
-        for h in range(g.n_out(m)):
-            z = ctx.decrypt_slots(ctx.load_ct(next(it)))
-            t0 = h * g.rows
-            n_rows = min(g.rows, m - t0)
-            zz = z[: n_rows * g.width].reshape(n_rows, g.width)
-            out[t0 : t0 + n_rows, g.start : g.start + g.width] = zz.real
-            out[t0 : t0 + n_rows, g.start + g.width : g.end] = zz.imag[:, : g.size - g.width]
+def decode_lift(ctx: CKKSContext, outputs: Mapping[int, Sequence[bytes]], bands: Sequence[Band],
+                shapes: Mapping[str, tuple[int, int]], k_round: Mapping[str, int],
+                out_exponents: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The m x k_round lifted columns (global positions) per module, from the summed outputs of each
+    band (band index -> ciphertexts in (plane, row window) order), times 2^E per module."""
+    out = {name: np.zeros((shapes[name][0], k)) for name, k in k_round.items() if k}
+    for bi, blobs in outputs.items():
+        band = bands[bi]
+        if len(blobs) != band.planes * band.n_out:
+            raise ValueError(f"server lift: band {bi} has {len(blobs)} output ciphertexts, its layout needs {band.planes * band.n_out}")
+        units = [u for u in band.units if u.module in out and u.end <= out[u.module].shape[1]]
+        if not units:
+            continue
+        for plane in range(band.planes):
+            # The plane's rows stacked over its row windows: z[row, lane].
+            windows = blobs[plane * band.n_out : (plane + 1) * band.n_out]
+            z = np.concatenate([ctx.decrypt_slots(ctx.load_ct(blob))[: band.rows * band.lanes] for blob in windows])
+            z = z.reshape(-1, band.lanes)[: band.m]
+            for u in units:
+                lo = u.start + plane * 2 * u.width
+                n_real = max(0, min(u.width, u.end - lo))
+                n_imag = max(0, min(u.width, u.end - lo - u.width))
+                dest = out[u.module]
+                dest[:, lo : lo + n_real] = z[: dest.shape[0], u.lane : u.lane + n_real].real
+                dest[:, lo + u.width : lo + u.width + n_imag] = z[: dest.shape[0], u.lane : u.lane + n_imag].imag
+    for name, e in (out_exponents or {}).items():
+        if name in out and e:
+            out[name] *= 2.0**e
     return out
 
 
+# ---- process-parallel lift (bands spread over forked workers) --------------------------------
+
+
+def _lift_bands(args: tuple) -> dict[int, list[bytes]]:
+    """Worker: lift a subset of bands for every client, with its own copy of the public context."""
+    public, bands, shapes, exponents, inputs = args
+    lift = ServerLift(load_public_context(public), bands, shapes, exponents)
+    for x in inputs:
+        lift.add(x)
+    return lift.finish()
+
+
+def lift_parallel(public: bytes, bands: Sequence[Band], shapes: Mapping[str, tuple[int, int]], inputs: Sequence[LiftInput],
+                  out_exponents: Mapping[str, int], n_workers: int) -> dict[int, list[bytes]]:
+    """The server lift with bands spread over ``n_workers`` forked processes. Outputs of a band never
+    mix across workers, so each worker sums its bands over all clients and rescales them itself."""
+    parts = [set(range(i, len(bands), n_workers)) for i in range(n_workers)]
+    jobs = []
+    for part in parts:
+        sub = [LiftInput(x.blobs, [b for b in x.blocks if b.band in part], x.B, x.coef, x.exponents) for x in inputs]
+        jobs.append((public, bands, shapes, dict(out_exponents), sub))
+    mp = multiprocessing.get_context("fork")
+    out: dict[int, list[bytes]] = {}
+    with ProcessPoolExecutor(n_workers, mp_context=mp) as ex:
+        for res in ex.map(_lift_bands, jobs):
+            out.update(res)
+    return out

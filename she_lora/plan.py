@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from she_lora.ckks import CKKSParams
-from she_lora.layout import Group, client_lift_order, server_lift_groups
+from she_lora.layout import Band, client_lift_order, server_lift_bands
 from she_lora.negotiation import DEFAULT_SHARES
 from she_lora.sensitivity import budget_columns
 
@@ -53,7 +53,8 @@ class Member:
 
 
 class Plan:
-    """Per-client k per module and the packing layout of the chosen lift mode."""
+    """Per-client k per module and the packing layout of the chosen lift mode (``order``/``offsets``
+    for client lift, ``bands`` for server lift)."""
 
     def __init__(self, shapes: Mapping[str, tuple[int, int]], members: Sequence[Member], lift: str, slots: int) -> None:
         for name, (m, n) in shapes.items():
@@ -69,11 +70,11 @@ class Plan:
         self.lift, self.slots = lift, slots
         self.k = {mem.client_id: {name: budget_columns(mem.budget, n) for name, (_, n) in self.shapes.items()} for mem in members}
         self.k_max = {name: max((ks[name] for ks in self.k.values()), default=0) for name in self.shapes}
-        self.groups: dict[str, tuple[Group, ...]] = {}
+        self.bands: tuple[Band, ...] = ()
         self.order: list[tuple[str, int]] = []
         self.offsets: list[int] = [0]
         if lift == "server_lift":
-            self.groups = server_lift_groups(self.shapes, [(mem.rank, self.k[mem.client_id]) for mem in members], slots)
+            self.bands = server_lift_bands(self.shapes, [(mem.rank, self.k[mem.client_id]) for mem in members], slots)
         else:
             self.order = client_lift_order(self.shapes, self.k_max)
             for name, _ in self.order:
