@@ -141,6 +141,13 @@ def unflatten_factors(flat: np.ndarray, layout: Sequence[Sequence[Any]], scale: 
     return out
 
 
+def block_exponents(flat: np.ndarray, blocks: Sequence[int]) -> list[int]:
+    """The power-of-two exponent of each consecutive block's largest |value| (``ckks.exponent_of``):
+    sent in the clear, it reveals magnitudes to within a factor of two and nothing finer."""
+    bounds = np.cumsum([0, *blocks])
+    return [ckks.exponent_of(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _shape(f: LoRAFactors) -> tuple[int, int]:
     return int(f.B.shape[0]), int(f.A.shape[1])
 
@@ -195,9 +202,16 @@ class FullHEClient(ClientRole):
                 )
             flat = np.concatenate([update.factors[n].delta().detach().double().cpu().T.reshape(-1).numpy() for n in names])
             segments = [m for _, m, n in layout for _ in range(n)]  # one segment per column of the delta
-        blobs = encrypt_chunks(ctx, flat, chunk_lengths(segments, p.packing, ckks.slots(ctx)), p.n_workers)
+        # slots in [-1, 1], so CKKS's absolute noise is relative to each block's size: stack scales each
+        # module's B and A by their own power of two, lift each client's whole delta (the server adds them)
+        blocks = [len(flat)] if p.aggregation == "lift" else [m * r if i % 2 == 0 else n * r
+                                                               for _, m, n, r in layout for i in range(2)]
+        exponents = block_exponents(flat, blocks)
+        scaled = np.ldexp(flat, -np.repeat(exponents, blocks))
+        blobs = encrypt_chunks(ctx, scaled, chunk_lengths(segments, p.packing, ckks.slots(ctx)), p.n_workers)
         enc_s = time.perf_counter() - t0
-        meta = {**update_meta(update), "layout": layout, "packing": p.packing, "aggregation": p.aggregation}
+        meta = {**update_meta(update), "layout": layout, "packing": p.packing, "aggregation": p.aggregation,
+                "exponent": exponents[0] if p.aggregation == "lift" else exponents}
         return WirePayload(
             sender=f"client:{update.client.client_id}", cipher={"values": blobs}, meta=meta, timings={"enc_s": enc_s}
         )
@@ -225,7 +239,8 @@ class FullHEClient(ClientRole):
         per_client = []
         for i, (c, layout) in enumerate(zip(clients, layouts)):
             lengths = chunk_lengths(factor_segments([tuple(row[1:]) for row in layout]), message.meta["packing"], cap)
-            flat = decrypt_chunks(ctx, message.cipher[f"client{i}"], lengths)
+            blocks = [m * r if j % 2 == 0 else n * r for _, m, n, r in layout for j in range(2)]
+            flat = np.ldexp(decrypt_chunks(ctx, message.cipher[f"client{i}"], lengths), np.repeat(c["exponent"], blocks))
             per_client.append((float(c["n_samples"]) / total * float(c["scale"]), unflatten_factors(flat, layout, c["scale"])))
         names = [row[0] for row in layouts[0]]
         return {n: aggregate_lowrank([(w, f[n].B, f[n].A) for w, f in per_client]) for n in names}
@@ -235,6 +250,7 @@ class FullHEClient(ClientRole):
         layout = message.meta["layout"]
         segments = [m for _, m, n in layout for _ in range(n)]
         flat = decrypt_chunks(ctx, message.cipher["delta"], chunk_lengths(segments, message.meta["packing"], ckks.slots(ctx)))
+        flat = np.ldexp(flat, int(message.meta["exponent"]))
         out, pos = {}, 0
         for name, m, n in layout:
             dense = torch.from_numpy(flat[pos : pos + m * n].copy()).reshape(n, m).T
@@ -261,16 +277,20 @@ class FullHEServer(ServerRole):
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         t0 = time.perf_counter()
         weights = fedavg_weights(payloads)
-        clients = [{k: p.meta[k] for k in ("client_id", "rank", "scale", "n_samples")} for p in payloads]
+        clients = [{k: p.meta[k] for k in ("client_id", "rank", "scale", "n_samples", "exponent")} for p in payloads]
         meta: dict[str, Any] = {"aggregation": self.params.aggregation, "packing": self.params.packing}
         if self.params.aggregation == "stack":
             cipher = {f"client{i}": list(p.cipher["values"]) for i, p in enumerate(payloads)}
             meta.update(clients=clients, layouts=[p.meta["layout"] for p in payloads])
         else:
             srv = self._server_ctx
-            scaled = [ckks.mul_scalar_packed(srv, p.cipher["values"], w) for p, w in zip(payloads, weights)]
+            # each upload holds values * 2^-e_i; the sum is kept in units of 2^E with |sum| <= 1
+            exps = [int(p.meta["exponent"]) for p in payloads]
+            E = ckks.exponent_of(np.array([sum(w * 2.0**e for w, e in zip(weights, exps))]))
+            scaled = [ckks.mul_scalar_packed(srv, p.cipher["values"], w * 2.0 ** (e - E))
+                      for p, w, e in zip(payloads, weights, exps)]
             cipher = {"delta": ckks.add_packed(srv, scaled)}
-            meta.update(layout=payloads[0].meta["layout"], clients=[c["client_id"] for c in clients])
+            meta.update(layout=payloads[0].meta["layout"], clients=[c["client_id"] for c in clients], exponent=E)
         return WirePayload(sender="server", cipher=cipher, meta=meta, timings={"agg_s": time.perf_counter() - t0})
 
     def observe(self, payload: WirePayload) -> AttackerView:

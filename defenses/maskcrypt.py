@@ -278,16 +278,20 @@ class MaskCryptClient(ClientRole):
             if not bool(hidden.all()):
                 plain[k] = t.masked_fill(hidden.to(t.device), 0.0)
         cipher: dict[str, bytes | list[bytes]] = {}
-        timings = {}
+        timings, exponent = {}, {}
         if len(keys):
             values = flat_values(update.factors, names).numpy()
             index = np.searchsorted(all_keys(names, shapes, update.client.rank), keys)
-            cipher["hidden"] = ckks.encrypt_packed(self._client_ctx, values[index], n_workers=self.params.n_workers)
+            # slots in [-1, 1] per (module, factor) group: CKKS error relative to each group's size
+            groups = keys // STRIDE
+            exponent = {str(g): ckks.exponent_of(values[index][groups == g]) for g in np.unique(groups).tolist()}
+            scaled = np.ldexp(values[index], -np.array([exponent[str(g)] for g in groups.tolist()]))
+            cipher["hidden"] = ckks.encrypt_packed(self._client_ctx, scaled, n_workers=self.params.n_workers)
             timings["enc_s"] = time.perf_counter() - t0
             if not agreed:
                 plain["hidden_keys"] = torch.from_numpy(keys)
         meta = {**update_meta(update), "n_hidden": len(keys), "mask": "consensus" if agreed else "own",
-                "shapes": {n: list(shapes[n]) for n in names}}
+                "shapes": {n: list(shapes[n]) for n in names}, "exponent": exponent}
         return WirePayload(sender=f"client:{update.client.client_id}", plain=plain, cipher=cipher, meta=meta, timings=timings)
 
     # -- step 5: every client rebuilds the exact aggregate ----------------------------------------
@@ -316,8 +320,10 @@ def rebuild(message: WirePayload, agreed: Mapping[int, np.ndarray], ctx: Any | N
             names = sorted(c["shapes"])
             shapes = {n: tuple(c["shapes"][n]) for n in names}
             values = flat_values(factors, names).numpy()
-            index = np.searchsorted(all_keys(names, shapes, c["rank"]), payload_keys(own, agreed))
-            values[index] = ckks.decrypt_packed(ctx, message.cipher[f"client{i}"], c["n_hidden"])
+            keys = payload_keys(own, agreed)
+            index = np.searchsorted(all_keys(names, shapes, c["rank"]), keys)
+            exps = np.array([int(c["exponent"][str(g)]) for g in (keys // STRIDE).tolist()])
+            values[index] = np.ldexp(ckks.decrypt_packed(ctx, message.cipher[f"client{i}"], c["n_hidden"]), exps)
             factors = _unflat(values, names, shapes, c["rank"], c["scale"])
         w = float(c["n_samples"]) / total * float(c["scale"])
         for n, f in factors.items():
@@ -352,18 +358,20 @@ class MaskCryptServer(ServerRole):
         weights = fedavg_weights(payloads)
         if all(p.meta["n_hidden"] == 0 for p in payloads):  # nothing hidden: plain FlexLoRA
             per_client = [decode_factors(p.plain, p.meta["scale"]) for p in payloads]
+            rank = broadcast_rank(self.fed)
             deltas = {
-                name: aggregate_lowrank([(w * f[name].scale, f[name].B, f[name].A) for w, f in zip(weights, per_client)])
+                name: aggregate_lowrank([(w * f[name].scale, f[name].B, f[name].A) for w, f in zip(weights, per_client)],
+                                        rank=rank)
                 for name in per_client[0]
             }
-            message = broadcast(deltas, broadcast_rank(self.fed))
+            message = broadcast(deltas, rank)
         else:  # relay plaintext parts and ciphertexts: clients rebuild every factor exactly
             plain, cipher = {}, {}
             for i, p in enumerate(payloads):
                 plain.update({f"client{i}/{k}": v for k, v in p.plain.items()})
                 if "hidden" in p.cipher:
                     cipher[f"client{i}"] = list(p.cipher["hidden"])
-            keep = ("client_id", "rank", "scale", "n_samples", "n_hidden", "round", "mask", "shapes")
+            keep = ("client_id", "rank", "scale", "n_samples", "n_hidden", "round", "mask", "shapes", "exponent")
             message = WirePayload(sender="server", plain=plain, cipher=cipher,
                                   meta={"rank": broadcast_rank(self.fed), "clients": [{k: p.meta[k] for k in keep} for p in payloads]})
         message.timings["agg_s"] = time.perf_counter() - t0

@@ -72,11 +72,12 @@ class PlainServer(ServerRole):
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         weights = fedavg_weights(payloads)
         per_client = [decode_factors(p.plain, p.meta["scale"]) for p in payloads]
+        rank = broadcast_rank(self.fed)  # the broadcast keeps this many components: compute no more
         deltas: dict[str, FactoredDelta] = {}
         for name in per_client[0]:
             terms = [(w * f[name].scale, f[name].B, f[name].A) for w, f in zip(weights, per_client)]
-            deltas[name] = aggregate_lowrank(terms)
-        return broadcast(deltas, broadcast_rank(self.fed))
+            deltas[name] = aggregate_lowrank(terms, rank=rank)
+        return broadcast(deltas, rank)
 
     def observe(self, payload: WirePayload) -> AttackerView:
         factors = decode_factors(payload.plain, payload.meta["scale"])

@@ -38,7 +38,7 @@ from she_lora.client import ClientSide
 from she_lora.lowrank import svd_of_product
 from she_lora.negotiation import DEFAULT_SHARES, TopK
 from she_lora.plan import LEAKAGES, LIFTS, Member, Plan, ProtocolConfig
-from she_lora.reparam import thin_linalg
+from she_lora.reparam import EXPONENTS_KEY, thin_linalg
 from she_lora.server import ServerSide
 
 
@@ -119,7 +119,9 @@ class SHELoRAClient(ClientRole):
         self.plan: Plan | None = None
         self._side: ClientSide | None = None
         self._round_total: dict[int, tuple[float, frozenset[int]]] = {}
+        self._exponents: dict[int, dict[str, int]] = {}  # round -> agreed client_lift exponents
         self._last_nego_round = 0
+        self._fused: tuple[WirePayload, dict[str, Any], float] | None = None
         self.last_timings: dict[str, float] = {}
 
     def setup(self, fed: FederationInfo) -> WirePayload:
@@ -152,10 +154,14 @@ class SHELoRAClient(ClientRole):
         return any(len(current[n]) < k for n, k in self.plan.k[update.client.client_id].items())
 
     def propose(self, update: ClientUpdate) -> WirePayload:
-        """The client's sample count, and its top-k lists when a negotiation is due (OPE-encoded or
-        plain column indices; sensitivity scores only with ``send_scores``)."""
+        """The client's sample count, its top-k lists when a negotiation is due (OPE-encoded or plain
+        column indices; sensitivity scores only with ``send_scores``) and, for client lift, a bound on
+        its lifted values' exponents (the server agrees one per module, so the sum stays in range)."""
         cid = update.client.client_id
         meta: dict[str, Any] = {"kind": "negotiation", "round": update.round, "client_id": cid, "n_samples": update.n_samples}
+        if self.cfg.lift == "client_lift":
+            factors = {n: (f.A, f.B) for n, f in update.factors.items()}
+            meta["exponents"] = self.side.bound_exponents(cid, update.client.scale, factors)
         if self._due(update):
             msg = self.side.topk(cid, {n: f.A for n, f in update.factors.items()}, update.input_sq_norms)
             meta["topk"] = {n: list(t.codes) for n, t in msg.items()}
@@ -167,6 +173,8 @@ class SHELoRAClient(ClientRole):
         meta = reply.meta
         rnd = int(meta["round"])
         self._round_total[rnd] = (float(meta["n_total"]), frozenset(int(c) for c in meta["clients"]))
+        if "exponents" in meta:
+            self._exponents[rnd] = {n: int(e) for n, e in meta["exponents"].items()}
         if "global" in meta:
             self.side.install(int(meta["version"]), meta["global"])
             self._last_nego_round = rnd
@@ -179,16 +187,27 @@ class SHELoRAClient(ClientRole):
         total, members = self._round_total.get(update.round, (0.0, frozenset()))
         norm = total if cid in members and total > 0 else 1.0
         factors = {n: (f.A, f.B) for n, f in update.factors.items()}
+        exponents = self._exponents.get(update.round)
+        if self.cfg.lift == "client_lift" and (update.kind != "weights" or exponents is None):
+            # not summed with anyone's (an attack probe): the client's own exact exponents
+            exponents = side.propose_exponents(cid, update.client.scale, float(update.n_samples), factors, version, norm)
         with thin_linalg():
-            plain, cipher, enc_s = side.protect(cid, update.client.scale, float(update.n_samples), factors, version, norm)
+            plain, cipher, enc_s = side.protect(cid, update.client.scale, float(update.n_samples), factors, version, norm,
+                                                exponents)
         meta = {**update_meta(update), "version": version, "lift": self.cfg.lift, "lift_norm": norm, "k": self.plan.k[cid]}
         return WirePayload(sender=f"client:{cid}", plain=plain, cipher=cipher, meta=meta,
                            timings={"enc_s": enc_s} if cipher else {})
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        t0 = time.perf_counter()
-        fused = self.side.fuse(message.plain, message.cipher, message.meta)
-        self.last_timings = {"dec_s": time.perf_counter() - t0}
+        """Decrypt and fuse once per received broadcast (every client of it gets the same aggregate;
+        ``last_timings`` reports what each one spends), then truncate to the client's rank."""
+        if self._fused is None or self._fused[0] is not message:
+            t0 = time.perf_counter()
+            top = max(c.rank for c in self.fed.clients) if self.fed else None
+            self._fused = (message, self.side.fuse(message.plain, message.cipher, message.meta, rank=top), 0.0)
+            self._fused = (*self._fused[:2], time.perf_counter() - t0)
+        fused = self._fused[1]
+        self.last_timings = {"dec_s": self._fused[2]}
         seed = self.fed.seed if self.fed else 0
         with thin_linalg():
             out = finalize_to_rank(fused, client, seed)
@@ -240,6 +259,8 @@ class SHELoRAServer(ServerRole):
         reply: dict[str, Any] = {"kind": "negotiation", "round": rnd,
                                  "n_total": float(sum(float(p.meta["n_samples"]) for p in proposals)),
                                  "clients": [int(p.meta["client_id"]) for p in proposals]}
+        if self.cfg.lift == "client_lift" and all("exponents" in p.meta for p in proposals):
+            reply["exponents"] = self.side.agree_exponents([p.meta["exponents"] for p in proposals])
         if lists:
             side = self.side
             fresh = side.version == 0 or refresh_due(self.params, self._last_nego_round, rnd)
@@ -274,6 +295,8 @@ class SHELoRAServer(ServerRole):
         leaked["global_list" if self.cfg.leakage == "plain" else "global_list_ope_codes"] = {n: list(c) for n, c in codes.items()}
         if self.cfg.leakage == "plain":
             leaked["encrypted_columns"] = {n: list(codes[n][: ks[n]]) for n in codes}
+        if EXPONENTS_KEY in payload.plain:  # powers of two of the encrypted values' magnitudes, in the clear
+            leaked["lift_exponents"] = payload.plain[EXPONENTS_KEY].tolist()
         if self.cfg.send_scores and payload.meta["client_id"] in self._scores:
             leaked["scores"] = self._scores[payload.meta["client_id"]]
         return AttackerView(defense=self.name, kind=payload.meta.get("kind", "weights"), modules=modules, leaked=leaked, cipher_bytes=payload.cipher_bytes())

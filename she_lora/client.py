@@ -114,6 +114,20 @@ class ClientSide:
             out[name] = ckks.exponent_of(lift_columns(B, hidden, coef))
         return out
 
+    def bound_exponents(self, client_id: int, scale: float, factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, int]:
+        """client_lift, before the round's global list and sample total are known: per module the e
+        of an upper bound on any lifted value this client could encrypt, scale * max_i ||B_i||
+        * max_j ||a_j|| (Cauchy-Schwarz; the sample weight n_i / n is at most 1). A few bits looser
+        than ``propose_exponents``, but it can travel with the top-k lists. Reveals as much: the
+        power of two of a magnitude, nothing finer."""
+        rank = self.plan.member(client_id).rank
+        out = {}
+        for name in sorted(self.plan.shapes):
+            A, B = self._check(name, factors, rank)
+            bound = scale * float(B.double().norm(dim=1).max()) * float(A.double().norm(dim=0).max())
+            out[name] = ckks.exponent_of([bound])
+        return out
+
     def _split(self, client_id: int, factors: Mapping[str, tuple[Tensor, Tensor]], version: int, plain: dict[str, Tensor]) -> dict[str, Tensor]:
         """Fill ``plain`` with B and the plaintext columns of A (permuted); return the hidden columns
         per module, column j = global position j."""

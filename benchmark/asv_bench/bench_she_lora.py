@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import SHAPES, Bench, federation, make_defense, memo, random_updates, seed_all
+from .common import SHAPES, Bench, Steps, federation, make_defense, memo, random_updates, seed_all
 
 LIFTS = ["server_lift", "client_lift"]
 CLIENTS = [2, 4]
@@ -33,11 +33,11 @@ class SHELoRASetup(Bench):
 
     def setup(self, lift: str) -> None:
         seed_all()
-        self.defense: Any = make_defense("she_lora", {"lift": lift})
+        self.steps = Steps(make_defense("she_lora", {"lift": lift}))
         self.fed = memo(("fed", 4, 0.1), lambda: _federation(4, 0.1))[0]
 
     def time_setup(self, lift: str) -> None:
-        self.defense.setup(self.fed)
+        self.steps.setup(self.fed)
 
 
 class SHELoRANegotiate(Bench):
@@ -51,25 +51,23 @@ class SHELoRANegotiate(Bench):
     def setup(self, n_clients: int, budget: float) -> None:
         seed_all()
         self.fed, self.updates = memo(("fed", n_clients, budget), lambda: _federation(n_clients, budget))
-        self.defense: Any = make_defense("she_lora", {"lift": "client_lift"})
-        if not hasattr(self.defense, "negotiate"):
+        defense: Any = make_defense("she_lora", {"lift": "client_lift"})
+        if not (hasattr(defense, "negotiate") or hasattr(defense, "server")):
             raise NotImplementedError("she_lora has no negotiate step at this commit")
-        self.defense.setup(self.fed)
+        self.steps = Steps(defense)
+        self.steps.setup(self.fed)
 
     def time_negotiate(self, n_clients: int, budget: float) -> None:
-        self.defense.negotiate(self.updates)
+        self.steps.negotiate(self.updates)
 
 
 def _round(lift: str, n_clients: int, budget: float) -> dict[str, Any]:
     fed, updates = _federation(n_clients, budget)
-    defense = make_defense("she_lora", {"lift": lift})
-    defense.setup(fed)
-    negotiate = getattr(defense, "negotiate", None)
-    if negotiate is not None:
-        negotiate(updates)
-    payloads = [defense.protect(u) for u in updates]
-    return {"fed": fed, "updates": updates, "defense": defense, "payloads": payloads,
-            "message": defense.aggregate(payloads)}
+    steps = Steps(make_defense("she_lora", {"lift": lift}))
+    steps.setup(fed)
+    steps.negotiate(updates)
+    payloads = [steps.protect(u) for u in updates]
+    return {"fed": fed, "updates": updates, "steps": steps, "payloads": payloads, "message": steps.aggregate(payloads)}
 
 
 class SHELoRARound(Bench):
@@ -87,11 +85,11 @@ class SHELoRARound(Bench):
 
     def time_protect(self, lift: str, n_clients: int, budget: float) -> None:
         """One rank-16 client's upload: column selection, swapping and CKKS encryption."""
-        self.r["defense"].protect(self.r["updates"][-1])
+        self.r["steps"].protect(self.r["updates"][-1])
 
     def time_aggregate(self, lift: str, n_clients: int, budget: float) -> None:
-        self.r["defense"].aggregate(self.r["payloads"])
+        self.r["steps"].aggregate(self.r["payloads"])
 
     def time_finalize(self, lift: str, n_clients: int, budget: float) -> None:
         """Decrypt and reparameterize the broadcast to the rank-16 client's own rank."""
-        self.r["defense"].finalize(self.r["message"], self.r["fed"].clients[-1])
+        self.r["steps"].finalize(self.r["message"], self.r["fed"].clients[-1])

@@ -128,3 +128,43 @@ class Bench:
     repeat = (1, 5, 4.0)
     warmup_time = 0.05
     timeout = 180
+
+
+class Steps:
+    """One round's steps on a defense, whichever API the checked-out commit has: the client and
+    server roles over a channel (``defense.client`` / ``defense.server``, ``benchmark.protocol``),
+    or the single defense object of earlier commits. History stays comparable across the change."""
+
+    def __init__(self, defense: Any) -> None:
+        self.defense = defense
+        self.roles = hasattr(defense, "client") and hasattr(defense, "server")
+        if self.roles:
+            transcript = need("benchmark.transcript")
+            self.copy = transcript.wire_copy
+            self.channel = transcript.Channel()
+
+    def setup(self, fed: Any) -> Any:
+        if not self.roles:
+            return self.defense.setup(fed)
+        return need("benchmark.protocol").setup_roles(self.defense, fed, self.channel)
+
+    def negotiate(self, updates: Any) -> None:
+        if self.roles:
+            need("benchmark.protocol").negotiate(self.defense, updates, updates[0].round, self.channel)
+        elif hasattr(self.defense, "negotiate"):
+            self.defense.negotiate(updates)
+
+    def protect(self, update: Any) -> Any:
+        return (self.defense.client if self.roles else self.defense).protect(update)
+
+    def aggregate(self, payloads: Any) -> Any:
+        if not self.roles:
+            return self.defense.aggregate(payloads)
+        return self.defense.server.aggregate([self.copy(p) for p in payloads])
+
+    def finalize(self, message: Any, client: Any) -> Any:
+        """A fresh copy per call on the roles API: a client decrypts each broadcast it receives once
+        (cached), so timing the same object twice would time the cache."""
+        if not self.roles:
+            return self.defense.finalize(message, client)
+        return self.defense.client.finalize(self.copy(message), client)

@@ -8,7 +8,7 @@ is the baseline, she_lora the defense whose client-side overhead matters most.
 
 from __future__ import annotations
 
-from .common import Bench, make_defense, need, seed_all, tiny_scenario
+from .common import Bench, Steps, make_defense, need, seed_all, tiny_scenario
 
 
 class TinyRound(Bench):
@@ -27,5 +27,8 @@ class TinyRound(Bench):
 
     def peakmem_round(self, defense: str) -> None:
         fed = self.federated.Federation(self.scenario, make_defense(self.name), 0)
-        fed.defense.setup(fed.fed)
+        if hasattr(fed, "channel"):  # the roles API: setup travels over the engine's channel
+            need("benchmark.protocol").setup_roles(fed.defense, fed.fed, fed.channel)
+        else:
+            Steps(fed.defense).setup(fed.fed)
         fed.run_round(1)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmark.api import ClientInfo, FederationInfo
+from benchmark.asv_bench.common import Steps
 
 DEFENSES = {
     "plain_lora": ("plain_lora", {}),
@@ -37,15 +38,13 @@ class Round:
             cls = REGISTRY.get(name)
         except Exception as exc:  # the module may not exist yet at this commit
             pytest.skip(f"defense {name!r} unavailable: {exc}")
-        self.defense = cls(params_from_dict(cls.Params, params, name))
+        self.defense = Steps(cls(params_from_dict(cls.Params, params, name)))
         clients = (ClientInfo(0, "low", 4, 0.05, 16.0), ClientInfo(1, "high", 8, 0.1, 16.0))
         self.fed = FederationInfo(clients, SHAPES, rounds=1, clients_per_round=2, seed=0)
         self.defense.setup(self.fed)
         gen = torch.Generator().manual_seed(0)
         self.updates = [random_update(c, SHAPES, gen, 1) for c in clients]
-        negotiate = getattr(self.defense, "negotiate", None)
-        if negotiate is not None:
-            negotiate(self.updates)
+        self.defense.negotiate(self.updates)
         self.payloads = [self.defense.protect(u) for u in self.updates]
         self.message = self.defense.aggregate(self.payloads)
 
