@@ -230,8 +230,12 @@ class CostConfig:
     out_features: int = opt(3200, "rows of each adapted weight (>= 1)")
     in_features: int = opt(3200, "columns of each adapted weight (>= 1)")
     repeats: int = opt(1, "timed repetitions (>= 1)")
+    sample_modules: int = opt(0, "0: every module; k >= 1: run the first k modules and extrapolate bytes and "
+                                 "times linearly to all (for configurations too large to run whole; rows say so)")
 
     def __post_init__(self) -> None:
+        if self.sample_modules < 0:
+            raise ConfigError(f"cost.sample_modules must be >= 0 (0 = every module), got {self.sample_modules}")
         if self.layers < 0:
             raise ConfigError(f"cost.layers must be >= 0, got {self.layers}")
         for key in ("out_features", "in_features", "repeats"):
@@ -316,6 +320,7 @@ class ScenarioSpec:
     label: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     attacks: tuple[str, ...] | None = None  # restrict this scenario to these attack labels
+    defenses: tuple[str, ...] | None = None  # restrict this scenario to these defense labels
 
 
 @dataclass(frozen=True)
@@ -512,13 +517,17 @@ def scenario_specs(entries: Any, where: str) -> tuple[ScenarioSpec, ...]:
                 raise ConfigError(f"{where}[{i}] is an empty name; give a scenario name or a .toml path")
             specs.append(ScenarioSpec(entry, _stem(entry)))
         elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
-            over = {k: v for k, v in entry.items() if k not in ("name", "label", "attacks")}
-            only = entry.get("attacks")
-            if only is not None and (isinstance(only, str) or not all(isinstance(a, str) for a in only)):
-                raise ConfigError(f"{where}[{i}].attacks must be a list of attack labels, got {only!r}")
+            over = {k: v for k, v in entry.items() if k not in ("name", "label", "attacks", "defenses")}
+            only = {}
+            for key in ("attacks", "defenses"):
+                got = entry.get(key)
+                if got is not None and (isinstance(got, str) or not isinstance(got, Sequence)
+                                        or not all(isinstance(a, str) for a in got)):
+                    raise ConfigError(f"{where}[{i}].{key} must be a list of {key[:-1]} labels, got {got!r}")
+                only[key] = tuple(got) if got is not None else None
             label = entry.get("label", _stem(entry["name"]))
             check_label(f"{where}[{i}] label", label)
-            specs.append(ScenarioSpec(entry["name"], label, over, tuple(only) if only is not None else None))
+            specs.append(ScenarioSpec(entry["name"], label, over, only["attacks"], only["defenses"]))
         else:
             raise ConfigError(f"{where}[{i}] must be a name or a table with a 'name' key, got {entry!r}")
     labels = [s.label for s in specs]

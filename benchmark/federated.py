@@ -41,7 +41,7 @@ from benchmark.train import (
     seen_private_texts,
     to_device,
 )
-from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_upload, read_init
+from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_upload, read_init, wire_copy
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank, relative_error, to_lora
 
 
@@ -215,8 +215,8 @@ class Federation:
         self.latest = self.channel.down(message, rnd, picks, "broadcast")
         reference = reference_aggregate(updates)
         err = 0.0
-        for cid in picks:
-            self.start[cid] = self.finalize(self.latest, self.clients[cid])
+        for cid in picks:  # each receiver decrypts its own copy: dec_s is one client's cost, never a cache hit
+            self.start[cid] = self.finalize(wire_copy(self.latest), self.clients[cid])
             self.received[cid] = rnd
             err = max(err, aggregation_error(self.start[cid], reference, self.clients[cid]))
         self.last_round = {"picks": picks, "results": results}
@@ -354,11 +354,19 @@ class Federation:
                                **{k.replace("_s", "_total_s"): sum(v or 0.0 for v in vals) for k, vals in self.timings.items()},
                                "sim_s": time.perf_counter() - t0},
             "per_tier": summarize_tiers(self.per_tier, self.clients),
+            "flexlora_broadcast_bytes": flexlora_broadcast_bytes(self.fed),
         }
         if probe is not None and probe.probe_view is not None:
             metrics["start_known"] = probe.probe_view.start_known
             metrics["server_saw"] = describe_upload(probe.probe_view)
         return SimulationResult(metrics, rounds, probe, self.loaded.tokenizer)
+
+
+def flexlora_broadcast_bytes(fed: FederationInfo) -> float:
+    """What a plaintext FlexLoRA broadcast truncated at the top client rank costs for these shapes
+    (float32 U*S and Vh per module): the common yardstick beside each defense's own downlink."""
+    top = max(c.rank for c in fed.clients)
+    return float(sum((m + n) * top * 4 for m, n in fed.module_shapes.values()))
 
 
 def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequence[ClientInfo]) -> dict[str, dict]:

@@ -54,7 +54,17 @@ def cost_rows(df: pd.DataFrame) -> pd.DataFrame:
     if "status" in rows:
         rows = rows[rows["status"] == "ok"]
     keys = [k for k in ("scenario", "defense", "seed") if k in rows]
-    return rows.drop_duplicates(subset=keys)
+    rows = rows.drop_duplicates(subset=keys).copy()
+    # An extrapolated variant (``<scenario>_...`` with ``cost.sample_modules``) stands for the whole
+    # scenario it samples: compare it there.
+    names = set(rows["scenario"].astype(str))
+    if "extrapolation" in rows:
+        for i, row in rows.iterrows():
+            if isinstance(row["extrapolation"], dict):
+                base = [n for n in names if str(row["scenario"]).startswith(n + "_")]
+                if base:
+                    rows.at[i, "scenario"] = max(base, key=len)
+    return rows
 
 
 def per_defense(rows: pd.DataFrame) -> pd.DataFrame:

@@ -272,19 +272,23 @@ def rank_sweep(df: pd.DataFrame, attack: str = "dager") -> pd.DataFrame:
     return pivot.reset_index()
 
 
-COST_COLUMNS = ("utility", "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "enc_s",
-                "dec_s", "agg_s", "train_s", "epsilon", "encrypted_fraction", "agg_rel_err")
+COST_COLUMNS = ("utility", "bytes_up_per_client_round", "bytes_down_per_client_round", "flexlora_broadcast_bytes",
+                "cipher_bytes_up", "enc_s", "protect_s", "dec_s", "agg_s", "train_s", "epsilon", "encrypted_fraction",
+                "agg_rel_err")
 
 
 def cost_table(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[df["status"] == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
     # One simulation per defense/scenario/seed: deduplicate the attack rows that share it.
-    sims = ok.drop_duplicates(subset=["scenario", "defense", "seed"])
+    sims = _sims(df)
+    if sims.empty:
+        return pd.DataFrame()
     records = []
     for (scenario, defense), group in sims.groupby(["scenario", "defense"], sort=False):
         rec = {"scenario": scenario, "defense": defense}
+        extra = group["extrapolation"].dropna() if "extrapolation" in group else pd.Series(dtype=object)
+        if not extra.empty and isinstance(extra.iloc[0], dict):
+            e = extra.iloc[0]
+            rec["defense"] = f"{defense} (extrapolated: {e.get('sample_modules')} of {e.get('modules')} modules)"
         for metric in COST_COLUMNS:
             if metric in group and group[metric].notna().any():
                 rec[metric + arrow(metric)] = _mean_std(group[metric], metric)
@@ -293,7 +297,7 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def tier_table(df: pd.DataFrame) -> pd.DataFrame:
-    sims = df[df["status"] == "ok"].drop_duplicates(subset=["scenario", "defense", "seed"])
+    sims = _sims(df)
     records = []
     for _, row in sims.iterrows():
         tiers = row.get("per_tier")
@@ -386,8 +390,12 @@ def _hbars(ax: Any, labels: Sequence[str], values: Sequence[float], title: str, 
     ax.grid(axis="x", alpha=0.3)
 
 
+SIMULATED = ("ok", "abstained", "incompatible")  # the simulation ran; only the attack may have given up
+
+
 def _sims(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "ok"].drop_duplicates(subset=["scenario", "defense", "seed"])
+    """One row per simulation (defense x scenario x seed) that ran, whatever its attacks did."""
+    return df[df["status"].isin(SIMULATED)].drop_duplicates(subset=["scenario", "defense", "seed"])
 
 
 def _plot_costs(df: pd.DataFrame, path: Path) -> bool:

@@ -15,9 +15,9 @@ COLUMNS = (
     "attack_mode", "seed", "status", "error",
     "utility_metric", "utility", "eval_loss", "rouge1", "rouge2", "rougeL", "token_recall", "token_precision",
     "exact_match", "mia_auc", "tpr_at_1fpr", "tpr_at_5fpr", "n_reconstructed", "attack_note", "metric_directions",
-    "bytes_up_per_client_round", "bytes_down_per_client_round", "cipher_bytes_up", "cipher_bytes_down",
+    "bytes_up_per_client_round", "bytes_down_per_client_round", "flexlora_broadcast_bytes", "cipher_bytes_up", "cipher_bytes_down",
     "negotiation_bytes", "enc_s", "protect_s", "dec_s", "agg_s", "train_s", "attack_s", "setup_s", "sim_s", "model_load_s",
-    "eval_s", "probe_s", "time_breakdown", "final_train_loss", "peak_rss_mb",
+    "eval_s", "probe_s", "time_breakdown", "extrapolation", "final_train_loss", "peak_rss_mb",
     "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "per_tier",
     "threat_init", "observation", "probe_round", "probe_batch_size", "probe_rank", "start_known", "server_saw",
     "metric_directions", "setup_bytes", "device",
@@ -34,7 +34,8 @@ FINISHED = ("ok", "incompatible", "abstained")
 HIGHER_IS_BETTER = {
     "utility": True, "rouge1": False, "rouge2": False, "rougeL": False, "token_recall": False,
     "exact_match": False, "mia_auc": False, "bytes_up_per_client_round": False,
-    "bytes_down_per_client_round": False, "enc_s": False, "agg_s": False, "dec_s": False, "train_s": False,
+    "bytes_down_per_client_round": False, "flexlora_broadcast_bytes": False, "enc_s": False, "protect_s": False,
+    "agg_s": False, "dec_s": False, "train_s": False,
     "epsilon": False, "agg_rel_err": False,
 }
 

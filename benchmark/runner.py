@@ -215,15 +215,15 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     for spec in suite.scenarios:
         scen_over = merge(merge(spec.overrides, suite.scenario_overrides.get(spec.label, {})), overrides.scenario)
         scenario = resolve_scenario(spec.ref, {**scen_over, "name": spec.label})
-        if spec.attacks is not None:
-            unknown = [a for a in spec.attacks if a not in {x.label for x in attacks}]
+        for kind, only, present in (("attacks", spec.attacks, attacks), ("defenses", spec.defenses, defenses)):
+            unknown = [x for x in only or () if x not in {c.label for c in present}]
             if unknown:
-                raise ConfigError(f"scenario {spec.label!r}: attacks {unknown} are not in this run's attacks "
-                                  f"({', '.join(a.label for a in attacks) or 'none'})")
+                raise ConfigError(f"scenario {spec.label!r}: {kind} {unknown} are not in this run's {kind} "
+                                  f"({', '.join(c.label for c in present) or 'none'})")
         check_scenario_inputs(scenario)
         data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
         for seed in suite.seeds:
-            for d in defenses:
+            for d in (d for d in defenses if spec.defenses is None or d.label in spec.defenses):
                 pairs: list[tuple[ComponentSpec | None, str]] = []
                 chosen = [a for a in attacks if spec.attacks is None or a.label in spec.attacks]
                 if scenario.kind == "federated" and chosen:

@@ -85,3 +85,17 @@ def test_clients_that_missed_a_round_receive_the_global_model_before_training():
             start = transcript.start_message(m.clients[0], m.round)
             assert start is not None and start.kind == "broadcast" and start.round >= m.round - 1
     assert isinstance(fed.clients[0], ClientInfo)
+
+
+def test_sampled_cost_rows_extrapolate_linearly_and_say_so():
+    torch.set_num_threads(1)
+    base = {"kind": "cost", "rounds": 1, "cost": {"layers": 2, "out_features": 16, "in_features": 16}}
+    per_column = DEFENSES.get("full_he").Params(packing="per_column")  # ciphertexts per column: linear in modules
+    whole = simulate_cost(resolve_scenario("tiny", base), DEFENSES.get("full_he")(per_column), 0).metrics
+    sampled_cfg = resolve_scenario("tiny", {**base, "cost": {**base["cost"], "sample_modules": 1}})
+    sampled = simulate_cost(sampled_cfg, DEFENSES.get("full_he")(per_column), 0).metrics
+    assert "extrapolation" not in whole
+    e = sampled["extrapolation"]
+    assert e["extrapolated"] and (e["sample_modules"], e["modules"]) == (1, 4) and "x 4" in e["formula"]
+    # per-column ciphertexts are linear in modules: the estimate lands on the measured whole
+    assert sampled["cipher_bytes_up"] == pytest.approx(whole["cipher_bytes_up"], rel=0.05)
