@@ -100,7 +100,7 @@ def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd
 def _fmt(value: float, metric: str) -> str:
     if pd.isna(value):
         return "–"
-    if metric.startswith("bytes") or metric.startswith("cipher"):
+    if metric.startswith(("bytes", "cipher")) or metric.endswith("_bytes"):
         return _bytes(value)
     if metric.endswith("_s"):
         return f"{value:.3g}"
