@@ -192,6 +192,7 @@ class ThreatConfig:
     batch_size: int = 1  # private examples in the probe batch (sgd/grad observations)
     lr: float = 1e-2  # the learning rate the server sets for an sgd observation
     steps: int = 1  # local steps of an sgd observation
+    batch_sizes: tuple[int, ...] = opt((), "probe batch sizes observed from one simulation; empty: [batch_size]")
 
     def __post_init__(self) -> None:
         if self.init not in THREAT_INITS:
@@ -201,6 +202,14 @@ class ThreatConfig:
         for key in ("round", "batch_size", "steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"threat.{key} must be >= 1, got {getattr(self, key)}")
+        if any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"threat.batch_sizes must be integers >= 1, got {list(self.batch_sizes)}")
+        check_unique("threat.batch_sizes", self.batch_sizes)
+
+    @property
+    def probe_batch_sizes(self) -> tuple[int, ...]:
+        """Every batch size the probe observes (one simulation serves them all)."""
+        return self.batch_sizes or (self.batch_size,)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"threat.lr must be > 0 and finite, got {self.lr}")
 
@@ -215,10 +224,13 @@ class ProbeConfig:
 
     client: int = -1  # the target; -1 picks the first client of the highest-rank tier
     members: int = 16  # membership candidates: this many training texts and as many held-out ones
+    batches: int = opt(1, "private probe batches per batch size (each one an attack cell, all from one simulation)")
 
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ConfigError(f"probe.members must be >= 1, got {self.members}")
+        if self.batches < 1:
+            raise ConfigError(f"probe.batches must be >= 1, got {self.batches}")
 
 
 @dataclass(frozen=True)

@@ -45,17 +45,60 @@ from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_u
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank, relative_error, to_lora
 
 
+ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
+
+
+@dataclass
+class ProbeCase:
+    """One observed probe message: the attacker's view of it, and the truth only the harness keeps
+    (the private texts of the batch, no template, no label)."""
+
+    view: AttackerView | None
+    references: list[str]
+
+
 @dataclass
 class ProbeResult:
     """What the attacks get (views, built from the server's transcript) and what only the harness
-    keeps (the truth: the private texts and which candidates were members)."""
+    keeps (the truth: the private texts and which candidates were members). One simulation observes
+    every probe batch of every batch size the threat names, all from the target's same start."""
 
-    probe_view: AttackerView | None
+    cases: dict[ProbeKey, ProbeCase]
     round_view: AttackerView | None
-    references: list[str]  # the private texts of the attacked batch (no template, no label)
     candidates_are_members: list[bool]
     template: str = "{text}"
     label_names: tuple[str, ...] = ()
+
+    @property
+    def first(self) -> ProbeCase | None:
+        return next(iter(self.cases.values()), None)
+
+    @property
+    def probe_view(self) -> AttackerView | None:
+        """The first probe's view (what ``server_saw`` and ``start_known`` describe)."""
+        return self.first.view if self.first else None
+
+    @property
+    def references(self) -> list[str]:
+        return self.first.references if self.first else []
+
+
+def probe_keys(scenario: ScenarioConfig) -> list[ProbeKey]:
+    """The probe cases one simulation observes: each batch size x each private batch; a real upload
+    (``observation=upload``) is a single case."""
+    th = scenario.threat
+    if th.observation == "upload":
+        return [(scenario.train.batch_size, 0)]
+    return [(b, j) for b in th.probe_batch_sizes for j in range(scenario.probe.batches)]
+
+
+def probe_batch(order: Sequence[int], size: int, index: int) -> list[int]:
+    """Private batch ``index`` of ``size`` examples: consecutive slices of one seeded permutation of
+    the target's shard (disjoint while the shard lasts, wrapping around after)."""
+    if not order:
+        return []
+    start = index * size
+    return [order[(start + k) % len(order)] for k in range(min(size, len(order)))]
 
 
 @dataclass
@@ -144,6 +187,7 @@ class Federation:
         self.head: dict[str, Tensor] = {n: p.detach().cpu().clone() for n, p in self.host.head_parameters().items()}
         self.timings: dict[str, list[float | None]] = {"enc_s": [], "protect_s": [], "dec_s": [], "agg_s": [], "train_s": []}
         self.per_tier: dict[str, dict[str, list[float]]] = {}
+        self._public_models: dict[str, torch.nn.Module] = {}
 
     @property
     def meter(self):
@@ -251,31 +295,41 @@ class Federation:
     # The attack probe: the client computes, the server observes, the harness keeps the truth.
 
     def public_model(self, deltas: dict[str, Tensor]) -> torch.nn.Module:
-        """A copy of the base model with ``deltas`` merged: all the server can build from its knowledge."""
-        with self.host.merged(deltas) as model:
-            return _detached_copy(model.get_base_model())
+        """A copy of the base model with ``deltas`` merged: all the server can build from its knowledge.
+        Views of the same start share one copy (every probe batch of a round starts alike)."""
+        key = _content_key(deltas)
+        if key not in self._public_models:
+            with self.host.merged(deltas) as model:
+                self._public_models[key] = _detached_copy(model.get_base_model())
+        return self._public_models[key]
 
     def probe(self, rnd: int) -> ProbeResult:
-        """The target's attacked message of round ``rnd``: its real upload (``observation=upload``) or
-        an update on a private probe batch from its real start (``sgd``/``grad``), protected by the
-        client role and recorded like any upload. Views come from the transcript alone."""
+        """The target's attacked messages of round ``rnd``: its real upload (``observation=upload``) or
+        one update per private probe batch from its real start (``sgd``/``grad``), each protected by
+        the client role and recorded like any upload. Views come from the transcript alone."""
         th, train = self.scenario.threat, self.scenario.train
         client = self.clients[probe_target(self.scenario, self.seed)]
+        cases: dict[ProbeKey, ProbeCase] = {}
         if th.observation == "upload":
-            kind = "upload"
             references = seen_private_texts(self.loaded.tokenizer, self.spec, self.last_round["results"][client.client_id].examples)
-            hyper = {"lr": train.lr, "local_steps": train.local_steps, "batch_size": train.batch_size}
+            view = attacker_view(self.defense.server, self.channel.transcript, client, rnd, "upload", self.public,
+                                 lr=train.lr, local_steps=train.local_steps, batch_size=train.batch_size)
+            cases[probe_keys(self.scenario)[0]] = ProbeCase(view, references)
         else:
-            kind = "probe"
             examples = self.client_examples(client.client_id)
             order = rng(self.seed, "probe").permutation(len(examples)).tolist()
-            batch_ex = [examples[i] for i in order[: th.batch_size]]
-            upload(self.defense, self.probe_update(client, rnd, batch_ex), rnd, self.channel, kind="probe")
-            references = seen_private_texts(self.loaded.tokenizer, self.spec, batch_ex)
-            hyper = {"lr": th.lr, "local_steps": 1 if th.observation == "grad" else th.steps, "batch_size": len(batch_ex)}
-        view = attacker_view(self.defense.server, self.channel.transcript, client, rnd, kind, self.public, **hyper)
+            for n, (size, index) in enumerate(probe_keys(self.scenario)):
+                self.progress(f"probe batch {index + 1}/{self.scenario.probe.batches} of size {size}")
+                if n:  # the previous probe is read into its view: dropping its ciphertext bounds memory
+                    self.channel.transcript.drop_last("probe")
+                batch_ex = [examples[i] for i in probe_batch(order, size, index)]
+                upload(self.defense, self.probe_update(client, rnd, batch_ex), rnd, self.channel, kind="probe")
+                view = attacker_view(self.defense.server, self.channel.transcript, client, rnd, "probe", self.public,
+                                     lr=th.lr, local_steps=1 if th.observation == "grad" else th.steps,
+                                     batch_size=len(batch_ex))
+                cases[(size, index)] = ProbeCase(view, seen_private_texts(self.loaded.tokenizer, self.spec, batch_ex))
         round_view, is_member = self._round_view(client, rnd)
-        return ProbeResult(view, round_view, references, is_member, *self.spec.private_format())
+        return ProbeResult(cases, round_view, is_member, *self.spec.private_format())
 
     def probe_update(self, client: ClientInfo, rnd: int, batch_ex: list[Example]) -> ClientUpdate:
         """``threat.steps`` SGD steps at ``threat.lr`` (or, for ``grad``, the gradient the optimizer
@@ -377,6 +431,18 @@ def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequen
                **{k: mean_or_none(v) for k, v in values.items() if v}}
         for tier, values in sorted(per_tier.items(), key=lambda kv: info[kv[0]].rank)
     }
+
+
+def _content_key(deltas: dict[str, Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(deltas):
+        t = deltas[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -137,6 +137,7 @@ class Cell:
     key: str = ""  # hash of the configuration alone: the same cell across code and data changes
     code_fp: str = ""
     data_fp: str = ""
+    probe: tuple[int, int] | None = None  # (batch size, private batch index) of a probe attack's case
 
 
 @dataclass(frozen=True)
@@ -224,22 +225,30 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
         data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
         for seed in suite.seeds:
             for d in (d for d in defenses if spec.defenses is None or d.label in spec.defenses):
-                pairs: list[tuple[ComponentSpec | None, str]] = []
+                pairs: list[tuple[ComponentSpec | None, str, tuple[int, int] | None]] = []
                 chosen = [a for a in attacks if spec.attacks is None or a.label in spec.attacks]
                 if scenario.kind == "federated" and chosen:
-                    pairs = [(a, m) for a in chosen for m in suite.attack_modes]
+                    pairs = [(a, m, case) for a in chosen for m in suite.attack_modes for case in _cases(ATTACKS, a, scenario)]
                 if not pairs:
-                    pairs = [(None, "")]
+                    pairs = [(None, "", None)]
                 cells = []
-                for a, m in pairs:
+                for a, m, case in pairs:
                     key = stable_hash({"scenario": to_dict(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
-                                       "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a)})
+                                       "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a),
+                                       "probe": list(case) if case else None})
                     code_fp = fingerprint.combine(fingerprint.file_hashes(fingerprint.code_files(
                         DEFENSES.target(d.name), ATTACKS.target(a.name) if a else None)))
                     cell_id = stable_hash({"key": key, "code": code_fp, "data": data_fp})
-                    cells.append(Cell(cell_id, scenario.name, d, a, m, seed, key, code_fp, data_fp))
+                    cells.append(Cell(cell_id, scenario.name, d, a, m, seed, key, code_fp, data_fp, case))
                 groups.append(Group(scenario, d, seed, tuple(cells)))
     return groups
+
+
+def _cases(attacks: Registry, spec: ComponentSpec, scenario: ScenarioConfig) -> list[tuple[int, int] | None]:
+    """A probe attack has one cell per probe case (batch size x private batch); a round attack one."""
+    from benchmark.federated import probe_keys
+
+    return list(probe_keys(scenario)) if attacks.get(spec.name).target == "probe" else [None]
 
 
 def _versions(defenses: Registry, attacks: Registry, d: ComponentSpec, a: ComponentSpec | None) -> list[str]:
@@ -270,14 +279,16 @@ def _view_lacks(view: AttackerView | None, requires: frozenset[str]) -> list[str
     return [r for r in sorted(requires) if not checks.get(r, False)]
 
 
-def run_attack(spec: ComponentSpec, mode: str, sim: Any) -> dict[str, Any]:
-    """Run one attack on the views of a finished simulation; score it against the private truth."""
+def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run one attack on a view of a finished simulation (the probe ``case``'s, or the round's);
+    score it against the private truth."""
     from attacks import ATTACKS
     from benchmark import metrics
 
     cls, params = _component(ATTACKS, spec, {"mode": mode}, "attack")
     probe = sim.probe
-    view = None if probe is None else (probe.round_view if cls.target == "round" else probe.probe_view)
+    chosen = None if probe is None or cls.target == "round" else (probe.cases.get(case) if case else probe.first)
+    view = None if probe is None else (probe.round_view if cls.target == "round" else chosen and chosen.view)
     missing = _view_lacks(view, cls.requires)
     row: dict[str, Any] = {"attack_params": to_dict(params), "metric_directions": dict(cls.metrics)}
     if missing:
@@ -298,7 +309,7 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any) -> dict[str, Any]:
         row.update(metrics.membership_auc(rec.membership_scores, probe.candidates_are_members))
     else:
         texts = [metrics.private_text(t, probe.template, probe.label_names) for t in rec.texts]
-        row.update(metrics.score_reconstruction(probe.references, texts, sim.tokenizer))
+        row.update(metrics.score_reconstruction(chosen.references, texts, sim.tokenizer))
         row["n_reconstructed"] = len(rec.texts)
     row["status"] = "ok"
     return row
@@ -324,7 +335,9 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
         seed=cell.seed, defense_params=dict(cell.defense.params), device=device,
         tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
         threat_init=group.scenario.threat.init, observation=group.scenario.threat.observation,
-        probe_round=group.scenario.threat.round, probe_batch_size=group.scenario.threat.batch_size,
+        probe_round=group.scenario.threat.round,
+        probe_batch_size=cell.probe[0] if cell.probe else group.scenario.threat.batch_size,
+        probe_batch=cell.probe[1] if cell.probe else None,
         probe_rank=_probe_rank(group.scenario, group.seed),
         git_commit=prov["git"]["commit"], git_dirty=prov["git"]["dirty"],
     )
@@ -378,7 +391,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
                 row["status"] = "ok"
                 if cell.attack is not None:
                     try:
-                        row.update(run_attack(cell.attack, cell.mode, sim))
+                        row.update(run_attack(cell.attack, cell.mode, sim, cell.probe))
                     except Exception as exc:
                         if fail_fast:
                             raise
@@ -400,6 +413,8 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
 
 def _summary(row: dict[str, Any]) -> str:
     parts = [f"[{row['status']}] {row['scenario']} {row['defense']} x {row['attack']}{'/' + row['attack_mode'] if row['attack_mode'] else ''} seed={row['seed']}"]
+    if row.get("probe_batch") is not None:
+        parts.append(f"batch={row['probe_batch_size']}#{row['probe_batch']}")
     for key, fmt in (("utility", "{:.3f}"), ("rouge1", "{:.3f}"), ("mia_auc", "{:.3f}"), ("bytes_up_per_client_round", "{:.0f}B"),
                      ("enc_s", "{:.3f}s"), ("agg_rel_err", "{:.1e}"), ("epsilon", "{:.2f}")):
         if row.get(key) is not None:
@@ -553,7 +568,8 @@ def write_manifest(run_dir: Path, suite: SuiteConfig, groups: Sequence[Group], a
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     code, data = code_and_data(groups)
     cells = [{"cell_id": c.cell_id, "cell_key": c.key, "defense": c.defense.label, "attack": c.attack.label if c.attack else "none",
-              "mode": c.mode, "scenario": c.scenario, "seed": c.seed} for g in groups for c in g.cells]
+              "mode": c.mode, "scenario": c.scenario, "seed": c.seed, "probe": list(c.probe) if c.probe else None}
+             for g in groups for c in g.cells]
     prov = provenance()
     this = {"argv": list(argv), "device": device, **prov, "at": now, **(note or {})}
     old = read_manifest(run_dir)

@@ -58,6 +58,13 @@ class Transcript:
                 return i, m
         return None
 
+    def drop_last(self, kind: str) -> None:
+        """Forget the latest message once its content has been read (bounds memory when one
+        simulation records many probe messages); it must be of ``kind``."""
+        if not self.messages or self.messages[-1].kind != kind:
+            raise ValueError(f"transcript: the latest message is not a {kind!r} message")
+        self.messages.pop()
+
     def start_message(self, client_id: int, rnd: int) -> Message | None:
         """The last model message (``init`` or ``broadcast``) the client received before it uploaded
         in round ``rnd``: what its start in that round came from."""

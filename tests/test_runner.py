@@ -74,3 +74,32 @@ def test_rerun_resumes_after_interruption(tmp_path):
     assert [r["seed"] for r in again] == [1]  # only the lost cell is recomputed
     assert again[0]["utility"] == pytest.approx(first[1]["utility"])  # seeded: same result
     assert execute(groups, run_dir, "cpu", quiet=True) == []  # nothing left to do
+
+
+def test_one_simulation_serves_every_probe_batch_and_batch_size(tmp_path):
+    """Probe cells are batch size x private batch; they share one simulation, see different private
+    batches (references differ), and a resumed run finds them all finished."""
+    suite = dataclasses.replace(resolve_suite("smoke"), defenses=(ComponentSpec("plain_lora", "plain_lora"),),
+                                attacks=(ComponentSpec("dager", "dager"),), attack_modes=("naive",), seeds=(0,))
+    over = Overrides({"rounds": 1, "threat": {"batch_sizes": [1, 2]}, "probe": {"batches": 2}}, {}, {})
+    groups = plan(suite, over)
+    assert len(groups) == 1
+    cells = groups[0].cells
+    assert sorted(c.probe for c in cells) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert len({c.cell_id for c in cells}) == 4
+    run_dir = tmp_path / "r"
+    rows = execute(groups, run_dir, "cpu", quiet=True)
+    assert sorted((r["probe_batch_size"], r["probe_batch"]) for r in rows) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(r["status"] == "ok" for r in rows), [r["attack_note"] for r in rows]
+    assert len({r["sim_s"] for r in rows}) == 1  # one simulation
+    assert {r["n_reconstructed"] for r in rows if r["probe_batch_size"] == 2} <= {1, 2}
+    assert not execute(groups, run_dir, "cpu", quiet=True)  # resume: nothing left to do
+
+
+def test_probe_batches_are_disjoint_slices_of_one_permutation():
+    from benchmark.federated import probe_batch
+
+    order = [5, 3, 9, 1, 7]
+    assert probe_batch(order, 2, 0) == [5, 3] and probe_batch(order, 2, 1) == [9, 1]
+    assert probe_batch(order, 2, 2) == [7, 5]  # wraps around once the shard is used up
+    assert probe_batch(order, 8, 0) == order and probe_batch([], 2, 0) == []
