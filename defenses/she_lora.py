@@ -59,8 +59,8 @@ class SHELoRAParams:
     negotiation: ``fixed`` (default: ``shares`` for every budget tier) or ``gp`` (the public code:
     per-tier shares that maximise the paper's Eq. 14, found by scikit-optimize's gp_minimize in
     ``gp_calls`` evaluations, starting from ``shares`` and seeded by the federation seed; see
-    ``she_lora.negotiation_gp``). Either way the row's ``privacy`` records the method, the shares
-    and the Eq. 14 score of the latest negotiation.
+    ``she_lora.negotiation_gp``). Either way the row's ``privacy`` records the method, the latest
+    negotiation's shares and Eq. 14 scores, and every negotiation's record (``negotiations``).
     """
 
     lift: str = "client_lift"
@@ -334,9 +334,19 @@ class SHELoRAServer(ServerRole):
         return {
             "encrypted_fraction": sum(fractions) / len(fractions) if fractions else 0.0,
             "lift": self.cfg.lift, "leakage": self.cfg.leakage, "swap": self.cfg.swap, "budget_scale": self.params.budget_scale,
-            "negotiation": self.cfg.negotiation,
-            **(self.side.negotiations[self.side.version].record() if self._side and self._side.version else {}),
+            "negotiation": self.cfg.negotiation, **self._negotiation_record(),
         }
+
+    def _negotiation_record(self) -> dict[str, Any]:
+        """The latest negotiation's shares per budget tier and Eq. 14 scores (tuned and with the fixed
+        shares), and every negotiation's record (a later one may only extend the list for new tiers)."""
+        done = self._side.negotiations if self._side is not None else {}
+        if not done:
+            return {}
+        latest = done[max(done)].record()
+        return {"negotiation_shares": latest["shares"], "negotiation_eq14": latest["eq14"],
+                "negotiation_eq14_fixed": latest["eq14_fixed"],
+                "negotiations": [{"version": v, **{k: x for k, x in r.record().items() if k != "method"}} for v, r in sorted(done.items())]}
 
 
 class SHELoRADefense(Defense):

@@ -57,16 +57,18 @@ class Negotiated:
 
     lists: dict[str, list[int]]
     method: str
-    shares: tuple[Shares | None, ...]  # per budget tier, ascending; None where the tier added nothing
+    tier_k: tuple[int, ...]  # per budget tier of the senders, ascending: its largest list length
+    shares: tuple[Shares | None, ...]  # per budget tier; None where the tier added no column
     objective: float  # Eq. 14 of ``lists``
     objective_fixed: float  # Eq. 14 of the fixed shares' lists on the same messages
 
     def record(self) -> dict[str, Any]:
         return {
-            "negotiation": self.method,
-            "negotiation_shares": [None if s is None else [round(x, 6) for x in s] for s in self.shares],
-            "negotiation_eq14": self.objective,
-            "negotiation_eq14_fixed": self.objective_fixed,
+            "method": self.method,
+            "tier_k": list(self.tier_k),
+            "shares": [None if s is None else [round(x, 6) for x in s] for s in self.shares],
+            "eq14": self.objective,
+            "eq14_fixed": self.objective_fixed,
         }
 
 
@@ -121,6 +123,10 @@ class Problem:
         self._weights = np.concatenate(none + weights)
         self._seg = np.concatenate(none + seg).astype(np.int64)
         self._wsum = np.bincount(self._seg, weights=self._weights, minlength=self._k.size).reshape(self._k.shape)
+
+    @property
+    def tier_k(self) -> tuple[int, ...]:
+        return tuple(max(v, default=0) for v in self.tiers)
 
     def increments(self, tier: int) -> list[int]:
         """The distinct column increments tier ``tier`` adds (the shares act only through these)."""
@@ -179,7 +185,8 @@ def negotiate_fixed(messages: Sequence[Mapping[str, TopK]], names: Sequence[str]
     lists = problem.build([shares] * len(problem.tiers))  # merge_global_list per module, one ranking pass
     score = problem.score(lists)
     active = {t for steps in problem.steps.values() for _, t, _ in steps}
-    return Negotiated(lists, "fixed", tuple(shares if t in active else None for t in range(len(problem.tiers))), score, score)
+    return Negotiated(lists, "fixed", problem.tier_k, tuple(shares if t in active else None for t in range(len(problem.tiers))),
+                      score, score)
 
 
 def negotiate_gp(messages: Sequence[Mapping[str, TopK]], names: Sequence[str], prefix: Mapping[str, Sequence[int]],
@@ -212,7 +219,7 @@ def negotiate_gp(messages: Sequence[Mapping[str, TopK]], names: Sequence[str], p
         chosen[tier] = tuned[tier] = from_square(*result.x)
         best = -float(result.fun)
     lists = problem.build(chosen)
-    return Negotiated(lists, "gp", tuple(tuned), best, fixed)
+    return Negotiated(lists, "gp", problem.tier_k, tuple(tuned), best, fixed)
 
 
 def _surrogate(seed: int) -> Any:

@@ -177,3 +177,21 @@ def test_bad_negotiation_is_a_one_line_config_error(kwargs: dict, fragments: lis
     with pytest.raises(ConfigError) as info:
         params_from_dict(SHELoRAParams, kwargs, "defense.she_lora")
     assert "\n" not in str(info.value) and all(f in str(info.value) for f in fragments)
+
+
+def test_gp_extension_keeps_the_prefix_and_records_both_negotiations() -> None:
+    """A larger budget that joins later extends the list: the first version stays a prefix, and the
+    record lists both negotiations (the second tuned only for the tier it adds)."""
+    fed = federation(SHAPES, (4, 4, 16), (0.1, 0.1, 0.35), seed=1)
+    d = Duo(SHELoRADefense(SHELoRAParams(negotiation="gp", leakage="plain")))
+    d.setup(fed)
+    d.negotiate([random_update(c, SHAPES, rnd=1) for c in fed.clients[:2]])
+    first = {n: list(g) for n, g in d.server.side.globals[1].items()}
+    d.negotiate([random_update(c, SHAPES, rnd=2) for c in fed.clients])
+    second = d.server.side.globals[2]
+    for name, (_, n) in SHAPES.items():
+        assert second[name][: len(first[name])] == first[name] and len(second[name]) == -(-35 * n // 100)
+    records = d.defense.privacy_params()["negotiations"]
+    assert [r["version"] for r in records] == [1, 2]
+    assert len(records[0]["shares"]) == 1 and records[1]["shares"][-1] is not None
+    assert all(r["eq14"] >= r["eq14_fixed"] for r in records)
