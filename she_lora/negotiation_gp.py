@@ -195,7 +195,7 @@ def negotiate_gp(messages: Sequence[Mapping[str, TopK]], names: Sequence[str], p
     ``shares`` is the starting point and stands in for the tiers not yet tuned. Deterministic for a
     given ``random_state`` (e.g. the federation seed and the negotiation version)."""
     from skopt import gp_minimize  # imported here: scikit-learn takes seconds to load
-    from skopt.space import Real
+    from threadpoolctl import threadpool_limits
 
     check_shares(shares)
     problem = Problem(messages, names, prefix)
@@ -203,21 +203,20 @@ def negotiate_gp(messages: Sequence[Mapping[str, TopK]], names: Sequence[str], p
     fixed = problem.score(problem.build(chosen))
     best = fixed
     tuned: list[Shares | None] = [None] * len(problem.tiers)
-    space = [Real(0.0, 1.0), Real(0.0, 1.0)]
-    for tier in range(len(problem.tiers)):
-        lams = problem.increments(tier)
-        if not lams:
-            continue
-        seed = int(np.random.SeedSequence([*random_state, tier]).generate_state(1)[0])
-        objective = _memoized(problem, chosen, tier, lams)
-        n_initial = max(1, min(7, n_calls // 3))
-        with warnings.catch_warnings():  # plateaus: the optimiser proposes points it has tried
-            warnings.simplefilter("ignore")
-            result = gp_minimize(objective, space, base_estimator=_surrogate(seed), n_calls=max(n_calls, n_initial + 1),
-                                 n_initial_points=n_initial, x0=[to_square(shares)], acq_optimizer="sampling",
-                                 n_points=N_POINTS, random_state=seed)
-        chosen[tier] = tuned[tier] = from_square(*result.x)
-        best = -float(result.fun)
+    n_initial = max(1, min(7, n_calls // 3))
+    # one BLAS thread: the GP's matrices are tiny, and threads only spin on a shared machine
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # plateaus: the optimiser proposes points it has tried
+        for tier in range(len(problem.tiers)):
+            lams = problem.increments(tier)
+            if not lams:
+                continue
+            seed = int(np.random.SeedSequence([*random_state, tier]).generate_state(1)[0])
+            result = gp_minimize(_memoized(problem, chosen, tier, lams), [(0.0, 1.0), (0.0, 1.0)], base_estimator=_surrogate(seed),
+                                 n_calls=max(n_calls, n_initial + 1), n_initial_points=n_initial, x0=[to_square(shares)],
+                                 acq_optimizer="sampling", n_points=N_POINTS, random_state=seed)
+            chosen[tier] = tuned[tier] = from_square(*result.x)
+            best = -float(result.fun)
     lists = problem.build(chosen)
     return Negotiated(lists, "gp", problem.tier_k, tuple(tuned), best, fixed)
 
