@@ -37,6 +37,7 @@ from she_lora import ckks
 from she_lora.client import ClientSide
 from she_lora.lowrank import svd_of_product
 from she_lora.negotiation import DEFAULT_SHARES, TopK
+from she_lora.negotiation_gp import GP_CALLS
 from she_lora.plan import LEAKAGES, LIFTS, Member, Plan, ProtocolConfig
 from she_lora.reparam import EXPONENTS_KEY, thin_linalg
 from she_lora.server import ServerSide
@@ -55,6 +56,11 @@ class SHELoRAParams:
     tier's budget. send_scores sends sensitivity scores with the lists. CKKS: ``coeff_mod_bit_sizes=()``
     and ``scale_bits=0`` pick per lift mode, (60, 60) at 2^50 for client_lift, (60, 40, 40, 60) at 2^40
     for server_lift. shares: (tier, Common, Sensitivity) shares of each budget increment.
+    negotiation: ``fixed`` (default: ``shares`` for every budget tier) or ``gp`` (the public code:
+    per-tier shares that maximise the paper's Eq. 14, found by scikit-optimize's gp_minimize in
+    ``gp_calls`` evaluations, starting from ``shares`` and seeded by the federation seed; see
+    ``she_lora.negotiation_gp``). Either way the row's ``privacy`` records the method, the latest
+    negotiation's shares and Eq. 14 scores, and every negotiation's record (``negotiations``).
     """
 
     lift: str = "client_lift"
@@ -68,6 +74,8 @@ class SHELoRAParams:
     scale_bits: int = 0
     n_workers: int = 1
     shares: tuple[float, ...] = DEFAULT_SHARES
+    negotiation: str = "fixed"
+    gp_calls: int = GP_CALLS
 
     def __post_init__(self) -> None:
         if self.lift not in LIFTS:
@@ -87,7 +95,8 @@ class SHELoRAParams:
         bits = self.coeff_mod_bit_sizes or ((60, 40, 40, 60) if server else (60, 60))
         params = ckks.CKKSParams(self.poly_modulus_degree, tuple(bits), self.scale_bits or (40 if server else 50), server)
         shares = (float(self.shares[0]), float(self.shares[1]), float(self.shares[2]))
-        return ProtocolConfig(self.lift, self.leakage, self.swap, self.send_scores, shares, params, self.n_workers)
+        return ProtocolConfig(self.lift, self.leakage, self.swap, self.send_scores, shares, params, self.n_workers,
+                              self.negotiation, self.gp_calls)
 
 
 def make_plan(params: SHELoRAParams, fed: FederationInfo) -> Plan:
@@ -264,7 +273,7 @@ class SHELoRAServer(ServerRole):
         if lists:
             side = self.side
             fresh = side.version == 0 or refresh_due(self.params, self._last_nego_round, rnd)
-            reply["global"] = side.negotiate(lists, fresh=fresh)
+            reply["global"] = side.negotiate(lists, fresh=fresh, seed=self.fed.seed)
             self._last_nego_round = rnd
         reply["version"] = self.side.version
         return WirePayload(sender="server", meta=reply)
@@ -325,7 +334,19 @@ class SHELoRAServer(ServerRole):
         return {
             "encrypted_fraction": sum(fractions) / len(fractions) if fractions else 0.0,
             "lift": self.cfg.lift, "leakage": self.cfg.leakage, "swap": self.cfg.swap, "budget_scale": self.params.budget_scale,
+            "negotiation": self.cfg.negotiation, **self._negotiation_record(),
         }
+
+    def _negotiation_record(self) -> dict[str, Any]:
+        """The latest negotiation's shares per budget tier and Eq. 14 scores (tuned and with the fixed
+        shares), and every negotiation's record (a later one may only extend the list for new tiers)."""
+        done = self._side.negotiations if self._side is not None else {}
+        if not done:
+            return {}
+        latest = done[max(done)].record()
+        return {"negotiation_shares": latest["shares"], "negotiation_eq14": latest["eq14"],
+                "negotiation_eq14_fixed": latest["eq14_fixed"],
+                "negotiations": [{"version": v, **{k: x for k, x in r.record().items() if k != "method"}} for v, r in sorted(done.items())]}
 
 
 class SHELoRADefense(Defense):

@@ -6,6 +6,7 @@ Modules, in protocol order:
 - ``sensitivity``: S_j = sum_k |A_kj| ||x_j||, column budgets k = ceil(b n), top-k lists;
 - ``ope``: keyed order-preserving codes for column indices (clients hold the key);
 - ``negotiation``: top-k lists -> one ordered global list per module (nested prefixes);
+- ``negotiation_gp``: the per-tier shares tuned to the paper's Eq. 14 with scikit-optimize (opt-in);
 - ``permutation``: the shared column swap and its reverse-order inverse;
 - ``layout`` / ``plan``: who packs which value where, derived from public facts only (server lift:
   bands of modules that share rotations and encoded weights);

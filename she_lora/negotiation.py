@@ -14,7 +14,7 @@ then walks the distinct budgets k_1 < k_2 < ... and, for each increment lambda =
 floor(a lambda) new columns from the tier list, floor(b lambda) from Common and the rest from
 Sensitivity, skipping columns already chosen (and continuing down the other lists if one runs dry).
 The default shares (a, b, c) = (1/2, 1/4, 1/4) put each tier's own choices first; the paper tunes
-them by Bayesian optimisation, a refinement this simple rule leaves out.
+them per tier by Bayesian optimisation of its Eq. 14 (``she_lora.negotiation_gp``, opt-in).
 
 The result G is an ordered list whose prefixes nest: client i encrypts G[:k_i]. Order is kept end to
 end (lists, never sets). An existing prefix (an earlier round's G) is kept and only extended.
@@ -43,28 +43,56 @@ class TopK:
             raise ValueError("negotiation: scores and codes differ in length")
 
 
+Shares = tuple[float, float, float]
+
+
+def check_shares(shares: Sequence[float]) -> None:
+    if len(shares) != 3 or abs(sum(shares) - 1.0) > 1e-9 or min(shares) < 0:
+        raise ValueError(f"negotiation shares must be 3 numbers >= 0 that sum to 1, got {tuple(shares)}")
+
+
+@dataclass(frozen=True)
+class Rankings:
+    """One module's candidate orders, built once from the clients' lists: Common, Sensitivity and
+    one tier list per distinct budget k."""
+
+    common: list[int]
+    sensitive: list[int]
+    tiers: dict[int, list[int]]
+
+    @classmethod
+    def of(cls, lists: Sequence[TopK]) -> Rankings:
+        ks = sorted({len(t.codes) for t in lists})
+        return cls(_common(lists), _sensitive(lists), {k: _tier(lists, k) for k in ks})
+
+
+def extend_to(selected: list[int], chosen: set[int], k: int, rankings: Rankings, shares: Shares) -> None:
+    """Grow ``selected`` (in place) to length k: the increment split by ``shares`` over the tier-k,
+    Common and Sensitivity lists, skipping columns already chosen."""
+    lam = k - len(selected)
+    if lam <= 0:
+        return
+    quotas = [math.floor(shares[0] * lam), math.floor(shares[1] * lam)]
+    quotas.append(lam - sum(quotas))
+    sources = [rankings.tiers.get(k, []), rankings.common, rankings.sensitive]
+    for source, quota in zip(sources, quotas):
+        _take(source, quota, selected, chosen)
+    for source in sources:  # a list ran dry: fill from the others, in the same order
+        _take(source, k - len(selected), selected, chosen)
+
+
 def merge_global_list(
     lists: Sequence[TopK], prefix: Sequence[int] = (), shares: tuple[float, float, float] = DEFAULT_SHARES
 ) -> list[int]:
     """The ordered global list, of length max(k_i) (or the prefix, if that is longer already)."""
-    if abs(sum(shares) - 1.0) > 1e-9 or min(shares) < 0:
-        raise ValueError(f"negotiation shares must be >= 0 and sum to 1, got {shares}")
+    check_shares(shares)
     selected = list(prefix)
     chosen = set(selected)
     if len(chosen) != len(selected):
         raise ValueError("negotiation: the existing global list repeats a column")
-    common, sensitive = _common(lists), _sensitive(lists)
-    for k in sorted({len(t.codes) for t in lists}):
-        lam = k - len(selected)
-        if lam <= 0:
-            continue
-        quotas = [math.floor(shares[0] * lam), math.floor(shares[1] * lam)]
-        quotas.append(lam - sum(quotas))
-        sources = [_tier(lists, k), common, sensitive]
-        for source, quota in zip(sources, quotas):
-            _take(source, quota, selected, chosen)
-        for source in sources:  # a list ran dry: fill from the others, in the same order
-            _take(source, k - len(selected), selected, chosen)
+    rankings = Rankings.of(lists)
+    for k in sorted(rankings.tiers):
+        extend_to(selected, chosen, k, rankings, shares)
     return selected
 
 

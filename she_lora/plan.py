@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from she_lora.ckks import CKKSParams
 from she_lora.layout import Band, client_lift_order, server_lift_bands
 from she_lora.negotiation import DEFAULT_SHARES
+from she_lora.negotiation_gp import NEGOTIATIONS
 from she_lora.sensitivity import budget_columns
 
 LIFTS = ("client_lift", "server_lift")
@@ -29,6 +30,8 @@ class ProtocolConfig:
     shares: tuple[float, float, float] = DEFAULT_SHARES
     ckks: CKKSParams = field(default_factory=lambda: CKKSParams(coeff_mod_bit_sizes=(60, 60), scale_bits=50))
     n_workers: int = 1
+    negotiation: str = "fixed"
+    gp_calls: int = 20
 
     def __post_init__(self) -> None:
         if self.lift not in LIFTS:
@@ -39,6 +42,10 @@ class ProtocolConfig:
             raise ValueError("she_lora.leakage='ope' needs swap=true: unswapped, the upload layout reveals the encrypted indices")
         if self.lift == "server_lift" and (self.ckks.levels < 2 or not self.ckks.galois_keys):
             raise ValueError("she_lora.lift='server_lift' needs a CKKS chain with two levels and Galois keys")
+        if self.negotiation not in NEGOTIATIONS:
+            raise ValueError(f"she_lora.negotiation must be one of {', '.join(NEGOTIATIONS)}, got {self.negotiation!r}")
+        if not 2 <= self.gp_calls <= 200:
+            raise ValueError(f"she_lora.gp_calls must be in [2, 200], got {self.gp_calls}")
         if self.n_workers < 1:
             raise ValueError(f"she_lora.n_workers must be >= 1, got {self.n_workers}")
 

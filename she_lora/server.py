@@ -22,7 +22,8 @@ from torch import Tensor
 from she_lora import ckks
 from she_lora.layout import client_blocks
 from she_lora.lift import LiftInput, ServerLift, lift_parallel, output_exponents
-from she_lora.negotiation import TopK, merge_global_list
+from she_lora.negotiation import TopK
+from she_lora.negotiation_gp import NEGOTIATIONS, Negotiated
 from she_lora.permutation import ColumnLayout
 from she_lora.plan import Plan, ProtocolConfig
 from she_lora.reparam import EXPONENTS_KEY, exponents_tensor, plain_aggregate, read_exponents, thin_linalg
@@ -39,17 +40,18 @@ class ServerSide:
             raise ValueError("server context must not hold the secret key")
         self.version = 0
         self.globals: dict[int, dict[str, list[int]]] = {}
+        self.negotiations: dict[int, Negotiated] = {}  # version -> how its lists were chosen
 
-    def negotiate(self, messages: Sequence[Mapping[str, TopK]], fresh: bool) -> dict[str, list[int]]:
-        """A new version of the global lists: from scratch (``fresh``) or extending the current one."""
+    def negotiate(self, messages: Sequence[Mapping[str, TopK]], fresh: bool, seed: int = 0) -> dict[str, list[int]]:
+        """A new version of the global lists: from scratch (``fresh``) or extending the current one,
+        with fixed shares or shares tuned to Eq. 14 (``cfg.negotiation``; ``seed`` seeds the tuning)."""
         prefix = {} if fresh or not self.globals else self.globals[self.version]
-        lists = {
-            name: merge_global_list([msg[name] for msg in messages], prefix.get(name, ()), self.cfg.shares)
-            for name in sorted(self.plan.shapes)
-        }
+        outcome = NEGOTIATIONS[self.cfg.negotiation](messages, sorted(self.plan.shapes), prefix, self.cfg.shares,
+                                                     (seed, self.version + 1), self.cfg.gp_calls)
         self.version += 1
-        self.globals[self.version] = lists
-        return lists
+        self.negotiations[self.version] = outcome
+        self.globals[self.version] = outcome.lists
+        return outcome.lists
 
     def agree_exponents(self, proposals: Sequence[Mapping[str, int]]) -> dict[str, int]:
         """client_lift: the round's exponent per module from every client's ``propose_exponents``:

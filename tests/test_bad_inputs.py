@@ -87,6 +87,8 @@ SET_VALUES = [
     ("model-path", 'model.path="/nonexistent/model"', "model.path '/nonexistent/model'"),
     ("data-name", 'data.name="nope"', "unknown data.name 'nope'"),
     ("defense-param", "defense.plain_lora.nope=1", "unknown key 'defense.plain_lora.nope'"),
+    ("she-lora-negotiation", 'defense.she_lora.negotiation="bayes"', "she_lora.negotiation must be one of fixed, gp, got 'bayes'"),
+    ("she-lora-gp-calls", "defense.she_lora.gp_calls=0", "she_lora.gp_calls must be in [2, 200]"),
     ("defense-not-in-run", "defense.nope.sigma=2", "--set defense.nope: no such defense in this run"),
     ("attack-not-in-run", "attack.dager.tau1=2", "--set attack.dager: no such attack in this run"),
 ]
