@@ -16,6 +16,7 @@ only the genuinely hidden part of the update is missing.
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -114,6 +115,7 @@ class MembershipInference:
         model, tok, p = view.model, view.tokenizer, self.params
         decoder = is_decoder(model)
         label_only = self._label_only(view)
+        keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[Tensor] = [torch.empty(0)] * len(texts)
         for start in range(0, len(order), p.batch_size):
@@ -122,11 +124,15 @@ class MembershipInference:
             enc = tok(chunk, add_special_tokens=not decoder, padding=True, truncation=True,
                       max_length=p.max_length, return_tensors="pt")
             enc = {k: v.to(device_of(model)) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            logits = model(**enc).logits.float()
+            last = enc["attention_mask"].sum(1) - 1
+            if decoder and label_only and keeps:  # project only each prompt's last position onto the vocabulary
+                logits = model(**enc, logits_to_keep=last.unsqueeze(1)).logits.float()
+                last = torch.zeros_like(last)
+            else:
+                logits = model(**enc).logits.float()
             if not decoder or logits.dim() == 2:
                 rows = [row.max().unsqueeze(0) for row in F.log_softmax(logits, -1)]
             elif label_only:  # members' labels were trained: confidence after the prompt
-                last = enc["attention_mask"].sum(1) - 1
                 conf = F.log_softmax(logits[torch.arange(len(chunk)), last], -1).max(-1).values
                 rows = [c.reshape(1) for c in conf]
             else:

@@ -75,6 +75,9 @@ def test_batching_does_not_change_scores_or_their_order(round_view):
     many = MembershipInference(MIAParams(batch_size=5, tokens="all")).reconstruct(view).membership_scores_by
     for score in SCORES:
         assert many[score] == pytest.approx(one[score], rel=1e-4, abs=1e-5), score
+    label = [MembershipInference(MIAParams(batch_size=b, tokens="label")).reconstruct(view).membership_scores_by["loss"]
+             for b in (1, 5)]
+    assert label[1] == pytest.approx(label[0], rel=1e-4, abs=1e-5)
     # all-token Min-K% differs from LOSS (it keeps the lowest fifth of the tokens)
     assert any(abs(a - b) > 1e-3 for a, b in zip(one["mink"], one["loss"]))
 
