@@ -132,3 +132,14 @@ def test_holdout_is_taken_out_of_the_target_shard_only():
     assert shards[0] == before[0] and shards[2] == before[2]
     assert reserve_holdout([list(range(5))], 0, 100, seed=0) == reserve_holdout([list(range(5))], 0, 100, seed=0)
     assert len(reserve_holdout([list(range(5))], 0, 100, seed=0)) == 2  # at most half the shard
+
+
+def test_label_only_confidence_matches_the_full_logits(round_view):
+    view, _ = round_view
+    bare = replace(view, modules={})  # no update: the scores are the public model's own
+    got = MembershipInference(MIAParams(tokens="label", batch_size=4)).reconstruct(bare).membership_scores_by["loss"]
+    for text, score in zip(view.candidates[:3], got):
+        ids = view.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = view.model(input_ids=ids).logits[0, -1].float()
+        assert score == pytest.approx(float(torch.log_softmax(logits, -1).max()), abs=1e-5)
