@@ -3,9 +3,9 @@
 The server holds the public model (base + previous global delta, i.e. the client's starting point) and
 sees the client's trained factors, minus whatever the defense hides. It rebuilds the client model by
 adding the visible update, then scores each candidate text: LOSS (mean token log-likelihood), zlib
-(log-likelihood over compressed length), Min-K% (mean of the lowest k% token log-probabilities), or
+(log-likelihood over compressed length), Min-K% (mean of the lowest k% token log-probabilities), and
 reference difference (likelihood gain from the client's update over the starting model, the natural
-reference in federated learning). Higher scores mean "more likely a member". A decoder classifier
+reference in federated learning), all four from the same two batched forward passes. Higher scores mean "more likely a member". A decoder classifier
 trains only the label token after the prompt, so for classification the per-token log-probabilities
 are replaced by the model's confidence in its top next token there (candidates carry no label).
 
@@ -16,6 +16,7 @@ only the genuinely hidden part of the update is missing.
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,7 +36,9 @@ SCORES = ("loss", "zlib", "mink", "ref")
 
 @dataclass(frozen=True)
 class MIAParams:
-    """``score``: loss | zlib | mink | ref; ``mink_k``: fraction of lowest token log-probs averaged."""
+    """``score``: the primary score (loss | zlib | mink | ref), reported as ``mia_auc``; every other
+    score is computed from the same forward passes and reported beside it. ``mink_k``: fraction of
+    lowest token log-probs averaged."""
 
     mode: str = "naive"
     score: str = "ref"
@@ -43,7 +46,7 @@ class MIAParams:
     tokens: str = "auto"  # "all": every token's log-prob; "label": the confidence of the next token
     # after the prompt (what a classifier's label-only loss trains); "auto": label for classification
     max_length: int = 128
-    batch_size: int = 8
+    batch_size: int = 32
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -53,11 +56,13 @@ class MIAParams:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if not 0.0 < self.mink_k <= 1.0:
             raise ValueError(f"mink_k must be in (0, 1], got {self.mink_k}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 class MembershipInference:
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
     metrics: ClassVar[Mapping[str, bool]] = MEMBERSHIP_METRICS
@@ -67,6 +72,8 @@ class MembershipInference:
         self.params = params or MIAParams()
 
     def reconstruct(self, view: AttackerView) -> Reconstruction:
+        """Two batched passes over the candidates (client model, then the public starting model);
+        LOSS, zlib and Min-K% come from the first, the reference score from both."""
         cands = list(view.candidates or [])
         if not cands or view.model is None or view.tokenizer is None:
             return Reconstruction.abstain("needs candidates, the public model and its tokenizer")
@@ -77,51 +84,63 @@ class MembershipInference:
         notes = [] if deltas else ["no visible update: scoring the public (starting) model only"]
         with applied(view.model, deltas):
             target = self._token_logprobs(view, cands)
-        ref = self._token_logprobs(view, cands) if p.score == "ref" else None
-        scores = [self._score(lp, text, ref[i] if ref else None) for i, (lp, text) in enumerate(zip(target, cands))]
+        ref = self._token_logprobs(view, cands) if deltas else target
+        by_score = {s: [self._score(s, lp, text, r) for lp, text, r in zip(target, cands, ref)] for s in SCORES}
         extra = {"modules_applied": float(len(deltas))}
-        return Reconstruction(membership_scores=scores, extra=extra, note="; ".join(notes))
+        return Reconstruction(membership_scores=by_score[p.score], membership_scores_by=by_score, extra=extra,
+                              note="; ".join(notes))
 
     def _label_only(self, view: AttackerView) -> bool:
         return _label_only_for(self.params.tokens, view.task)
 
-    def _score(self, lp: Tensor, text: str, ref: Tensor | None) -> float:
+    def _score(self, score: str, lp: Tensor, text: str, ref: Tensor) -> float:
+        """Higher = more likely a member. With label-only tokens ``lp`` holds one value, so Min-K%
+        equals LOSS there."""
         if lp.numel() == 0:
             return float("-inf")
-        s = self.params.score
-        if s == "loss":
+        if score == "loss":
             return float(lp.mean())
-        if s == "zlib":
+        if score == "zlib":
             return float(lp.mean()) / max(1, len(zlib.compress(text.encode("utf-8"))))
-        if s == "mink":
+        if score == "mink":
             k = max(1, int(round(self.params.mink_k * lp.numel())))
             return float(torch.sort(lp).values[:k].mean())
-        return float(lp.mean() - ref.mean()) if ref is not None and ref.numel() else float(lp.mean())
+        return float(lp.mean() - ref.mean()) if ref.numel() else float(lp.mean())
 
     @torch.no_grad()
     def _token_logprobs(self, view: AttackerView, texts: Sequence[str]) -> list[Tensor]:
         """Per text, the log-probability of each token given its prefix (decoders), or of the
-        predicted class (encoders, whose only output is a classification)."""
+        predicted class (encoders, whose only output is a classification). Texts are batched in
+        length order so that batches carry little padding; results come back in input order."""
         model, tok, p = view.model, view.tokenizer, self.params
         decoder = is_decoder(model)
-        out: list[Tensor] = []
-        for start in range(0, len(texts), p.batch_size):
-            chunk = list(texts[start : start + p.batch_size])
+        label_only = self._label_only(view)
+        keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[Tensor] = [torch.empty(0)] * len(texts)
+        for start in range(0, len(order), p.batch_size):
+            idx = order[start : start + p.batch_size]
+            chunk = [texts[i] for i in idx]
             enc = tok(chunk, add_special_tokens=not decoder, padding=True, truncation=True,
                       max_length=p.max_length, return_tensors="pt")
             enc = {k: v.to(device_of(model)) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            logits = model(**enc).logits.float()
+            last = enc["attention_mask"].sum(1) - 1
+            if decoder and label_only and keeps:  # project only each prompt's last position onto the vocabulary
+                logits = model(**enc, logits_to_keep=last.unsqueeze(1)).logits.float()
+                last = torch.zeros_like(last)
+            else:
+                logits = model(**enc).logits.float()
             if not decoder or logits.dim() == 2:
-                out += [row.max().unsqueeze(0) for row in F.log_softmax(logits, -1)]
-                continue
-            if self._label_only(view):  # members' labels were trained: confidence after the prompt
-                last = enc["attention_mask"].sum(1) - 1
+                rows = [row.max().unsqueeze(0) for row in F.log_softmax(logits, -1)]
+            elif label_only:  # members' labels were trained: confidence after the prompt
                 conf = F.log_softmax(logits[torch.arange(len(chunk)), last], -1).max(-1).values
-                out += [c.reshape(1).cpu() for c in conf]
-                continue
-            lp = F.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
-            mask = enc["attention_mask"][:, 1:].bool()
-            out += [row[m].cpu() for row, m in zip(lp, mask)]
+                rows = [c.reshape(1) for c in conf]
+            else:
+                lp = F.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+                mask = enc["attention_mask"][:, 1:].bool()
+                rows = [row[m] for row, m in zip(lp, mask)]
+            for i, row in zip(idx, rows):
+                out[i] = row.cpu()
         return out
 
 

@@ -217,7 +217,9 @@ RECONSTRUCTION_STATUS = ("ok", "abstained")
 @dataclass
 class Reconstruction:
     """An attack's output. ``texts`` are reconstructed inputs (one per recovered sequence);
-    ``membership_scores`` align with ``AttackerView.candidates`` (higher = more likely member).
+    ``membership_scores`` align with ``AttackerView.candidates`` (higher = more likely member);
+    ``membership_scores_by`` holds every score an attack computed, by name (the primary one included),
+    each reported with its own AUC and TPR columns.
 
     ``status`` is ``abstained`` when the attack gave up (no usable input, a precondition unmet):
     ``note`` says why, and the cell is reported apart, never as a defense win."""
@@ -225,6 +227,7 @@ class Reconstruction:
     texts: list[str] = field(default_factory=list)
     token_ids: list[list[int]] | None = None
     membership_scores: list[float] | None = None
+    membership_scores_by: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
     note: str = ""
     status: str = "ok"
@@ -352,4 +355,7 @@ class Attack(Protocol):
 RECONSTRUCTION_METRICS: Mapping[str, bool] = {
     "rouge1": True, "rouge2": True, "rougeL": True, "token_recall": True, "token_precision": True, "exact_match": True,
 }
+# ``mia_auc``/``tpr_at_*`` are the attack's primary score (chosen in its params before any run, never the
+# best in hindsight); ``*_lo``/``*_hi`` bound a stratified bootstrap 95% interval; per-score columns
+# ``mia_<score>_auc`` etc. sit beside them in the row.
 MEMBERSHIP_METRICS: Mapping[str, bool] = {"mia_auc": True, "tpr_at_1fpr": True, "tpr_at_5fpr": True}

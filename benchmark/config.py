@@ -223,7 +223,8 @@ class ProbeConfig:
     """Who is attacked and how many membership candidates are scored (the threat itself is [threat])."""
 
     client: int = -1  # the target; -1 picks the first client of the highest-rank tier
-    members: int = 16  # membership candidates: this many training texts and as many held-out ones
+    members: int = 16  # membership candidates: this many texts the target trained on in the probe round and
+    # as many non-members, from this many examples (at most half its shard) held out of its training
     batches: int = opt(1, "private probe batches per batch size (each one an attack cell, all from one simulation)")
 
     def __post_init__(self) -> None:

@@ -118,6 +118,16 @@ def make_clients(scenario: ScenarioConfig, seed: int) -> tuple[ClientInfo, ...]:
     )
 
 
+def reserve_holdout(shards: list[list[int]], target: int, k: int, seed: int) -> list[int]:
+    """Take ``k`` examples (at most half) out of the target's shard, in place, so that no local training
+    ever uses them: the membership probe's non-members, from the target's own distribution."""
+    shard = shards[target]
+    n = min(k, len(shard) // 2)
+    picked = set(rng(seed, "holdout").permutation(len(shard))[:n].tolist())
+    shards[target] = [i for j, i in enumerate(shard) if j not in picked]
+    return sorted(shard[j] for j in picked)
+
+
 def probe_target(scenario: ScenarioConfig, seed: int) -> int:
     """The attack probe's target client: as configured, or (-1) the first client of the top rank."""
     if scenario.probe.client >= 0:
@@ -170,6 +180,7 @@ class Federation:
         self.loaded: LoadedModel = load_model(scenario.model, scenario.task, num_labels)
         self.clients = make_clients(scenario, seed)
         self.shards = partition([ex.label for ex in self.data.train], scenario.n_clients, scenario.partition, seed)
+        self.holdout = reserve_holdout(self.shards, probe_target(scenario, seed), scenario.probe.members, seed)
         targets = scenario.lora.target_modules or self.loaded.default_targets
         self.host = LoRAHost(self.loaded.fresh_copy().to(device), [c.rank for c in self.clients], scenario.lora.alpha,
                              tuple(targets), scenario.lora.dropout)
@@ -362,15 +373,22 @@ class Federation:
         return ClientUpdate(client, rnd, factors, len(self.shards[client.client_id]), sums, None, start, th.observation)
 
     def _round_view(self, client: ClientInfo, rnd: int) -> tuple[AttackerView | None, list[bool]]:
-        """The target's real upload of the probe round, with membership candidates."""
+        """The target's real upload of the probe round, with membership candidates: members are
+        distinct texts it trained on in this round (its upload's change over the start reflects this
+        round only), non-members its held-out examples (same client, same label mix, never trained
+        on by it, nor by anyone if the text recurs elsewhere in the training set), equally many."""
         result = self.last_round["results"].get(client.client_id)
         if result is None:
             return None, []
         trained = list(dict.fromkeys(result.texts))
-        k = min(self.scenario.probe.members, len(trained), len(self.data.test))
+        reserved = set(self.holdout)
+        everyone = {self.spec.prompt(ex) for i, ex in enumerate(self.data.train) if i not in reserved}
+        held = list(dict.fromkeys(t for t in (self.spec.prompt(self.data.train[i]) for i in self.holdout)
+                                  if t not in everyone))
+        k = min(self.scenario.probe.members, len(trained), len(held))
         gen = rng(self.seed, "members")
         members = [trained[i] for i in gen.permutation(len(trained))[:k]]
-        outsiders = [self.spec.prompt(self.data.test[i]) for i in gen.permutation(len(self.data.test))[:k]]
+        outsiders = [held[i] for i in gen.permutation(len(held))[:k]]
         pool = [(t, True) for t in members] + [(t, False) for t in outsiders]
         pool = [pool[i] for i in gen.permutation(len(pool))]
         train = self.scenario.train

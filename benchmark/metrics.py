@@ -10,7 +10,7 @@ and surplus reconstructions cost nothing in ROUGE but lower token precision. ROU
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,26 @@ def membership_auc(scores: Sequence[float], is_member: Sequence[bool]) -> dict[s
     ties = (pos[:, None] == neg[None, :]).sum()
     auc = (greater + 0.5 * ties) / (pos.size * neg.size)
     return {"mia_auc": float(auc), "tpr_at_1fpr": _tpr_at(pos, neg, 0.01), "tpr_at_5fpr": _tpr_at(pos, neg, 0.05)}
+
+
+def membership_row(primary: Sequence[float], by_score: Mapping[str, Sequence[float]], is_member: Sequence[bool],
+                   n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """A membership cell's columns: the primary score's ``mia_auc``, ``tpr_at_1fpr`` (each with a
+    stratified bootstrap 95% interval, ``_lo``/``_hi``) and ``tpr_at_5fpr``; the same for every named
+    score as ``mia_<score>_auc`` ...; and the candidate counts."""
+    from benchmark.stats import membership_summary
+
+    y = [bool(m) for m in is_member]
+    head = membership_summary(primary, y, "mia", n_boot, seed)
+    row: dict[str, float] = {
+        "mia_auc": head["mia_auc"], "mia_auc_lo": head["mia_auc_lo"], "mia_auc_hi": head["mia_auc_hi"],
+        "tpr_at_1fpr": head["mia_tpr_at_1fpr"], "tpr_at_1fpr_lo": head["mia_tpr_at_1fpr_lo"],
+        "tpr_at_1fpr_hi": head["mia_tpr_at_1fpr_hi"], "tpr_at_5fpr": head["mia_tpr_at_5fpr"],
+        "n_members": sum(y), "n_nonmembers": len(y) - sum(y),
+    }
+    for name, scores in by_score.items():
+        row.update(membership_summary(scores, y, f"mia_{name}", n_boot, seed))
+    return row
 
 
 def _tpr_at(pos: np.ndarray, neg: np.ndarray, max_fpr: float) -> float:

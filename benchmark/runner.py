@@ -306,7 +306,7 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
         if rec.membership_scores is None:
             row.update(status="abstained", attack_note=rec.note or "no membership scores")
             return row
-        row.update(metrics.membership_auc(rec.membership_scores, probe.candidates_are_members))
+        row.update(metrics.membership_row(rec.membership_scores, rec.membership_scores_by, probe.candidates_are_members))
     else:
         texts = [metrics.private_text(t, probe.template, probe.label_names) for t in rec.texts]
         row.update(metrics.score_reconstruction(chosen.references, texts, sim.tokenizer))

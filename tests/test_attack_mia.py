@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from attacks import toy
-from attacks.mia import MembershipInference, MIAParams, applied, visible_deltas
+from attacks.mia import SCORES, MembershipInference, MIAParams, applied, visible_deltas
 from benchmark.api import AttackerView, ObservedModule
-from benchmark.metrics import membership_auc
+from benchmark.federated import reserve_holdout
+from benchmark.metrics import membership_auc, membership_row
 
 T = "Tweet: {text}\nSentiment:"
 MEMBERS = ["my cat sleeps all day long", "coffee at dawn is the best", "rain again on my birthday",
@@ -52,14 +53,33 @@ def round_view():
     return view, truth
 
 
-@pytest.mark.parametrize("score", ["ref", "loss", "mink", "zlib"])
-def test_scores_separate_members(round_view, score):
+def test_one_pass_gives_every_score_and_they_separate_members(round_view):
     view, truth = round_view
-    rec = MembershipInference(MIAParams(score=score)).reconstruct(view)
-    assert len(rec.membership_scores) == len(view.candidates)
-    assert all(math.isfinite(x) for x in rec.membership_scores)
-    if score != "zlib":  # zlib calibrates by compressibility, which a random-init model does not model
-        assert membership_auc(rec.membership_scores, truth)["mia_auc"] >= 0.8
+    rec = MembershipInference(MIAParams(score="loss")).reconstruct(view)
+    assert set(rec.membership_scores_by) == set(SCORES)
+    assert rec.membership_scores == rec.membership_scores_by["loss"]
+    for score, values in rec.membership_scores_by.items():
+        assert len(values) == len(view.candidates)
+        assert all(math.isfinite(x) for x in values)
+        if score != "zlib":  # zlib calibrates by compressibility, which a random-init model does not model
+            assert membership_auc(values, truth)["mia_auc"] >= 0.8, score
+    row = membership_row(rec.membership_scores, rec.membership_scores_by, truth, n_boot=200)
+    assert row["n_members"] == row["n_nonmembers"] == len(MEMBERS)
+    assert row["mia_auc"] == row["mia_loss_auc"] and row["mia_auc_lo"] <= row["mia_auc"] <= row["mia_auc_hi"]
+    assert row["mia_ref_auc"] >= 0.8 and "mia_mink_tpr_at_1fpr_hi" in row
+
+
+def test_batching_does_not_change_scores_or_their_order(round_view):
+    view, _ = round_view
+    one = MembershipInference(MIAParams(batch_size=1, tokens="all")).reconstruct(view).membership_scores_by
+    many = MembershipInference(MIAParams(batch_size=5, tokens="all")).reconstruct(view).membership_scores_by
+    for score in SCORES:
+        assert many[score] == pytest.approx(one[score], rel=1e-4, abs=1e-5), score
+    label = [MembershipInference(MIAParams(batch_size=b, tokens="label")).reconstruct(view).membership_scores_by["loss"]
+             for b in (1, 5)]
+    assert label[1] == pytest.approx(label[0], rel=1e-4, abs=1e-5)
+    # all-token Min-K% differs from LOSS (it keeps the lowest fifth of the tokens)
+    assert any(abs(a - b) > 1e-3 for a, b in zip(one["mink"], one["loss"]))
 
 
 def test_hidden_columns_filled_from_prev_in_adaptive_mode(round_view):
@@ -101,3 +121,25 @@ def test_all_token_scoring_and_param_checks(round_view):
         MIAParams(score="vibes")
     with pytest.raises(ValueError):
         MIAParams(tokens="some")
+
+
+def test_holdout_is_taken_out_of_the_target_shard_only():
+    shards = [list(range(0, 10)), list(range(10, 30)), list(range(30, 33))]
+    before = [list(s) for s in shards]
+    held = reserve_holdout(shards, 1, 6, seed=4)
+    assert len(held) == 6 and set(held) <= set(before[1])
+    assert sorted(shards[1] + held) == before[1] and not set(held) & set(shards[1])
+    assert shards[0] == before[0] and shards[2] == before[2]
+    assert reserve_holdout([list(range(5))], 0, 100, seed=0) == reserve_holdout([list(range(5))], 0, 100, seed=0)
+    assert len(reserve_holdout([list(range(5))], 0, 100, seed=0)) == 2  # at most half the shard
+
+
+def test_label_only_confidence_matches_the_full_logits(round_view):
+    view, _ = round_view
+    bare = replace(view, modules={})  # no update: the scores are the public model's own
+    got = MembershipInference(MIAParams(tokens="label", batch_size=4)).reconstruct(bare).membership_scores_by["loss"]
+    for text, score in zip(view.candidates[:3], got):
+        ids = view.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = view.model(input_ids=ids).logits[0, -1].float()
+        assert score == pytest.approx(float(torch.log_softmax(logits, -1).max()), abs=1e-5)
