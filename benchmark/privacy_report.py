@@ -167,18 +167,25 @@ def mia_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[(df["status"] == "ok") & df["mia_auc"].notna()]
     records = []
     for _, r in rows.iterrows():
-        auc = Interval(r["mia_auc"], r.get("mia_auc_lo", math.nan), r.get("mia_auc_hi", math.nan),
-                       int(r.get("n_candidates") or 0))
-        tpr = Interval(r.get("mia_tpr_at_1fpr", math.nan), r.get("mia_tpr_at_1fpr_lo", math.nan),
-                       r.get("mia_tpr_at_1fpr_hi", math.nan), auc.n)
+        n = int((r.get("n_members") or 0) + (r.get("n_nonmembers") or 0))
+        auc = Interval(r["mia_auc"], _num(r.get("mia_auc_lo")), _num(r.get("mia_auc_hi")), n)
+        tpr = Interval(_num(r.get("tpr_at_1fpr")), _num(r.get("tpr_at_1fpr_lo")), _num(r.get("tpr_at_1fpr_hi")), n)
         chance = math.isfinite(auc.lo) and auc.lo <= 0.5 <= auc.hi
+        params = r.get("attack_params") if isinstance(r.get("attack_params"), Mapping) else {}
         records.append({"scenario": r["scenario"], "defense": r["defense"], "mode": r["attack_mode"], "seed": r["seed"],
-                        "score": (r.get("attack_params") or {}).get("score", ""),
+                        "score": params.get("score", ""),
                         "AUC [95% CI]": f"{auc.value:.3f} [{auc.lo:.3f}, {auc.hi:.3f}]",
                         "TPR@1%FPR [95% CI]": f"{tpr.value:.3f} [{tpr.lo:.3f}, {tpr.hi:.3f}]",
-                        "members/non-members": f"{r.get('n_members', '?')}/{r.get('n_nonmembers', '?')}",
+                        "members / non-members": f"{int(r.get('n_members') or 0)} / {int(r.get('n_nonmembers') or 0)}",
                         "signal": "none detectable (CI includes 0.5)" if chance else "detected"})
     return pd.DataFrame(records)
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # ---- plots ---------------------------------------------------------------------------------------

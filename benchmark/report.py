@@ -30,7 +30,8 @@ REPORT_COLUMNS = ("run_id", "scenario", "defense", "defense_name", "attack", "at
                   "rouge1", "mia_auc", "utility", "per_tier", "probe_rank", "probe_batch_size", "probe_observation",
                   "attack_note", "metric_directions", "threat_init", "observation", "probe_round", "start_known",
                   "server_saw", "git_commit", "null_reasons", "probe_batch", "defense_params", "tiers", "mia_auc_lo",
-                  "mia_auc_hi", "mia_tpr_at_1fpr", "mia_tpr_at_1fpr_lo", "mia_tpr_at_1fpr_hi", "attack_params")
+                  "mia_auc_hi", "tpr_at_1fpr", "tpr_at_1fpr_lo", "tpr_at_1fpr_hi", "n_members", "n_nonmembers",
+                  "attack_params")
 
 
 def arrow(metric: str, directions: dict[str, bool] | None = None) -> str:

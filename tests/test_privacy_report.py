@@ -79,3 +79,16 @@ def test_batch_table_and_plots(tmp_path):
     for fn, name in ((plot_batch, "b.png"), (plot_budget, "u.png"), (plot_frontier, "f.png")):
         assert fn(df, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_mia_table_says_when_the_interval_includes_chance():
+    from benchmark.privacy_report import mia_table
+
+    base = {"scenario": "mia", "attack_mode": "naive", "seed": 0, "status": "ok", "attack_params": {"score": "loss"},
+            "n_members": 200, "n_nonmembers": 200, "tpr_at_1fpr": 0.02, "tpr_at_1fpr_lo": 0.0, "tpr_at_1fpr_hi": 0.05}
+    df = pd.DataFrame([{**base, "defense": "plain_lora", "mia_auc": 0.62, "mia_auc_lo": 0.57, "mia_auc_hi": 0.67},
+                       {**base, "defense": "she_lora", "mia_auc": 0.51, "mia_auc_lo": 0.45, "mia_auc_hi": 0.56}])
+    table = mia_table(df).set_index("defense")
+    assert table.loc["plain_lora", "signal"] == "detected"
+    assert table.loc["she_lora", "signal"].startswith("none detectable")
+    assert table.loc["plain_lora", "members / non-members"] == "200 / 200"
