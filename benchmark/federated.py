@@ -44,7 +44,6 @@ from benchmark.train import (
 from benchmark.transcript import Channel, PublicFacts, attacker_view, describe_upload, read_init, wire_copy
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank, relative_error, to_lora
 
-
 ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
 
 
