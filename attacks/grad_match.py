@@ -45,7 +45,7 @@ class GradMatchParams:
     vocab: str = "bag"  # "bag": text tokens drawn from those nearest the layer-0 span; "full"
     refine_rounds: int = 4  # discrete hill-climbing rounds after the continuous phase (0: none)
     seed: int = 0
-    patience: int = 40  # stop a restart after this many steps without a 0.1% better distance (0: never)
+    patience: int = 40  # stop a restart once its decoded tokens and label held for this many steps (0: never)
     good_enough: float = 1e-4  # a restart ending below this distance makes further restarts pointless
 
     def __post_init__(self) -> None:
@@ -132,9 +132,11 @@ class GradMatch:
 
     def _run(self, view: AttackerView, layout: _Layout, leaves: dict, names: list[str], masks: dict,
              target: Tensor, restart: int) -> tuple[tuple[Tensor, Tensor], float, int]:
-        """One restart: (soft tokens, soft label), the final distance, and the steps it took. It stops
-        early once the distance has not improved by 0.1% for ``patience`` steps: each step is a
-        double backpropagation, and a stalled restart only burns them."""
+        """One restart: (soft tokens, soft label), the final distance, and the steps it took. Only the
+        argmax of the soft tokens and label leaves this phase (``_Layout.tokens``; the discrete
+        refinement starts from it), so a restart stops once they have not changed for ``patience``
+        steps: each step is a double backpropagation, and the remaining ones only sharpen the
+        distribution around the same tokens."""
         p = self.params
         gen = torch.Generator().manual_seed(p.seed * 1000 + restart)
         dev = device_of(view.model)
@@ -143,7 +145,7 @@ class GradMatch:
         opt = torch.optim.Adam([z, lab], lr=p.lr)
         params = [t for n in names for t in leaves[n]]
         tnorm = target.to(dev) / target.norm()
-        loss_val, best, since, ran = float("inf"), float("inf"), 0, 0
+        loss_val, decoded, since, ran = float("inf"), None, 0, 0
         for _ in range(p.steps):
             loss = layout.loss(view.model, z, lab)
             g = torch.autograd.grad(loss, params, create_graph=True)
@@ -157,10 +159,9 @@ class GradMatch:
             z.grad, lab.grad = torch.autograd.grad(dist, [z, lab])
             opt.step()
             loss_val, ran = float(dist.detach()), ran + 1
-            if loss_val < best * (1 - 1e-3):
-                best, since = loss_val, 0
-            else:
-                since += 1
+            now = torch.cat([z.detach().argmax(-1).flatten(), lab.detach().argmax(-1).flatten()])
+            since = since + 1 if decoded is not None and torch.equal(now, decoded) else 0
+            decoded = now
             if p.patience and since >= p.patience:
                 break
         return (z.detach(), lab.detach()), loss_val, ran
