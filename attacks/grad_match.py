@@ -45,6 +45,8 @@ class GradMatchParams:
     vocab: str = "bag"  # "bag": text tokens drawn from those nearest the layer-0 span; "full"
     refine_rounds: int = 4  # discrete hill-climbing rounds after the continuous phase (0: none)
     seed: int = 0
+    patience: int = 40  # stop a restart once its decoded tokens and label held for this many steps (0: never)
+    good_enough: float = 1e-4  # a restart ending below this distance makes further restarts pointless
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -56,7 +58,7 @@ class GradMatchParams:
 
 class GradMatch:
     name: ClassVar[str] = "grad_match"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
@@ -87,12 +89,17 @@ class GradMatch:
         layout = _Layout.build(view, _length(view, checks), self._vocab(view, checks))
         with _eager(model), attached(model, {n: view.prev[n] for n in names}) as leaves:
             best, best_loss = None, float("inf")
+            steps_run = 0
             for restart in range(p.restarts):
-                z, loss = self._run(view, layout, leaves, names, masks, target.float(), restart)
+                z, loss, ran = self._run(view, layout, leaves, names, masks, target.float(), restart)
+                steps_run += ran
                 if loss < best_loss:
                     best, best_loss = z, loss
+                if best_loss < p.good_enough:
+                    break
         ids = layout.tokens(*best)
-        extra = {"match_loss": best_loss, "unknown_tokens": float(layout.T), "vocab": float(len(layout.vocab))}
+        extra = {"match_loss": best_loss, "unknown_tokens": float(layout.T), "vocab": float(len(layout.vocab)),
+                 "steps_run": float(steps_run)}
         if layout.decoder and view.task == "classification" and p.refine_rounds > 0:
             ids, cos = self._discrete(view, layout, names, masks, target, [s[:-1] for s in ids])
             extra["match_cos"] = cos
@@ -124,7 +131,12 @@ class GradMatch:
         return torch.topk(d, k, largest=False).indices
 
     def _run(self, view: AttackerView, layout: _Layout, leaves: dict, names: list[str], masks: dict,
-             target: Tensor, restart: int) -> tuple[tuple[Tensor, Tensor], float]:
+             target: Tensor, restart: int) -> tuple[tuple[Tensor, Tensor], float, int]:
+        """One restart: (soft tokens, soft label), the final distance, and the steps it took. Only the
+        argmax of the soft tokens and label leaves this phase (``_Layout.tokens``; the discrete
+        refinement starts from it), so a restart stops once they have not changed for ``patience``
+        steps: each step is a double backpropagation, and the remaining ones only sharpen the
+        distribution around the same tokens."""
         p = self.params
         gen = torch.Generator().manual_seed(p.seed * 1000 + restart)
         dev = device_of(view.model)
@@ -133,7 +145,7 @@ class GradMatch:
         opt = torch.optim.Adam([z, lab], lr=p.lr)
         params = [t for n in names for t in leaves[n]]
         tnorm = target.to(dev) / target.norm()
-        loss_val = float("inf")
+        loss_val, decoded, since, ran = float("inf"), None, 0, 0
         for _ in range(p.steps):
             loss = layout.loss(view.model, z, lab)
             g = torch.autograd.grad(loss, params, create_graph=True)
@@ -146,8 +158,13 @@ class GradMatch:
             opt.zero_grad()
             z.grad, lab.grad = torch.autograd.grad(dist, [z, lab])
             opt.step()
-            loss_val = float(dist.detach())
-        return (z.detach(), lab.detach()), loss_val
+            loss_val, ran = float(dist.detach()), ran + 1
+            now = torch.cat([z.detach().argmax(-1).flatten(), lab.detach().argmax(-1).flatten()])
+            since = since + 1 if decoded is not None and torch.equal(now, decoded) else 0
+            decoded = now
+            if p.patience and since >= p.patience:
+                break
+        return (z.detach(), lab.detach()), loss_val, ran
 
 
 def _length(view: AttackerView, checks: list) -> int | None:

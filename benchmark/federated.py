@@ -28,8 +28,8 @@ from benchmark.api import (
 )
 from benchmark.config import ScenarioConfig
 from benchmark.data import Dataset, Example, assign_tiers, load_dataset, partition
-from benchmark.lora import LoRAHost
-from benchmark.models import LoadedModel, load_model
+from benchmark.lora import LoRAHost, is_head, trained_or_merged
+from benchmark.models import LoadedModel, load_model, shared_copy
 from benchmark.protocol import aggregate, mean_or_none, negotiate, setup_roles, upload
 from benchmark.seeding import derive, rng, seed_everything, torch_generator
 from benchmark.train import (
@@ -181,7 +181,9 @@ class Federation:
         self.shards = partition([ex.label for ex in self.data.train], scenario.n_clients, scenario.partition, seed)
         self.holdout = reserve_holdout(self.shards, probe_target(scenario, seed), scenario.probe.members, seed)
         targets = scenario.lora.target_modules or self.loaded.default_targets
-        self.host = LoRAHost(self.loaded.fresh_copy().to(device), [c.rank for c in self.clients], scenario.lora.alpha,
+        # On CPU the host shares the frozen weights with the base (moving it to a device would move them too).
+        base = self.loaded.fresh_copy(trained_or_merged(tuple(targets)) if device == "cpu" else None)
+        self.host = LoRAHost(base.to(device), [c.rank for c in self.clients], scenario.lora.alpha,
                              tuple(targets), scenario.lora.dropout)
         self.spec = TaskSpec(scenario.task, self.loaded.arch, scenario.data.template, self.data.label_names,
                              scenario.train.seq_len)
@@ -463,11 +465,12 @@ def _content_key(deltas: dict[str, Tensor]) -> str:
 
 
 def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    clone = copy.deepcopy(model)
     # Unwrap peft layers: the merged weights are in the base layers; adapters must not travel along.
     from peft.tuners.lora import LoraLayer
+
+    # Only the adapted modules (merged weights) and the head are copied; the frozen rest is shared.
+    adapted = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, LoraLayer))
+    clone = shared_copy(model, lambda name: is_head(name) or name.startswith(adapted))
 
     for name, module in list(clone.named_modules()):
         if isinstance(module, LoraLayer):
@@ -482,7 +485,13 @@ def _detached_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",
              progress: Callable[[str], None] | None = None) -> SimulationResult:
-    return Federation(scenario, defense, seed, device, progress).run()
+    fed = Federation(scenario, defense, seed, device, progress)
+    try:
+        return fed.run()
+    finally:
+        # fed.public builds models through a bound method of fed: without this cycle break the host
+        # model (hundreds of MB) lives on until the cyclic GC runs, overlapping the next simulation.
+        fed.public = None
 
 
 __all__ = ["simulate", "Federation", "SimulationResult", "ProbeResult", "derive"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -17,6 +17,18 @@ from benchmark.config import ConfigError
 
 _PREFIX = "base_model.model."
 HEAD_NAMES = ("classifier", "score")
+
+
+def is_head(name: str) -> bool:
+    """Whether parameter ``name`` belongs to a classification head (trained alongside LoRA)."""
+    return any(f".{h}." in f".{name}" for h in HEAD_NAMES) and "lora_" not in name
+
+
+def trained_or_merged(targets: tuple[str, ...]) -> Callable[[str], bool]:
+    """Parameter names a training host writes to: the LoRA-adapted modules (deltas are merged into
+    their weights) and the head. Everything else can be shared with the frozen base
+    (``benchmark.models.shared_copy``)."""
+    return lambda name: is_head(name) or any(f".{t}." in f".{name}" for t in targets)
 
 
 def adapter_name(rank: int) -> str:
@@ -57,7 +69,7 @@ class LoRAHost:
         return {
             n.removeprefix(_PREFIX): p
             for n, p in self.model.named_parameters()
-            if any(f".{h}." in f".{n}" for h in HEAD_NAMES) and "lora_" not in n
+            if is_head(n)
         }
 
     def use(self, rank: int) -> None:

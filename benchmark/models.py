@@ -8,6 +8,7 @@ import copy
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,29 @@ class LoadedModel:
     load_s: float
     from_cache: bool
 
-    def fresh_copy(self) -> nn.Module:
-        return copy.deepcopy(self.model)
+    def fresh_copy(self, private: Callable[[str], bool] | None = None) -> nn.Module:
+        """A copy to train or merge into. With ``private`` (parameter name -> must be copied), every
+        other parameter is shared with the base model instead of copied (see ``shared_copy``)."""
+        return copy.deepcopy(self.model) if private is None else shared_copy(self.model, private)
 
     @property
     def default_targets(self) -> tuple[str, ...]:
         return ("q_proj", "v_proj") if self.arch == "decoder" else ("query", "value")
+
+
+def shared_copy(model: nn.Module, private: Callable[[str], bool]) -> nn.Module:
+    """A deep copy of ``model`` (modules, config, buffers) whose parameters are the very same tensors
+    as the original's, except those named by ``private``, which are copied.
+
+    Why: the harness holds a training host and up to two public attacker models per simulation next
+    to the base; SmolLM2-135M is 540 MB in fp32 but its LoRA-adapted projections are ~10% of it, and
+    nothing ever writes to the other weights (they are frozen; merges and attacks touch only the
+    adapted modules). Callers must keep it that way: a write to a shared parameter reaches every copy.
+    """
+    named = list(model.named_parameters(remove_duplicate=False))
+    copied = {id(p) for name, p in named if private(name)}  # a tied parameter is copied if any name asks
+    memo = {id(p): p for _, p in named if id(p) not in copied}
+    return copy.deepcopy(model, memo)
 
 
 def cache_dir() -> Path:
