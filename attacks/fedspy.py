@@ -87,7 +87,8 @@ def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> L
 
     Each module's rows are scaled to unit Frobenius norm and placed in input-feature coordinates;
     only coordinates every module shows are kept. A B-path span, a single module or a secret column
-    permutation (trimmed spans) leave ``check`` as it is."""
+    permutation (trimmed spans) leave ``check`` as it is, and so does a joint span that fills the
+    few coordinates all modules show (masks that differ per module) while single modules do not."""
     spans = check.spans
     if len(spans) < 2 or any(s.path != "A" or s.trim > 0 or s.matrix is None for s in spans):
         return check
@@ -106,7 +107,7 @@ def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> L
         return check
     stacked = torch.cat(rows)
     span = fit_span(f"joint:{check.layer}", stacked, keep, keep, rank_tol, dim=dim, path="A")
-    if span is None:
+    if span is None or (span.vacuous and not check.vacuous):
         return check
     return LayerCheck(check.layer, [check.modules[0]], [span])
 
