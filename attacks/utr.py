@@ -154,6 +154,10 @@ class UTR:
                 if not live:
                     break
                 grown = [h for hs in self._step(model, check, live, vocab, len(start), stop, p.beams) for h in hs]
+                if not grown:  # every bag token is used up: the live hypotheses end here
+                    for h in live:
+                        h.done = True
+                    continue
                 beam = sorted([h for h in beam if h.done] + grown, key=lambda h: h.score / _length(h, len(start)))[: p.beams]
             finished.append(min(beam, key=lambda h: h.score / _length(h, len(start))))
         return [h.ids for h in finished]
