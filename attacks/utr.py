@@ -120,8 +120,8 @@ class UTR:
         notes = start_caveats(view) + [VARIANT_NOTE]
         extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
         d0 = vocab_distances(model, first)
-        cap = min(p.max_bag, n_seqs * p.tokens_per_example)
-        bag = [] if first.saturated or first.vacuous else split_by_gap(d0, p.tau1)[: min(cap, 2 * first.rank + 8)].tolist()
+        cap = min(p.max_bag, n_seqs * p.tokens_per_example)  # the soft bag's size; an exact bag is bounded by the rank
+        bag = [] if first.saturated or first.vacuous else split_by_gap(d0, p.tau1)[: min(p.max_bag, 2 * first.rank + 8)].tolist()
         if not bag:  # the subspace only leans towards the batch: the prior must sort the nearest tokens
             bag = torch.argsort(d0)[:cap].tolist()
             notes.append(f"layer-0 span (rank {first.rank}) admits no exact bag: the {len(bag)} nearest tokens")

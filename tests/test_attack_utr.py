@@ -78,3 +78,11 @@ def test_params_are_validated():
         UTRParams(mode="sideways")
     with pytest.raises(ValueError):
         UTRParams(lm_weight=-1.0)
+
+
+def test_an_exact_bag_is_not_cut_to_the_soft_bag_size(tok, base):
+    view = make_view(tok, base, r=64, batch=1)
+    rec = UTR(UTRParams(tokens_per_example=2, complete_label=False)).reconstruct(view)
+    true_ids = set(tok(T.format(text=TEXTS[0]), add_special_tokens=False)["input_ids"])
+    assert rec.extra["bag_size"] == len(true_ids)
+    assert score_reconstruction(toy.references(tok, TEXTS[:1], T), rec.texts, tok)["token_recall"] >= 0.85
