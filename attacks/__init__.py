@@ -10,5 +10,7 @@ for _name, _target in {
     "subspace_rank": "attacks.subspace_rank:SubspaceRank",
     "grad_match": "attacks.grad_match:GradMatch",
     "mia": "attacks.mia:MembershipInference",
+    "utr": "attacks.utr:UTR",
+    "fedspy": "attacks.fedspy:FedSpy",
 }.items():
     ATTACKS.register(_name, _target)

@@ -11,7 +11,7 @@ from attacks import ATTACKS, toy
 from benchmark.api import AttackerView, Reconstruction
 from benchmark.config import ConfigError, params_from_dict
 
-NAMES = ["dager", "token_leak", "subspace_rank", "grad_match", "mia"]
+NAMES = ["dager", "token_leak", "subspace_rank", "grad_match", "mia", "utr", "fedspy"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,228 @@
+"""FedSpy-style reconstruction (after arXiv 2604.06297): a joint decomposition of the adapter updates
+for token extraction, then token ordering by aligning partial sequences with the full update.
+
+Token extraction. Every module that reads the same input (q_proj and v_proj of a layer) has an
+update whose rows lie in the span of that input: dL/dA = s B^T G^T X. One module's rows are rank
+deficient, at most r of them, so once a batch holds more than r distinct tokens no single token lies
+in one module's row space (DAGER's saturation). Stacking the modules' rows (each normalized, so that
+neither dominates) gives up to (modules x r) directions of the same span(X): the joint subspace
+stays exact for batches up to that many distinct tokens, where per-module checks have already
+saturated. Beyond it, the strongest joint directions still carry the batch's signal and the
+vocabulary is ranked softly against them.
+
+Token ordering. Candidate partial sequences are extended left to right (a decoder's second-layer
+input at a position depends only on the prefix) and each extension is kept when that partial
+sequence's second-layer inputs align with the joint second-layer subspace of the full update.
+Among the finished candidates, sequences are chosen one by one by how much of the observed update's
+energy their inputs explain beyond those already chosen, so a batch is covered by distinct sentences
+rather than by near-duplicate beams.
+
+Closest variant under the threat model: the published ordering compares each partial sequence's
+recomputed gradient with the full one, which needs raw per-step gradients and exact per-candidate
+backward passes at the client's start. The server here holds one observed update (an SGD delta of
+the round, or a gradient in probes) and, for SHE-LoRA and MaskCrypt, only an estimate of the start,
+so the alignment is measured in the observed update's row space (input subspace), which needs no
+backward pass and no exact start on the A path. Rows carry this as a note.
+
+Assumes: plaintext (or partly visible) LoRA updates of at least two layers' attention inputs, the
+public model with the global delta merged, the public template. Cost: one vocabulary-wide pass
+through the first layer (cached per model), one SVD per layer of the stacked (modules x r, n)
+update, and per decoding step a forward through two layers of (active prefixes x bag) sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from attacks.common import check_mode, no_usable_update, start_caveats, unusable
+from attacks.decoding import (
+    LayerCheck,
+    first_layer_is_position_free,
+    greedy_decode,
+    layer_checks,
+    prefix_distances,
+    soft_decode,
+    token_bag,
+    vocab_distances,
+)
+from attacks.labels import complete_labels
+from attacks.probing import capture_inputs, is_decoder
+from attacks.subspace import Span, fit_span, split_by_gap
+from attacks.textutil import decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+
+VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "
+                "(no per-candidate gradient recomputation: one observed update, not raw per-step gradients)")
+
+
+@dataclass(frozen=True)
+class FedSpyParams:
+    """``tau1``/``tau2``: first/second-layer relative span-distance thresholds of the exact regime;
+    ``tokens_per_example``: the bag size per example when the joint span saturates (soft regime);
+    the rest bound the search."""
+
+    mode: str = "naive"
+    rank_tol: float = 1e-7
+    tau1: float = 1e-3
+    tau2: float = 1e-2
+    tokens_per_example: int = 16
+    max_bag: int = 160
+    max_len: int = 48
+    max_beams: int = 8
+    complete_label: bool = True
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.max_bag < 1 or self.max_len < 1 or self.max_beams < 1:
+            raise ValueError("max_bag, max_len and max_beams must be positive")
+
+
+def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> LayerCheck:
+    """One span over the stacked rows of every module of ``check`` (all read the same input).
+
+    Each module's rows are scaled to unit Frobenius norm and placed in input-feature coordinates;
+    only coordinates every module shows are kept. A B-path span, a single module or a secret column
+    permutation (trimmed spans) leave ``check`` as it is, and so does a joint span that fills the
+    few coordinates all modules show (masks that differ per module) while single modules do not."""
+    spans = check.spans
+    if len(spans) < 2 or any(s.path != "A" or s.trim > 0 or s.matrix is None for s in spans):
+        return check
+    n_in = int(max(int(s.index.max()) for s in spans)) + 1
+    seen = torch.ones(n_in, dtype=torch.bool)
+    rows = []
+    for s in spans:
+        vis = torch.zeros(n_in, dtype=torch.bool)
+        vis[s.index] = True
+        seen &= vis
+        full = torch.zeros(s.matrix.shape[0], n_in, dtype=torch.float64)
+        full[:, s.index] = s.matrix / s.matrix.norm().clamp_min(1e-30)
+        rows.append(full)
+    keep = torch.nonzero(seen).flatten()
+    if keep.numel() < 2:
+        return check
+    stacked = torch.cat(rows)
+    span = fit_span(f"joint:{check.layer}", stacked, keep, keep, rank_tol, dim=dim, path="A")
+    if span is None or (span.vacuous and not check.vacuous):
+        return check
+    return LayerCheck(check.layer, [check.modules[0]], [span])
+
+
+def explained_energy(span: Span, inputs: Tensor) -> float:
+    """Share of the observed rows' energy lying in the span of ``inputs`` (module inputs, rows)."""
+    if span.matrix is None or inputs.numel() == 0:
+        return 0.0
+    F = span.features(inputs)
+    Q, R = torch.linalg.qr(F.T)
+    Q = Q[:, R.diagonal().abs() > 1e-9 * R.diagonal().abs().max().clamp_min(1e-30)]
+    M = span.matrix
+    return float((M @ Q).pow(2).sum() / M.pow(2).sum().clamp_min(1e-30))
+
+
+class FedSpy:
+    name: ClassVar[str] = "fedspy"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
+    target: ClassVar[str] = "probe"
+    metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    Params = FedSpyParams
+
+    def __init__(self, params: FedSpyParams | None = None) -> None:
+        self.params = params or FedSpyParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        why = unusable(view)
+        if why:
+            return Reconstruction.abstain(why)
+        p = self.params
+        adaptive = p.mode == "adaptive"
+        checks = layer_checks(view, adaptive, p.rank_tol)
+        if not checks:
+            return Reconstruction.abstain(no_usable_update(view))
+        if checks[0].layer != 0:
+            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; token extraction needs layer 0")
+        first = joint_check(checks[0], p.rank_tol)
+        second = joint_check(checks[1], p.rank_tol) if len(checks) > 1 else None
+        model, tok = view.model, view.tokenizer
+        n_seqs = max(1, view.batch_size or 1)
+        notes = start_caveats(view) + [VARIANT_NOTE]
+        extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
+        if first.vacuous:
+            return Reconstruction(note="; ".join(notes + [f"joint layer-0 span (rank {first.rank}) fills the usable coordinates"]),
+                                  extra=extra)
+        if not (is_decoder(model) and first_layer_is_position_free(model, first)):
+            bag = self._soft_bag(model, first, n_seqs, position=1)
+            extra["bag_size"] = float(len(bag))
+            notes.append("position-dependent first layer: unordered token bag")
+            return Reconstruction(texts=[tok.decode(bag, skip_special_tokens=True)] if bag else [],
+                                  token_ids=[bag] if bag else None, extra=extra, note="; ".join(notes))
+        exact = not first.saturated
+        if exact:
+            bag, first = token_bag(model, first, p.tau1, min(p.max_bag, 2 * first.rank + 8), p.rank_tol)
+        else:
+            bag = self._soft_bag(model, first, n_seqs)
+            notes.append(f"joint layer-0 rank saturated at {first.rank}: soft token ranking")
+        tpl = harness_ids(tok, view.template, True)
+        extra["bag_size"] = float(len(bag))
+        if not bag:
+            return Reconstruction(extra=extra, note="; ".join(notes + ["no vocabulary token lies in the joint layer-0 span"]))
+        if second is None:
+            return Reconstruction(texts=[tok.decode(bag, skip_special_tokens=True)], token_ids=[bag], extra=extra,
+                                  note="; ".join(notes + ["no second adapted layer: unordered bag"]))
+        extra["rank_l1"] = float(second.rank)
+        bag = list(dict.fromkeys(bag + list(tpl.suffix)))
+        start = list(tpl.start)
+        if len(start) >= 2 and float(prefix_distances(model, second, start)[1:].max()) >= (p.tau2 if exact else 0.5):
+            start = list(tpl.lead)
+        if exact and not (second.saturated or second.vacuous):
+            starts = [start] if start else [[t] for t in bag]
+            found = greedy_decode(model, second, bag, starts, p.tau2, p.max_len, p.max_beams)
+            cands = [ids for ids, _ in sorted(found, key=lambda x: x[1]) if len(ids) > len(start)]
+        else:
+            stops = [list(tpl.suffix)] if tpl.suffix else []
+            cands = soft_decode(model, second, bag, start, min(len(bag), 2 * n_seqs), p.max_len, stops)
+            notes.append("second-layer alignment without threshold: order is best-effort")
+        seqs = cover(model, second, cands, len(start), n_seqs)
+        if seqs and p.complete_label and view.task == "classification":
+            seqs = complete_labels(view, seqs, adaptive)
+        extra["n_sequences"] = float(len(seqs))
+        return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra, note="; ".join(notes))
+
+    def _soft_bag(self, model, first: LayerCheck, n_seqs: int, position: int = 0) -> list[int]:
+        """The vocabulary tokens nearest the joint subspace, as many as the batch plausibly holds."""
+        p = self.params
+        d = vocab_distances(model, first, position)
+        cap = min(p.max_bag, n_seqs * p.tokens_per_example)
+        exact = split_by_gap(d, p.tau1)[:cap].tolist()
+        return exact or torch.argsort(d)[:cap].tolist()
+
+
+def cover(model, check: LayerCheck, cands: Sequence[Sequence[int]], start_len: int, n_seqs: int) -> list[list[int]]:
+    """Choose ``n_seqs`` candidates greedily by the observed energy their second-layer inputs explain
+    beyond the candidates already chosen (prefixes of a longer candidate and repeats are skipped)."""
+    pool = [list(c) for c in dict.fromkeys(tuple(c) for c in cands) if len(c) > start_len]
+    pool = [c for c in pool if not any(len(o) > len(c) and o[: len(c)] == c for o in pool)]
+    if len(pool) <= 1 or n_seqs >= len(pool):
+        return pool[:n_seqs] if n_seqs < len(pool) else pool
+    span = check.spans[0]
+    inputs = [capture_inputs(model, [check.modules[0].module], torch.tensor([c]))[0][0, start_len:] for c in pool]
+    chosen: list[int] = []
+    base = 0.0
+    for _ in range(n_seqs):
+        gains = []
+        for i, x in enumerate(inputs):
+            if i in chosen:
+                gains.append(-1.0)
+                continue
+            both = torch.cat([inputs[j] for j in chosen] + [x])
+            gains.append(explained_energy(span, both) - base)
+        best = max(range(len(pool)), key=lambda i: gains[i])
+        if gains[best] < 0:
+            break
+        chosen.append(best)
+        base += gains[best]
+    return [pool[i] for i in chosen]

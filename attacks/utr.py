@@ -1,0 +1,197 @@
+"""UTR-style reconstruction (after arXiv 2601.17533): an unordered word bag from the frozen first
+layer, sentence-level inversion inside the adapter update's low-rank subspace, and constrained greedy
+decoding guided by the public language model's prior.
+
+1. Token presence. With the backbone frozen, a token's first-layer attention input (embedding and
+   norm) is fixed, and the first adapted attention projections' updates have their rows in the span
+   of the batch's inputs. Every vocabulary token is ranked by its distance to that subspace (the
+   modules' rows stacked, as in ``attacks.fedspy.joint_check``, so q and v together give up to 2r
+   directions before saturating); the bag is
+   the clearly separated head of the ranking, or, once the span saturates (more distinct tokens than
+   the rank, the large-batch regime), the ``batch_size x tokens_per_example`` nearest tokens.
+2. Constrained greedy decoding. Sentences grow left to right from the public template, only with
+   bag tokens. The language model proposes the ``propose`` most likely bag tokens at each step, and
+   each proposal is scored by the second adapted layer's subspace distance of the extended prefix
+   (log scale) plus ``lm_weight`` times its negative log-probability: exact membership dominates
+   where the span is exact, the prior decides where the subspace only leans towards the batch.
+   A bag token is offered at most ``max_repeat`` times per sentence, and a sentence ends at the
+   template's suffix.
+3. Sentence-level inversion. Each sentence keeps ``beams`` hypotheses and the finished ones are
+   judged as whole sentences by their length-normalized total score (in a decoder a position's
+   input depends only on its prefix, so the distances measured while decoding are the sentence's
+   own); ``batch_size`` distinct sentences are seeded by distinct first tokens.
+
+Closest variant under the threat model: the paper reads token presence from attention patterns and
+embedding-side signals of the frozen layers; here the LoRA upload (attention projections only)
+carries no embedding gradient, so presence comes from the first adapted layer's update subspace. It
+also inverts raw per-client gradients; the server here holds one observed update (a single-step SGD
+delta in the default threat, an estimate of the start for SHE-LoRA and MaskCrypt). Rows carry this as
+a note.
+
+Assumes: plaintext (or partly visible) LoRA updates of two layers' attention inputs, a decoder with a
+position-free first layer (RoPE), the public template. Cost: one vocabulary-wide first-layer pass
+(cached per model); per decoding step one full forward of the active hypotheses (the prior) and a
+two-layer forward of hypotheses x ``propose`` extensions; label completion as in DAGER.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attacks.common import check_mode, no_usable_update, start_caveats, unusable
+from attacks.decoding import LayerCheck, first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.fedspy import joint_check
+from attacks.labels import complete_labels
+from attacks.probing import device_of, is_decoder, last_position_inputs
+from attacks.subspace import split_by_gap
+from attacks.textutil import TemplateIds, decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+
+VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (no embedding gradient in a "
+                "LoRA upload); inversion of one observed update, not raw per-client gradients")
+
+
+@dataclass(frozen=True)
+class UTRParams:
+    """``lm_weight``: weight of the prior's negative log-probability (nats) against the log10 subspace
+    distance; ``propose``: bag tokens the prior proposes per step; ``beams``: hypotheses per sentence."""
+
+    mode: str = "naive"
+    rank_tol: float = 1e-7
+    tau1: float = 1e-3
+    tokens_per_example: int = 16
+    max_bag: int = 256
+    lm_weight: float = 0.1
+    propose: int = 48
+    beams: int = 3
+    max_len: int = 48
+    max_repeat: int = 2
+    complete_label: bool = True
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if min(self.propose, self.beams, self.max_len, self.max_bag, self.max_repeat) < 1:
+            raise ValueError("propose, beams, max_len, max_bag and max_repeat must be positive")
+
+
+@dataclass
+class _Hyp:
+    ids: list[int]
+    score: float  # sum of step scores (lower is better)
+    done: bool = False
+
+
+class UTR:
+    name: ClassVar[str] = "utr"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
+    target: ClassVar[str] = "probe"
+    metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    Params = UTRParams
+
+    def __init__(self, params: UTRParams | None = None) -> None:
+        self.params = params or UTRParams()
+
+    def reconstruct(self, view: AttackerView) -> Reconstruction:
+        why = unusable(view)
+        if why:
+            return Reconstruction.abstain(why)
+        p = self.params
+        adaptive = p.mode == "adaptive"
+        checks = layer_checks(view, adaptive, p.rank_tol, exact=False)
+        if not checks:
+            return Reconstruction.abstain(no_usable_update(view))
+        if checks[0].layer != 0:
+            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; token presence needs layer 0")
+        model, tok = view.model, view.tokenizer
+        if not is_decoder(model) or not first_layer_is_position_free(model, checks[0]):
+            return Reconstruction.abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
+        first = joint_check(checks[0], p.rank_tol)
+        n_seqs = max(1, view.batch_size or 1)
+        notes = start_caveats(view) + [VARIANT_NOTE]
+        extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
+        d0 = vocab_distances(model, first)
+        cap = min(p.max_bag, n_seqs * p.tokens_per_example)  # the soft bag's size; an exact bag is bounded by the rank
+        bag = [] if first.saturated or first.vacuous else split_by_gap(d0, p.tau1)[: min(p.max_bag, 2 * first.rank + 8)].tolist()
+        if not bag:  # the subspace only leans towards the batch: the prior must sort the nearest tokens
+            bag = torch.argsort(d0)[:cap].tolist()
+            notes.append(f"layer-0 span (rank {first.rank}) admits no exact bag: the {len(bag)} nearest tokens")
+        extra["bag_size"] = float(len(bag))
+        if len(checks) < 2:
+            return Reconstruction(texts=[tok.decode(bag, skip_special_tokens=True)], token_ids=[bag], extra=extra,
+                                  note="; ".join(notes + ["no second adapted layer: unordered bag"]))
+        second = joint_check(checks[1], p.rank_tol)
+        tpl = harness_ids(tok, view.template, True)
+        seqs = self._decode(model, second, bag, tpl, n_seqs)
+        if seqs and p.complete_label and view.task == "classification":
+            seqs = complete_labels(view, seqs, adaptive)
+        extra["n_sequences"] = float(len(seqs))
+        return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra, note="; ".join(notes))
+
+    def _decode(self, model, check: LayerCheck, bag: list[int], tpl: TemplateIds, n_seqs: int) -> list[list[int]]:
+        p = self.params
+        vocab = torch.tensor(list(dict.fromkeys(bag + list(tpl.suffix))), dtype=torch.long)
+        start = list(tpl.start)
+        stop = list(tpl.suffix)
+        if start:
+            seeds = self._step(model, check, [_Hyp(start, 0.0)], vocab, len(start), stop, keep=n_seqs)[0]
+        else:  # no known first token: the bag's own best tokens open the sentences
+            seeds = [_Hyp([t], 0.0) for t in bag[:n_seqs]]
+        finished: list[_Hyp] = []
+        for seed in seeds[:n_seqs]:
+            beam = [seed]
+            for _ in range(p.max_len - 1):
+                live = [h for h in beam if not h.done]
+                if not live:
+                    break
+                grown = [h for hs in self._step(model, check, live, vocab, len(start), stop, p.beams) for h in hs]
+                if not grown:  # every bag token is used up: the live hypotheses end here
+                    for h in live:
+                        h.done = True
+                    continue
+                beam = sorted([h for h in beam if h.done] + grown, key=lambda h: h.score / _length(h, len(start)))[: p.beams]
+            finished.append(min(beam, key=lambda h: h.score / _length(h, len(start))))
+        return [h.ids for h in finished]
+
+    @torch.no_grad()
+    def _step(self, model, check: LayerCheck, hyps: list[_Hyp], vocab: Tensor, lo: int, stop: list[int],
+              keep: int) -> list[list[_Hyp]]:
+        """The ``keep`` best extensions of each hypothesis among the prior's ``propose`` most likely
+        admissible bag tokens."""
+        p = self.params
+        prefixes = torch.tensor([h.ids for h in hyps], dtype=torch.long)
+        logp = F.log_softmax(model(input_ids=prefixes.to(device_of(model))).logits[:, -1].float(), -1).cpu()[:, vocab]
+        for i, h in enumerate(hyps):
+            used = torch.tensor(h.ids[lo:], dtype=torch.long)
+            if used.numel():
+                counts = (vocab.unsqueeze(1) == used.unsqueeze(0)).sum(1)
+                logp[i, counts >= p.max_repeat] = -math.inf
+        k = min(p.propose, vocab.numel())
+        top = torch.topk(logp, k, dim=1).indices
+        cands = torch.cat([prefixes.repeat_interleave(k, 0), vocab[top].reshape(-1, 1)], 1)
+        d = check.distance(last_position_inputs(model, check.nn_modules(), cands)).view(len(hyps), k)
+        out = []
+        for i, h in enumerate(hyps):
+            step = torch.log10(d[i].clamp_min(1e-12)) - p.lm_weight * logp[i, top[i]].double()
+            grown = []
+            for j in range(k):
+                if not math.isfinite(float(step[j])):
+                    continue
+                ids = h.ids + [int(vocab[top[i, j]])]
+                grown.append(_Hyp(ids, h.score + float(step[j]), bool(stop) and ids[-len(stop):] == stop))
+            grown.sort(key=lambda x: x.score)
+            out.append(grown[:keep])
+        return out
+
+
+def _length(h: _Hyp, lo: int) -> int:
+    return max(1, len(h.ids) - lo)

@@ -1,0 +1,86 @@
+"""FedSpy-style attack on a tiny random Llama: the joint subspace of q and v outlasts per-module
+saturation, masks are honoured in adaptive mode, ciphertext-only views are declined."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from attacks import toy
+from attacks.dager import DAGER
+from attacks.decoding import layer_checks
+from attacks.fedspy import FedSpy, FedSpyParams, joint_check
+from benchmark.metrics import score_reconstruction
+
+T = "Tweet: {text}\nSentiment:"
+TEXTS = ["i really love the new phone it works great", "the weather today is awful and cold"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return toy.minilm_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def base(tok):
+    return toy.tiny_llama(len(tok), layers=4)
+
+
+def make_view(tok, base, r, batch=2):
+    pm = toy.lora_wrap(copy.deepcopy(base), r=r)
+    return toy.client_view(pm, copy.deepcopy(base), tok, TEXTS[:batch], T)
+
+
+def prompts(tok, batch=2):
+    return sorted(tok(T.format(text=t), add_special_tokens=False)["input_ids"] for t in TEXTS[:batch])
+
+
+def test_joint_subspace_recovers_a_batch_that_saturates_each_module(tok, base):
+    view = make_view(tok, base, r=16)  # ~20 distinct tokens: more than one module's rank 16
+    assert DAGER().reconstruct(view).texts == []
+    first = layer_checks(view, False, 1e-7)[0]
+    assert first.saturated and not joint_check(first, 1e-7).saturated
+    rec = FedSpy().reconstruct(view)
+    assert rec.extra["rank_l0"] > 16
+    assert sorted(ids[:-1] for ids in rec.token_ids) == prompts(tok)  # the label is a separate guess
+    assert score_reconstruction(toy.references(tok, TEXTS, T), rec.texts, tok, template=T)["rouge1"] >= 0.9
+    assert "fedspy variant" in rec.note
+
+
+def test_adaptive_mode_reads_only_visible_columns(tok, base):
+    view = toy.hide_columns(make_view(tok, base, r=64), 0.5)
+    refs = toy.references(tok, TEXTS, T)
+    naive = FedSpy(FedSpyParams(mode="naive")).reconstruct(view)
+    adaptive = FedSpy(FedSpyParams(mode="adaptive")).reconstruct(view)
+    assert score_reconstruction(refs, naive.texts, tok)["rouge1"] < 0.2
+    assert score_reconstruction(refs, adaptive.texts, tok, template=T)["rouge1"] >= 0.9
+
+
+def test_saturated_joint_span_still_ranks_the_batch_tokens(tok, base):
+    view = make_view(tok, base, r=8)  # 16 joint directions for ~20 tokens: no exact member
+    rec = FedSpy(FedSpyParams(max_len=20)).reconstruct(view)
+    assert "saturated" in rec.note and rec.texts
+    assert score_reconstruction(toy.references(tok, TEXTS, T), rec.texts, tok)["token_recall"] >= 0.6  # the template alone gives ~0.2
+
+
+def test_ciphertext_only_view_abstains(tok, base):
+    view = replace(make_view(tok, base, r=8, batch=1), defense="full_he", modules={}, cipher_bytes=1000)
+    for mode in ("naive", "adaptive"):
+        rec = FedSpy(FedSpyParams(mode=mode)).reconstruct(view)
+        assert rec.status == "abstained" and rec.texts == [] and "ciphertext" in rec.note
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError):
+        FedSpyParams(mode="sideways")
+    with pytest.raises(ValueError):
+        FedSpyParams(max_beams=0)
