@@ -14,9 +14,12 @@ import os
 from benchmark.registry import Registry
 
 # Everything stays offline: Flower and Ray read these when imported (telemetry) or started (update
-# check, installing an app's dependencies, usage stats). A user who sets them keeps their value.
+# check, installing an app's dependencies, usage stats). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes a
+# local Ray node use the loopback address (Ray otherwise binds to the machine's outward address).
+# A user who sets them keeps their value.
 for _var, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-                     ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"), ("RAY_USAGE_STATS_ENABLED", "0")):
+                     ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"), ("RAY_USAGE_STATS_ENABLED", "0"),
+                     ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")):
     os.environ.setdefault(_var, _value)
 
 ENGINES = Registry("engine")

@@ -22,138 +22,26 @@ ClientApp process hosts (the single-key threat model of the in-process engine).
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from benchmark.api import ClientInfo, ClientRole, ClientUpdate, Defense, LoRAFactors, WirePayload
 from benchmark.config import ScenarioConfig
 from benchmark.data import Example
+from benchmark.engines.flower_client import NodeSpec, make_client_app
 from benchmark.engines.records import content, message_bytes, read_harness, read_payload
 from benchmark.federated import Federation, SimulationResult
 from benchmark.seeding import torch_generator
 from benchmark.train import LocalResult
-from benchmark.transcript import read_init
 
 NODES_TIMEOUT_S = 600.0  # nodes to register with the ServerApp; a reply to arrive
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """Everything a ClientApp process needs to rebuild the client side (model, data, shards, the
-    defense's client role) without any message: the run's public configuration."""
-
-    token: str  # one simulation; a process rebuilds its client side when it changes
-    scenario: ScenarioConfig
-    defense_cls: type[Defense]
-    params: Any
-    seed: int
-    device: str
-    threads: int
-
-
-# ---- the client side (ClientApp) ------------------------------------------------------------
-
-# Flower rebuilds the ClientApp for each message; the client side (model, data, the role's keys) is
-# built once per process and simulation. Only the latest simulation's is kept.
-_CLIENT_SIDES: dict[str, Federation] = {}
-
-
-def client_side(spec: NodeSpec) -> Federation:
-    side = _CLIENT_SIDES.get(spec.token)
-    if side is None:
-        _CLIENT_SIDES.clear()
-        torch.set_num_threads(spec.threads)
-        side = Federation(spec.scenario, spec.defense_cls(spec.params), spec.seed, spec.device)
-        _CLIENT_SIDES[spec.token] = side
-    return side
-
-
-Reply = tuple[WirePayload | None, dict[str, Any]]
-
-
-def _setup(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    hello = side.defense.client.setup(side.fed)
-    return hello, {"costs": side.defense.client.setup_costs()}
-
-
-def _propose(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    return side.defense.client.propose(h["update"]), {}
-
-
-def _accept(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    side.defense.client.accept(wire)
-    return None, {}
-
-
-def _protect(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    t0 = time.perf_counter()
-    sent = side.defense.client.protect(h["update"])
-    return sent, {"timings": {**sent.timings, "protect_s": time.perf_counter() - t0}}
-
-
-def _finalize(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    t0 = time.perf_counter()
-    factors = side.defense.client.finalize(wire, h["client"])
-    return None, {"factors": factors, "dec_s": time.perf_counter() - t0}
-
-
-def _init(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    """Round-1 factors: read from the server's ``init`` message, or drawn privately by the client."""
-    factors = read_init(wire, h["client"]) if wire is not None else side.initial_factors(h["client"], h["rnd"])
-    return None, {"factors": factors}
-
-
-def _train(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    client: ClientInfo = h["client"]
-    side.start[client.client_id] = h["start"]
-    side.head = h["head"]
-    return None, {"result": side.train_client(client, h["rnd"])}
-
-
-def _probe_update(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    side.probe_start = h["start"]
-    return None, {"update": side.probe_update(h["client"], h["rnd"], h["batch"])}
-
-
-def _privacy(side: Federation, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    return None, {"privacy": side.defense.client.privacy_params()}
-
-
-NODE_OPS: dict[str, Callable[[Federation, WirePayload | None, dict[str, Any]], Reply]] = {
-    "setup": _setup, "propose": _propose, "accept": _accept, "protect": _protect, "finalize": _finalize,
-    "init": _init, "train": _train, "probe_update": _probe_update, "privacy": _privacy,
-}
-
-
-def _node_handler(spec: NodeSpec, op: Callable[..., Reply]) -> Callable[[Message, Context], Message]:
-    def handle(msg: Message, context: Context) -> Message:
-        wire, harness = op(client_side(spec), read_payload(msg.content), read_harness(msg.content))
-        return Message(content(wire, harness), reply_to=msg)
-
-    return handle
-
-
-def _hello(msg: Message, context: Context) -> Message:
-    """Which clients this node hosts (its ``partition-id`` out of ``num-partitions``)."""
-    cfg = context.node_config
-    return Message(content(None, {"partition": int(cfg["partition-id"]), "of": int(cfg["num-partitions"])}),
-                   reply_to=msg)
-
-
-def make_client_app(spec: NodeSpec) -> ClientApp:
-    app = ClientApp()
-    app.query("hello")(_hello)
-    for name, op in NODE_OPS.items():
-        app.query(name)(_node_handler(spec, op))
-    return app
 
 
 # ---- the server side (ServerApp) ------------------------------------------------------------
@@ -163,8 +51,9 @@ class FlowerLink:
     """The ServerApp's end: which node hosts each client, one message out and its reply back, and the
     bytes Flower moved for messages that carry a WirePayload (against the payloads' own count)."""
 
-    def __init__(self, grid: Grid, n_clients: int, timeout: float = NODES_TIMEOUT_S) -> None:
-        self.grid, self.timeout = grid, timeout
+    def __init__(self, grid: Grid, spec: NodeSpec, timeout: float = NODES_TIMEOUT_S) -> None:
+        self.grid, self.spec, self.timeout = grid, spec, timeout
+        n_clients = spec.scenario.n_clients
         self.wire_bytes = self.message_bytes = self.messages = 0
         deadline = time.monotonic() + timeout
         self.node_of: dict[int, int] = {}
@@ -191,6 +80,7 @@ class FlowerLink:
     def call(self, op: str, cid: int, payload: WirePayload | None = None, harness: dict[str, Any] | None = None,
              metered: bool = True) -> tuple[WirePayload | None, dict[str, Any]]:
         """Send ``op`` to client ``cid``'s node and wait for its reply; count the payload-carrying ones."""
+        harness = {**(harness or {}), "spec": self.spec}
         msg = Message(content(payload, harness), dst_node_id=self.node_of[cid], message_type=f"query.{op}")
         if payload is not None and metered:
             self._count(payload, msg)
@@ -226,7 +116,7 @@ class RemoteClientRole(ClientRole):
         self._proposers: list[int] = []
 
     def setup(self, fed: Any) -> WirePayload | None:
-        hello, h = self.link.call("setup", fed.clients[0].client_id)
+        hello, h = self.link.call("setup", fed.clients[0].client_id, harness={"fed": fed})
         self._costs = h["costs"]
         return hello
 
@@ -323,29 +213,39 @@ def make_server_app(body: Callable[[Grid], Any], out: dict[str, Any]) -> ServerA
 
 def backend_config(threads: int) -> dict[str, Any]:
     """One Ray actor (every client's ClientApp runs in it, one message at a time, as in-process) with
-    the thread count of this process, so local training computes the same floats; Ray on loopback
-    only. (Flower hands the actor this process's ``sys.path``: it imports this checkout of the suite.)"""
+    the thread count of this process, so local training computes the same floats. Flower hands the
+    actor this process's ``sys.path`` (it imports this checkout of the suite); Ray stays on loopback
+    (``benchmark.engines`` sets its environment)."""
     return {"client_resources": {"num_cpus": threads, "num_gpus": 0},
-            "init_args": {"num_cpus": threads, "num_gpus": 0, "include_dashboard": False,
-                          "_node_ip_address": "127.0.0.1"}}
+            "init_args": {"num_cpus": threads, "num_gpus": 0, "include_dashboard": False}}
+
+
+# Set by the deployment's ServerApp (``benchmark.engines.flower_deploy``) around a whole ``shebench run``:
+# the Grid of a real SuperLink, which ``simulate`` then uses instead of starting a simulation runtime.
+DEPLOYMENT_GRID: contextvars.ContextVar[Grid | None] = contextvars.ContextVar("shebench_flower_grid", default=None)
 
 
 def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",
              progress: Callable[[str], None] | None = None) -> SimulationResult:
-    """One federation on Flower's simulation runtime: one node per client, the ServerApp in a thread
-    of this process, the ClientApps in a Ray actor."""
-    from flwr.simulation import run_simulation
-
+    """One federation on Flower: on the SuperLink of a deployment when this runs inside its ServerApp,
+    else on the simulation runtime (one node per client, the ServerApp in a thread of this process,
+    the ClientApps in a Ray actor)."""
     threads = max(1, torch.get_num_threads())
     spec = NodeSpec(uuid.uuid4().hex, scenario, type(defense), defense.params, seed, device, threads)
+
+    def body(grid: Grid, runtime: str) -> SimulationResult:
+        result = FlowerFederation(scenario, defense, seed, device, progress, FlowerLink(grid, spec)).run()
+        result.metrics["engine_runtime"] = runtime
+        return result
+
+    grid = DEPLOYMENT_GRID.get()
+    if grid is not None:
+        return body(grid, "deployment")
+    from flwr.simulation import run_simulation
+
     out: dict[str, Any] = {}
-
-    def body(grid: Grid) -> SimulationResult:
-        link = FlowerLink(grid, scenario.n_clients)
-        return FlowerFederation(scenario, defense, seed, device, progress, link).run()
-
-    run_simulation(make_server_app(body, out), make_client_app(spec), num_supernodes=scenario.n_clients,
-                   backend_config=backend_config(threads))
+    run_simulation(make_server_app(lambda g: body(g, "simulation"), out), make_client_app(in_memory=True),
+                   num_supernodes=scenario.n_clients, backend_config=backend_config(threads))
     if "result" not in out:
         raise RuntimeError("flower: the ServerApp ended without a result (see Flower's log above)")
     return out["result"]
