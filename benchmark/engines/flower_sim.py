@@ -4,7 +4,7 @@ The ServerApp runs ``FlowerFederation``, the in-process ``Federation`` with its 
 (``train_client``, ``probe_update``, ``initial_factors``, ``finalize`` and the defense's client role)
 turned into Flower messages to the node that hosts the client. The ServerApp process holds the
 defense's server role only; every client-role call (setup, propose, accept, protect, finalize) and
-all local training run in the ClientApp. WirePayloads travel as Flower records
+all local training run in the ClientApp (``benchmark.engines.flower_client``). WirePayloads travel as Flower records
 (``benchmark.engines.records``) and are recorded in the server's transcript by the same ``Channel`` as
 in-process, so the probe and the attacks run server-side from the transcript alone.
 
@@ -15,9 +15,11 @@ Clients are sampled by ``benchmark.federated.sample_round`` from the scenario's 
 What is not a protocol message travels in a ``harness`` record that never enters the transcript or
 any byte count: the private arguments of a client-role call (the client's update, which in-process is
 the same object), its start and head for local training, and what the referee scores (raw updates
-for ``agg_rel_err``, the texts a client trained on, finalized factors). The nodes keep no per-client
-state of their own: the defense's client role object is their only state, shared by every client a
-ClientApp process hosts (the single-key threat model of the in-process engine).
+for ``agg_rel_err``, the texts a client trained on, finalized factors). So the referee lives in the
+ServerApp's process, as it lives in the one process of ``inproc``: the threat model holds because an
+attack gets only views built from the transcript, not because the server process is blind. The nodes
+keep no per-client state of their own: the defense's client role object is their only state, shared
+by every client they host (the single-key threat model of the in-process engine).
 """
 
 from __future__ import annotations
