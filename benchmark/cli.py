@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override: scenario.<field>=v (or <field>=v), defense.<name>.<param>=v, attack.<name>.<param>=v")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--engine", help="what runs the rounds of every scenario: inproc (default) or flower "
+                     "(Flower's simulation runtime); a scenario's or suite's `engine` otherwise")
     run.add_argument("--out", default=DEFAULT_OUT, help=f"runs folder; the run goes to OUT/<run_id> (default: {DEFAULT_OUT}/, "
                      "git-ignored; the committed reference runs are in results/reference/)")
     run.add_argument("--run-id", help="name the run folder (default: derived from the resolved cells, so re-running resumes)")
@@ -189,6 +191,12 @@ def _suite_for(args: argparse.Namespace) -> Any:
         for seed in args.seeds:
             check_seed("--seeds", seed)
         changes["seeds"] = tuple(args.seeds)
+    if args.engine is not None:
+        from benchmark.engines import ENGINES
+
+        if args.engine not in ENGINES:
+            raise ConfigError(f"--engine {args.engine!r} is not one of {', '.join(ENGINES.names())}")
+        changes["engine"] = args.engine
     return dataclasses.replace(suite, **changes)
 
 

@@ -1,8 +1,9 @@
 """What a cell's result depends on besides its configuration: the code that computes it and the data.
 
 A cell id hashes its resolved configuration together with
-- a code fingerprint: the source of the harness (``benchmark/`` minus the modules that only present
-  results), of ``she_lora/``, and of the defense's and the attack's modules plus every module of
+- a code fingerprint: the source of the harness (``benchmark/*.py`` minus the modules that only present
+  results), of ``she_lora/``, of the modules of ``benchmark/engines/`` the cell's engine runs (none for
+  ``inproc``), and of the defense's and the attack's modules plus every module of
   ``defenses/`` or ``attacks/`` they import (followed through the import statements, so editing
   ``attacks/dager.py`` leaves the other attacks' cells valid);
 - a data fingerprint: the bytes of a local ``data.path`` file (or the listing of a local model folder),
@@ -62,8 +63,8 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path, package: str) -> set[str]:
-    """Modules of the component packages that ``path`` (a module of ``package``) imports."""
+def _imported_modules(path: Path, package: str, within: tuple[str, ...] = COMPONENT_PACKAGES) -> set[str]:
+    """Modules of the packages ``within`` that ``path`` (a module of ``package``) imports."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -77,12 +78,13 @@ def _imported_modules(path: Path, package: str) -> set[str]:
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # `from defenses import common`
-    return {m for m in found if m.split(".")[0] in COMPONENT_PACKAGES}
+    return {m for m in found if any(m == w or m.startswith(w + ".") for w in within)}
 
 
 @functools.cache
-def component_files(module: str) -> tuple[Path, ...]:
-    """``module`` and every module of defenses/ or attacks/ it imports, transitively, with their packages."""
+def component_files(module: str, within: tuple[str, ...] = COMPONENT_PACKAGES) -> tuple[Path, ...]:
+    """``module`` and every module of ``within`` (defenses/, attacks/) it imports, transitively, with
+    their packages."""
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
@@ -95,9 +97,9 @@ def component_files(module: str) -> tuple[Path, ...]:
         seen[mod] = path
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         parents = [".".join(mod.split(".")[:i]) for i in range(1, len(mod.split(".")))]
-        todo += parents
+        todo += [p for p in parents if any(p == w or p.startswith(w + ".") for w in within)]
         if path.exists():
-            todo += sorted(_imported_modules(path, package))
+            todo += sorted(_imported_modules(path, package, within))
     return tuple(sorted(set(seen.values())))
 
 
@@ -119,8 +121,23 @@ def _target_files(target: Any) -> list[Path]:
     return list(component_files(module))
 
 
-def code_files(defense_target: Any, attack_target: Any | None) -> list[Path]:
-    files = harness_files() + _target_files(defense_target)
+ENGINE_PACKAGE = "benchmark.engines"
+
+
+def engine_files(engine: str) -> list[Path]:
+    """The modules of ``benchmark/engines/`` that cells run on ``engine`` depend on: the engine's module,
+    what it imports from that package, and the package itself; none for an engine that lives outside
+    it (``inproc``), so Flower code never stales in-process cells."""
+    from benchmark.engines import ENGINES
+
+    module = target_module(ENGINES.target(engine)) or ""
+    if not module.startswith(ENGINE_PACKAGE + "."):
+        return []
+    return list(component_files(module, (ENGINE_PACKAGE,)))
+
+
+def code_files(defense_target: Any, attack_target: Any | None, engine: str = "inproc") -> list[Path]:
+    files = harness_files() + _target_files(defense_target) + engine_files(engine)
     if attack_target is not None:
         files += _target_files(attack_target)
     return sorted(set(files))

@@ -52,7 +52,8 @@ def upload(defense: Defense, update: ClientUpdate, rnd: int, channel: Channel, k
     """``protect`` on the client, then the wire; ``probe`` uploads are recorded but not metered."""
     t0 = time.perf_counter()
     sent = defense.client.protect(update)
-    protect_s = time.perf_counter() - t0
+    # a client role in another process reports its own protect time (the wall time here adds transport)
+    protect_s = sent.timings.get("protect_s", time.perf_counter() - t0)
     received = channel.up(sent, rnd, update.client.client_id, kind, metered=kind == "upload")
     return Upload(received, sent.timings.get("enc_s"), received.nbytes(), received.cipher_bytes(), protect_s)
 

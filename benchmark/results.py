@@ -21,7 +21,8 @@ COLUMNS = (
     "eval_s", "probe_s", "time_breakdown", "extrapolation", "final_train_loss", "peak_rss_mb",
     "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "per_tier",
     "threat_init", "observation", "probe_round", "probe_batch_size", "probe_batch", "probe_rank", "start_known", "server_saw",
-    "metric_directions", "setup_bytes", "device",
+    "metric_directions", "setup_bytes", "device", "engine", "engine_runtime", "transport_bytes", "framing_overhead_bytes",
+    "framing_overhead_frac",
     "defense_params", "attack_params", "privacy", "setup_costs", "null_reasons", "git_commit", "git_dirty", "finished_at",
 )
 

@@ -35,6 +35,7 @@ from benchmark.config import (
     params_from_dict,
     parse_value,
     scenario_from_dict,
+    scenario_key,
     set_path,
     stable_hash,
     suite_from_dict,
@@ -215,6 +216,8 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     groups = []
     for spec in suite.scenarios:
         scen_over = merge(merge(spec.overrides, suite.scenario_overrides.get(spec.label, {})), overrides.scenario)
+        if suite.engine is not None and "engine" not in overrides.scenario:
+            scen_over = merge(scen_over, {"engine": suite.engine})
         scenario = resolve_scenario(spec.ref, {**scen_over, "name": spec.label})
         for kind, only, present in (("attacks", spec.attacks, attacks), ("defenses", spec.defenses, defenses)):
             unknown = [x for x in only or () if x not in {c.label for c in present}]
@@ -233,11 +236,11 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                     pairs = [(None, "", None)]
                 cells = []
                 for a, m, case in pairs:
-                    key = stable_hash({"scenario": to_dict(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
+                    key = stable_hash({"scenario": scenario_key(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
                                        "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a),
                                        "probe": list(case) if case else None})
                     code_fp = fingerprint.combine(fingerprint.file_hashes(fingerprint.code_files(
-                        DEFENSES.target(d.name), ATTACKS.target(a.name) if a else None)))
+                        DEFENSES.target(d.name), ATTACKS.target(a.name) if a else None, scenario.engine)))
                     cell_id = stable_hash({"key": key, "code": code_fp, "data": data_fp})
                     cells.append(Cell(cell_id, scenario.name, d, a, m, seed, key, code_fp, data_fp, case))
                 groups.append(Group(scenario, d, seed, tuple(cells)))
@@ -317,12 +320,12 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
 
 def simulate_group(group: Group, device: str, progress: Callable[[str], None]) -> Any:
     from benchmark.cost import simulate_cost
-    from benchmark.federated import simulate
+    from benchmark.engines import ENGINES
     from defenses import DEFENSES
 
     cls, params = _component(DEFENSES, group.defense, {}, "defense")
     defense = cls(params)
-    run = simulate_cost if group.scenario.kind == "cost" else simulate
+    run = simulate_cost if group.scenario.kind == "cost" else ENGINES.get(group.scenario.engine)
     sim = run(group.scenario, defense, group.seed, device, progress)
     return sim, defense
 
@@ -332,7 +335,7 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
     row.update(
         run_id=run_id, cell_id=cell.cell_id, scenario=cell.scenario, defense=cell.defense.label,
         defense_name=cell.defense.name, attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
-        seed=cell.seed, defense_params=dict(cell.defense.params), device=device,
+        seed=cell.seed, engine=group.scenario.engine, defense_params=dict(cell.defense.params), device=device,
         tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
         threat_init=group.scenario.threat.init, observation=group.scenario.threat.observation,
         probe_round=group.scenario.threat.round,
@@ -496,7 +499,8 @@ def code_and_data(groups: Sequence[Group]) -> tuple[dict[str, str], dict[str, st
     for g in groups:
         data.update(fingerprint.data_inputs(g.scenario))
         for c in g.cells:
-            files.update(fingerprint.code_files(DEFENSES.target(c.defense.name), ATTACKS.target(c.attack.name) if c.attack else None))
+            files.update(fingerprint.code_files(DEFENSES.target(c.defense.name), ATTACKS.target(c.attack.name) if c.attack else None,
+                                                g.scenario.engine))
     return fingerprint.file_hashes(sorted(files)), data
 
 

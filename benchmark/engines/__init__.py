@@ -1,0 +1,27 @@
+"""Engines: what runs a federation's round loop. Each is a ``simulate(scenario, defense, seed, device,
+progress) -> SimulationResult`` function, chosen by a scenario's ``engine`` field.
+
+``inproc`` is ``benchmark.federated`` (every client in this process). ``flower`` runs the same
+``Federation`` as a Flower ServerApp whose clients are ClientApps on Flower's simulation runtime
+(``benchmark.engines.flower_sim``). Modules of this package count in the code fingerprint of the cells
+that run on their engine only (``benchmark.fingerprint.engine_files``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmark.registry import Registry
+
+# Everything stays offline: Flower and Ray read these when imported (telemetry) or started (update
+# check, installing an app's dependencies, usage stats). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes a
+# local Ray node use the loopback address (Ray otherwise binds to the machine's outward address).
+# A user who sets them keeps their value.
+for _var, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+                     ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"), ("RAY_USAGE_STATS_ENABLED", "0"),
+                     ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")):
+    os.environ.setdefault(_var, _value)
+
+ENGINES = Registry("engine")
+ENGINES.register("inproc", "benchmark.federated:simulate")
+ENGINES.register("flower", "benchmark.engines.flower_sim:simulate")

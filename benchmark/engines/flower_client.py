@@ -1,0 +1,242 @@
+"""The client side of the ``flower`` engine: one ClientApp for the simulation and the deployment runtime.
+
+Every message names its op (``query.<op>``) and carries the run's public configuration (``NodeSpec``)
+in its harness record, so a ClientApp process needs nothing else to rebuild the client side: the
+defense's client role, and (only for ops that train) the model, data and shards. The client role is
+the node's only state between messages:
+
+- on the simulation runtime every node runs in one long-lived Ray actor, which keeps one role object
+  for all of them in memory (the clients' shared state, as in the in-process engine);
+- on a deployment Flower starts a fresh ClientApp process per message, so the role is kept in the
+  clients' shared state folder (``--node-config "state-dir='...'"``): loaded before each op and stored
+  after it, under a lock. That folder holds the clients' shared CKKS secret key: it must be readable
+  by client machines only (one machine: a local folder; several: a folder they share, never the
+  SuperLink's).
+
+This module imports no model code until an op trains, so a deployment's many short-lived ClientApp
+processes start quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from benchmark.api import ClientRole, Defense, WirePayload
+from benchmark.config import ScenarioConfig
+from benchmark.engines.records import content, read_harness, read_payload
+from benchmark.transcript import read_init
+
+if TYPE_CHECKING:
+    from benchmark.federated import Federation
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """The run's public configuration: what a ClientApp process rebuilds the client side from."""
+
+    token: str  # one simulation; a process rebuilds its client side when it changes
+    scenario: ScenarioConfig
+    defense_cls: type[Defense]
+    params: Any
+    seed: int
+    device: str
+    threads: int
+
+
+@dataclass
+class ClientProcess:
+    """What a ClientApp process holds for one run: the defense's client role and, built on first
+    need, the client-side ``Federation`` (model, data, shards) that trains with that role."""
+
+    spec: NodeSpec
+    role: ClientRole
+    _side: Federation | None = field(default=None, repr=False)
+
+    def side(self) -> Federation:
+        if self._side is None:
+            from benchmark.federated import Federation
+
+            torch.set_num_threads(self.spec.threads)
+            defense = self.spec.defense_cls(self.spec.params)
+            defense.client = self.role
+            self._side = Federation(self.spec.scenario, defense, self.spec.seed, self.spec.device)
+        return self._side
+
+
+def fresh_role(spec: NodeSpec) -> ClientRole:
+    return spec.defense_cls(spec.params).client
+
+
+# ---- where the role lives between messages ----------------------------------------------------
+
+
+class MemoryRoles:
+    """One process (the simulation's Ray actor) hosting every node: the role stays in memory. The
+    client side is built at the first message, before the role's setup, in the order the in-process
+    engine uses (its global RNG state then matches). Only the latest run's is kept."""
+
+    def __init__(self) -> None:
+        self.current: ClientProcess | None = None
+
+    @contextlib.contextmanager
+    def open(self, spec: NodeSpec) -> Iterator[ClientProcess]:
+        if self.current is None or self.current.spec.token != spec.token:
+            self.current = ClientProcess(spec, fresh_role(spec))
+            self.current.side()
+        yield self.current
+
+
+class FolderRoles:
+    """The clients' shared state folder: the role pickled per run (CKKS contexts as their own
+    serialization), loaded before an op and stored after it; an exclusive lock spans the op."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    @contextlib.contextmanager
+    def open(self, spec: NodeSpec) -> Iterator[ClientProcess]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{spec.token}.role"
+        with open(self.folder / f"{spec.token}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            role = pickle.loads(path.read_bytes()) if path.exists() else fresh_role(spec)  # noqa: S301 (clients' own folder)
+            proc = ClientProcess(spec, role)
+            yield proc
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                RolePickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(proc.role)
+            os.replace(tmp, path)
+
+
+class RolePickler(pickle.Pickler):
+    """Pickles a client role whose CKKS contexts (SEAL objects) pickle as their serialized keys."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        from she_lora import ckks
+
+        if isinstance(obj, ckks.CKKSContext):
+            if obj.has_secret_key:
+                return ckks.load_secret_context, (ckks.secret_context_bytes(obj),)
+            return ckks.load_public_context, (ckks.public_context_bytes(obj),)
+        return NotImplemented
+
+
+# ---- the ops ---------------------------------------------------------------------------------
+
+Reply = tuple[WirePayload | None, dict[str, Any]]
+
+
+def _setup(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    hello = proc.role.setup(h["fed"])
+    return hello, {"costs": proc.role.setup_costs()}
+
+
+def _propose(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return proc.role.propose(h["update"]), {}
+
+
+def _accept(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    proc.role.accept(wire)
+    return None, {}
+
+
+def _protect(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    t0 = time.perf_counter()
+    sent = proc.role.protect(h["update"])
+    return sent, {"timings": {**sent.timings, "protect_s": time.perf_counter() - t0}}
+
+
+def _finalize(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    t0 = time.perf_counter()
+    factors = proc.role.finalize(wire, h["client"])
+    return None, {"factors": factors, "dec_s": time.perf_counter() - t0}
+
+
+def _init(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    """Round-1 factors: read from the server's ``init`` message, or drawn privately by the client."""
+    factors = read_init(wire, h["client"]) if wire is not None else proc.side().initial_factors(h["client"], h["rnd"])
+    return None, {"factors": factors}
+
+
+def _train(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    side, client = proc.side(), h["client"]
+    side.start[client.client_id] = h["start"]
+    side.head = h["head"]
+    return None, {"result": side.train_client(client, h["rnd"])}
+
+
+def _probe_update(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    side = proc.side()
+    side.probe_start = h["start"]
+    return None, {"update": side.probe_update(h["client"], h["rnd"], h["batch"])}
+
+
+def _privacy(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return None, {"privacy": proc.role.privacy_params()}
+
+
+NODE_OPS: dict[str, Callable[[ClientProcess, WirePayload | None, dict[str, Any]], Reply]] = {
+    "setup": _setup, "propose": _propose, "accept": _accept, "protect": _protect, "finalize": _finalize,
+    "init": _init, "train": _train, "probe_update": _probe_update, "privacy": _privacy,
+}
+
+
+def _hello(msg: Message, context: Context) -> Message:
+    """Which clients this node hosts (its ``partition-id`` out of ``num-partitions``)."""
+    cfg = context.node_config
+    return Message(content(None, {"partition": int(cfg["partition-id"]), "of": int(cfg["num-partitions"])}),
+                   reply_to=msg)
+
+
+# Flower rebuilds the ClientApp (unpickled anew in the Ray actor) for every message; what must outlive
+# a message in a simulation's actor therefore lives here, one per process.
+PROCESS_ROLES = MemoryRoles()
+
+
+def role_store(in_memory: bool, context: Context) -> MemoryRoles | FolderRoles:
+    """This process's memory (a top-level function: Ray pickles the ClientApp's closures by value,
+    which would copy a global they named), or the node's state folder."""
+    if in_memory:
+        return PROCESS_ROLES
+    if "state-dir" not in context.node_config:
+        raise RuntimeError("shebench ClientApp: this node has no state folder; start it with "
+                           "--node-config \"partition-id=I num-partitions=N state-dir='/clients/only/dir'\"")
+    return FolderRoles(str(context.node_config["state-dir"]))
+
+
+def make_client_app(in_memory: bool) -> ClientApp:
+    """The ClientApp. ``in_memory``: the role stays in this process (simulation); otherwise a node must
+    name its clients' shared state folder in its node config (``state-dir``)."""
+    app = ClientApp()
+    app.query("hello")(_hello)
+
+    def handler(op: Callable[..., Reply]) -> Callable[[Message, Context], Message]:
+        def handle(msg: Message, context: Context) -> Message:
+            harness = read_harness(msg.content)
+            spec = harness.pop("spec")
+            with role_store(in_memory, context).open(spec) as proc:
+                wire, out = op(proc, read_payload(msg.content), harness)
+            return Message(content(wire, out), reply_to=msg)
+
+        return handle
+
+    for name, op in NODE_OPS.items():
+        app.query(name)(handler(op))
+    return app
+
+
+# The ClientApp of a deployment (``benchmark/engines/flower_app``): a fresh process per message, the
+# role kept in the node's ``state-dir``.
+clientapp = make_client_app(in_memory=False)

@@ -1,0 +1,253 @@
+"""The ``flower`` engine: the federation's round loop as a Flower ServerApp, its clients as ClientApps.
+
+The ServerApp runs ``FlowerFederation``, the in-process ``Federation`` with its client-side hooks
+(``train_client``, ``probe_update``, ``initial_factors``, ``finalize`` and the defense's client role)
+turned into Flower messages to the node that hosts the client. The ServerApp process holds the
+defense's server role only; every client-role call (setup, propose, accept, protect, finalize) and
+all local training run in the ClientApp (``benchmark.engines.flower_client``). WirePayloads travel as Flower records
+(``benchmark.engines.records``) and are recorded in the server's transcript by the same ``Channel`` as
+in-process, so the probe and the attacks run server-side from the transcript alone.
+
+One Flower node per client on the simulation runtime (node ``partition-id`` = client id; a node with
+``num-partitions`` < clients hosts every client ``c`` with ``c % num-partitions == partition-id``).
+Clients are sampled by ``benchmark.federated.sample_round`` from the scenario's seed, as in-process.
+
+What is not a protocol message travels in a ``harness`` record that never enters the transcript or
+any byte count: the private arguments of a client-role call (the client's update, which in-process is
+the same object), its start and head for local training, and what the referee scores (raw updates
+for ``agg_rel_err``, the texts a client trained on, finalized factors). So the referee lives in the
+ServerApp's process, as it lives in the one process of ``inproc``: the threat model holds because an
+attack gets only views built from the transcript, not because the server process is blind. The nodes
+keep no per-client state of their own: the defense's client role object is their only state, shared
+by every client they host (the single-key threat model of the in-process engine).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from benchmark.api import ClientInfo, ClientRole, ClientUpdate, Defense, LoRAFactors, WirePayload
+from benchmark.config import ScenarioConfig
+from benchmark.data import Example
+from benchmark.engines.flower_client import NodeSpec, make_client_app
+from benchmark.engines.records import content, message_bytes, read_harness, read_payload
+from benchmark.federated import Federation, SimulationResult
+from benchmark.seeding import torch_generator
+from benchmark.train import LocalResult
+
+NODES_TIMEOUT_S = 600.0  # nodes to register with the ServerApp; a reply to arrive
+
+
+# ---- the server side (ServerApp) ------------------------------------------------------------
+
+
+class FlowerLink:
+    """The ServerApp's end: which node hosts each client, one message out and its reply back, and the
+    bytes Flower moved for messages that carry a WirePayload (against the payloads' own count)."""
+
+    def __init__(self, grid: Grid, spec: NodeSpec, timeout: float = NODES_TIMEOUT_S) -> None:
+        self.grid, self.spec, self.timeout = grid, spec, timeout
+        n_clients = spec.scenario.n_clients
+        self.wire_bytes = self.message_bytes = self.messages = 0
+        deadline = time.monotonic() + timeout
+        self.node_of: dict[int, int] = {}
+        seen: set[int] = set()
+        while len(self.node_of) < n_clients:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"flower: only {len(self.node_of)} of {n_clients} clients have a node after {timeout:.0f}s")
+            fresh = [n for n in grid.get_node_ids() if n not in seen]
+            if not fresh:
+                time.sleep(0.05)
+                continue
+            msgs = [Message(content(), dst_node_id=n, message_type="query.hello") for n in fresh]
+            for reply in grid.send_and_receive(msgs, timeout=timeout):
+                node = reply.metadata.src_node_id
+                seen.add(node)
+                hello = read_harness(self._checked(reply, "hello", -1).content)
+                self.node_of.update({c: node for c in range(n_clients) if c % hello["of"] == hello["partition"]})
+
+    def _checked(self, reply: Message, op: str, cid: int) -> Message:
+        if reply.has_error():
+            raise RuntimeError(f"flower: client {cid} failed in {op}: {reply.error.reason}")
+        return reply
+
+    def call(self, op: str, cid: int, payload: WirePayload | None = None, harness: dict[str, Any] | None = None,
+             metered: bool = True) -> tuple[WirePayload | None, dict[str, Any]]:
+        """Send ``op`` to client ``cid``'s node and wait for its reply; count the payload-carrying ones."""
+        harness = {**(harness or {}), "spec": self.spec}
+        msg = Message(content(payload, harness), dst_node_id=self.node_of[cid], message_type=f"query.{op}")
+        if payload is not None and metered:
+            self._count(payload, msg)
+        replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
+        if not replies:
+            raise RuntimeError(f"flower: no reply from client {cid} to {op} within {self.timeout:.0f}s")
+        reply = self._checked(replies[0], op, cid)
+        wire = read_payload(reply.content)
+        if wire is not None and metered:
+            self._count(wire, reply)
+        return wire, read_harness(reply.content)
+
+    def _count(self, payload: WirePayload, msg: Message) -> None:
+        self.messages += 1
+        self.wire_bytes += payload.nbytes()
+        self.message_bytes += message_bytes(msg)
+
+    def summary(self) -> dict[str, float]:
+        over = self.message_bytes - self.wire_bytes
+        return {"transport_bytes": float(self.message_bytes), "framing_overhead_bytes": float(over),
+                "framing_overhead_frac": over / self.wire_bytes if self.wire_bytes else None,
+                "transport_messages": float(self.messages)}
+
+
+class RemoteClientRole(ClientRole):
+    """The defense's client role as the ServerApp reaches it: each call is a message to the node of
+    the client it concerns; the role itself runs there."""
+
+    def __init__(self, link: FlowerLink) -> None:
+        self.link = link
+        self._costs: dict[str, float] = {}
+        self._privacy: dict[str, Any] = {}
+        self._proposers: list[int] = []
+
+    def setup(self, fed: Any) -> WirePayload | None:
+        hello, h = self.link.call("setup", fed.clients[0].client_id, harness={"fed": fed})
+        self._costs = h["costs"]
+        return hello
+
+    def setup_costs(self) -> dict[str, float]:
+        return dict(self._costs)
+
+    def propose(self, update: ClientUpdate) -> WirePayload | None:
+        self._proposers.append(update.client.client_id)
+        return self.link.call("propose", update.client.client_id, harness={"update": update})[0]
+
+    def accept(self, reply: WirePayload) -> None:
+        """The reply goes to every client that proposed this round."""
+        for cid in self._proposers:
+            self.link.call("accept", cid, reply)
+        self._proposers = []
+
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        wire, h = self.link.call("protect", update.client.client_id, harness={"update": update})
+        if wire is None:
+            raise RuntimeError(f"flower: client {update.client.client_id} sent no upload")
+        wire.timings = dict(h["timings"])  # the client's own measurements, never traffic
+        return wire
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        """The referee's own finalize (the global model it evaluates): not a protocol message."""
+        return self.finalize_timed(message, client, metered=False)[0]
+
+    def finalize_timed(self, message: WirePayload, client: ClientInfo, metered: bool = True) -> tuple[dict[str, LoRAFactors], float]:
+        h = self.link.call("finalize", client.client_id, message, {"client": client}, metered=metered)[1]
+        return h["factors"], h["dec_s"]
+
+    def fetch_privacy(self, cid: int) -> None:
+        self._privacy = self.link.call("privacy", cid, metered=False)[1]["privacy"]
+
+    def privacy_params(self) -> dict[str, Any]:
+        return dict(self._privacy)
+
+
+class FlowerFederation(Federation):
+    """``Federation`` whose client side runs in Flower ClientApps: the defense's client role becomes a
+    ``RemoteClientRole`` and the client-side hooks send messages; the round loop, the server role, the
+    transcript, the probe views and the evaluation stay here, unchanged."""
+
+    def __init__(self, scenario: ScenarioConfig, defense: Defense, seed: int, device: str,
+                 progress: Callable[[str], None] | None, link: FlowerLink) -> None:
+        super().__init__(scenario, defense, seed, device, progress)
+        self.link = link
+        self.remote = RemoteClientRole(link)
+        self.defense.client = self.remote
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        factors, dec_s = self.remote.finalize_timed(message, client)
+        self.timings["dec_s"].append(dec_s)
+        return factors
+
+    def initial_factors(self, client: ClientInfo, rnd: int) -> dict[str, LoRAFactors]:
+        harness = {"client": client, "rnd": rnd}
+        if self.scenario.threat.init == "client":
+            return self.link.call("init", client.client_id, harness=harness, metered=False)[1]["factors"]
+        drawn = self.host.init_factors(client.rank, torch_generator(self.seed, "server-init", client.rank))
+        message = WirePayload("server", plain={f"{n}/A": f.A for n, f in drawn.items()},
+                              meta={"kind": "init", "rank": client.rank,
+                                    "out_features": {n: int(f.B.shape[0]) for n, f in drawn.items()}})
+        delivered = self.channel.down(message, rnd, [client.client_id], "init")
+        return self.link.call("init", client.client_id, delivered, harness)[1]["factors"]
+
+    def train_client(self, client: ClientInfo, rnd: int) -> LocalResult:
+        start = self.start_factors(client, rnd)
+        h = self.link.call("train", client.client_id, metered=False,
+                           harness={"client": client, "rnd": rnd, "start": start, "head": self.head})[1]
+        self.timings["train_s"].append(h["result"].train_s)
+        return h["result"]
+
+    def probe_update(self, client: ClientInfo, rnd: int, batch_ex: list[Example]) -> ClientUpdate:
+        return self.link.call("probe_update", client.client_id, metered=False,
+                              harness={"client": client, "rnd": rnd, "start": self.probe_start, "batch": batch_ex})[1]["update"]
+
+    def run(self) -> SimulationResult:
+        result = super().run()
+        self.remote.fetch_privacy(self.clients[0].client_id)
+        result.metrics.update(self.link.summary())
+        return result
+
+
+def make_server_app(body: Callable[[Grid], Any], out: dict[str, Any]) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        out["result"] = body(grid)
+
+    return app
+
+
+def backend_config(threads: int) -> dict[str, Any]:
+    """One Ray actor (every client's ClientApp runs in it, one message at a time, as in-process) with
+    the thread count of this process, so local training computes the same floats. Flower hands the
+    actor this process's ``sys.path`` (it imports this checkout of the suite); Ray stays on loopback
+    (``benchmark.engines`` sets its environment)."""
+    return {"client_resources": {"num_cpus": threads, "num_gpus": 0},
+            "init_args": {"num_cpus": threads, "num_gpus": 0, "include_dashboard": False}}
+
+
+# Set by the deployment's ServerApp (``benchmark.engines.flower_deploy``) around a whole ``shebench run``:
+# the Grid of a real SuperLink, which ``simulate`` then uses instead of starting a simulation runtime.
+DEPLOYMENT_GRID: contextvars.ContextVar[Grid | None] = contextvars.ContextVar("shebench_flower_grid", default=None)
+
+
+def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",
+             progress: Callable[[str], None] | None = None) -> SimulationResult:
+    """One federation on Flower: on the SuperLink of a deployment when this runs inside its ServerApp,
+    else on the simulation runtime (one node per client, the ServerApp in a thread of this process,
+    the ClientApps in a Ray actor)."""
+    threads = max(1, torch.get_num_threads())
+    spec = NodeSpec(uuid.uuid4().hex, scenario, type(defense), defense.params, seed, device, threads)
+
+    def body(grid: Grid, runtime: str) -> SimulationResult:
+        result = FlowerFederation(scenario, defense, seed, device, progress, FlowerLink(grid, spec)).run()
+        result.metrics["engine_runtime"] = runtime
+        return result
+
+    grid = DEPLOYMENT_GRID.get()
+    if grid is not None:
+        return body(grid, "deployment")
+    from flwr.simulation import run_simulation
+
+    out: dict[str, Any] = {}
+    run_simulation(make_server_app(lambda g: body(g, "simulation"), out), make_client_app(in_memory=True),
+                   num_supernodes=scenario.n_clients, backend_config=backend_config(threads))
+    if "result" not in out:
+        raise RuntimeError("flower: the ServerApp ended without a result (see Flower's log above)")
+    return out["result"]
