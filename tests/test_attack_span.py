@@ -151,3 +151,18 @@ def test_encoder_bag_survives_training_dropout(tok):
     assert set(rec.token_ids[0]) == set(tok(TEXTS[0])["input_ids"])
     dag = DAGER().reconstruct(view)
     assert score_reconstruction(TEXTS[:1], dag.texts, tok)["token_recall"] >= 0.8
+
+
+DIGITS = ["back in 2 0 1 4 we won 1 1 1 games", "so so so good , 9 9 9 9 stars"]
+
+
+@pytest.mark.parametrize("b_std", [0.02, 0.0], ids=["later_round", "round_one_b_path"])
+def test_dager_orders_digit_runs_and_repeated_tokens(tok, base, b_std):
+    """Single-digit tokens in a run (how SmolLM2 splits years) and a token repeated back to back must
+    come out in order and with their multiplicity: the bag holds each token once, so the decode has
+    to reuse bag tokens and tell "1 1 1" from "1 1" by the second layer alone."""
+    pm = toy.lora_wrap(copy.deepcopy(base), r=64, b_std=b_std)
+    view = toy.client_view(pm, copy.deepcopy(base), tok, DIGITS, T)
+    rec = DAGER().reconstruct(view)
+    want = sorted(tok(T.format(text=t), add_special_tokens=False)["input_ids"] for t in DIGITS)
+    assert recovered_prompts(rec) == want
