@@ -62,6 +62,7 @@ class DAGER:
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = DAGERParams
 
     def __init__(self, params: DAGERParams | None = None) -> None:

@@ -129,6 +129,7 @@ class FedSpy:
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = FedSpyParams
 
     def __init__(self, params: FedSpyParams | None = None) -> None:

@@ -96,6 +96,7 @@ class UTR:
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = UTRParams
 
     def __init__(self, params: UTRParams | None = None) -> None:

@@ -203,6 +203,17 @@ class AttackerView:
     note: str = ""
 
     @property
+    def is_clear(self) -> bool:
+        """Nothing hidden, permuted or reordered: an attack's adaptive mode has nothing to adapt to."""
+        for m in self.modules.values():
+            for mask in (m.A_hidden, m.B_hidden):
+                if mask is not None and bool(mask.any()):
+                    return False
+            if m.column_order is not None or m.columns_permuted:
+                return False
+        return True
+
+    @property
     def has_plaintext(self) -> bool:
         return any(m.A is not None or m.B is not None for m in self.modules.values())
 

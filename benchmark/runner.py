@@ -8,6 +8,7 @@ cells are run in groups. A group whose cells are all finished is skipped: re-run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -282,9 +283,14 @@ def _view_lacks(view: AttackerView | None, requires: frozenset[str]) -> list[str
     return [r for r in sorted(requires) if not checks.get(r, False)]
 
 
-def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] | None = None) -> dict[str, Any]:
+def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] | None = None,
+               memo: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Run one attack on a view of a finished simulation (the probe ``case``'s, or the round's);
-    score it against the private truth."""
+    score it against the private truth.
+
+    An attack whose modes differ only in how they treat hidden or permuted coordinates
+    (``modes_differ_only_on_hidden``) gives the same answer in both modes on a clear view; there the
+    reconstruction is computed once and shared through ``memo`` (the row says so)."""
     from attacks import ATTACKS
     from benchmark import metrics
 
@@ -297,9 +303,18 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
     if missing:
         row.update(status="incompatible", attack_note=f"{view.note + '; ' if view and view.note else ''}view lacks: {', '.join(missing)}")
         return row
+    shared = memo is not None and getattr(cls, "modes_differ_only_on_hidden", False) and view.is_clear
+    key = (spec.label, case, stable_hash({k: v for k, v in to_dict(params).items() if k != "mode"}))
     t0 = time.perf_counter()
-    rec = cls(params).reconstruct(view)
-    row["attack_s"] = time.perf_counter() - t0
+    if shared and key in memo:
+        rec, row["attack_s"] = memo[key]
+        rec = dataclasses.replace(rec, note="; ".join(x for x in (rec.note, "same as the other mode: the view hides and "
+                                                                 "permutes nothing (computed once)") if x))
+    else:
+        rec = cls(params).reconstruct(view)
+        row["attack_s"] = time.perf_counter() - t0
+        if shared:
+            memo[key] = (rec, row["attack_s"])
     row["attack_note"] = rec.note
     row.update({k: v for k, v in rec.extra.items() if k not in row})
     if rec.status == "abstained":
@@ -373,6 +388,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
         label = f"{group.scenario.name}/{group.defense.label}/seed{group.seed}"
         bar.set_postfix_str(label)
         sim_error, sim, defense = None, None, None
+        memo: dict[Any, Any] = {}  # reconstructions shared between modes on clear views, per simulation
         try:
             sim, defense = simulate_group(group, device, lambda msg, label=label: bar.set_postfix_str(f"{label} {msg}"))
         except Exception as exc:  # a failing cell is recorded, the run goes on
@@ -394,7 +410,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
                 row["status"] = "ok"
                 if cell.attack is not None:
                     try:
-                        row.update(run_attack(cell.attack, cell.mode, sim, cell.probe))
+                        row.update(run_attack(cell.attack, cell.mode, sim, cell.probe, memo))
                     except Exception as exc:
                         if fail_fast:
                             raise

@@ -64,3 +64,15 @@ def test_modules_with_nothing_visible_yield_a_note(name, plain_view):
     hidden = {n: replace(m, A=None, B=None) for n, m in plain_view.modules.items()}
     rec = ATTACKS.get(name)().reconstruct(replace(plain_view, modules=hidden))
     assert rec.texts == [] and rec.note and rec.status == "abstained"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if getattr(ATTACKS.get(n), "modes_differ_only_on_hidden", False)])
+def test_modes_agree_on_a_clear_view_where_the_attack_says_so(name, plain_view):
+    """The runner computes such an attack once per clear view and shares it between modes: the claim
+    must hold (it fails if adaptive mode starts doing anything else)."""
+    assert plain_view.is_clear
+    cls = ATTACKS.get(name)
+    naive, adaptive = (cls(cls.Params(mode=m)).reconstruct(plain_view) for m in ("naive", "adaptive"))
+    assert naive.texts == adaptive.texts and naive.token_ids == adaptive.token_ids and naive.status == adaptive.status
+    hidden = {n: replace(m, A_hidden=torch.ones_like(m.A, dtype=torch.bool)) for n, m in plain_view.modules.items()}
+    assert not replace(plain_view, modules=hidden).is_clear

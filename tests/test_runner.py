@@ -103,3 +103,17 @@ def test_probe_batches_are_disjoint_slices_of_one_permutation():
     assert probe_batch(order, 2, 0) == [5, 3] and probe_batch(order, 2, 1) == [9, 1]
     assert probe_batch(order, 2, 2) == [7, 5]  # wraps around once the shard is used up
     assert probe_batch(order, 8, 0) == order and probe_batch([], 2, 0) == []
+
+
+def test_adaptive_reuses_naive_on_a_clear_view():
+    suite = dataclasses.replace(resolve_suite("smoke"), defenses=(ComponentSpec("plain_lora", "plain_lora"),),
+                                attacks=(ComponentSpec("dager", "dager"),), attack_modes=("naive", "adaptive"), seeds=(0,))
+    groups = plan(suite, Overrides({"rounds": 1}, {}, {}))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {r["attack_mode"]: r for r in execute(groups, Path(tmp), "cpu", quiet=True)}
+    assert rows["naive"]["rouge1"] == rows["adaptive"]["rouge1"]
+    assert "computed once" in (rows["adaptive"]["attack_note"] or "")
+    assert "computed once" not in (rows["naive"]["attack_note"] or "")
