@@ -191,6 +191,8 @@ def _suite_for(args: argparse.Namespace) -> Any:
         for seed in args.seeds:
             check_seed("--seeds", seed)
         changes["seeds"] = tuple(args.seeds)
+        scenarios = changes.get("scenarios", suite.scenarios)  # --seeds replaces per-scenario seeds too
+        changes["scenarios"] = tuple(dataclasses.replace(s, seeds=None) for s in scenarios)
     if args.engine is not None:
         from benchmark.engines import ENGINES
 
@@ -212,7 +214,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         run_dir = runner.prepare_run_dir(Path(args.out), run_id, create=False)
         for g in groups:
             for c in g.cells:
-                print(f"{c.cell_id}  {c.scenario:<18} {c.defense.label:<14} {c.attack.label if c.attack else 'none':<14} {c.mode:<8} seed={c.seed}")
+                print(f"{c.cell_id}  {c.scenario:<18} {c.defense.label:<14} {c.attack.label if c.attack else 'none':<14} {c.mode:<8} seed={c.seed}"
+                      + (f" batch={c.probe[0]}#{c.probe[1]}" if c.probe else ""))
         print(f"{n_cells} cells in {len(groups)} simulations -> {run_dir}")
         return 0
     device = resolve_device(args.device)

@@ -342,6 +342,7 @@ class ScenarioSpec:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     attacks: tuple[str, ...] | None = None  # restrict this scenario to these attack labels
     defenses: tuple[str, ...] | None = None  # restrict this scenario to these defense labels
+    seeds: tuple[int, ...] | None = None  # this scenario's seeds instead of the suite's
 
 
 @dataclass(frozen=True)
@@ -548,7 +549,14 @@ def scenario_specs(entries: Any, where: str) -> tuple[ScenarioSpec, ...]:
                 raise ConfigError(f"{where}[{i}] is an empty name; give a scenario name or a .toml path")
             specs.append(ScenarioSpec(entry, _stem(entry)))
         elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
-            over = {k: v for k, v in entry.items() if k not in ("name", "label", "attacks", "defenses")}
+            over = {k: v for k, v in entry.items() if k not in ("name", "label", "attacks", "defenses", "seeds")}
+            seeds = entry.get("seeds")
+            if seeds is not None:
+                if isinstance(seeds, str) or not isinstance(seeds, Sequence) or not seeds:
+                    raise ConfigError(f"{where}[{i}].seeds must be a non-empty list of integers, got {seeds!r}")
+                for seed in seeds:
+                    check_seed(f"{where}[{i}].seeds", seed)
+                check_unique(f"{where}[{i}].seeds", list(seeds))
             only = {}
             for key in ("attacks", "defenses"):
                 got = entry.get(key)
@@ -558,7 +566,8 @@ def scenario_specs(entries: Any, where: str) -> tuple[ScenarioSpec, ...]:
                 only[key] = tuple(got) if got is not None else None
             label = entry.get("label", _stem(entry["name"]))
             check_label(f"{where}[{i}] label", label)
-            specs.append(ScenarioSpec(entry["name"], label, over, only["attacks"], only["defenses"]))
+            specs.append(ScenarioSpec(entry["name"], label, over, only["attacks"], only["defenses"],
+                                      tuple(seeds) if seeds is not None else None))
         else:
             raise ConfigError(f"{where}[{i}] must be a name or a table with a 'name' key, got {entry!r}")
     labels = [s.label for s in specs]

@@ -98,10 +98,11 @@ def probe_rows(df: pd.DataFrame, attack: str | None = None) -> pd.DataFrame:
     """Finished rows of probe attacks (reconstruction), with their nominal budget and paper role."""
     if df.empty or "rouge1" not in df or "probe_batch_size" not in df:
         return df.iloc[0:0]
-    rows = df[df["status"].isin(("ok", "abstained")) & df["attack"].ne("none")].copy()
-    rows = rows[rows["metric_directions"].map(lambda d: isinstance(d, Mapping) and "rouge1" in d)]
+    keep = df["status"].isin(("ok", "abstained")) & df["attack"].ne("none")
+    keep &= df["metric_directions"].map(lambda d: isinstance(d, Mapping) and "rouge1" in d).astype(bool)
     if attack:
-        rows = rows[rows["attack"] == attack]
+        keep &= df["attack"] == attack
+    rows = df[keep].copy()
     if rows.empty:
         return rows
     rows["budget"] = [nominal_budget(r) for r in rows.to_dict("records")]

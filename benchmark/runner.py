@@ -227,7 +227,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                                   f"({', '.join(c.label for c in present) or 'none'})")
         check_scenario_inputs(scenario)
         data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
-        for seed in suite.seeds:
+        for seed in spec.seeds or suite.seeds:
             for d in (d for d in defenses if spec.defenses is None or d.label in spec.defenses):
                 pairs: list[tuple[ComponentSpec | None, str, tuple[int, int] | None]] = []
                 chosen = [a for a in attacks if spec.attacks is None or a.label in spec.attacks]

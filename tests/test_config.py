@@ -73,3 +73,13 @@ def test_suite_scenario_variants_get_their_own_labels_and_overrides():
     assert groups[0].cells[0].cell_id != groups[1].cells[0].cell_id
     with pytest.raises(ConfigError, match="duplicate labels"):
         suite_from_dict({"scenarios": ["tiny", "tiny"]})
+
+
+def test_a_scenario_entry_can_name_its_own_seeds():
+    from benchmark.config import ConfigError, scenario_specs
+
+    specs = scenario_specs([{"name": "tiny", "label": "a", "seeds": [3, 4]}, "tiny"], "suite.scenarios")
+    assert specs[0].seeds == (3, 4) and specs[1].seeds is None
+    for bad in ([], [1, 1], ["x"], "0"):
+        with pytest.raises(ConfigError, match=r"suite.scenarios\[0\].seeds"):
+            scenario_specs([{"name": "tiny", "seeds": bad}], "suite.scenarios")

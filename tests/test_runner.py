@@ -117,3 +117,13 @@ def test_adaptive_reuses_naive_on_a_clear_view():
     assert rows["naive"]["rouge1"] == rows["adaptive"]["rouge1"]
     assert "computed once" in (rows["adaptive"]["attack_note"] or "")
     assert "computed once" not in (rows["naive"]["attack_note"] or "")
+
+
+def test_scenario_seeds_replace_the_suite_seeds():
+    from benchmark.config import ScenarioSpec
+
+    suite = dataclasses.replace(resolve_suite("smoke"), scenarios=(ScenarioSpec("tiny", "a", seeds=(5,)), ScenarioSpec("tiny", "b")),
+                                seeds=(0, 1))
+    got = sorted((g.scenario.name, g.seed) for g in plan(suite, Overrides({}, {}, {})))
+    assert got == [("a", 5), ("b", 0), ("b", 1)]
+
