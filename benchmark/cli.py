@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite of defense x attack x scenario x seed cells",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--suite", default="default", help="registered suite name or a .toml path (default: default)")
-    run.add_argument("--scenario", type=_csv, help="scenario names or .toml paths, comma-separated (replaces the suite's)")
+    run.add_argument("--scenario", type=_csv, help="scenario names or .toml paths, comma-separated (replaces the suite's); "
+                     "labels of the suite's own scenario entries select those entries with their settings")
     run.add_argument("--defense", type=_csv, help="defense names/labels, comma-separated (replaces the suite's)")
     run.add_argument("--attack", type=_csv, help="attack names/labels, comma-separated; 'none' for no attack")
     run.add_argument("--mode", type=_csv, help="attack modes: naive,adaptive (default: the suite's)")
@@ -175,7 +176,11 @@ def _suite_for(args: argparse.Namespace) -> Any:
     suite = runner.resolve_suite(args.suite)
     changes: dict[str, Any] = {}
     if _list_flag("--scenario", args.scenario, runner.SCENARIOS.names()) is not None:
-        changes["scenarios"] = scenario_specs(args.scenario, "--scenario")
+        labels = {spec.label: spec for spec in suite.scenarios}
+        if all(item in labels for item in args.scenario):  # the suite's own entries, with their settings
+            changes["scenarios"] = tuple(labels[item] for item in args.scenario)
+        else:
+            changes["scenarios"] = scenario_specs(args.scenario, "--scenario")
     if _list_flag("--defense", args.defense, [d.label for d in suite.defenses]) is not None:
         changes["defenses"] = _select(suite.defenses, args.defense)
     if _list_flag("--attack", args.attack, ["none", *(a.label for a in suite.attacks)]) is not None:
