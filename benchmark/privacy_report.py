@@ -82,6 +82,12 @@ def nominal_budget(row: Mapping[str, Any]) -> float:
     return math.nan
 
 
+def setting(row: Mapping[str, Any]) -> str:
+    """The threat setting and probed rank a row was measured in (what a budget curve may pool over)."""
+    return (f"round {row.get('probe_round')} {row.get('observation')}, init={row.get('threat_init')}, "
+            f"rank {row.get('probe_rank')}")
+
+
 def paper_role(row: Mapping[str, Any]) -> str | None:
     """Which of the paper's methods a row plays, from its registered defense and parameters."""
     name = row.get("defense_name")
@@ -192,8 +198,24 @@ def _num(value: Any) -> float:
 # ---- plots ---------------------------------------------------------------------------------------
 
 
-def _legend(ax: Any) -> None:
+def _panels(n: int) -> tuple[Any, list[Any]]:
+    """One panel per scenario, side by side."""
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.2), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _finish(ax: Any, title: str) -> None:
+    """ROUGE axes share a range, a grid and a legend outside the plot (it never covers points)."""
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
@@ -205,8 +227,8 @@ def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
     scenarios = list(dict.fromkeys(stats["scenario"]))
     colors = plt.get_cmap("tab10").colors
     palette = {d: colors[i % 10] for i, d in enumerate(dict.fromkeys(stats["defense"]))}
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
-    for ax, scenario in zip(axes[0], scenarios):
+    fig, axes = _panels(len(scenarios))
+    for ax, scenario in zip(axes, scenarios):
         part = stats[stats["scenario"] == scenario]
         for (defense, mode), g in part.groupby(["defense", "attack_mode"], sort=False):
             g = g.sort_values("probe_batch_size")
@@ -216,13 +238,8 @@ def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("probe batch size (private examples per observed step)")
         ax.set_ylabel(f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"{scenario}: {attack} ROUGE-1 by batch size", fontsize=10)
-        ax.grid(alpha=0.3)
-        _legend(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        _finish(ax, f"{scenario}: {attack} ROUGE-1 by batch size")
+    _save(fig, path)
     return True
 
 
@@ -232,14 +249,18 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
     rows = probe_rows(df, "dager")
     if rows.empty:
         return False
-    rows = rows[rows["budget"].notna() & (rows["probe_batch_size"] == batch)]
-    if rows.empty or rows["budget"].nunique() < 2:
+    rows = rows[rows["budget"].notna() & (rows["probe_batch_size"] == batch)].copy()
+    if rows.empty:
+        return False
+    # Scenarios that differ only in which defenses they run pool into one panel per threat setting.
+    rows["scenario"] = [setting(r) for r in rows.to_dict("records")]
+    if rows.groupby("scenario")["budget"].nunique().max() < 2:
         return False
     stats = summarize(rows, ["scenario", "defense_name", "attack_mode", "budget"]).dropna(subset=["mean"])
     scenarios = list(dict.fromkeys(stats["scenario"]))
     colors = {"she_lora": "tab:green", "maskcrypt": "tab:orange"}
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
-    for ax, scenario in zip(axes[0], scenarios):
+    fig, axes = _panels(len(scenarios))
+    for ax, scenario in zip(axes, scenarios):
         part = stats[stats["scenario"] == scenario]
         for (name, mode), g in part.groupby(["defense_name", "attack_mode"], sort=False):
             g = g.sort_values("budget")
@@ -252,13 +273,8 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
         ax.set_xscale("log")
         ax.set_xlabel("encryption budget (% of LoRA-A columns, log)")
         ax.set_ylabel("DAGER ROUGE-1 ↓ (mean, 95% CI)")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"{scenario}: DAGER vs encryption budget (batch {batch})", fontsize=10)
-        ax.grid(alpha=0.3)
-        _legend(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        _finish(ax, f"DAGER vs encryption budget (batch {batch})\n{scenario}")
+    _save(fig, path)
     return True
 
 
@@ -276,8 +292,8 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
     scenarios = list(dict.fromkeys(worst["scenario"]))
     colors = plt.get_cmap("tab10").colors
     palette = {d: colors[i % 10] for i, d in enumerate(dict.fromkeys(worst["defense"]))}
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
-    for ax, scenario in zip(axes[0], scenarios):
+    fig, axes = _panels(len(scenarios))
+    for ax, scenario in zip(axes, scenarios):
         for _, w in worst[worst["scenario"] == scenario].iterrows():
             util = pd.to_numeric(sims[(sims["scenario"] == scenario) & (sims["defense"] == w["defense"])]["utility"],
                                  errors="coerce").dropna()
@@ -289,13 +305,8 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
                         color=palette[w["defense"]], label=f"{w['defense']} ({w['attack_mode']})")
         ax.set_xlabel("utility ↑ (mean, 95% CI over seeds)")
         ax.set_ylabel(f"DAGER ROUGE-1 at batch {batch} ↓")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"{scenario}: privacy-utility frontier\n(best corner: bottom right)", fontsize=10)
-        ax.grid(alpha=0.3)
-        _legend(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        _finish(ax, f"{scenario}: privacy-utility frontier\n(best corner: bottom right)")
+    _save(fig, path)
     return True
 
 

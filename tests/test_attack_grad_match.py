@@ -3,27 +3,15 @@
 import copy
 
 import pytest
-import torch
 
 from attacks import toy
 from attacks.grad_match import GradMatch, GradMatchParams
 from benchmark.metrics import score_reconstruction
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
+
 T = "Tweet: {text}\nSentiment:"
 TEXT = ["i really love the new phone"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return toy.minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")

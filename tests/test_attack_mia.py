@@ -13,6 +13,8 @@ from benchmark.api import AttackerView, ObservedModule
 from benchmark.federated import reserve_holdout
 from benchmark.metrics import membership_auc, membership_row
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
+
 T = "Tweet: {text}\nSentiment:"
 MEMBERS = ["my cat sleeps all day long", "coffee at dawn is the best", "rain again on my birthday",
            "new shoes hurt my feet", "the bus was late twice", "pizza night with friends",
@@ -20,14 +22,6 @@ MEMBERS = ["my cat sleeps all day long", "coffee at dawn is the best", "rain aga
 OTHERS = ["stocks fell sharply this morning", "the museum opens at nine", "he plays violin badly",
           "traffic jams every friday", "my laptop battery died", "snow covered the hills",
           "the soup was too salty", "kids built a sand castle"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

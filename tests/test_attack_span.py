@@ -12,27 +12,10 @@ from attacks.subspace_rank import SubspaceRank, SubspaceRankParams
 from attacks.token_leak import TokenLeak, TokenLeakParams
 from benchmark.metrics import score_reconstruction
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
+
 T = "Tweet: {text}\nSentiment:"
 TEXTS = ["i really love the new phone it works great", "the weather today is awful and cold"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run faster on one thread, especially on shared, busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return toy.minilm_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def base(tok):
-    return toy.tiny_llama(len(tok), layers=4)
 
 
 def make_view(tok, base, batch=1, r=64, b_std=0.02, **kw):

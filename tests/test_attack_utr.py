@@ -5,32 +5,15 @@ import copy
 from dataclasses import replace
 
 import pytest
-import torch
 
 from attacks import toy
 from attacks.utr import UTR, UTRParams
 from benchmark.metrics import score_reconstruction
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
+
 T = "Tweet: {text}\nSentiment:"
 TEXTS = ["i really love the new phone it works great", "the weather today is awful and cold"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return toy.minilm_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def base(tok):
-    return toy.tiny_llama(len(tok), layers=4)
 
 
 def make_view(tok, base, r, batch=2):

@@ -24,6 +24,7 @@ def rows(defense_name, label, params, rouges, batch, tiers="low:r4:b0.01/high:r6
     return [{"scenario": "paper", "defense": label, "defense_name": defense_name, "defense_params": params,
              "attack": "dager", "attack_mode": mode, "seed": i % 3, "status": status, "rouge1": r if status == "ok" else None,
              "metric_directions": DIRS, "probe_batch_size": batch, "probe_batch": i // 3, "probe_rank": 64, "tiers": tiers,
+             "probe_round": 1, "observation": "grad", "threat_init": "server",
              "utility": 0.7 + 0.01 * (i % 3)} for i, r in enumerate(rouges)]
 
 
