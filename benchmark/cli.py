@@ -198,6 +198,12 @@ def _suite_for(args: argparse.Namespace) -> Any:
         changes["seeds"] = tuple(args.seeds)
         scenarios = changes.get("scenarios", suite.scenarios)  # --seeds replaces per-scenario seeds too
         changes["scenarios"] = tuple(dataclasses.replace(s, seeds=None) for s in scenarios)
+    if "defenses" in changes:  # scenario entries that name defenses keep only those still in the run
+        chosen = {d.label for d in changes["defenses"]}
+        scenarios = changes.get("scenarios", suite.scenarios)
+        changes["scenarios"] = tuple(
+            dataclasses.replace(s, defenses=tuple(d for d in s.defenses if d in chosen)) if s.defenses is not None else s
+            for s in scenarios)
     if args.engine is not None:
         from benchmark.engines import ENGINES
 
