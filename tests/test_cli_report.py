@@ -35,5 +35,11 @@ def test_run_then_report_writes_tables_and_plots(tmp_path, capsys):
 def test_scenario_flag_selects_a_suite_entry_by_label_with_its_settings(capsys, tmp_path):
     assert main(["run", "--suite", "paper", "--scenario", "r1_client", "--dry-run", "--out", str(tmp_path)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if " r1_client " in ln]
-    assert len(lines) == 8  # 2 defenses x 2 modes x 1 batch size x 2 batches, seed 0 only
-    assert all("seed=0" in ln and "batch=4#" in ln for ln in lines)
+    assert len(lines) == 2  # its one defense x 2 modes x its one batch size and batch, seed 0 only
+    assert all("seed=0" in ln and "batch=4#0" in ln for ln in lines)
+
+
+def test_defense_flag_narrows_scenario_entries_that_name_defenses(capsys, tmp_path):
+    assert main(["run", "--suite", "paper", "--scenario", "r1_server", "--defense", "dp", "--dry-run", "--out", str(tmp_path)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " r1_server " in ln]
+    assert lines and all(" dp " in ln for ln in lines)
