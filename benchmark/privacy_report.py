@@ -164,7 +164,7 @@ def batch_table(df: pd.DataFrame) -> pd.DataFrame:
     table = stats.pivot_table(index=["scenario", "attack", "attack_mode", "defense"], columns="probe_batch_size",
                               values="cell", aggfunc="first", sort=False)
     table.columns = [f"batch {int(c)}" for c in table.columns]
-    return table.reset_index()
+    return table.fillna("not run").reset_index()
 
 
 def mia_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -236,6 +236,8 @@ def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
             ax.plot(g["probe_batch_size"], g["mean"], style, marker="o", ms=3, color=palette[defense], label=f"{defense} ({mode})")
             ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=palette[defense], alpha=0.12)
         ax.set_xscale("log", base=2)
+        sizes = sorted(part["probe_batch_size"].unique())
+        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
         ax.set_xlabel("probe batch size (private examples per observed step)")
         ax.set_ylabel(f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
         _finish(ax, f"{scenario}: {attack} ROUGE-1 by batch size")
