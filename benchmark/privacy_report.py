@@ -126,7 +126,7 @@ def summarize(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         rec.update(mean=iv.value, lo=iv.lo, hi=iv.hi, n=iv.n, abstained=int((group["status"] == "abstained").sum()),
                    seeds=group["seed"].nunique())
         records.append(rec)
-    return pd.DataFrame(records)
+    return pd.DataFrame(records, columns=[*keys, "mean", "lo", "hi", "n", "abstained", "seeds"])
 
 
 def paper_table(df: pd.DataFrame) -> pd.DataFrame:
