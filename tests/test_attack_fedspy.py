@@ -1,10 +1,10 @@
 """FedSpy-style attack on a tiny random Llama: the joint subspace of q and v outlasts per-module
 saturation, masks are honoured in adaptive mode, ciphertext-only views are declined."""
 
-import copy
 from dataclasses import replace
 
 import pytest
+from attack_fixtures import TEXTS, T, make_view
 
 from attacks import toy
 from attacks.dager import DAGER
@@ -14,13 +14,6 @@ from benchmark.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 
-T = "Tweet: {text}\nSentiment:"
-TEXTS = ["i really love the new phone it works great", "the weather today is awful and cold"]
-
-
-def make_view(tok, base, r, batch=2):
-    pm = toy.lora_wrap(copy.deepcopy(base), r=r)
-    return toy.client_view(pm, copy.deepcopy(base), tok, TEXTS[:batch], T)
 
 
 def prompts(tok, batch=2):

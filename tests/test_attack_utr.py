@@ -5,6 +5,7 @@ import copy
 from dataclasses import replace
 
 import pytest
+from attack_fixtures import TEXTS, T, make_view
 
 from attacks import toy
 from attacks.utr import UTR, UTRParams
@@ -12,13 +13,6 @@ from benchmark.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 
-T = "Tweet: {text}\nSentiment:"
-TEXTS = ["i really love the new phone it works great", "the weather today is awful and cold"]
-
-
-def make_view(tok, base, r, batch=2):
-    pm = toy.lora_wrap(copy.deepcopy(base), r=r)
-    return toy.client_view(pm, copy.deepcopy(base), tok, TEXTS[:batch], T)
 
 
 def test_recovers_a_batch_of_two_beyond_one_modules_rank(tok, base):
