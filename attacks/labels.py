@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attacks.lorahooks import attached, flatten_grads, label_gradients, observed_target, unflatten
-from attacks.probing import device_of, locate
+from attacks.probing import device_of, last_logits, locate
 from benchmark.api import AttackerView
 
 _EXACT = 0.999  # a cosine this close to 1 means the label combination is found
@@ -90,7 +90,7 @@ def _label_grads(view: AttackerView, factors: dict, seq: list[int], labels: list
 def _logit_derivative(model, ids: Tensor, leaves: dict, nudge: dict, tries: int = 4) -> tuple[Tensor, Tensor]:
     """Central difference of the last position's logits along ``nudge`` (step grown until it shows),
     centred so that only differences between labels remain; also returns the unperturbed logits."""
-    base = model(input_ids=ids).logits[0, -1].float()
+    base = last_logits(model, ids)[0].float()
     size = sum(float(a.norm() ** 2 + b.norm() ** 2) for a, b in leaves.values()) ** 0.5
     eps = 1e-2 * max(size, 1e-3)  # a 1% move of the factors: well above float32 noise, still linear
     diff = torch.zeros_like(base)
@@ -98,7 +98,7 @@ def _logit_derivative(model, ids: Tensor, leaves: dict, nudge: dict, tries: int 
         outs = []
         for sign in (1.0, -1.0):
             _shift(leaves, nudge, sign * eps)
-            outs.append(model(input_ids=ids).logits[0, -1].float())
+            outs.append(last_logits(model, ids)[0].float())
             _shift(leaves, nudge, -sign * eps)
         diff = (outs[0] - outs[1]) / 2
         if float(diff.norm()) > 1e-4 * float(base.norm()):

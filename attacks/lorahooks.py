@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.probing import device_of, locate
+from attacks.probing import device_of, last_logits, locate
 from benchmark.api import AttackerView, LoRAFactors, ObservedModule
 
 
@@ -179,7 +179,7 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
     handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
     try:
         with torch.enable_grad():
-            logits = model(input_ids=torch.tensor([list(ids)], device=device_of(model))).logits[0, -1].float()
+            logits = last_logits(model, torch.tensor([list(ids)]))[0].float()
             logp = F.log_softmax(logits, -1)
             names = [n for n in found if n in probes]
             out = []

@@ -30,7 +30,8 @@ a note.
 
 Assumes: plaintext (or partly visible) LoRA updates of two layers' attention inputs, a decoder with a
 position-free first layer (RoPE), the public template. Cost: one vocabulary-wide first-layer pass
-(cached per model); per decoding step one full forward of the active hypotheses (the prior) and a
+(cached per model); per decoding step one token's forward per active hypothesis (the prior, each
+prefix's key/value cache kept) and a
 two-layer forward of hypotheses x ``propose`` extensions; label completion as in DAGER.
 """
 
@@ -42,14 +43,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from attacks.common import check_mode, no_usable_update, start_caveats, unusable
 from attacks.decoding import LayerCheck, first_layer_is_position_free, layer_checks, vocab_distances
 from attacks.fedspy import joint_check
 from attacks.labels import complete_labels
-from attacks.probing import device_of, is_decoder, last_position_inputs
+from attacks.lmprior import PrefixPrior
+from attacks.probing import is_decoder, last_position_inputs
 from attacks.subspace import split_by_gap
 from attacks.textutil import TemplateIds, decode, harness_ids
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
@@ -132,19 +133,19 @@ class UTR:
                                   note="; ".join(notes + ["no second adapted layer: unordered bag"]))
         second = joint_check(checks[1], p.rank_tol)
         tpl = harness_ids(tok, view.template, True)
-        seqs = self._decode(model, second, bag, tpl, n_seqs)
+        seqs = self._decode(PrefixPrior(model), second, bag, tpl, n_seqs)
         if seqs and p.complete_label and view.task == "classification":
             seqs = complete_labels(view, seqs, adaptive)
         extra["n_sequences"] = float(len(seqs))
         return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra, note="; ".join(notes))
 
-    def _decode(self, model, check: LayerCheck, bag: list[int], tpl: TemplateIds, n_seqs: int) -> list[list[int]]:
+    def _decode(self, prior: PrefixPrior, check: LayerCheck, bag: list[int], tpl: TemplateIds, n_seqs: int) -> list[list[int]]:
         p = self.params
         vocab = torch.tensor(list(dict.fromkeys(bag + list(tpl.suffix))), dtype=torch.long)
         start = list(tpl.start)
         stop = list(tpl.suffix)
         if start:
-            seeds = self._step(model, check, [_Hyp(start, 0.0)], vocab, len(start), stop, keep=n_seqs)[0]
+            seeds = self._step(prior, check, [_Hyp(start, 0.0)], vocab, len(start), stop, keep=n_seqs)[0]
         else:  # no known first token: the bag's own best tokens open the sentences
             seeds = [_Hyp([t], 0.0) for t in bag[:n_seqs]]
         finished: list[_Hyp] = []
@@ -154,7 +155,7 @@ class UTR:
                 live = [h for h in beam if not h.done]
                 if not live:
                     break
-                grown = [h for hs in self._step(model, check, live, vocab, len(start), stop, p.beams) for h in hs]
+                grown = [h for hs in self._step(prior, check, live, vocab, len(start), stop, p.beams) for h in hs]
                 if not grown:  # every bag token is used up: the live hypotheses end here
                     for h in live:
                         h.done = True
@@ -164,13 +165,14 @@ class UTR:
         return [h.ids for h in finished]
 
     @torch.no_grad()
-    def _step(self, model, check: LayerCheck, hyps: list[_Hyp], vocab: Tensor, lo: int, stop: list[int],
+    def _step(self, prior: PrefixPrior, check: LayerCheck, hyps: list[_Hyp], vocab: Tensor, lo: int, stop: list[int],
               keep: int) -> list[list[_Hyp]]:
         """The ``keep`` best extensions of each hypothesis among the prior's ``propose`` most likely
         admissible bag tokens."""
         p = self.params
         prefixes = torch.tensor([h.ids for h in hyps], dtype=torch.long)
-        logp = F.log_softmax(model(input_ids=prefixes.to(device_of(model))).logits[:, -1].float(), -1).cpu()[:, vocab]
+        logp = prior.log_probs([h.ids for h in hyps])[:, vocab]
+        model = prior.model
         for i, h in enumerate(hyps):
             used = torch.tensor(h.ids[lo:], dtype=torch.long)
             if used.numel():

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from attacks import toy
+from attacks.lmprior import PrefixPrior
 from attacks.lorahooks import attached, label_gradients, observed_target, per_example_grads
+from attacks.probing import _cached_last_inputs, capture_inputs, last_position_inputs
 from attacks.subspace import estimate_rank, split_by_gap
 from attacks.textutil import extract_text, harness_ids, template_ids
 
@@ -103,6 +105,38 @@ def test_label_gradients_match_the_client_gradient_for_the_true_label(tok, setup
     names = list(view.modules)
     per = label_gradients(view.model, {n: view.prev[n] for n in names}, row, [label, label + 1])
     for n in names:
-        torch.testing.assert_close(per[0][n][0], view.modules[n].A, rtol=1e-3, atol=1e-7)
-        torch.testing.assert_close(per[0][n][1], view.modules[n].B, rtol=1e-3, atol=1e-7)
+        for got, want in zip(per[0][n], (view.modules[n].A, view.modules[n].B)):  # float32 rounding, relative to the scale
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
     assert not torch.allclose(per[1][names[-1]][1], view.modules[names[-1]].B)
+
+
+def test_cached_extension_inputs_equal_full_forwards(tok, setup):
+    """Scoring one-token extensions through each prefix's key/value cache gives the same layer-1
+    inputs as running every extended sequence whole (and a bug in the cache path would not)."""
+    base, _ = setup
+    mods = [m for n, m in base.named_modules() if n.endswith("layers.1.self_attn.q_proj") or n.endswith("layers.1.self_attn.v_proj")]
+    g = torch.Generator().manual_seed(0)
+    prefixes = torch.randint(0, len(tok), (3, 7), generator=g)
+    nxt = torch.randint(0, len(tok), (20,), generator=g)
+    seqs = torch.cat([prefixes.repeat_interleave(20, 0), nxt.repeat(3).unsqueeze(1)], 1)
+    cached = _cached_last_inputs(base, mods, seqs)
+    assert cached is not None
+    full = [torch.cat([capture_inputs(base, mods, seqs[i : i + 1])[j][:, -1] for i in range(len(seqs))]) for j in range(len(mods))]
+    for a, b in zip(cached, full):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    shuffled = seqs[torch.randperm(len(seqs), generator=g)]  # rows of many prefixes, in any order
+    again = last_position_inputs(base, mods, shuffled)
+    plain = [torch.cat([capture_inputs(base, mods, shuffled[i : i + 1])[j][:, -1] for i in range(len(shuffled))]) for j in range(len(mods))]
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(again, plain))
+
+
+def test_prefix_prior_matches_full_forwards(tok, setup):
+    base, _ = setup
+    prior = PrefixPrior(base)
+    hyps = [[5, 9, 11], [5, 9, 12]]
+    for step in range(4):
+        got = prior.log_probs(hyps)
+        want = F.log_softmax(base(input_ids=torch.tensor(hyps)).logits[:, -1].float(), -1)
+        assert torch.allclose(got, want, atol=1e-4), step
+        hyps = [h + [int(torch.argmax(got[i]))] for i, h in enumerate(hyps)]
+    assert len(prior._store) > 0 and all(len(k) >= 3 for k in prior._store)
