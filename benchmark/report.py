@@ -477,6 +477,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
                  f"Rows: {len(df)} ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('ok', 'failed', 'incompatible', 'abstained'))}). "
                  f"Seeds: {sorted(df['seed'].dropna().unique().tolist())}. "
                  f"Commits: {', '.join(sorted({str(c)[:10] for c in df['git_commit'].dropna()}))}.")
+    lines += coverage(run_dirs)
     lines.append("")
     lines.append("↑ higher is better, ↓ lower is better (for the defended side). Attack metrics measure the attacker: "
                  "lower means a stronger defense. Values are mean ± std over the seeds that scored. "
@@ -518,6 +519,29 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "report_rows.json").write_text(json.dumps({"rows": len(df)}))
     return path
+
+
+def coverage(run_dirs: Sequence[Path]) -> list[str]:
+    """What each run was asked to compute (its command line) and its suite's own description, which
+    says what a cut suite leaves out: a reader of the numbers sees their scope beside them."""
+    lines = ["", "## What these runs cover", ""]
+    for run in run_dirs:
+        manifest = _manifest(Path(run))
+        argv = " ".join(str(a) for a in manifest.get("argv") or [])
+        resumed = [" ".join(str(a) for a in r.get("argv") or []) for r in manifest.get("resumed") or [] if isinstance(r, dict)]
+        more = f" (resumed {len(resumed)}x)" if resumed else ""
+        lines.append(f"- `{manifest.get('run_id', Path(run).name)}`: `{argv or '?'}`{more}")
+    latest: dict[str, tuple[str, str]] = {}  # suite name -> (written_at, description): the newest says what ran
+    for run in run_dirs:
+        manifest = _manifest(Path(run))
+        suite = manifest.get("suite") or {}
+        name, text = str(suite.get("name", "?")), str(suite.get("description") or "").strip()
+        stamp = str(manifest.get("written_at") or "")
+        if text and (name not in latest or stamp >= latest[name][0]):
+            latest[name] = (stamp, text)
+    for name, (_, text) in latest.items():
+        lines += ["", f"Suite `{name}`:", "", *(f"> {line}" if line else ">" for line in text.splitlines())]
+    return lines
 
 
 def _null_notes(df: pd.DataFrame) -> list[str]:
