@@ -30,6 +30,9 @@ def test_run_then_report_writes_tables_and_plots(tmp_path, capsys):
     assert "## Utility and cost per defense" in text and "plain_lora" in text
     assert (tmp_path / "rep" / "costs.png").stat().st_size > 1000
     assert "## Per-tier cost" in text
+    cover = text.split("## What these runs cover", 1)[1].split("\n## ", 1)[0]  # the run's command and its suite's scope
+    assert "--suite smoke --set rounds=1" in cover and "Suite `smoke`:" in cover
+    assert cover.count("> ") >= 1
 
 
 def test_scenario_flag_selects_a_suite_entry_by_label_with_its_settings(capsys, tmp_path):
