@@ -204,6 +204,12 @@ def _suite_for(args: argparse.Namespace) -> Any:
         changes["scenarios"] = tuple(
             dataclasses.replace(s, defenses=tuple(d for d in s.defenses if d in chosen)) if s.defenses is not None else s
             for s in scenarios)
+    if "attacks" in changes:  # and those that name attacks keep only those still in the run ('none': no attack)
+        chosen = {a.label for a in changes["attacks"]}
+        scenarios = changes.get("scenarios", suite.scenarios)
+        changes["scenarios"] = tuple(
+            dataclasses.replace(s, attacks=tuple(a for a in s.attacks if a in chosen)) if s.attacks is not None else s
+            for s in scenarios)
     if args.engine is not None:
         from benchmark.engines import ENGINES
 

@@ -46,3 +46,13 @@ def test_defense_flag_narrows_scenario_entries_that_name_defenses(capsys, tmp_pa
     assert main(["run", "--suite", "paper", "--scenario", "r1_server", "--defense", "dp", "--dry-run", "--out", str(tmp_path)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if " r1_server " in ln]
     assert lines and all(" dp " in ln for ln in lines)
+
+
+def test_attack_flag_narrows_scenario_entries_that_name_attacks(capsys, tmp_path):
+    args = ["run", "--suite", "paper", "--scenario", "r1_new_attacks", "--dry-run", "--out", str(tmp_path)]
+    assert main([*args, "--attack", "fedspy"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " r1_new_attacks " in ln]
+    assert lines and all(" fedspy " in ln for ln in lines)
+    assert main([*args, "--attack", "none"]) == 0  # the entry's own attacks no longer block 'none'
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " r1_new_attacks " in ln]
+    assert len(lines) == 3 and all(" none " in ln for ln in lines)  # one simulation per defense, no attack
