@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from benchmark.stats import Interval, bootstrap_ci  # noqa: E402
 
@@ -256,7 +257,9 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
         return False
     # Scenarios that differ only in which defenses they run pool into one panel per threat setting.
     rows["scenario"] = [setting(r) for r in rows.to_dict("records")]
-    if rows.groupby("scenario")["budget"].nunique().max() < 2:
+    spread = rows.groupby("scenario")["budget"].nunique()
+    rows = rows[rows["scenario"].isin(spread[spread >= 2].index)]  # one budget is no curve: the batch plot has it
+    if rows.empty:
         return False
     stats = summarize(rows, ["scenario", "defense_name", "attack_mode", "budget"]).dropna(subset=["mean"])
     scenarios = list(dict.fromkeys(stats["scenario"]))
@@ -268,11 +271,12 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
             g = g.sort_values("budget")
             ax.errorbar(100 * g["budget"], g["mean"], yerr=[g["mean"] - g["lo"], g["hi"] - g["mean"]], capsize=3,
                         ls="--" if mode == "adaptive" else "-", marker="o", color=colors.get(name, "gray"),
-                        label=f"{name} ({mode})")
+                        label=f"{name} ({mode})", zorder=4)
         for method, marker, color in (("SHE-LoRA", "*", "tab:green"), ("MaskCrypt (same HE cost)", "X", "tab:orange")):
             ax.scatter([100 * PAPER_BUDGET], [PAPER_DAGER[method][batch]], marker=marker, s=160, color=color,
-                       edgecolors="black", zorder=5, label=f"paper: {method}, batch {batch}")
+                       edgecolors="black", alpha=0.6, zorder=3, label=f"paper: {method}, batch {batch}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on a narrow range
         ax.set_xlabel("encryption budget (% of LoRA-A columns, log)")
         ax.set_ylabel("DAGER ROUGE-1 ↓ (mean, 95% CI)")
         _finish(ax, f"DAGER vs encryption budget (batch {batch})\n{scenario}")
