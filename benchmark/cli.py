@@ -198,18 +198,10 @@ def _suite_for(args: argparse.Namespace) -> Any:
         changes["seeds"] = tuple(args.seeds)
         scenarios = changes.get("scenarios", suite.scenarios)  # --seeds replaces per-scenario seeds too
         changes["scenarios"] = tuple(dataclasses.replace(s, seeds=None) for s in scenarios)
-    if "defenses" in changes:  # scenario entries that name defenses keep only those still in the run
-        chosen = {d.label for d in changes["defenses"]}
-        scenarios = changes.get("scenarios", suite.scenarios)
-        changes["scenarios"] = tuple(
-            dataclasses.replace(s, defenses=tuple(d for d in s.defenses if d in chosen)) if s.defenses is not None else s
-            for s in scenarios)
-    if "attacks" in changes:  # and those that name attacks keep only those still in the run ('none': no attack)
-        chosen = {a.label for a in changes["attacks"]}
-        scenarios = changes.get("scenarios", suite.scenarios)
-        changes["scenarios"] = tuple(
-            dataclasses.replace(s, attacks=tuple(a for a in s.attacks if a in chosen)) if s.attacks is not None else s
-            for s in scenarios)
+    for kind in ("defenses", "attacks"):  # scenario entries that name their own keep only those still in the run
+        if kind in changes:
+            chosen = {c.label for c in changes[kind]}
+            changes["scenarios"] = tuple(_narrowed(s, kind, chosen) for s in changes.get("scenarios", suite.scenarios))
     if args.engine is not None:
         from benchmark.engines import ENGINES
 
@@ -217,6 +209,12 @@ def _suite_for(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--engine {args.engine!r} is not one of {', '.join(ENGINES.names())}")
         changes["engine"] = args.engine
     return dataclasses.replace(suite, **changes)
+
+
+def _narrowed(spec: Any, kind: str, chosen: set[str]) -> Any:
+    """A scenario entry's own ``defenses``/``attacks`` list cut to ``chosen`` ('--attack none': empty)."""
+    own = getattr(spec, kind)
+    return spec if own is None else dataclasses.replace(spec, **{kind: tuple(x for x in own if x in chosen)})
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -525,15 +525,12 @@ def coverage(run_dirs: Sequence[Path]) -> list[str]:
     """What each run was asked to compute (its command line) and its suite's own description, which
     says what a cut suite leaves out: a reader of the numbers sees their scope beside them."""
     lines = ["", "## What these runs cover", ""]
-    for run in run_dirs:
-        manifest = _manifest(Path(run))
-        argv = " ".join(str(a) for a in manifest.get("argv") or [])
-        resumed = [" ".join(str(a) for a in r.get("argv") or []) for r in manifest.get("resumed") or [] if isinstance(r, dict)]
-        more = f" (resumed {len(resumed)}x)" if resumed else ""
-        lines.append(f"- `{manifest.get('run_id', Path(run).name)}`: `{argv or '?'}`{more}")
     latest: dict[str, tuple[str, str]] = {}  # suite name -> (written_at, description): the newest says what ran
     for run in run_dirs:
         manifest = _manifest(Path(run))
+        argv = " ".join(str(a) for a in manifest.get("argv") or [])
+        resumed = len(manifest.get("resumed") or [])
+        lines.append(f"- `{manifest.get('run_id', Path(run).name)}`: `{argv or '?'}`" + (f" (resumed {resumed}x)" if resumed else ""))
         suite = manifest.get("suite") or {}
         name, text = str(suite.get("name", "?")), str(suite.get("description") or "").strip()
         stamp = str(manifest.get("written_at") or "")
