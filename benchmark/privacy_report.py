@@ -168,6 +168,29 @@ def batch_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.fillna("not run").reset_index()
 
 
+REUSED_NOTE = "same as the other mode"  # a row that copies the other mode's result (and its time)
+
+
+def attack_time_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Seconds the attack's ``reconstruct`` took per probe case: median [min, max] (n computed cases)
+    per attack (rows) and batch size (columns). Rows that reuse the other mode's result are left out,
+    so a time is counted once per computation. Wall times under whatever load the run had."""
+    rows = probe_rows(df)
+    if rows.empty or "attack_s" not in rows:
+        return pd.DataFrame()
+    notes = rows["attack_note"].fillna("").astype(str) if "attack_note" in rows else pd.Series("", index=rows.index)
+    rows = rows[~notes.str.contains(REUSED_NOTE, regex=False)]
+    rows = rows.assign(attack_s=pd.to_numeric(rows["attack_s"], errors="coerce")).dropna(subset=["attack_s"])
+    if rows.empty:
+        return pd.DataFrame()
+    stats = rows.groupby(["attack", "probe_batch_size"], sort=True)["attack_s"].agg(["median", "min", "max", "count"])
+    stats["cell"] = [f"{m:.0f} [{lo:.0f}, {hi:.0f}] (n={n})" for m, lo, hi, n in
+                     zip(stats["median"], stats["min"], stats["max"], stats["count"])]
+    table = stats["cell"].unstack("probe_batch_size")
+    table.columns = [f"batch {int(c)}" for c in table.columns]
+    return table.fillna("not run").reset_index()
+
+
 def mia_table(df: pd.DataFrame) -> pd.DataFrame:
     """Membership inference per scenario x defense x mode: AUC and TPR at 1% FPR with their intervals."""
     if df.empty or "mia_auc" not in df:
@@ -242,6 +265,42 @@ def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
         ax.set_xlabel("probe batch size (private examples per observed step)")
         ax.set_ylabel(f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
         _finish(ax, f"{scenario}: {attack} ROUGE-1 by batch size")
+    _save(fig, path)
+    return True
+
+
+def plot_attacks(df: pd.DataFrame, path: Path, mode: str = "naive", min_n: int = 2) -> bool:
+    """ROUGE-1 against batch size with the attacks side by side: a panel per defense, a line per
+    attack and scenario (95% bands). Only series measured at two or more batch sizes with at least
+    ``min_n`` cases per point, so single-case spot checks do not crowd the picture."""
+    rows = probe_rows(df)
+    if rows.empty:
+        return False
+    rows = rows[rows["attack_mode"] == mode]
+    stats = summarize(rows, ["defense", "attack", "scenario", "probe_batch_size"]).dropna(subset=["mean"])
+    stats = stats[stats["n"] >= min_n]
+    sizes_per_series = stats.groupby(["defense", "attack", "scenario"])["probe_batch_size"].transform("nunique")
+    stats = stats[sizes_per_series >= 2]
+    by_defense = stats.groupby("defense", sort=False)["attack"].nunique()
+    defenses = [d for d, k in by_defense.items() if k >= 2]
+    if not defenses:
+        return False
+    colors = plt.get_cmap("tab10").colors
+    palette = {a: colors[i % 10] for i, a in enumerate(dict.fromkeys(stats["attack"]))}
+    fig, axes = _panels(len(defenses))
+    for ax, defense in zip(axes, defenses):
+        part = stats[stats["defense"] == defense]
+        for (attack, scenario), g in part.groupby(["attack", "scenario"], sort=False):
+            g = g.sort_values("probe_batch_size")
+            ax.plot(g["probe_batch_size"], g["mean"], marker="o", ms=3, color=palette[attack], label=f"{attack} ({scenario})")
+            ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=palette[attack], alpha=0.12)
+        ax.set_xscale("log", base=2)
+        sizes = sorted(part["probe_batch_size"].unique())
+        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("probe batch size (private examples per observed step)")
+        ax.set_ylabel("ROUGE-1 ↓ (mean, 95% CI)")
+        _finish(ax, f"{defense}: attacks by batch size ({mode})")
     _save(fig, path)
     return True
 
@@ -325,10 +384,14 @@ def privacy_sections(df: pd.DataFrame, out_dir: Path, markdown: Any) -> list[str
     rows = probe_rows(df)
     if not rows.empty and (rows["probe_batch"].notna().any() if "probe_batch" in rows else False):
         lines += ["", "## Reconstruction by batch size (ROUGE-1 mean [95% CI] (n probe cases))", "", markdown(batch_table(df))]
+        times = attack_time_table(df)
+        if not times.empty:
+            lines += ["", "## Attack time per probe case (s, median [min, max] (n computed cases), wall under the run's load)",
+                      "", markdown(times)]
     mia = mia_table(df)
     if not mia.empty:
         lines += ["", "## Membership inference (AUC and TPR at 1% FPR, stratified bootstrap 95% CI)", "", markdown(mia)]
-    for name, fn in (("rouge_by_batch.png", plot_batch), ("rouge_by_budget.png", plot_budget),
+    for name, fn in (("rouge_by_batch.png", plot_batch), ("attacks_by_batch.png", plot_attacks), ("rouge_by_budget.png", plot_budget),
                      ("privacy_utility_frontier.png", plot_frontier)):
         if fn(df, out_dir / name):
             lines += ["", f"![{name}]({name})"]

@@ -101,3 +101,26 @@ def test_sections_cope_with_runs_that_have_no_batch_4(tmp_path):
     df = pd.DataFrame(rows("plain_lora", "plain_lora", {}, [1.0] * 3, 1))
     lines = privacy_sections(df, tmp_path, lambda t: t.to_markdown(index=False) if hasattr(t, "to_markdown") else str(t))
     assert not any("frontier" in ln for ln in lines)  # no batch-4 cases: no frontier plot, and no crash
+
+
+def test_attack_time_table_counts_each_computation_once():
+    from benchmark.privacy_report import attack_time_table
+
+    data = rows("plain_lora", "plain_lora", {}, [1.0, 0.9, 0.8], 4) + rows("plain_lora", "plain_lora", {}, [0.2] * 3, 8)
+    for i, r in enumerate(data):
+        r["attack_s"] = 10.0 * (i + 1)
+    reused = [{**r, "attack_mode": "adaptive", "attack_s": 999.0,
+               "attack_note": "dager variant; same as the other mode: the view hides nothing"} for r in data]
+    table = attack_time_table(pd.DataFrame(data + reused)).set_index("attack")
+    assert table.loc["dager", "batch 4"] == "20 [10, 30] (n=3)"  # the reused copies (999 s) are not counted
+    assert table.loc["dager", "batch 8"] == "50 [40, 60] (n=3)"
+
+
+def test_attacks_plot_needs_two_attacks_measured_at_two_sizes(tmp_path):
+    from benchmark.privacy_report import plot_attacks
+
+    one = rows("plain_lora", "plain_lora", {}, [1.0] * 3, 4) + rows("plain_lora", "plain_lora", {}, [0.5] * 3, 8)
+    assert not plot_attacks(pd.DataFrame(one), tmp_path / "a.png")  # DAGER alone: nothing to set side by side
+    other = [{**r, "attack": "utr", "rouge1": 0.7} for r in one]
+    assert plot_attacks(pd.DataFrame(one + other), tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
