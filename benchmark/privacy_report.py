@@ -242,6 +242,28 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def _palette(keys: pd.Series) -> dict[Any, Any]:
+    colors = plt.get_cmap("tab10").colors
+    return {k: colors[i % 10] for i, k in enumerate(dict.fromkeys(keys))}
+
+
+def _band(ax: Any, g: pd.DataFrame, color: Any, label: str, style: str = "-") -> None:
+    """A mean line over batch sizes with its 95% interval as a shaded band."""
+    g = g.sort_values("probe_batch_size")
+    ax.plot(g["probe_batch_size"], g["mean"], style, marker="o", ms=3, color=color, label=label)
+    ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=color, alpha=0.12)
+
+
+def _batch_axis(ax: Any, part: pd.DataFrame, ylabel: str) -> None:
+    """Batch sizes on a log2 axis, labelled only where measured."""
+    ax.set_xscale("log", base=2)
+    sizes = sorted(part["probe_batch_size"].unique())
+    ax.set_xticks(sizes, [str(int(b)) for b in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("probe batch size (private examples per observed step)")
+    ax.set_ylabel(ylabel)
+
+
 def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
     """ROUGE-1 against batch size per defense (naive solid, adaptive dashed, 95% bands); a panel per scenario."""
     rows = probe_rows(df, attack)
@@ -249,21 +271,14 @@ def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
         return False
     stats = summarize(rows, ["scenario", "defense", "attack_mode", "probe_batch_size"]).dropna(subset=["mean"])
     scenarios = list(dict.fromkeys(stats["scenario"]))
-    colors = plt.get_cmap("tab10").colors
-    palette = {d: colors[i % 10] for i, d in enumerate(dict.fromkeys(stats["defense"]))}
+    palette = _palette(stats["defense"])
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         part = stats[stats["scenario"] == scenario]
         for (defense, mode), g in part.groupby(["defense", "attack_mode"], sort=False):
-            g = g.sort_values("probe_batch_size")
             style = "--" if mode == "adaptive" else "-"
-            ax.plot(g["probe_batch_size"], g["mean"], style, marker="o", ms=3, color=palette[defense], label=f"{defense} ({mode})")
-            ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=palette[defense], alpha=0.12)
-        ax.set_xscale("log", base=2)
-        sizes = sorted(part["probe_batch_size"].unique())
-        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
-        ax.set_xlabel("probe batch size (private examples per observed step)")
-        ax.set_ylabel(f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
+            _band(ax, g, palette[defense], f"{defense} ({mode})", style)
+        _batch_axis(ax, part, f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
         _finish(ax, f"{scenario}: {attack} ROUGE-1 by batch size")
     _save(fig, path)
     return True
@@ -285,21 +300,13 @@ def plot_attacks(df: pd.DataFrame, path: Path, mode: str = "naive", min_n: int =
     defenses = [d for d, k in by_defense.items() if k >= 2]
     if not defenses:
         return False
-    colors = plt.get_cmap("tab10").colors
-    palette = {a: colors[i % 10] for i, a in enumerate(dict.fromkeys(stats["attack"]))}
+    palette = _palette(stats["attack"])
     fig, axes = _panels(len(defenses))
     for ax, defense in zip(axes, defenses):
         part = stats[stats["defense"] == defense]
         for (attack, scenario), g in part.groupby(["attack", "scenario"], sort=False):
-            g = g.sort_values("probe_batch_size")
-            ax.plot(g["probe_batch_size"], g["mean"], marker="o", ms=3, color=palette[attack], label=f"{attack} ({scenario})")
-            ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=palette[attack], alpha=0.12)
-        ax.set_xscale("log", base=2)
-        sizes = sorted(part["probe_batch_size"].unique())
-        ax.set_xticks(sizes, [str(int(b)) for b in sizes])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("probe batch size (private examples per observed step)")
-        ax.set_ylabel("ROUGE-1 ↓ (mean, 95% CI)")
+            _band(ax, g, palette[attack], f"{attack} ({scenario})")
+        _batch_axis(ax, part, "ROUGE-1 ↓ (mean, 95% CI)")
         _finish(ax, f"{defense}: attacks by batch size ({mode})")
     _save(fig, path)
     return True
