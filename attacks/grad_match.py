@@ -62,6 +62,7 @@ class GradMatch:
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only drops hidden coordinates and unpermutes A
     Params = GradMatchParams
 
     def __init__(self, params: GradMatchParams | None = None) -> None:
