@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as seal
 
-from she_lora.ckks import CKKSContext, add_into, exponent_of, load_public_context
+from she_lora.ckks import CKKSContext, add_into, exponent_of
 from she_lora.layout import Band, Block
 
 
@@ -92,11 +92,14 @@ class ServerLift:
     and weights are used as given."""
 
     def __init__(self, ctx: CKKSContext, bands: Sequence[Band], shapes: Mapping[str, tuple[int, int]],
-                 out_exponents: Mapping[str, int] | None = None) -> None:
+                 out_exponents: Mapping[str, int] | None = None, share: tuple[int, int] = (0, 1)) -> None:
         if ctx.galois is None or ctx.params.levels < 2:
             raise ValueError("server lift needs a context with Galois keys and two levels, e.g. (60, 40, 40, 60)")
+        if not 0 <= share[0] < share[1]:
+            raise ValueError(f"server lift: share {share} must be (index, parts) with 0 <= index < parts")
         self.ctx, self.bands, self.shapes = ctx, bands, shapes
         self.out_exponents = dict(out_exponents or {})
+        self.share = share  # this lift computes the row windows h with h % parts == index
         self.slots = ctx.slot_count
         self._acc: dict[tuple[int, int, int], Any] = {}
         self._tmp = seal.Ciphertext()
@@ -124,10 +127,14 @@ class ServerLift:
 
     def finish(self) -> dict[int, list[bytes]]:
         """Rescale each summed output once; per band, outputs in (plane, row window) order."""
-        out: dict[int, list[bytes]] = {}
-        for (band, _, _), ct in sorted(self._acc.items()):
+        return by_band(self.finish_keyed())
+
+    def finish_keyed(self) -> dict[tuple[int, int, int], bytes]:
+        """Each summed output rescaled once, keyed by (band, plane, row window)."""
+        out = {}
+        for key, ct in sorted(self._acc.items()):
             self.ctx.evaluator.rescale_to_next_inplace(ct)  # SEAL tracks the (shared) scale
-            out.setdefault(band, []).append(self.ctx.dump_ct(ct))
+            out[key] = self.ctx.dump_ct(ct)
         self._acc.clear()
         return out
 
@@ -153,7 +160,7 @@ class ServerLift:
             k = np.tile((t + j) % rank, n_out)
             plains = by_lane[:, rows, k].T.reshape(n_out, T * W)  # output h: slots t * W + l
             full = T * W == self.slots
-            for h in range(n_out):
+            for h in range(self.share[0], n_out, self.share[1]):
                 slots = plains[h] if full else np.concatenate([plains[h], np.zeros(self.slots - T * W)])
                 pt = ctx.encode(slots, rotated[0].parms_id(), prime)  # one encoding serves every plane
                 for p, x in enumerate(rotated):
@@ -264,30 +271,42 @@ def decode_lift(ctx: CKKSContext, outputs: Mapping[int, Sequence[bytes]], bands:
     return out
 
 
-# ---- process-parallel lift (bands spread over forked workers) --------------------------------
+def by_band(outputs: Mapping[tuple[int, int, int], bytes]) -> dict[int, list[bytes]]:
+    """Outputs keyed by (band, plane, row window) as per-band lists in (plane, row window) order."""
+    out: dict[int, list[bytes]] = {}
+    for (band, _, _), blob in sorted(outputs.items()):
+        out.setdefault(band, []).append(blob)
+    return out
 
 
-def _lift_bands(args: tuple) -> dict[int, list[bytes]]:
-    """Worker: lift a subset of bands for every client, with its own copy of the public context."""
-    public, bands, shapes, exponents, inputs = args
-    lift = ServerLift(load_public_context(public), bands, shapes, exponents)
+# ---- process-parallel lift (row windows spread over forked workers) ---------------------------
+
+_FORKED: tuple | None = None  # (context, bands, shapes, exponents, inputs), inherited by forked workers
+
+
+def _lift_share(share: tuple[int, int]) -> dict[tuple[int, int, int], bytes]:
+    """Worker: the row windows of ``share`` of every band, summed over every client."""
+    assert _FORKED is not None
+    ctx, bands, shapes, exponents, inputs = _FORKED
+    lift = ServerLift(ctx, bands, shapes, exponents, share)
     for x in inputs:
         lift.add(x)
-    return lift.finish()
+    return lift.finish_keyed()
 
 
-def lift_parallel(public: bytes, bands: Sequence[Band], shapes: Mapping[str, tuple[int, int]], inputs: Sequence[LiftInput],
+def lift_parallel(ctx: CKKSContext, bands: Sequence[Band], shapes: Mapping[str, tuple[int, int]], inputs: Sequence[LiftInput],
                   out_exponents: Mapping[str, int], n_workers: int) -> dict[int, list[bytes]]:
-    """The server lift with bands spread over ``n_workers`` forked processes. Outputs of a band never
-    mix across workers, so each worker sums its bands over all clients and rescales them itself."""
-    parts = [set(range(i, len(bands), n_workers)) for i in range(n_workers)]
-    jobs = []
-    for part in parts:
-        sub = [LiftInput(x.blobs, [b for b in x.blocks if b.band in part], x.B, x.coef, x.exponents) for x in inputs]
-        jobs.append((public, bands, shapes, dict(out_exponents), sub))
+    """The server lift with each band's row windows dealt round-robin to ``n_workers`` forked
+    processes (a round usually has a single band, so splitting by band would leave workers idle).
+    Each worker tiles the clients' blocks itself (a few rotations) and computes only its outputs, the
+    encodings and products that dominate; outputs never mix across workers. The workers inherit the
+    public context and the inputs by fork, so nothing but the output ciphertexts is serialized."""
+    global _FORKED
     mp = multiprocessing.get_context("fork")
-    out: dict[int, list[bytes]] = {}
-    with ProcessPoolExecutor(n_workers, mp_context=mp) as ex:
-        for res in ex.map(_lift_bands, jobs):
-            out.update(res)
-    return out
+    _FORKED = (ctx, bands, shapes, dict(out_exponents), list(inputs))
+    try:
+        with ProcessPoolExecutor(n_workers, mp_context=mp) as ex:
+            parts = list(ex.map(_lift_share, [(w, n_workers) for w in range(n_workers)]))
+    finally:
+        _FORKED = None
+    return by_band({key: blob for part in parts for key, blob in part.items()})

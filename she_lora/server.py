@@ -128,8 +128,8 @@ class ServerSide:
             B = {name: plain[f"{name}/B"].double().numpy() for name in self.plan.shapes}
             inputs.append(LiftInput(blobs, blocks, B, coef, read_exponents(plain, self.plan.shapes)))
         exponents = output_exponents(inputs, self.plan.bands)
-        if self.cfg.n_workers > 1 and len(self.plan.bands) > 1:
-            out = lift_parallel(self.public_context, self.plan.bands, self.plan.shapes, inputs, exponents, self.cfg.n_workers)
+        if self.cfg.n_workers > 1:
+            out = lift_parallel(self.ctx, self.plan.bands, self.plan.shapes, inputs, exponents, self.cfg.n_workers)
         else:
             lift = ServerLift(self.ctx, self.plan.bands, self.plan.shapes, exponents)
             for x in inputs:

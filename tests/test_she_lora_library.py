@@ -233,17 +233,22 @@ def test_library_imports_have_no_cycle() -> None:
         visit(mod, ())
 
 
-def test_server_lift_in_worker_processes_matches_one_process() -> None:
-    """``n_workers`` > 1 spreads bands over forked workers; the broadcast decodes to the same lift."""
+@pytest.mark.parametrize("n_workers", [2, 3])
+def test_server_lift_in_worker_processes_matches_one_process(n_workers: int) -> None:
+    """``n_workers`` > 1 deals each band's row windows to forked workers: the same operations in the
+    same order per output, so the broadcast is byte for byte the one-process broadcast."""
     import dataclasses
 
     from benchmark.asv_bench.rounds import SMALL, build_round
 
-    r = build_round("server_lift", SMALL, dtype=torch.float64)
-    assert len(r.plan.bands) >= 2
+    r = build_round("server_lift", {**SMALL, "dim": 512}, dtype=torch.float64)
+    assert len(r.plan.bands) >= 2 and all(band.n_out > n_workers for band in r.plan.bands)  # windows to share
     uploads = r.protect_all()
-    serial = r.finalize(r.aggregate(uploads))
-    r.server.cfg = dataclasses.replace(r.server.cfg, n_workers=2)
-    parallel = r.finalize(r.aggregate(uploads))
+    serial_message = r.aggregate(uploads)
+    serial = r.finalize(serial_message)
+    r.server.cfg = dataclasses.replace(r.server.cfg, n_workers=n_workers)
+    parallel_message = r.aggregate(uploads)
+    assert parallel_message[1] == serial_message[1]  # the ciphertexts, in order
+    parallel = r.finalize(parallel_message)
     for name, delta in serial.items():
         assert relative_error(parallel[name].dense(), delta.dense()) < 1e-9
