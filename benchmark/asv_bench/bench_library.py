@@ -76,3 +76,15 @@ class LiftRound(_Heavy):
         return self.r.bytes_up(self.uploads)
 
     track_upload_bytes.unit = "bytes"  # type: ignore[attr-defined]
+
+
+class LiftRoundTwoWorkers(LiftRound):
+    """The same round with two forked workers per party (encryption, sums, lift, decryption): what a
+    2-core server or client can do. A class of its own so that ``LiftRound``'s history stays whole."""
+
+    def setup(self, lift: str) -> None:
+        seed_all()
+        need("she_lora.client")
+        self.r = memo(("round2", lift), lambda: build_round(lift, COST_PUBLIC_BENCH, n_workers=2))
+        self.uploads = memo(("uploads2", lift), lambda: self.r.protect_all())
+        self.rank = max(m.rank for m in self.r.plan.members.values())

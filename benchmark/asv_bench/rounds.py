@@ -41,12 +41,14 @@ def shapes_of(spec: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     return {f"layers.{i}.{m}": (d, d) for i in range(int(spec["layers"])) for m in spec["modules"]}
 
 
-def protocol(lift: str) -> Any:
-    """SHE-LoRA's default CKKS chain per lift mode (as ``defenses.she_lora`` picks it)."""
+def protocol(lift: str, n_workers: int = 1) -> Any:
+    """SHE-LoRA's default CKKS chain per lift mode (as ``defenses.she_lora`` picks it); ``n_workers``
+    forked processes per party where the library has them."""
     ckks, plan = _lib("she_lora.ckks"), _lib("she_lora.plan")
     server = lift == "server_lift"
     params = ckks.CKKSParams(8192, (60, 40, 40, 60) if server else (60, 60), 40 if server else 50, server)
-    return plan.ProtocolConfig(lift=lift, leakage="plain", ckks=params)
+    extra = {"n_workers": n_workers} if n_workers > 1 else {}
+    return plan.ProtocolConfig(lift=lift, leakage="plain", ckks=params, **extra)
 
 
 @dataclass
@@ -114,7 +116,7 @@ class LibraryRound:
 
 
 def build_round(lift: str, spec: Mapping[str, Any], magnitude: float | None = None, dtype: torch.dtype = torch.float32,
-                seed: int = 0, alpha: float = 16.0) -> LibraryRound:
+                seed: int = 0, alpha: float = 16.0, n_workers: int = 1) -> LibraryRound:
     """Plan, keys and negotiated global lists for one federation of ``spec`` (see ``SMALL``).
 
     Factors: A ~ N(0, 1/n), B ~ N(0, 0.01^2) (a LoRA after a few steps); ``magnitude`` rescales B so
@@ -123,7 +125,7 @@ def build_round(lift: str, spec: Mapping[str, Any], magnitude: float | None = No
     plan_mod, client_mod, server_mod, ckks = (_lib(m) for m in ("she_lora.plan", "she_lora.client", "she_lora.server", "she_lora.ckks"))
     shapes = shapes_of(spec)
     members = [plan_mod.Member(i, int(r), float(b)) for i, (r, b) in enumerate(zip(spec["ranks"], spec["budgets"]))]
-    cfg = protocol(lift)
+    cfg = protocol(lift, n_workers)
     plan = plan_mod.Plan(shapes, members, lift, cfg.ckks.poly_modulus_degree // 2)
     clients = client_mod.ClientSide(plan, cfg)
     server = server_mod.ServerSide(plan, cfg, ckks.public_context_bytes(clients.ctx))
