@@ -540,11 +540,33 @@ def _encrypt_rows(chunks: np.ndarray) -> list[bytes]:
     return [_WORKER_CTX.encrypt_slots(c[0] + 1j * c[1]) for c in chunks]
 
 
+_ENCRYPT_POOL: tuple[bytes, int, ProcessPoolExecutor] | None = None  # (key fingerprint, workers, pool)
+
+
+def _encrypt_pool(ctx: CKKSContext, n_workers: int) -> ProcessPoolExecutor:
+    """One long-lived pool per secret key: its workers load the clients' context once (fresh SEAL
+    randomness in each, never a copied PRNG state) and serve every later encryption under that key,
+    so a round pays the start-up once instead of on every call. A new key replaces the pool."""
+    global _ENCRYPT_POOL
+    if _ENCRYPT_POOL is not None and _ENCRYPT_POOL[:2] == (ctx.fingerprint, n_workers):
+        return _ENCRYPT_POOL[2]
+    _shutdown_encrypt_pool()
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker, initargs=(secret_context_bytes(ctx),))
+    _ENCRYPT_POOL = (ctx.fingerprint, n_workers, pool)
+    return pool
+
+
+@atexit.register
+def _shutdown_encrypt_pool() -> None:
+    global _ENCRYPT_POOL
+    if _ENCRYPT_POOL is not None:
+        _ENCRYPT_POOL[2].shutdown(wait=True, cancel_futures=True)
+        _ENCRYPT_POOL = None
+
+
 def _encrypt_parallel(ctx: CKKSContext, chunks: np.ndarray, n_workers: int) -> list[bytes]:
-    """Split ``chunks`` (n_ct x 2 x N/2) into ``n_workers`` contiguous parts, encrypt each in a forked
-    worker holding a copy of the clients' context, and keep the order."""
+    """Split ``chunks`` (n_ct x 2 x N/2) into ``n_workers`` contiguous parts, encrypt each in a worker
+    of the key's pool, and keep the order."""
     parts = np.array_split(chunks, n_workers)
-    mp = multiprocessing.get_context("fork")
-    init = (secret_context_bytes(ctx),)
-    with ProcessPoolExecutor(n_workers, mp_context=mp, initializer=_init_worker, initargs=init) as ex:
-        return [blob for part in ex.map(_encrypt_rows, parts) for blob in part]
+    return [blob for part in _encrypt_pool(ctx, n_workers).map(_encrypt_rows, parts) for blob in part]

@@ -112,6 +112,22 @@ def test_parallel_encryption_matches_serial(lean: ckks.CKKSContext) -> None:
     assert np.abs(ckks.decrypt_packed(lean, blobs, x.size) - x).max() < 1e-8
 
 
+def test_encryption_pool_lives_per_key_and_draws_fresh_randomness(lean: ckks.CKKSContext) -> None:
+    """A round's encryptions share one pool (started once); another key gets its own; the same
+    values encrypted twice give different ciphertexts (no copied PRNG state between calls or workers)."""
+    x = np.random.default_rng(5).normal(0, 0.01, 4 * ckks.slots(lean))
+    first = ckks.encrypt_packed(lean, x, n_workers=2)
+    pool = ckks._ENCRYPT_POOL
+    second = ckks.encrypt_packed(lean, x, n_workers=2)
+    assert ckks._ENCRYPT_POOL is pool and pool is not None
+    assert len(set(first) | set(second)) == len(first) + len(second)
+    other = ckks.make_secret_context(LEAN)
+    y = ckks.encrypt_packed(other, x, n_workers=2)
+    assert ckks._ENCRYPT_POOL is not pool and ckks._ENCRYPT_POOL[0] == other.fingerprint
+    for ctx, blobs in ((lean, second), (other, y)):
+        assert np.abs(ckks.decrypt_packed(ctx, blobs, x.size) - x).max() < 1e-8
+
+
 @pytest.mark.parametrize("n_workers", [2, 3])
 def test_parallel_sum_and_decryption_match_one_process(lean: ckks.CKKSContext, n_workers: int) -> None:
     rng = np.random.default_rng(4)
