@@ -63,6 +63,7 @@ class MIAParams:
 class MembershipInference:
     name: ClassVar[str] = "mia"
     version: ClassVar[str] = "3"
+    modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
     metrics: ClassVar[Mapping[str, bool]] = MEMBERSHIP_METRICS
