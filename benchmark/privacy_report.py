@@ -179,7 +179,10 @@ def attack_time_table(df: pd.DataFrame) -> pd.DataFrame:
     if rows.empty or "attack_s" not in rows:
         return pd.DataFrame()
     notes = rows["attack_note"].fillna("").astype(str) if "attack_note" in rows else pd.Series("", index=rows.index)
-    rows = rows[~notes.str.contains(REUSED_NOTE, regex=False)]
+    reused = notes.str.contains(REUSED_NOTE, regex=False)  # runs from before the attack_reused column
+    if "attack_reused" in rows:
+        reused |= rows["attack_reused"].fillna(False).astype(bool)
+    rows = rows[~reused]
     rows = rows.assign(attack_s=pd.to_numeric(rows["attack_s"], errors="coerce")).dropna(subset=["attack_s"])
     if rows.empty:
         return pd.DataFrame()

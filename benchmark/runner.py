@@ -308,6 +308,7 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
     t0 = time.perf_counter()
     if shared and key in memo:
         rec, row["attack_s"] = memo[key]
+        row["attack_reused"] = True  # attack_s is the computing row's: count it once
         rec = dataclasses.replace(rec, note="; ".join(x for x in (rec.note, "same as the other mode: the view hides and "
                                                                  "permutes nothing (computed once)") if x))
     else:

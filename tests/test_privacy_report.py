@@ -109,8 +109,10 @@ def test_attack_time_table_counts_each_computation_once():
     data = rows("plain_lora", "plain_lora", {}, [1.0, 0.9, 0.8], 4) + rows("plain_lora", "plain_lora", {}, [0.2] * 3, 8)
     for i, r in enumerate(data):
         r["attack_s"] = 10.0 * (i + 1)
-    reused = [{**r, "attack_mode": "adaptive", "attack_s": 999.0,
-               "attack_note": "dager variant; same as the other mode: the view hides nothing"} for r in data]
+    reused = [{**r, "attack_mode": "adaptive", "attack_s": 999.0, "attack_reused": True, "attack_note": "dager variant"}
+              for r in data[:3]]
+    reused += [{**r, "attack_mode": "adaptive", "attack_s": 999.0,  # a run from before the attack_reused column
+                "attack_note": "dager variant; same as the other mode: the view hides nothing"} for r in data[3:]]
     table = attack_time_table(pd.DataFrame(data + reused)).set_index("attack")
     assert table.loc["dager", "batch 4"] == "20 [10, 30] (n=3)"  # the reused copies (999 s) are not counted
     assert table.loc["dager", "batch 8"] == "50 [40, 60] (n=3)"

@@ -104,6 +104,19 @@ def test_component_fingerprint_follows_imports():
     assert "she_lora.py" not in names and "maskcrypt.py" not in names
 
 
+def test_library_modules_count_only_for_the_defenses_that_import_them():
+    """Editing she_lora/lift.py must stale she_lora's cells and leave plain_lora's valid; a module the
+    harness imports (lowrank, through benchmark/federated.py) counts for every cell."""
+    from benchmark.fingerprint import code_files
+
+    def library(target):
+        return {p.name for p in code_files(target, None) if p.parent.name == "she_lora"}
+
+    plain, she = library("defenses.plain_lora:PlainLoRA"), library("defenses.she_lora:SHELoRADefense")
+    assert "lowrank.py" in plain and "lift.py" not in plain and "client.py" not in plain
+    assert {"lift.py", "client.py", "server.py", "plan.py", "lowrank.py", "ckks.py"} <= she
+
+
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
     run = tmp_path / "runs" / "busy"
     run.mkdir(parents=True)

@@ -117,6 +117,7 @@ def test_adaptive_reuses_naive_on_a_clear_view():
     assert rows["naive"]["rouge1"] == rows["adaptive"]["rouge1"]
     assert "computed once" in (rows["adaptive"]["attack_note"] or "")
     assert "computed once" not in (rows["naive"]["attack_note"] or "")
+    assert rows["adaptive"]["attack_reused"] is True and "attack_reused" not in rows["naive"]
 
 
 def test_scenario_seeds_replace_the_suite_seeds():
