@@ -296,26 +296,19 @@ def encrypt_packed(ctx: CKKSContext, values: Any, n_workers: int = 1, exponent: 
     return [ctx.encrypt_slots(c[0] + 1j * c[1]) for c in chunks]
 
 
-def decrypt_packed(ctx: CKKSContext, blobs: Sequence[bytes], length: int, exponent: int = 0, n_workers: int = 1) -> np.ndarray:
+def decrypt_packed(ctx: CKKSContext, blobs: Sequence[bytes], length: int, exponent: int = 0) -> np.ndarray:
     """Inverse of ``encrypt_packed`` (also for sums and scalar products of such payloads); pass the
-    ``exponent`` the payloads were encrypted with (for a sum: the one all summands shared).
-    ``n_workers`` > 1 decrypts contiguous ranges in forked copies of this (the client's) process."""
+    ``exponent`` the payloads were encrypted with (for a sum: the one all summands shared)."""
     cap = ctx.params.capacity
     if not 0 <= length <= len(blobs) * cap:
         raise ValueError(f"decrypt_packed: length {length} does not fit {len(blobs)} ciphertexts of {cap} values")
-    parts = fork_map(_decrypt_range, range(len(blobs)), n_workers, (ctx, blobs))
+    parts = []
+    for blob in blobs:
+        z = ctx.decrypt_slots(ctx.load_ct(blob))
+        parts.append(np.concatenate([z.real, z.imag]))
     out = np.concatenate(parts) if parts else np.zeros(0)
     out = out[:length]
     return np.ldexp(out, int(exponent)) if exponent else out
-
-
-def _decrypt_range(state: tuple, indices: Sequence[int]) -> list[np.ndarray]:
-    ctx, blobs = state
-    out = []
-    for i in indices:
-        z = ctx.decrypt_slots(ctx.load_ct(blobs[i]))
-        out.append(np.concatenate([z.real, z.imag]))
-    return out
 
 
 def exponent_of(values: Any) -> int:
@@ -349,25 +342,19 @@ def agree_exponent(proposals: Sequence[int], summands: int = 1) -> int:
     return int(max(proposals)) + (summands - 1).bit_length()
 
 
-def add_packed(ctx: CKKSContext, payloads: Sequence[Sequence[bytes]], ragged: bool = False, n_workers: int = 1) -> list[bytes]:
+def add_packed(ctx: CKKSContext, payloads: Sequence[Sequence[bytes]], ragged: bool = False) -> list[bytes]:
     """Elementwise ciphertext sum of several clients' packed payloads (server side, no secret key).
 
     ``ragged=True`` accepts payloads of different lengths (prefix-packed vectors of different
-    budgets): ciphertext c is the sum over the payloads that reach c. ``n_workers`` > 1 sums
-    contiguous ranges of ciphertexts in forked workers (same sums, same order per ciphertext).
+    budgets): ciphertext c is the sum over the payloads that reach c.
     """
     if not payloads:
         raise ValueError("add_packed: nothing to add")
     lengths = {len(p) for p in payloads}
     if len(lengths) != 1 and not ragged:
         raise ValueError(f"add_packed: payloads have different ciphertext counts {sorted(lengths)}")
-    return fork_map(_sum_range, range(max(lengths)), n_workers, (ctx, payloads))
-
-
-def _sum_range(state: tuple, indices: Sequence[int]) -> list[bytes]:
-    ctx, payloads = state
     out = []
-    for c in indices:
+    for c in range(max(lengths)):
         acc = None
         for blobs in payloads:
             if c < len(blobs):
@@ -494,35 +481,6 @@ def key_roles(params: CKKSParams) -> tuple[CKKSContext, CKKSContext, dict[str, f
         "context_secret_bytes": float(len(secret_context_bytes(secret))),
     }
     return secret, load_public_context(public), costs
-
-
-# ---- fork-parallel map over ranges of ciphertexts --------------------------------------------
-
-_FORK_STATE: tuple | None = None  # (fn, state) inherited by forked workers; never pickled
-
-
-def _run_forked(indices: Sequence[int]) -> list:
-    assert _FORK_STATE is not None
-    fn, state = _FORK_STATE
-    return fn(state, indices)
-
-
-def fork_map(fn: Any, indices: range, n_workers: int, state: tuple) -> list:
-    """``fn(state, indices)`` over ``indices`` split into ``n_workers`` contiguous ranges, run in
-    forked copies of this process (SEAL holds the GIL, so threads do not help); results in order.
-    The state (contexts, keys, payloads) reaches the workers by fork, never through a pipe, so it
-    stays within this party's own process tree. One process, no fork, below two items per worker."""
-    global _FORK_STATE
-    if n_workers <= 1 or len(indices) < 2 * n_workers:
-        return fn(state, indices)
-    bounds = np.linspace(0, len(indices), n_workers + 1).astype(int)
-    ranges = [indices[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-    _FORK_STATE = (fn, state)
-    try:
-        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as ex:
-            return [item for part in ex.map(_run_forked, ranges) for item in part]
-    finally:
-        _FORK_STATE = None
 
 
 # ---- process-parallel encryption (SEAL holds the GIL, threads do not help) -------------------

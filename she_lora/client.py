@@ -180,7 +180,7 @@ class ClientSide:
         n_entries = int(meta.get("lift_entries", 0))
         if n_entries == 0:
             return {}
-        vec = ckks.decrypt_packed(self.ctx, cipher["lift"], self.plan.offsets[n_entries], n_workers=self.cfg.n_workers)
+        vec = ckks.decrypt_packed(self.ctx, cipher["lift"], self.plan.offsets[n_entries])
         vec *= float(meta["lift_norm"]) / float(meta["n_total"])
         out = {name: np.zeros((self.plan.shapes[name][0], k)) for name, k in k_round.items()}
         for i, (name, j) in enumerate(self.plan.order[:n_entries]):

@@ -110,7 +110,7 @@ class ServerSide:
             raise ValueError("aggregate: clients scaled their lifts by different exponents; agree on them first (agree_exponents)")
         entries = max(self.plan.lift_entries(self.plan.k[i]) for i in ids)
         payloads = [cipher.get("lift", []) for _, cipher, _ in uploads]
-        summed = ckks.add_packed(self.ctx, [p for p in payloads if p], ragged=True, n_workers=self.cfg.n_workers) if any(payloads) else []
+        summed = ckks.add_packed(self.ctx, [p for p in payloads if p], ragged=True) if any(payloads) else []
         exponents = dict(exps.pop()) if exps else {}
         return ({"lift": summed} if summed else {}), {"lift_norm": norms.pop(), "lift_entries": entries}, exponents
 

@@ -126,18 +126,3 @@ def test_encryption_pool_lives_per_key_and_draws_fresh_randomness(lean: ckks.CKK
     assert ckks._ENCRYPT_POOL is not pool and ckks._ENCRYPT_POOL[0] == other.fingerprint
     for ctx, blobs in ((lean, second), (other, y)):
         assert np.abs(ckks.decrypt_packed(ctx, blobs, x.size) - x).max() < 1e-8
-
-
-@pytest.mark.parametrize("n_workers", [2, 3])
-def test_parallel_sum_and_decryption_match_one_process(lean: ckks.CKKSContext, n_workers: int) -> None:
-    rng = np.random.default_rng(4)
-    xs = [rng.normal(0, 0.01, size) for size in (7 * ckks.slots(lean), 5 * ckks.slots(lean) + 3)]  # ragged
-    payloads = [ckks.encrypt_packed(lean, x) for x in xs]
-    serial = ckks.add_packed(lean, payloads, ragged=True)
-    assert ckks.add_packed(lean, payloads, ragged=True, n_workers=n_workers) == serial  # byte for byte
-    total = np.zeros(xs[0].size)
-    for x in xs:
-        total[: x.size] += x
-    one = ckks.decrypt_packed(lean, serial, total.size)
-    np.testing.assert_array_equal(ckks.decrypt_packed(lean, serial, total.size, n_workers=n_workers), one)
-    assert np.abs(one - total).max() < 1e-8
