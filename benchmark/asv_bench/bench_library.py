@@ -79,8 +79,8 @@ class LiftRound(_Heavy):
 
 
 class LiftRoundTwoWorkers(LiftRound):
-    """The same round with two forked workers per party (encryption, sums, lift, decryption): what a
-    2-core server or client can do. A class of its own so that ``LiftRound``'s history stays whole."""
+    """The same round with two forked workers per party where the library has them (client encryption,
+    the server lift; sums and decryption stay in one process): what a 2-core server or client can do. A class of its own so that ``LiftRound``'s history stays whole."""
 
     def setup(self, lift: str) -> None:
         seed_all()
