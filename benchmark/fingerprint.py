@@ -76,8 +76,15 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path, package: str, within: tuple[str, ...] = COMPONENT_PACKAGES) -> set[str]:
-    """Modules of the packages ``within`` that ``path`` (a module of ``package``) imports."""
+def _imported_modules(path: Path, package: str, within: tuple[str, ...] = COMPONENT_PACKAGES) -> frozenset[str]:
+    """Modules of the packages ``within`` that ``path`` (a module of ``package``) imports; parsed once
+    per file version (planning asks for every cell, and the harness files are the same for all)."""
+    st = path.stat()
+    return _parsed_imports(path, st.st_mtime_ns, st.st_size, package, within)
+
+
+@functools.cache
+def _parsed_imports(path: Path, mtime_ns: int, size: int, package: str, within: tuple[str, ...]) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -91,7 +98,7 @@ def _imported_modules(path: Path, package: str, within: tuple[str, ...] = COMPON
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # `from defenses import common`
-    return {m for m in found if any(m == w or m.startswith(w + ".") for w in within)}
+    return frozenset(m for m in found if any(m == w or m.startswith(w + ".") for w in within))
 
 
 @functools.cache

@@ -117,6 +117,17 @@ def test_library_modules_count_only_for_the_defenses_that_import_them():
     assert {"lift.py", "client.py", "server.py", "plan.py", "lowrank.py", "ckks.py"} <= she
 
 
+def test_planning_parses_each_source_file_once():
+    """code_files runs for every planned cell: the import graph is read once per file version."""
+    from benchmark import fingerprint
+
+    fingerprint.code_files("defenses.she_lora:SHELoRADefense", "attacks.dager:DAGER")
+    before = fingerprint._parsed_imports.cache_info().misses
+    for target in ("defenses.she_lora:SHELoRADefense", "defenses.plain_lora:PlainLoRA"):
+        fingerprint.code_files(target, "attacks.dager:DAGER")
+    assert fingerprint._parsed_imports.cache_info().misses - before <= len(fingerprint.component_files("defenses.plain_lora"))
+
+
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
     run = tmp_path / "runs" / "busy"
     run.mkdir(parents=True)
