@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "run_id", "cell_id", "cell_key", "code_fp", "data_fp", "scenario", "defense", "defense_name", "attack",
+    "run_id", "cell_id", "cell_key", "code_fp", "data_fp", "scenario", "defense", "defense_name", "defense_stack", "attack",
     "attack_mode", "seed", "status", "error",
     "utility_metric", "utility", "eval_loss", "rouge1", "rouge2", "rougeL", "token_recall", "token_precision",
     "exact_match", "mia_auc", "mia_auc_lo", "mia_auc_hi", "tpr_at_1fpr", "tpr_at_1fpr_lo", "tpr_at_1fpr_hi",
@@ -21,8 +21,10 @@ COLUMNS = (
     "eval_s", "probe_s", "time_breakdown", "extrapolation", "final_train_loss", "peak_rss_mb",
     "epsilon", "dp_sigma", "dp_clip", "dp_delta", "encrypted_fraction", "agg_rel_err", "tiers", "per_tier",
     "threat_init", "observation", "probe_round", "probe_batch_size", "probe_batch", "probe_rank", "start_known", "server_saw",
-    "metric_directions", "setup_bytes", "device", "engine", "engine_runtime", "transport_bytes", "framing_overhead_bytes",
-    "framing_overhead_frac",
+    "setup_bytes", "device", "engine", "engine_runtime", "transport_bytes", "framing_overhead_bytes",
+    "framing_overhead_frac", "transport_messages",
+    # what the defense declares about itself (benchmark.api.Defense): reports read these, never names
+    "encrypts", "encrypted_share", "tier_facts", "paper_method", "cost_role",
     "defense_params", "attack_params", "privacy", "setup_costs", "null_reasons", "git_commit", "git_dirty", "finished_at",
 )
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.api import AttackerView
+from benchmark.api import AttackerView, Defense
 from benchmark.config import (
     ComponentSpec,
     ConfigError,
@@ -45,6 +45,7 @@ from benchmark.config import (
 from benchmark.provenance import provenance
 from benchmark.registry import Registry
 from benchmark.results import FINISHED, append_row, dumps, empty_row, finished_cells, latest_rows, read_rows
+from benchmark.stacks import SEP, Stack, resolve_stack
 
 log = logging.getLogger("shebench")
 
@@ -198,7 +199,6 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     into groups of cells. A cell's id covers its configuration, the code that computes it and the data."""
     from attacks import ATTACKS
     from benchmark import fingerprint
-    from defenses import DEFENSES
 
     check_suite(suite)
     for label in overrides.defense:
@@ -209,8 +209,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
             raise ConfigError(f"--set attack.{label}: no such attack in this run; valid: {', '.join(a.label for a in suite.attacks) or 'none'}")
     defenses = [ComponentSpec(d.name, d.label, merge(d.params, overrides.defense.get(d.label, {}))) for d in suite.defenses]
     attacks = [ComponentSpec(a.name, a.label, merge(a.params, overrides.attack.get(a.label, {}))) for a in suite.attacks]
-    for d in defenses:
-        _component(DEFENSES, d, {}, "defense")
+    stacks = {d.label: defense_stack(d) for d in defenses}
     for a in attacks:
         for mode in suite.attack_modes:
             _component(ATTACKS, a, {"mode": mode}, "attack")
@@ -237,11 +236,12 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                     pairs = [(None, "", None)]
                 cells = []
                 for a, m, case in pairs:
+                    versions = _defense_versions(d, stacks[d.label]) + ([str(ATTACKS.get(a.name).version)] if a else [])
                     key = stable_hash({"scenario": scenario_key(scenario), "defense": to_dict(d), "attack": to_dict(a) if a else None,
-                                       "mode": m, "seed": seed, "versions": _versions(DEFENSES, ATTACKS, d, a),
+                                       "mode": m, "seed": seed, "versions": versions,
                                        "probe": list(case) if case else None})
-                    code_fp = fingerprint.combine(fingerprint.file_hashes(fingerprint.code_files(
-                        DEFENSES.target(d.name), ATTACKS.target(a.name) if a else None, scenario.engine)))
+                    code_fp = fingerprint.combine(fingerprint.file_hashes(
+                        _cell_files(stacks[d.label], ATTACKS.target(a.name) if a else None, scenario.engine)))
                     cell_id = stable_hash({"key": key, "code": code_fp, "data": data_fp})
                     cells.append(Cell(cell_id, scenario.name, d, a, m, seed, key, code_fp, data_fp, case))
                 groups.append(Group(scenario, d, seed, tuple(cells)))
@@ -253,6 +253,31 @@ def _cases(attacks: Registry, spec: ComponentSpec, scenario: ScenarioConfig) -> 
     from benchmark.federated import probe_keys
 
     return list(probe_keys(scenario)) if attacks.get(spec.name).target == "probe" else [None]
+
+
+def defense_stack(spec: ComponentSpec) -> Stack:
+    """The suite entry's defense, resolved (a stack such as ``dp+she_lora`` or one registered name) and
+    its parameters validated; nothing is built."""
+    from defenses import DEFENSES
+
+    return resolve_stack(spec.name, spec.params, f"defense.{spec.label}", DEFENSES)
+
+
+def _defense_versions(spec: ComponentSpec, stack: Stack) -> list[str]:
+    """A registered name keeps its one version in the cell key (``dp``'s key is what it was before
+    wrappers); a ``+``-joined stack lists every layer's."""
+    return stack.versions if SEP in spec.name else stack.versions[:1]
+
+
+def _cell_files(stack: Stack, attack_target: Any, engine: str) -> list[Path]:
+    """Every code file a cell depends on: the harness, its engine, each layer of its defense, its attack."""
+    from benchmark import fingerprint
+    from defenses import DEFENSES
+
+    files: set[Path] = set()
+    for layer in stack.layers:
+        files.update(fingerprint.code_files(DEFENSES.target(layer.name), attack_target, engine))
+    return sorted(files)
 
 
 def _versions(defenses: Registry, attacks: Registry, d: ComponentSpec, a: ComponentSpec | None) -> list[str]:
@@ -337,10 +362,8 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
 def simulate_group(group: Group, device: str, progress: Callable[[str], None]) -> Any:
     from benchmark.cost import simulate_cost
     from benchmark.engines import ENGINES
-    from defenses import DEFENSES
 
-    cls, params = _component(DEFENSES, group.defense, {}, "defense")
-    defense = cls(params)
+    defense = defense_stack(group.defense).build()
     run = simulate_cost if group.scenario.kind == "cost" else ENGINES.get(group.scenario.engine)
     sim = run(group.scenario, defense, group.seed, device, progress)
     return sim, defense
@@ -350,7 +373,8 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
     row = empty_row()
     row.update(
         run_id=run_id, cell_id=cell.cell_id, scenario=cell.scenario, defense=cell.defense.label,
-        defense_name=cell.defense.name, attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
+        defense_name=cell.defense.name, defense_stack=defense_stack(cell.defense).name,
+        attack=cell.attack.label if cell.attack else "none", attack_mode=cell.mode,
         seed=cell.seed, engine=group.scenario.engine, defense_params=dict(cell.defense.params), device=device,
         tiers="/".join(f"{t.name}:r{t.rank}:b{t.budget:g}" for t in group.scenario.tiers),
         threat_init=group.scenario.threat.init, observation=group.scenario.threat.observation,
@@ -361,6 +385,18 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
         git_commit=prov["git"]["commit"], git_dirty=prov["git"]["dirty"],
     )
     return row
+
+
+def defense_facts(defense: Defense, scenario: ScenarioConfig, seed: int) -> dict[str, Any]:
+    """What the defense declares about itself for this scenario's clients: how much it encrypts per
+    tier and for the probed client, and which of the paper's methods and cost roles it plays."""
+    from benchmark.federated import make_clients, probe_target
+
+    clients = make_clients(scenario, seed)
+    target = clients[probe_target(scenario, seed)] if scenario.kind == "federated" else None
+    return {"encrypts": defense.encrypts, "tier_facts": [dataclasses.asdict(t) for t in defense.tier_facts(clients)],
+            "encrypted_share": defense.applied_budget(target) if target is not None else None,
+            "paper_method": defense.paper_method(), "cost_role": defense.cost_role()}
 
 
 def _probe_rank(scenario: ScenarioConfig, seed: int) -> int:
@@ -402,12 +438,10 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
             row.update(cell_key=cell.key, code_fp=cell.code_fp, data_fp=cell.data_fp)
             if sim_error is None:
                 row.update({k: v for k, v in sim.metrics.items() if k in row})
+                row.update(defense_facts(defense, group.scenario, group.seed))
                 privacy = defense.privacy_params()
                 row["privacy"] = privacy
-                for key, col in (("epsilon", "epsilon"), ("sigma", "dp_sigma"), ("clip", "dp_clip"), ("delta", "dp_delta"),
-                                 ("encrypted_fraction", "encrypted_fraction")):
-                    if key in privacy:
-                        row[col] = privacy[key]
+                row.update(defense.column_values(privacy))
                 row["status"] = "ok"
                 if cell.attack is not None:
                     try:
@@ -509,15 +543,14 @@ def code_and_data(groups: Sequence[Group]) -> tuple[dict[str, str], dict[str, st
     """Per-file hashes of all code the planned cells depend on, and the data/model inputs by content."""
     from attacks import ATTACKS
     from benchmark import fingerprint
-    from defenses import DEFENSES
 
     files: set[Path] = set()
     data: dict[str, str] = {}
     for g in groups:
         data.update(fingerprint.data_inputs(g.scenario))
+        stack = defense_stack(g.defense)
         for c in g.cells:
-            files.update(fingerprint.code_files(DEFENSES.target(c.defense.name), ATTACKS.target(c.attack.name) if c.attack else None,
-                                                g.scenario.engine))
+            files.update(_cell_files(stack, ATTACKS.target(c.attack.name) if c.attack else None, g.scenario.engine))
     return fingerprint.file_hashes(sorted(files)), data
 
 

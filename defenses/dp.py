@@ -1,10 +1,13 @@
-"""Client-level differential privacy on the LoRA update (FlexLoRA-DP, SHE-LoRA's DP baseline).
+"""Client-level differential privacy on the LoRA update (FlexLoRA-DP, SHE-LoRA's DP baseline), as a
+wrapper over any defense.
 
 Each client clips the change of its LoRA factors to an L2 ball of radius C, taken over every factor of
-every module jointly, and adds N(0, sigma^2 C^2) to each coordinate before upload. The client uploads
-``prev + noisy clipped delta``: the server's side stays plain FlexLoRA (it can replay the client's
-start from its own broadcast, so it learns exactly the noisy delta) and the guarantee is that of the
-Gaussian mechanism on the delta.
+every module jointly, and adds N(0, sigma^2 C^2) to each coordinate; the inner defense then proposes
+and protects ``prev + noisy clipped delta`` as if it were the client's update. Over ``plain_lora``
+(``dp`` alone) the server learns exactly the noisy delta (it can replay the client's start) and the
+guarantee is that of the Gaussian mechanism on the delta; over an encrypting defense the server
+learns less, never more. Everything the inner defense derives from the update (SHE-LoRA's top-k
+lists and exponent bounds included) is computed on the noisy update, so it is post-processing.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from benchmark.api import ClientUpdate, Defense, FederationInfo, LoRAFactors, WirePayload
-from defenses.common import encode_factors, update_meta
-from defenses.plain_lora import PlainClient, PlainServer
+from benchmark.api import (
+    ClientUpdate,
+    FederationInfo,
+    LoRAFactors,
+    WirePayload,
+    Wrapper,
+    WrapperClient,
+    WrapperServer,
+)
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -30,15 +39,18 @@ ACCOUNTANTS = ("rdp", "prv")
 class ClientLevelDPParams:
     """Clip norm, noise and accounting of client-level DP."""
 
-    clip: float = 1.0  # C: L2 bound on one client's whole LoRA update (all modules, A and B jointly)
-    sigma: float = 1.0  # noise multiplier: per-coordinate noise std is sigma * clip
-    target_epsilon: float = 0.0  # > 0: ignore sigma and solve it by bisection to spend this epsilon
-    delta: float = 1e-5  # the delta of (epsilon, delta)-DP
-    accountant: str = "rdp"  # opacus accountant: rdp | prv
-    # True: account with q = clients_per_round / n_clients (amplification by client sampling, which
-    # holds for the released aggregate); False: q = 1, the bound against a server that knows who it
-    # sampled and sees each client's noisy update.
-    amplification: bool = True
+    clip: float = field(default=1.0, metadata={
+        "help": "C: L2 bound on one client's whole LoRA update (all modules, A and B jointly); > 0"})
+    sigma: float = field(default=1.0, metadata={
+        "help": "noise multiplier: per-coordinate noise std is sigma * clip; >= 0 (ignored if target_epsilon > 0)"})
+    target_epsilon: float = field(default=0.0, metadata={
+        "help": "> 0: ignore sigma and solve it by bisection to spend this epsilon over the rounds; 0: use sigma"})
+    delta: float = field(default=1e-5, metadata={"help": "the delta of (epsilon, delta)-DP; in (0, 1)"})
+    accountant: str = field(default="rdp", metadata={"help": "opacus privacy accountant: rdp | prv"})
+    amplification: bool = field(default=True, metadata={
+        "help": "true: account with q = clients_per_round / n_clients (amplification by client sampling, which "
+                "holds for the released aggregate); false: q = 1, the bound against a server that knows whom "
+                "it sampled and sees each client's noisy update"})
 
     def __post_init__(self) -> None:
         _check_positive("dp.clip", self.clip)
@@ -153,14 +165,15 @@ def resolve_sigma(params: ClientLevelDPParams, fed: FederationInfo) -> tuple[flo
     return sigma, q, epsilon_for(sigma, q, fed.rounds, params.delta, params.accountant)
 
 
-class DPClient(PlainClient):
-    """Clips its delta from the start to norm C and adds N(0, (sigma C)^2); uploads start + noisy delta."""
+class DPClient(WrapperClient):
+    """Clips its delta from the start to norm C and adds N(0, (sigma C)^2); the inner defense gets
+    start + noisy delta (a gradient probe: the noisy gradient)."""
 
     def setup(self, fed: FederationInfo) -> WirePayload | None:
         self.sigma = resolve_sigma(self.params, fed)[0]
         return super().setup(fed)
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def transform(self, update: ClientUpdate) -> ClientUpdate:
         seed = self.fed.seed if self.fed else 0
         gen = stream(seed, "dp", update.client.client_id, update.round, update.kind)
         noisy, _ = clip_and_noise(update_delta(update), self.params.clip, self.sigma, gen)
@@ -169,13 +182,11 @@ class DPClient(PlainClient):
                 n: LoRAFactors(update.prev[n].A.detach() + f.A, update.prev[n].B.detach() + f.B, f.scale)
                 for n, f in noisy.items()
             }
-        return WirePayload(
-            sender=f"client:{update.client.client_id}", plain=encode_factors(noisy), meta=update_meta(update)
-        )
+        return replace(update, factors=noisy)
 
 
-class DPServer(PlainServer):
-    """Plain FlexLoRA on the noisy uploads; reports the epsilon every client's release spends."""
+class DPServer(WrapperServer):
+    """The inner server role on the noisy uploads; reports the epsilon every client's release spends."""
 
     name: ClassVar[str] = "dp"
 
@@ -186,20 +197,23 @@ class DPServer(PlainServer):
     def privacy_params(self) -> dict[str, Any]:
         p = self.params
         return {
+            **self.inner.privacy_params(),
             "epsilon": self.epsilon, "sigma": self.sigma, "clip": p.clip, "delta": p.delta, "accountant": p.accountant,
             "sample_rate": self.q, "steps": self.fed.rounds if self.fed else None, "level": "client",
-            "encrypted_fraction": 0.0,
         }
 
 
-class ClientLevelDP(Defense):
-    """FlexLoRA-DP: each client clips its LoRA delta to norm C and adds Gaussian noise sigma*C.
+DP_COLUMNS = {"epsilon": "epsilon", "sigma": "dp_sigma", "clip": "dp_clip", "delta": "dp_delta"}
 
-    Upload: ``prev + noisy delta`` for weight updates (a gradient probe uploads the noisy gradient),
-    so the server aggregates plain FlexLoRA and an attacker sees exactly the noisy upload. Epsilon is
-    that of ``rounds`` compositions of the sampled Gaussian mechanism with q = clients_per_round /
-    n_clients (``amplification=False``: q = 1), from opacus' RDP or PRV accountant. Noise streams derive
-    from the federation seed, the client, the round and the update kind.
+
+class ClientLevelDP(Wrapper):
+    """FlexLoRA-DP: each client clips its LoRA delta to norm C and adds Gaussian noise sigma*C; any
+    defense may sit inside (``dp+she_lora``), ``dp`` alone is ``dp+plain_lora``.
+
+    Upload: the inner defense's protection of ``prev + noisy delta`` (a gradient probe uploads the
+    noisy gradient). Epsilon is that of ``rounds`` compositions of the sampled Gaussian mechanism with
+    q = clients_per_round / n_clients (``amplification=False``: q = 1), from opacus' RDP or PRV
+    accountant. Noise streams derive from the federation seed, the client, the round and the update kind.
     """
 
     name: ClassVar[str] = "dp"
@@ -207,3 +221,10 @@ class ClientLevelDP(Defense):
     Params = ClientLevelDPParams
     Client = DPClient
     Server = DPServer
+    family: ClassVar[str] = "dp"
+    columns: ClassVar[Mapping[str, str]] = DP_COLUMNS
+
+    @classmethod
+    def paper_method(cls, inner: str | None) -> str | None:
+        return f"{inner}-DP" if inner else None
+

@@ -1,12 +1,14 @@
-"""Sample-level DP-SGD (DP-LoRA) through opacus on the client's trainable LoRA parameters.
+"""Sample-level DP-SGD (DP-LoRA) through opacus on the client's trainable LoRA parameters, as a
+wrapper over any defense whose client role leaves local training alone (``dp_sgd`` alone is
+``dp_sgd+plain_lora``).
 
-Unlike ``dp`` this defense changes local training itself, so it acts through the harness's optional
+Unlike ``dp`` this wrapper changes local training itself, so it acts through the harness's optional
 ``wrap_training`` hook: opacus attaches per-sample-gradient hooks to the model (the caller keeps using
 its own model object), swaps the optimizer for a ``DPOptimizer`` (per-sample clipping to
 ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``) and, with Poisson sampling,
 the loader for a ``DPDataLoader``. Only trainable parameters get per-sample gradients, so the frozen
 base model (embeddings, RMSNorm, attention) needs no opacus support. Upload and aggregation are
-plain FlexLoRA: the privacy comes from training.
+the inner defense's: the privacy comes from training.
 
 Caveat kept visible: opacus assumes the loss is a mean over samples; a causal-LM loss averaged over
 all tokens of a batch weights samples by their token counts. Classification (one label token per
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -26,9 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from benchmark.api import ClientInfo, ClientUpdate, Defense, WirePayload
-from defenses.dp import check_accountant, check_delta, stream
-from defenses.plain_lora import PlainClient, PlainServer
+from benchmark.api import (
+    ClientInfo,
+    ClientRole,
+    ClientUpdate,
+    Defense,
+    WirePayload,
+    Wrapper,
+    WrapperClient,
+    WrapperServer,
+)
+from defenses.dp import DP_COLUMNS, check_accountant, check_delta, stream
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
 # opacus' backward hooks on the first LoRA layer see inputs that need no gradient (frozen embeddings);
@@ -40,12 +50,16 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 class DPSGDParams:
     """Per-sample clipping, noise and accounting of DP-SGD."""
 
-    noise_multiplier: float = 1.0  # sigma: noise std is noise_multiplier * max_grad_norm per step
-    max_grad_norm: float = 1.0  # C: per-sample gradient L2 bound (over all trainable parameters)
-    delta: float = 1e-5  # the delta of (epsilon, delta)-DP
-    accountant: str = "rdp"  # opacus accountant: rdp | prv
-    poisson_sampling: bool = True  # opacus' DPDataLoader (what the accountant assumes); False keeps the loader
-    grad_sample_mode: str = "hooks"  # opacus per-sample gradient engine: hooks | functorch
+    noise_multiplier: float = field(default=1.0, metadata={
+        "help": "sigma: noise std is noise_multiplier * max_grad_norm per step; >= 0"})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "help": "C: per-sample gradient L2 bound over all trainable parameters; > 0"})
+    delta: float = field(default=1e-5, metadata={"help": "the delta of (epsilon, delta)-DP; in (0, 1)"})
+    accountant: str = field(default="rdp", metadata={"help": "opacus privacy accountant: rdp | prv"})
+    poisson_sampling: bool = field(default=True, metadata={
+        "help": "opacus' DPDataLoader (what the accountant assumes); false keeps the harness's batches"})
+    grad_sample_mode: str = field(default="hooks", metadata={
+        "help": "opacus per-sample gradient engine: hooks | functorch"})
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
@@ -60,8 +74,8 @@ class DPSGDParams:
             )
 
 
-class DPSGDClient(PlainClient):
-    """DP-SGD on the LoRA parameters (opacus); uploads the resulting factors in the clear.
+class DPSGDClient(WrapperClient):
+    """DP-SGD on the LoRA parameters (opacus); the inner defense protects the resulting factors.
 
     The engine calls ``wrap_training(model, optimizer, loader, client)`` before local training and
     trains with what it returns; ``release`` (or ``protect``) then detaches opacus from the model.
@@ -69,8 +83,8 @@ class DPSGDClient(PlainClient):
     largest epsilon over clients (the guarantee every client gets): only clients know it.
     """
 
-    def __init__(self, params: DPSGDParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: DPSGDParams, inner: ClientRole) -> None:
+        super().__init__(params, inner)
         self._engines: dict[int, Any] = {}
         self._wraps: dict[int, int] = {}
         self._hooks: Any = None
@@ -125,6 +139,7 @@ class DPSGDClient(PlainClient):
         if self._hooks is not None:
             self._hooks.cleanup()
             self._hooks = None
+        self.inner.release()
 
     def protect(self, update: ClientUpdate) -> WirePayload:
         self.release()  # local training is over once the client uploads
@@ -150,6 +165,7 @@ class DPSGDClient(PlainClient):
         eps = self.epsilons()
         steps = self.steps()
         return {
+            **self.inner.privacy_params(),
             "epsilon": max(eps.values()) if eps else 0.0,
             "epsilon_mean": sum(eps.values()) / len(eps) if eps else 0.0,
             "sigma": p.noise_multiplier,
@@ -158,24 +174,40 @@ class DPSGDClient(PlainClient):
             "accountant": p.accountant,
             "steps_max": max(steps.values()) if steps else 0,
             "level": "sample",
-            "encrypted_fraction": 0.0,
         }
 
 
-class DPSGDServer(PlainServer):
-    """Plain FlexLoRA: the privacy comes from the clients' training."""
+class DPSGDServer(WrapperServer):
+    """The inner server role, unchanged: the privacy comes from the clients' training."""
 
     name: ClassVar[str] = "dp_sgd"
 
 
-class DPSGD(Defense):
-    """DP-SGD on the LoRA parameters (opacus), FlexLoRA aggregation of the resulting factors."""
+class DPSGD(Wrapper):
+    """DP-SGD on the LoRA parameters (opacus) under any defense that leaves training alone; ``dp_sgd``
+    alone is ``dp_sgd+plain_lora`` (FlexLoRA aggregation of the DP-trained factors)."""
 
     name: ClassVar[str] = "dp_sgd"
     version: ClassVar[str] = "2"
     Params = DPSGDParams
     Client = DPSGDClient
     Server = DPSGDServer
+    family: ClassVar[str] = "dp"
+    columns: ClassVar[Mapping[str, str]] = DP_COLUMNS
+
+    @classmethod
+    def cannot_wrap(cls, inner: Defense) -> str | None:
+        role = inner.client
+        while True:  # through every wrapper layer down to the defense
+            if type(role).wrap_training not in (ClientRole.wrap_training, WrapperClient.wrap_training):
+                return "its client role already changes local training (wrap_training); opacus would wrap it twice"
+            if not isinstance(role, WrapperClient):
+                return None
+            role = role.inner
+
+    @classmethod
+    def paper_method(cls, inner: str | None) -> str | None:
+        return f"{inner}-DP-SGD" if inner else None
 
 
 def pad_collate(rows: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:

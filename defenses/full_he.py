@@ -319,3 +319,12 @@ class FullHE(Defense):
     Params = FullHEParams
     Client = FullHEClient
     Server = FullHEServer
+    encrypts: ClassVar[str] = "all"
+
+    def paper_method(self) -> str | None:
+        return "full HE"
+
+    def cost_role(self) -> str | None:
+        """The paper's full-HE reference relays ciphertexts (``stack``); ``lift`` encrypts dense m x n
+        deltas, which the paper does not compare."""
+        return f"full_he_{self.params.packing}" if self.params.aggregation == "stack" else None

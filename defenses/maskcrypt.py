@@ -432,6 +432,16 @@ class MaskCrypt(Defense):
     Params = MaskCryptParams
     Client = MaskCryptClient
     Server = MaskCryptServer
+    encrypts: ClassVar[str] = "selective"
+
+    def applied_budget(self, tier: ClientInfo) -> float | None:
+        return tier.budget if self.params.budget is None else self.params.budget
+
+    def paper_method(self) -> str | None:
+        return "MaskCrypt (same HE cost)"
+
+    def cost_role(self) -> str | None:
+        return "maskcrypt"
 
 
 def _unflat(values: np.ndarray, names: Sequence[str], shapes: Mapping[str, tuple[int, int]], rank: int, scale: float) -> dict[str, LoRAFactors]:

@@ -100,3 +100,9 @@ class PlainLoRA(Defense):
     Params = PlainLoRAParams
     Client = PlainClient
     Server = PlainServer
+
+    def paper_method(self) -> str | None:
+        return "FlexLoRA"
+
+    def cost_role(self) -> str | None:
+        return "plain_lora"

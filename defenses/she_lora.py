@@ -357,3 +357,13 @@ class SHELoRADefense(Defense):
     Params = SHELoRAParams
     Client = SHELoRAClient
     Server = SHELoRAServer
+    encrypts: ClassVar[str] = "selective"
+
+    def applied_budget(self, tier: ClientInfo) -> float | None:
+        return tier.budget * self.params.budget_scale
+
+    def paper_method(self) -> str | None:
+        return "SHE-LoRA"
+
+    def cost_role(self) -> str | None:
+        return f"she_lora_{self.params.lift}"

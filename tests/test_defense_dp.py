@@ -40,7 +40,7 @@ def _flat(factors) -> torch.Tensor:
 
 def test_noise_matches_sigma_times_clip():
     fed = _fed()
-    d = Duo(ClientLevelDP(ClientLevelDPParams(clip=0.5, sigma=2.0)))
+    d = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(clip=0.5, sigma=2.0)))
     d.setup(fed)
     gen = torch.Generator().manual_seed(1)
     prev = _factors(fed.clients[1], gen)
@@ -57,7 +57,7 @@ def test_clipping_bounds_the_joint_norm_and_keeps_small_updates():
     gen = torch.Generator().manual_seed(2)
     client = fed.clients[0]
     prev, trained = _factors(client, gen), _factors(client, gen, std=1.0)
-    d = Duo(ClientLevelDP(ClientLevelDPParams(clip=0.3, sigma=0.0)))
+    d = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(clip=0.3, sigma=0.0)))
     d.setup(fed)
     view = d.observe(d.protect(_update(client, trained, prev)))
     delta = _flat({n: LoRAFactors(m.A - prev[n].A, m.B - prev[n].B) for n, m in view.modules.items()})
@@ -73,7 +73,7 @@ def test_noise_is_seeded_per_client_round_and_kind():
     gen = torch.Generator().manual_seed(3)
     c0 = fed.clients[0]
     prev = _factors(c0, gen)
-    d = Duo(ClientLevelDP(ClientLevelDPParams(sigma=1.0)))
+    d = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(sigma=1.0)))
     d.setup(fed)
     a = d.protect(_update(c0, prev, prev)).plain
     b = d.protect(_update(c0, prev, prev)).plain
@@ -86,7 +86,7 @@ def test_without_noise_and_clipping_aggregate_equals_plain_lora():
     fed = _fed()
     gen = torch.Generator().manual_seed(4)
     updates = [_update(c, _factors(c, gen), _factors(c, gen), n=5 + c.client_id) for c in fed.clients]
-    dp, plain = Duo(ClientLevelDP(ClientLevelDPParams(clip=1e6, sigma=0.0))), Duo(PlainLoRA())
+    dp, plain = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(clip=1e6, sigma=0.0))), Duo(PlainLoRA())
     dp.setup(fed)
     plain.setup(fed)
     got = dp.aggregate([dp.protect(u) for u in updates])
@@ -102,7 +102,7 @@ def test_gradient_probe_is_clipped_and_noised_as_is():
     gen = torch.Generator().manual_seed(5)
     c0 = fed.clients[0]
     grads = _factors(c0, gen, std=1.0)
-    d = Duo(ClientLevelDP(ClientLevelDPParams(clip=0.1, sigma=0.0)))
+    d = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(clip=0.1, sigma=0.0)))
     d.setup(fed)
     view = d.observe(d.protect(_update(c0, grads, _factors(c0, gen), kind="grad")))
     got = _flat({n: LoRAFactors(m.A, m.B) for n, m in view.modules.items()})
@@ -114,7 +114,7 @@ def test_epsilon_agrees_with_the_rdp_accountant():
     from opacus.accountants import RDPAccountant
 
     fed = _fed(rounds=100, per_round=1, n_clients=10)  # q = 0.1
-    d = Duo(ClientLevelDP(ClientLevelDPParams(sigma=1.0, delta=1e-5)))
+    d = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(sigma=1.0, delta=1e-5)))
     d.setup(fed)
     acc = RDPAccountant()
     acc.history = [(1.0, 0.1, 100)]
@@ -123,7 +123,7 @@ def test_epsilon_agrees_with_the_rdp_accountant():
     assert pp["epsilon"] == pytest.approx(7.9, abs=0.1)  # independent measurement (research notes)
     assert pp["sample_rate"] == pytest.approx(0.1)
     assert {"sigma", "clip", "delta", "accountant"} <= set(pp)
-    no_amp = Duo(ClientLevelDP(ClientLevelDPParams(sigma=1.0, amplification=False)))
+    no_amp = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(sigma=1.0, amplification=False)))
     no_amp.setup(fed)
     assert no_amp.privacy_params()["epsilon"] > 3 * pp["epsilon"]
 
@@ -133,7 +133,7 @@ def test_target_epsilon_solves_sigma():
     assert sigma == pytest.approx(0.99, abs=0.02)
     assert epsilon_for(sigma, 0.1, 100, 1e-5) <= 8.0
     fed = _fed(rounds=100, per_round=1, n_clients=10)
-    d = Duo(ClientLevelDP(ClientLevelDPParams(target_epsilon=8.0)))
+    d = Duo(ClientLevelDP.over(PlainLoRA(), ClientLevelDPParams(target_epsilon=8.0)))
     d.setup(fed)
     assert d.privacy_params()["sigma"] == pytest.approx(sigma)
     assert math.isinf(epsilon_for(0.0, 0.1, 10, 1e-5))

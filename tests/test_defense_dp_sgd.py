@@ -60,7 +60,7 @@ def _opt(model, kind="sgd"):
 
 def _defense(**kw):
     """Both roles set up over a channel; training goes through ``.client`` (the role the engine wraps)."""
-    return Duo(DPSGD(DPSGDParams(**kw)), FederationInfo((CLIENT,), {}, 2, 1, 0))
+    return Duo(DPSGD.over(PlainLoRA(), DPSGDParams(**kw)), FederationInfo((CLIENT,), {}, 2, 1, 0))
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
@@ -102,7 +102,7 @@ def test_epsilon_tracks_steps_per_client(lora_model):
     from opacus.accountants import RDPAccountant
 
     other = ClientInfo(1, "t", 4, 0.0, 8.0)
-    d = Duo(DPSGD(DPSGDParams(noise_multiplier=1.0, max_grad_norm=1.0)), FederationInfo((CLIENT, other), {}, 2, 2, 0))
+    d = Duo(DPSGD.over(PlainLoRA(), DPSGDParams(noise_multiplier=1.0, max_grad_norm=1.0)), FederationInfo((CLIENT, other), {}, 2, 2, 0))
     assert d.privacy_params()["epsilon"] == 0.0
     for client, steps in ((CLIENT, 3), (other, 1), (CLIENT, 2)):
         model = copy.deepcopy(lora_model)
@@ -136,11 +136,11 @@ def test_upload_and_aggregation_are_flexlora():
         ClientUpdate(c, 1, {"m": LoRAFactors(torch.randn(c.rank, 6, generator=gen), torch.randn(8, c.rank, generator=gen), c.scale)}, 3, {})
         for c in fed.clients
     ]
-    d, p = Duo(DPSGD(), fed), Duo(PlainLoRA(), fed)
+    d, p = Duo(DPSGD.over(PlainLoRA()), fed), Duo(PlainLoRA(), fed)
     got = d.aggregate([d.protect(u) for u in updates])
     ref = p.aggregate([p.protect(u) for u in updates])
     assert all(torch.equal(got.plain[k], ref.plain[k]) for k in ref.plain)
-    assert d.observe(d.protect(updates[0])).defense == "dp_sgd"
+    assert d.observe(d.protect(updates[0])).defense == "dp_sgd+plain_lora"
 
 
 @pytest.mark.parametrize(

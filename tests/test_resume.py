@@ -99,9 +99,20 @@ def test_a_code_change_makes_cells_stale_and_names_the_file(tmp_path, temp_defen
 def test_component_fingerprint_follows_imports():
     from benchmark.fingerprint import component_files
 
-    names = {p.name for p in component_files("defenses.dp")}
-    assert {"dp.py", "plain_lora.py", "common.py", "__init__.py"} <= names
-    assert "she_lora.py" not in names and "maskcrypt.py" not in names
+    names = {p.name for p in component_files("defenses.maskcrypt")}
+    assert {"maskcrypt.py", "dp.py", "common.py", "__init__.py", "ckks.py"} <= names
+    assert "she_lora.py" not in names and "plain_lora.py" not in names
+
+
+def test_a_stack_cell_counts_every_layer_code():
+    """``dp`` imports no other defense, yet its cells run over plain_lora: the fingerprint follows the stack."""
+    from benchmark.config import ComponentSpec
+    from benchmark.runner import _cell_files, defense_stack
+
+    names = {p.name for p in _cell_files(defense_stack(ComponentSpec("dp", "dp")), None, "inproc")}
+    assert {"dp.py", "plain_lora.py"} <= names and "she_lora.py" not in names
+    names = {p.name for p in _cell_files(defense_stack(ComponentSpec("dp+she_lora", "x")), None, "inproc")}
+    assert {"dp.py", "she_lora.py"} <= names and "plain_lora.py" not in names
 
 
 def test_library_modules_count_only_for_the_defenses_that_import_them():

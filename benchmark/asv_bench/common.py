@@ -77,8 +77,11 @@ def make_defense(name: str, params: Mapping[str, Any] | None = None) -> Any:
         cls = registry.get(name)
     except Exception as exc:  # unregistered or its module is missing
         raise NotImplementedError(f"defense {name!r} is not available at this commit: {exc}") from exc
-    config = need("benchmark.config")
-    return cls(config.params_from_dict(cls.Params, dict(params or {}), f"defense.{name}"))
+    try:  # since wrappers (dp, dp_sgd) exist, every defense is built through its stack
+        return importlib.import_module("benchmark.stacks").build_defense(name, params, registry)
+    except ModuleNotFoundError:
+        config = need("benchmark.config")
+        return cls(config.params_from_dict(cls.Params, dict(params or {}), f"defense.{name}"))
 
 
 def federation(ranks: Sequence[int], budgets: Sequence[float], shapes: Mapping[str, tuple[int, int]] = SHAPES,
