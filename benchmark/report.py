@@ -24,6 +24,7 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from benchmark.config import ConfigError  # noqa: E402
 from benchmark.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
+from benchmark.staleness import run_staleness  # noqa: E402
 
 # Columns the report reads; rows written before a column existed get it as missing.
 REPORT_COLUMNS = ("run_id", "scenario", "defense", "defense_name", "attack", "attack_mode", "seed", "status", "error",
@@ -91,7 +92,11 @@ def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd
         if stale and problems is not None:
             problems.append(f"{run / 'rows.jsonl'}: {len(stale)} rows were computed with older code or data and are "
                             "left out; re-run the run's command to recompute them")
-        rows += [r for r in latest if not any(r is s for s in stale)]
+        kept = [r for r in latest if not any(r is s for s in stale)]
+        moved = run_staleness(kept, manifest)
+        if moved.stale and problems is not None:
+            problems.append(moved.describe(run / "rows.jsonl", len(kept)))
+        rows += [{**r, "stale": r.get("cell_id") in moved.stale} for r in kept]
     df = pd.DataFrame(rows)
     for col in REPORT_COLUMNS:
         if col not in df:
@@ -262,9 +267,10 @@ def summary_table(run_dir: Path, cells: set[str] | None = None) -> str:
     return "\n".join(t.rstrip() for t in table)
 
 
-def rank_sweep(df: pd.DataFrame, attack: str = "dager") -> pd.DataFrame:
-    """ROUGE-1 of ``attack`` by probe batch size (rows) and LoRA rank (columns), where a run swept them."""
-    rows = df[(df["attack"] == attack) & (df["status"] == "ok") & (df["defense_name"] == "plain_lora")]
+def rank_sweep(df: pd.DataFrame, attack: str = "dager", defense: str = "plain_lora") -> pd.DataFrame:
+    """ROUGE-1 of ``attack`` against ``defense`` (registry defaults: the unprotected baseline) by probe
+    batch size (rows) and LoRA rank (columns), where a run swept them."""
+    rows = df[(df["attack"] == attack) & (df["status"] == "ok") & (df["defense_name"] == defense)]
     if rows.empty or "probe_rank" not in rows or rows["probe_rank"].nunique() * rows["probe_batch_size"].nunique() < 2:
         return pd.DataFrame()
     pivot = rows.pivot_table(index="probe_batch_size", columns="probe_rank", values="rouge1", aggfunc="mean")
@@ -514,7 +520,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
     if not failed.empty:
         lines += ["", "## Failed cells", "", _markdown(failed[["scenario", "defense", "attack", "attack_mode", "seed", "error"]])]
     if problems:
-        lines += ["", "## Skipped lines", ""] + [f"- {p}" for p in problems[:50]]
+        lines += ["", "## Skipped lines and stale rows", ""] + [f"- {p}" for p in problems[:50]]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "report_rows.json").write_text(json.dumps({"rows": len(df)}))

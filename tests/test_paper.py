@@ -32,13 +32,17 @@ def _rows(scenario: str = "cost_openllama3b", labels: dict[str, str] | None = No
 
 
 def test_role_reads_name_and_params() -> None:
-    assert role("she_lora", {"lift": "server_lift"}) == "she_lora_server_lift"
-    assert role("she_lora", {}) == "she_lora_client_lift"  # the defense's default lift
-    assert role("full_he", {}) == "full_he_dense"
-    assert role("full_he", {"packing": "per_column"}) == "full_he_per_column"
-    assert role("full_he", {"packing": "dense", "aggregation": "lift"}) is None
-    assert role("maskcrypt", None) == "maskcrypt"
-    assert role("dp", {}) is None
+    def row(name, params):
+        return {"defense_name": name, "defense_params": params}
+
+    assert role(row("she_lora", {"lift": "server_lift"})) == "she_lora_server_lift"
+    assert role(row("she_lora", {})) == "she_lora_client_lift"  # the defense's default lift
+    assert role(row("full_he", {})) == "full_he_dense"
+    assert role(row("full_he", {"packing": "per_column"})) == "full_he_per_column"
+    assert role(row("full_he", {"packing": "dense", "aggregation": "lift"})) is None
+    assert role(row("maskcrypt", None)) == "maskcrypt"
+    assert role(row("dp", {})) is None
+    assert role({"cost_role": "declared", "encrypts": "none"}) == "declared"  # a row's own declaration wins
 
 
 def test_reduction_edge_cases() -> None:

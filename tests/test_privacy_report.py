@@ -52,7 +52,7 @@ def test_nominal_budget_reads_scale_and_tier():
 def test_paper_table_places_each_figure_beside_ours_with_a_verdict():
     data = (rows("plain_lora", "plain_lora", {}, [1.0] * 15, 4) + rows("plain_lora", "plain_lora", {}, [0.2] * 15, 8)
             + rows("she_lora", "she_lora_0.125", {"budget_scale": 0.125}, [0.0] * 15, 4)
-            + rows("she_lora", "she_lora_20", {"budget_scale": 20.0}, [0.0] * 15, 4)  # not the paper's budget
+            + rows("she_lora", "she_lora_20", {"budget_scale": 0.5}, [0.0] * 15, 4)  # not the paper's budget
             + rows("dp", "dp", {}, [0.0] * 15, 16, status="abstained"))
     table = paper_table(pd.DataFrame(data))
     got = {(r["method"], r["batch"]): r for _, r in table.iterrows()}
@@ -71,7 +71,7 @@ def test_batch_table_and_plots(tmp_path):
         data += rows("plain_lora", "plain_lora", {}, [r] * 6, b)
         for mode in ("naive", "adaptive"):
             data += rows("she_lora", "she_lora_1", {"budget_scale": 1.0}, [0.0] * 6, b, mode=mode)
-            data += rows("she_lora", "she_lora_20", {"budget_scale": 20.0}, [0.1] * 6, b, mode=mode)
+            data += rows("she_lora", "she_lora_20", {"budget_scale": 0.5}, [0.1] * 6, b, mode=mode)
     df = pd.DataFrame(data)
     table = batch_table(df)
     assert {"batch 1", "batch 2", "batch 4"} <= set(table.columns)

@@ -12,7 +12,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.config import ConfigError, suite_from_dict
 from benchmark.results import dumps, read_rows
-from benchmark.runner import Overrides, plan, resume_state, run_lock, write_manifest
+from benchmark.runner import Overrides, execute, plan, resume_state, run_lock, write_manifest
 from defenses import DEFENSES
 
 
@@ -185,3 +185,23 @@ def test_report_marks_abstentions_and_uses_declared_directions(tmp_path):
     assert "leak/naive (score_x ↑)" in text  # direction from the row: higher score_x means a weaker attack
     assert "1. the span check found no token in the observed subspace" in text
     assert "| tiny | she_lora | client | upload | 1 | 1 | plaintext A (80% of columns), B; 1.2 MB ciphertext | estimate |" in text
+
+
+def test_a_report_marks_rows_whose_code_changed_and_names_the_files(tmp_path, temp_defense):
+    """Committed runs are not recomputed after every change: their reports must say which rows are stale."""
+    from benchmark.report import load_runs
+
+    suite = suite_from_dict({"scenarios": ["tiny"], "defenses": ["temp_def", "plain_lora"]})
+    groups = plan(suite, Overrides({}, {}, {}))
+    run = tmp_path / "run"
+    execute(groups, run, "cpu", quiet=True)
+    write_manifest(run, suite, groups, ["shebench", "run"], "cpu")
+    problems: list[str] = []
+    assert not load_runs([run], problems)["stale"].any() and not problems
+
+    temp_defense.write_text(temp_defense.read_text() + "\n# a behavioural change\nVERSION = 2\n")
+    problems = []
+    df = load_runs([run], problems)
+    assert df.set_index("defense")["stale"].to_dict() == {"temp_def": True, "plain_lora": False}
+    assert len(problems) == 1 and "1 of 2 rows are stale" in problems[0]
+    assert temp_defense.resolve().as_posix() in problems[0]
