@@ -16,8 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import (
+from attacks.toolkit.decoding import (
     encoder_decode,
     first_layer_is_position_free,
     greedy_decode,
@@ -27,10 +26,11 @@ from attacks.decoding import (
     token_bag,
     vocab_distances,
 )
-from attacks.labels import complete_labels
-from attacks.probing import capture_inputs, is_decoder
-from attacks.subspace import split_by_gap
-from attacks.textutil import TemplateIds, decode, harness_ids
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.probing import capture_inputs, is_decoder
+from attacks.toolkit.subspace import split_by_gap
+from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 

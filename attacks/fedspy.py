@@ -39,8 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import (
+from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
     greedy_decode,
@@ -50,10 +49,11 @@ from attacks.decoding import (
     token_bag,
     vocab_distances,
 )
-from attacks.labels import complete_labels
-from attacks.probing import capture_inputs, is_decoder
-from attacks.subspace import Span, fit_span, split_by_gap
-from attacks.textutil import decode, harness_ids
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.probing import capture_inputs, is_decoder
+from attacks.toolkit.subspace import Span, fit_span, split_by_gap
+from attacks.toolkit.textutil import decode, harness_ids
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "

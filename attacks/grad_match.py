@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.common import check_mode, unusable
-from attacks.decoding import first_layer_is_position_free, layer_checks, vocab_distances
-from attacks.labels import complete_labels
-from attacks.lorahooks import attached, flatten_grads, observed_target
-from attacks.probing import device_of, is_decoder, locate
-from attacks.refine import refine
-from attacks.textutil import TemplateIds, decode, harness_ids
+from attacks.toolkit.decoding import first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.lorahooks import attached, flatten_grads, observed_target
+from attacks.toolkit.preconditions import check_mode, unusable
+from attacks.toolkit.probing import device_of, is_decoder, locate
+from attacks.toolkit.refine import refine
+from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.common import check_mode
-from attacks.probing import device_of, is_decoder, locate
+from attacks.toolkit.preconditions import check_mode
+from attacks.toolkit.probing import device_of, is_decoder, locate
 from benchmark.api import MEMBERSHIP_METRICS, AttackerView, ObservedModule, Reconstruction
 
 SCORES = ("loss", "zlib", "mink", "ref")

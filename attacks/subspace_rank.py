@@ -15,16 +15,16 @@ from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import (
+from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
     layer_checks,
     soft_decode,
     vocab_distances,
 )
-from attacks.probing import is_decoder
-from attacks.textutil import decode, harness_ids
+from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.probing import is_decoder
+from attacks.toolkit.textutil import decode, harness_ids
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import first_layer_is_position_free, layer_checks, token_bag, vocab_distances
-from attacks.subspace import split_by_gap
+from attacks.toolkit.decoding import first_layer_is_position_free, layer_checks, token_bag, vocab_distances
+from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.subspace import split_by_gap
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 

@@ -45,14 +45,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import LayerCheck, first_layer_is_position_free, layer_checks, vocab_distances
 from attacks.fedspy import joint_check
-from attacks.labels import complete_labels
-from attacks.lmprior import PrefixPrior
-from attacks.probing import is_decoder, last_position_inputs
-from attacks.subspace import split_by_gap
-from attacks.textutil import TemplateIds, decode, harness_ids
+from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.lmprior import PrefixPrior
+from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.probing import is_decoder, last_position_inputs
+from attacks.toolkit.subspace import split_by_gap
+from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
 from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
 
 VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (no embedding gradient in a "

@@ -6,8 +6,9 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+import toy
 
-from attacks import ATTACKS, toy
+from attacks import ATTACKS
 from benchmark.api import AttackerView, Reconstruction
 from benchmark.config import ConfigError, params_from_dict
 
