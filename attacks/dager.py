@@ -20,26 +20,25 @@ from attacks.toolkit.decoding import (
     encoder_decode,
     first_layer_is_position_free,
     greedy_decode,
-    layer_checks,
     prefix_distances,
     soft_decode,
     token_bag,
     vocab_distances,
 )
 from attacks.toolkit.labels import complete_labels
-from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
 from attacks.toolkit.subspace import split_by_gap
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class DAGERParams:
+class DAGERParams(AttackParams):
     """``tau1``/``tau2``: first/second-layer span-distance thresholds (relative); ``rank_tol``: relative
     singular-value cut for the rank estimate; the rest bound the search."""
 
-    mode: str = "naive"
+    attack: ClassVar[str] = "dager"
     rank_tol: float = 1e-7
     tau1: float = 1e-3
     tau2: float = 1e-2
@@ -52,11 +51,7 @@ class DAGERParams:
     label_top_k: int = 6  # label candidates added per ranking and round
     label_budget: int = 24  # most candidates per ranking before giving up on an exact match
 
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
-
-
-class DAGER:
+class DAGER(Attack):
     name: ClassVar[str] = "dager"
     version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -64,20 +59,11 @@ class DAGER:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = DAGERParams
+    params: DAGERParams
 
-    def __init__(self, params: DAGERParams | None = None) -> None:
-        self.params = params or DAGERParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
-        checks = layer_checks(view, p.mode == "adaptive", p.rank_tol)
-        if not checks:
-            return Reconstruction.abstain(no_usable_update(view))
-        if checks[0].layer != 0:
-            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; the vocabulary check needs layer 0")
+        checks = layer0_checks(view, p.mode == "adaptive", p.rank_tol, "the vocabulary check")
         first = checks[0]
         second = checks[1] if len(checks) > 1 else None
         if first.vacuous:

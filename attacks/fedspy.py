@@ -43,30 +43,29 @@ from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
     greedy_decode,
-    layer_checks,
     prefix_distances,
     soft_decode,
     token_bag,
     vocab_distances,
 )
 from attacks.toolkit.labels import complete_labels
-from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
 from attacks.toolkit.subspace import Span, fit_span, split_by_gap
 from attacks.toolkit.textutil import decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "
                 "(no per-candidate gradient recomputation: one observed update, not raw per-step gradients)")
 
 
 @dataclass(frozen=True)
-class FedSpyParams:
+class FedSpyParams(AttackParams):
     """``tau1``/``tau2``: first/second-layer relative span-distance thresholds of the exact regime;
     ``tokens_per_example``: the bag size per example when the joint span saturates (soft regime);
     the rest bound the search."""
 
-    mode: str = "naive"
+    attack: ClassVar[str] = "fedspy"
     rank_tol: float = 1e-7
     tau1: float = 1e-3
     tau2: float = 1e-2
@@ -77,7 +76,7 @@ class FedSpyParams:
     complete_label: bool = True
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
         if self.max_bag < 1 or self.max_len < 1 or self.max_beams < 1:
             raise ValueError("max_bag, max_len and max_beams must be positive")
 
@@ -123,7 +122,7 @@ def explained_energy(span: Span, inputs: Tensor) -> float:
     return float((M @ Q).pow(2).sum() / M.pow(2).sum().clamp_min(1e-30))
 
 
-class FedSpy:
+class FedSpy(Attack):
     name: ClassVar[str] = "fedspy"
     version: ClassVar[str] = "1"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -131,21 +130,12 @@ class FedSpy:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = FedSpyParams
+    params: FedSpyParams
 
-    def __init__(self, params: FedSpyParams | None = None) -> None:
-        self.params = params or FedSpyParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol)
-        if not checks:
-            return Reconstruction.abstain(no_usable_update(view))
-        if checks[0].layer != 0:
-            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; token extraction needs layer 0")
+        checks = layer0_checks(view, adaptive, p.rank_tol, "token extraction")
         first = joint_check(checks[0], p.rank_tol)
         second = joint_check(checks[1], p.rank_tol) if len(checks) > 1 else None
         model, tok = view.model, view.tokenizer

@@ -22,19 +22,18 @@ from torch import Tensor
 from attacks.toolkit.decoding import first_layer_is_position_free, layer_checks, vocab_distances
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.lorahooks import attached, flatten_grads, observed_target
-from attacks.toolkit.preconditions import check_mode, unusable
 from attacks.toolkit.probing import device_of, is_decoder, locate
 from attacks.toolkit.refine import refine
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class GradMatchParams:
+class GradMatchParams(AttackParams):
     """``loss``: "cos" (LAMP) or "l2l1" (TAG, with ``tag_l1`` weight); ``max_tokens``: the most unknown
     positions per example; ``max_params``: larger models are skipped unless a GPU holds the model."""
 
-    mode: str = "naive"
+    attack: ClassVar[str] = "grad_match"
     loss: str = "cos"
     steps: int = 200
     restarts: int = 2
@@ -49,14 +48,14 @@ class GradMatchParams:
     good_enough: float = 1e-4  # a restart ending below this distance makes further restarts pointless
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
         if self.loss not in ("cos", "l2l1"):
             raise ValueError(f"loss must be 'cos' or 'l2l1', got {self.loss!r}")
         if self.vocab not in ("bag", "full"):
             raise ValueError(f"vocab must be 'bag' or 'full', got {self.vocab!r}")
 
 
-class GradMatch:
+class GradMatch(Attack):
     name: ClassVar[str] = "grad_match"
     version: ClassVar[str] = "3"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -64,19 +63,21 @@ class GradMatch:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only drops hidden coordinates and unpermutes A
     Params = GradMatchParams
+    params: GradMatchParams
 
-    def __init__(self, params: GradMatchParams | None = None) -> None:
-        self.params = params or GradMatchParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
+    def unusable(self, view: AttackerView) -> str:
+        """Besides plaintext and a model: a single-step gradient, and the start to recompute it at."""
+        why = super().unusable(view)
         if why:
-            return Reconstruction.abstain(why)
+            return why
         if not (view.kind == "grad" or (view.kind == "sgd" and view.local_steps == 1)):
-            return Reconstruction.abstain(f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched")
+            return f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched"
         if view.prev is None:
-            return Reconstruction.abstain(f"gradients are recomputed at the client's start, which the server does not know "
-                                          f"(start: {view.start_known})")
+            return (f"gradients are recomputed at the client's start, which the server does not know "
+                    f"(start: {view.start_known})")
+        return ""
+
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p, model = self.params, view.model
         n_params = sum(t.numel() for t in model.parameters())
         if n_params > p.max_params and device_of(model).type == "cpu":

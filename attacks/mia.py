@@ -27,20 +27,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.toolkit.preconditions import check_mode
 from attacks.toolkit.probing import device_of, is_decoder, locate
-from benchmark.api import MEMBERSHIP_METRICS, AttackerView, ObservedModule, Reconstruction
+from benchmark.api import (
+    MEMBERSHIP_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    ObservedModule,
+    Reconstruction,
+)
 
 SCORES = ("loss", "zlib", "mink", "ref")
 
 
 @dataclass(frozen=True)
-class MIAParams:
+class MIAParams(AttackParams):
     """``score``: the primary score (loss | zlib | mink | ref), reported as ``mia_auc``; every other
     score is computed from the same forward passes and reported beside it. ``mink_k``: fraction of
     lowest token log-probs averaged."""
 
-    mode: str = "naive"
+    attack: ClassVar[str] = "mia"
     score: str = "ref"
     mink_k: float = 0.2
     tokens: str = "auto"  # "all": every token's log-prob; "label": the confidence of the next token
@@ -49,7 +55,7 @@ class MIAParams:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
         if self.tokens not in ("auto", "all", "label"):
             raise ValueError(f"tokens must be auto, all or label, got {self.tokens!r}")
         if self.score not in SCORES:
@@ -60,7 +66,7 @@ class MIAParams:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-class MembershipInference:
+class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
     version: ClassVar[str] = "3"
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
@@ -68,18 +74,20 @@ class MembershipInference:
     target: ClassVar[str] = "round"
     metrics: ClassVar[Mapping[str, bool]] = MEMBERSHIP_METRICS
     Params = MIAParams
+    params: MIAParams
 
-    def __init__(self, params: MIAParams | None = None) -> None:
-        self.params = params or MIAParams()
+    def unusable(self, view: AttackerView) -> str:
+        """One reason for any of candidates, model or tokenizer missing; and a gradient is no round update."""
+        if not view.candidates or view.model is None or view.tokenizer is None:
+            return "needs candidates, the public model and its tokenizer"
+        if view.kind == "grad":
+            return "a gradient is not a round update; membership needs the trained factors"
+        return ""
 
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         """Two batched passes over the candidates (client model, then the public starting model);
         LOSS, zlib and Min-K% come from the first, the reference score from both."""
         cands = list(view.candidates or [])
-        if not cands or view.model is None or view.tokenizer is None:
-            return Reconstruction.abstain("needs candidates, the public model and its tokenizer")
-        if view.kind == "grad":
-            return Reconstruction.abstain("a gradient is not a round update; membership needs the trained factors")
         p = self.params
         deltas = visible_deltas(view, p.mode == "adaptive")
         notes = [] if deltas else ["no visible update: scoring the public (starting) model only"]

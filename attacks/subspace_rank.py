@@ -22,18 +22,18 @@ from attacks.toolkit.decoding import (
     soft_decode,
     vocab_distances,
 )
-from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import is_decoder
 from attacks.toolkit.textutil import decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class SubspaceRankParams:
+class SubspaceRankParams(AttackParams):
     """``dim``: subspace directions kept (0: the numerical rank, or when the spectrum is saturated
     ``batch_size * tokens_per_example`` capped below the rank); ``top_n``: tokens used (0: ``dim``)."""
 
-    mode: str = "naive"
+    attack: ClassVar[str] = "subspace_rank"
     rank_tol: float = 1e-7
     dim: int = 0
     tokens_per_example: int = 16
@@ -41,30 +41,19 @@ class SubspaceRankParams:
     max_len: int = 40
     max_positions: int = 64
 
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
-
-
-class SubspaceRank:
+class SubspaceRank(Attack):
     name: ClassVar[str] = "subspace_rank"
     version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = SubspaceRankParams
+    params: SubspaceRankParams
 
-    def __init__(self, params: SubspaceRankParams | None = None) -> None:
-        self.params = params or SubspaceRankParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol, dim=p.dim or None, exact=False)
-        if not checks or checks[0].layer != 0:
-            return Reconstruction.abstain(no_usable_update(view))
+        checks = layer0_checks(view, adaptive, p.rank_tol, dim=p.dim or None, exact=False)
         dim = p.dim
         if not dim and (checks[0].saturated or checks[0].vacuous):
             dim = self._dim_estimate(view, checks[0])

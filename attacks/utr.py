@@ -46,25 +46,25 @@ import torch
 from torch import Tensor
 
 from attacks.fedspy import joint_check
-from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, vocab_distances
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.lmprior import PrefixPrior
-from attacks.toolkit.preconditions import check_mode, no_usable_update, start_caveats, unusable
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import is_decoder, last_position_inputs
 from attacks.toolkit.subspace import split_by_gap
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from benchmark.api import RECONSTRUCTION_METRICS, Abstain, Attack, AttackerView, AttackParams, Reconstruction
 
 VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (no embedding gradient in a "
                 "LoRA upload); inversion of one observed update, not raw per-client gradients")
 
 
 @dataclass(frozen=True)
-class UTRParams:
+class UTRParams(AttackParams):
     """``lm_weight``: weight of the prior's negative log-probability (nats) against the log10 subspace
     distance; ``propose``: bag tokens the prior proposes per step; ``beams``: hypotheses per sentence."""
 
-    mode: str = "naive"
+    attack: ClassVar[str] = "utr"
     rank_tol: float = 1e-7
     tau1: float = 1e-3
     tokens_per_example: int = 16
@@ -77,7 +77,7 @@ class UTRParams:
     complete_label: bool = True
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
         if self.lm_weight < 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if min(self.propose, self.beams, self.max_len, self.max_bag, self.max_repeat) < 1:
@@ -91,7 +91,7 @@ class _Hyp:
     done: bool = False
 
 
-class UTR:
+class UTR(Attack):
     name: ClassVar[str] = "utr"
     version: ClassVar[str] = "1"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -99,24 +99,15 @@ class UTR:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = UTRParams
+    params: UTRParams
 
-    def __init__(self, params: UTRParams | None = None) -> None:
-        self.params = params or UTRParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol, exact=False)
-        if not checks:
-            return Reconstruction.abstain(no_usable_update(view))
-        if checks[0].layer != 0:
-            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; token presence needs layer 0")
+        checks = layer0_checks(view, adaptive, p.rank_tol, "token presence", exact=False)
         model, tok = view.model, view.tokenizer
         if not is_decoder(model) or not first_layer_is_position_free(model, checks[0]):
-            return Reconstruction.abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
+            raise Abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
         first = joint_check(checks[0], p.rank_tol)
         n_seqs = max(1, view.batch_size or 1)
         notes = start_caveats(view) + [VARIANT_NOTE]

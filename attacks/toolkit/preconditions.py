@@ -1,24 +1,15 @@
-"""Checks shared by every attack, so that a view an attack cannot exploit yields a note, not an error."""
+"""What a span attack may assume about a view before it runs, and what it says when it cannot.
+
+The contract's ``Attack.reconstruct`` already abstains when a view lacks what ``requires`` names
+(plaintext, a public model); what is left here is shared by the attacks that read the layer-0 span
+(DAGER, FedSpy, UTR, token_leak, subspace_rank): the abstention when no module yields a usable
+update, the demand that the first usable layer be layer 0, and the caveat about an estimated start.
+"""
 
 from __future__ import annotations
 
-from benchmark.api import AttackerView
-
-MODES = ("naive", "adaptive")
-
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-
-def unusable(view: AttackerView, need_model: bool = True) -> str:
-    """Why a reconstruction attack cannot run on ``view`` ("" when it can)."""
-    if not view.modules or not view.has_plaintext:
-        return "no plaintext update visible (ciphertext only)"
-    if need_model and (view.model is None or view.tokenizer is None):
-        return "the view carries no public model or tokenizer"
-    return ""
+from attacks.toolkit.decoding import LayerCheck, layer_checks
+from benchmark.api import Abstain, AttackerView
 
 
 def no_usable_update(view: AttackerView) -> str:
@@ -30,6 +21,24 @@ def no_usable_update(view: AttackerView) -> str:
         return ("dL/dA is zero where B starts at zero, and the dL/dB path needs the client's starting A, "
                 f"which the server does not know (start: {view.start_known})")
     return "no observed first-layer attention projection with a usable update"
+
+
+def layer0_checks(view: AttackerView, adaptive: bool, rank_tol: float, purpose: str = "", *,
+                  dim: int | None = None, layers: int = 2, exact: bool = True) -> list[LayerCheck]:
+    """``layer_checks`` of the view, which must start at layer 0: the vocabulary-wide token check
+    compares the batch's span with every token's first-layer input, known only at layer 0.
+
+    Raises ``Abstain`` when no module is usable (``no_usable_update``) or the first usable layer is
+    deeper; ``purpose`` names what needs layer 0 in that reason (without it, the reason is
+    ``no_usable_update``'s, as the ranking baselines have always said)."""
+    checks = layer_checks(view, adaptive, rank_tol, dim=dim, layers=layers, exact=exact)
+    if not checks:
+        raise Abstain(no_usable_update(view))
+    if checks[0].layer != 0:
+        if not purpose:
+            raise Abstain(no_usable_update(view))
+        raise Abstain(f"first usable adapted layer is {checks[0].layer}; {purpose} needs layer 0")
+    return checks
 
 
 def start_caveats(view: AttackerView) -> list[str]:
