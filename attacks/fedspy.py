@@ -33,12 +33,13 @@ update, and per decoding step a forward through two layers of (active prefixes x
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
@@ -61,24 +62,22 @@ VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed updat
 
 @dataclass(frozen=True)
 class FedSpyParams(AttackParams):
-    """``tau1``/``tau2``: first/second-layer relative span-distance thresholds of the exact regime;
-    ``tokens_per_example``: the bag size per example when the joint span saturates (soft regime);
-    the rest bound the search."""
+    """FedSpy's thresholds of the exact regime, its soft regime's bag size, and the search bounds."""
 
     attack: ClassVar[str] = "fedspy"
-    rank_tol: float = 1e-7
-    tau1: float = 1e-3
-    tau2: float = 1e-2
-    tokens_per_example: int = 16
-    max_bag: int = 160
-    max_len: int = 48
-    max_beams: int = 8
-    complete_label: bool = True
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau1: float = field(default=1e-3, metadata={"help": H.TAU1 + " (joint span of the layer's modules)"})
+    tau2: float = field(default=1e-2, metadata={"help": H.TAU2 + " (exact regime only)"})
+    tokens_per_example: int = field(default=16, metadata={"help": H.TOKENS_PER_EXAMPLE})
+    max_bag: int = field(default=160, metadata={"help": "most tokens in the bag, in either regime; >= 1"})
+    max_len: int = field(default=48, metadata={"help": H.MAX_LEN})
+    max_beams: int = field(default=8, metadata={"help": "prefixes kept per decoding step (exact regime); >= 1"})
+    complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_bag < 1 or self.max_len < 1 or self.max_beams < 1:
-            raise ValueError("max_bag, max_len and max_beams must be positive")
+        self.require_fraction("rank_tol", "tau1", "tau2")
+        self.require_at_least(1, "tokens_per_example", "max_bag", "max_len", "max_beams")
 
 
 def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> LayerCheck:

@@ -20,7 +20,7 @@ import inspect
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -42,28 +42,28 @@ SCORES = ("loss", "zlib", "mink", "ref")
 
 @dataclass(frozen=True)
 class MIAParams(AttackParams):
-    """``score``: the primary score (loss | zlib | mink | ref), reported as ``mia_auc``; every other
-    score is computed from the same forward passes and reported beside it. ``mink_k``: fraction of
-    lowest token log-probs averaged."""
+    """The primary score, chosen before any run (never the best in hindsight), and how tokens are read."""
 
     attack: ClassVar[str] = "mia"
-    score: str = "ref"
-    mink_k: float = 0.2
-    tokens: str = "auto"  # "all": every token's log-prob; "label": the confidence of the next token
-    # after the prompt (what a classifier's label-only loss trains); "auto": label for classification
-    max_length: int = 128
-    batch_size: int = 32
+    score: str = field(default="ref", metadata={"help": "the primary score, reported as mia_auc (every other "
+                                                        "score is reported beside it from the same passes); "
+                                                        "one of loss, zlib, mink, ref"})
+    mink_k: float = field(default=0.2, metadata={"help": "Min-K%: the fraction of lowest token log-probabilities "
+                                                         "averaged; in (0, 1]"})
+    tokens: str = field(default="auto", metadata={"help": "all: every token's log-probability; label: the "
+                                                          "confidence of the next token after the prompt (what a "
+                                                          "classifier's label-only loss trains); auto: label for "
+                                                          "classification, else all"})
+    max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens; >= 1"})
+    batch_size: int = field(default=32, metadata={"help": "candidates per forward pass (scores do not depend on "
+                                                          "it); >= 1"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tokens not in ("auto", "all", "label"):
-            raise ValueError(f"tokens must be auto, all or label, got {self.tokens!r}")
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
-        if not 0.0 < self.mink_k <= 1.0:
-            raise ValueError(f"mink_k must be in (0, 1], got {self.mink_k}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.require_choice("tokens", ("auto", "all", "label"))
+        self.require_choice("score", SCORES)
+        self.require_fraction("mink_k")
+        self.require_at_least(1, "max_length", "batch_size")
 
 
 class MembershipInference(Attack):

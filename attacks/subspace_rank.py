@@ -10,11 +10,12 @@ orders the best tokens into sequences with the second layer's distance as a scor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
@@ -30,16 +31,26 @@ from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackPa
 
 @dataclass(frozen=True)
 class SubspaceRankParams(AttackParams):
-    """``dim``: subspace directions kept (0: the numerical rank, or when the spectrum is saturated
-    ``batch_size * tokens_per_example`` capped below the rank); ``top_n``: tokens used (0: ``dim``)."""
+    """How many subspace directions and tokens the soft ranking keeps, and the decoding bounds."""
 
     attack: ClassVar[str] = "subspace_rank"
-    rank_tol: float = 1e-7
-    dim: int = 0
-    tokens_per_example: int = 16
-    top_n: int = 0
-    max_len: int = 40
-    max_positions: int = 64
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    dim: int = field(default=0, metadata={"help": "subspace directions kept; 0: the numerical rank, or where "
+                                                  "the spectrum is saturated batch_size x tokens_per_example "
+                                                  "capped below the rank; >= 0"})
+    tokens_per_example: int = field(default=16, metadata={"help": "tokens assumed per private example when "
+                                                                  "dim is estimated (dim = 0); >= 1"})
+    top_n: int = field(default=0, metadata={"help": "top-ranked tokens used; 0: as many as dim; >= 0"})
+    max_len: int = field(default=40, metadata={"help": H.MAX_LEN})
+    max_positions: int = field(default=64, metadata={"help": "position-dependent (encoder) models: most "
+                                                             "positions scanned; >= 1"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_fraction("rank_tol")
+        self.require_at_least(0, "dim", "top_n")
+        self.require_at_least(1, "tokens_per_example", "max_len", "max_positions")
+
 
 class SubspaceRank(Attack):
     name: ClassVar[str] = "subspace_rank"

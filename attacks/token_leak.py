@@ -9,9 +9,10 @@ this row shows how much leaks before any sequence search.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
+from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import first_layer_is_position_free, token_bag, vocab_distances
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.subspace import split_by_gap
@@ -20,13 +21,21 @@ from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackPa
 
 @dataclass(frozen=True)
 class TokenLeakParams(AttackParams):
-    """``tau``: relative span-distance threshold; ``max_tokens`` caps the bag."""
+    """The span threshold and the bag's bounds."""
 
     attack: ClassVar[str] = "token_leak"
-    rank_tol: float = 1e-7
-    tau: float = 1e-3
-    max_tokens: int = 256
-    max_positions: int = 64  # position-dependent (encoder) models: positions scanned
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau: float = field(default=1e-3, metadata={"help": H.TAU1})
+    max_tokens: int = field(default=256, metadata={"help": "most tokens in the bag (never more than 2 x the "
+                                                           "span's rank + 8); >= 1"})
+    max_positions: int = field(default=64, metadata={"help": "position-dependent (encoder) models: most "
+                                                             "positions scanned; >= 1"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_fraction("rank_tol", "tau")
+        self.require_at_least(1, "max_tokens", "max_positions")
+
 
 class TokenLeak(Attack):
     name: ClassVar[str] = "token_leak"

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from attacks.fedspy import joint_check
+from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, vocab_distances
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.lmprior import PrefixPrior
@@ -61,27 +62,28 @@ VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (
 
 @dataclass(frozen=True)
 class UTRParams(AttackParams):
-    """``lm_weight``: weight of the prior's negative log-probability (nats) against the log10 subspace
-    distance; ``propose``: bag tokens the prior proposes per step; ``beams``: hypotheses per sentence."""
+    """UTR's bag (exact or soft), the weight of the language-model prior and the beam search bounds."""
 
     attack: ClassVar[str] = "utr"
-    rank_tol: float = 1e-7
-    tau1: float = 1e-3
-    tokens_per_example: int = 16
-    max_bag: int = 256
-    lm_weight: float = 0.1
-    propose: int = 48
-    beams: int = 3
-    max_len: int = 48
-    max_repeat: int = 2
-    complete_label: bool = True
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau1: float = field(default=1e-3, metadata={"help": H.TAU1 + " (joint span of the layer's modules)"})
+    tokens_per_example: int = field(default=16, metadata={"help": H.TOKENS_PER_EXAMPLE})
+    max_bag: int = field(default=256, metadata={"help": "most tokens in the bag, in either regime; >= 1"})
+    lm_weight: float = field(default=0.1, metadata={"help": "weight of the prior's negative log-probability "
+                                                            "(nats) against the log10 subspace distance in a "
+                                                            "step's score (0: the subspace alone); >= 0"})
+    propose: int = field(default=48, metadata={"help": "bag tokens the prior proposes per step and "
+                                                       "hypothesis; >= 1"})
+    beams: int = field(default=3, metadata={"help": "hypotheses kept per sentence; >= 1"})
+    max_len: int = field(default=48, metadata={"help": H.MAX_LEN})
+    max_repeat: int = field(default=2, metadata={"help": "times one bag token may appear in a sentence; >= 1"})
+    complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lm_weight < 0:
-            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
-        if min(self.propose, self.beams, self.max_len, self.max_bag, self.max_repeat) < 1:
-            raise ValueError("propose, beams, max_len, max_bag and max_repeat must be positive")
+        self.require_fraction("rank_tol", "tau1")
+        self.require_at_least(0, "lm_weight")
+        self.require_at_least(1, "tokens_per_example", "max_bag", "propose", "beams", "max_len", "max_repeat")
 
 
 @dataclass

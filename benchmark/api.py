@@ -397,12 +397,26 @@ class AttackParams:
                                                          "known column order)"})
 
     def __post_init__(self) -> None:
-        self.require("mode", self.mode in ATTACK_MODES, f"one of {', '.join(ATTACK_MODES)}")
+        self.require_choice("mode", ATTACK_MODES)
 
     def require(self, param: str, ok: bool, valid: str) -> None:
         """Raise ``ValueError("<attack>.<param> must be <valid>, got <value>")`` unless ``ok``."""
         if not ok:
             raise ValueError(f"{self.attack}.{param} must be {valid}, got {getattr(self, param)!r}")
+
+    def require_at_least(self, low: float, *params: str) -> None:
+        """Each of ``params`` is >= ``low`` (counts, sizes and weights)."""
+        for param in params:
+            self.require(param, getattr(self, param) >= low, f">= {low}")
+
+    def require_fraction(self, *params: str) -> None:
+        """Each of ``params`` is in (0, 1] (relative thresholds and shares)."""
+        for param in params:
+            self.require(param, 0 < getattr(self, param) <= 1, "in (0, 1]")
+
+    def require_choice(self, param: str, choices: Sequence[str]) -> None:
+        """``param`` is one of ``choices``."""
+        self.require(param, getattr(self, param) in choices, f"one of {', '.join(choices)}")
 
 
 class Attack:

@@ -20,6 +20,7 @@ from benchmark.api import (
     Reconstruction,
 )
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.describe import describe, undocumented
 
 NAMES = ATTACKS.names()
 
@@ -98,9 +99,27 @@ def test_modes_agree_on_a_clear_view_where_the_attack_says_so(name, plain_view):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_show_prints_the_declared_contract(name):
-    from benchmark.describe import describe
+def test_every_parameter_has_help(name):
+    """``shebench show`` prints each field's ``metadata["help"]``: a parameter without one is invisible."""
+    cls = ATTACKS.get(name)
+    missing = [f.name for f in fields(cls.Params) if not f.metadata.get("help", "").strip()]
+    assert not missing, f"{name}: parameters without help: {', '.join(missing)}"
+    assert not undocumented(cls.Params)  # what ``shebench show`` would print blank
 
+
+@pytest.mark.parametrize(("name", "bad", "message"), [
+    (name, {param: value}, f"{name}.{param} must be")
+    for name in NAMES
+    for param, value in (("rank_tol", 0.0), ("max_len", 0), ("batch_size", 0), ("lr", 0.0))
+    if param in {f.name for f in fields(ATTACKS.get(name).Params)}
+])
+def test_a_value_out_of_range_is_refused_naming_attack_and_param(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        ATTACKS.get(name).Params(**bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_show_prints_the_declared_contract(name):
     cls = ATTACKS.get(name)
     text = describe("attacks", name)
     assert f"target: {cls.target}" in text and "modes differ only on hidden coordinates" in text
