@@ -18,6 +18,7 @@ from benchmark.api import (
     AttackerView,
     AttackParams,
     Reconstruction,
+    view_lacks,
 )
 from benchmark.config import ConfigError, params_from_dict
 from benchmark.describe import describe, undocumented
@@ -167,3 +168,12 @@ def test_a_complete_declaration_gets_the_template_preamble():
     assert rec.status == "abstained" and rec.note == VIEW_OFFERS["model"][1]
     with pytest.raises(ValueError, match="incomplete.mode must be one of naive, adaptive, got 'sideways'"):
         _Params(mode="sideways")
+
+
+def test_view_lacks_reads_what_a_view_offers(plain_view):
+    """The runner's incompatibility check and the attacks' abstentions read the same table."""
+    everything = frozenset(VIEW_OFFERS)
+    assert view_lacks(None, everything) == ["a view (the target client sent nothing this round)"]
+    assert view_lacks(AttackerView(defense="x", kind="weights", modules={}), everything) == sorted(everything)
+    assert view_lacks(plain_view, frozenset({"plaintext", "model", "grad"})) == []
+    assert view_lacks(replace(plain_view, tokenizer=None), frozenset({"model"})) == ["model"]
