@@ -11,52 +11,57 @@ rank and an SGD-like update; an AdamW delta or a saturated rank gets an honest e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import (
+from attacks.toolkit import helptext as H
+from attacks.toolkit.decoding import (
     encoder_decode,
     first_layer_is_position_free,
     greedy_decode,
-    layer_checks,
     prefix_distances,
     soft_decode,
     token_bag,
     vocab_distances,
 )
-from attacks.labels import complete_labels
-from attacks.probing import capture_inputs, is_decoder
-from attacks.subspace import split_by_gap
-from attacks.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
+from attacks.toolkit.probing import capture_inputs, is_decoder
+from attacks.toolkit.subspace import split_by_gap
+from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class DAGERParams:
-    """``tau1``/``tau2``: first/second-layer span-distance thresholds (relative); ``rank_tol``: relative
-    singular-value cut for the rank estimate; the rest bound the search."""
+class DAGERParams(AttackParams):
+    """DAGER's thresholds and the bounds of its search (each field's ``help`` says what it does)."""
 
-    mode: str = "naive"
-    rank_tol: float = 1e-7
-    tau1: float = 1e-3
-    tau2: float = 1e-2
-    max_bag: int = 512
-    max_len: int = 64
-    max_beams: int = 16
-    max_positions: int = 64
-    max_combos: int = 20000
-    complete_label: bool = True  # decoder classification: append the label token the update implies
-    label_top_k: int = 6  # label candidates added per ranking and round
-    label_budget: int = 24  # most candidates per ranking before giving up on an exact match
+    attack: ClassVar[str] = "dager"
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau1: float = field(default=1e-3, metadata={"help": H.TAU1})
+    tau2: float = field(default=1e-2, metadata={"help": H.TAU2})
+    max_bag: int = field(default=512, metadata={"help": "most tokens in the layer-0 bag (never more than "
+                                                        "2 x the span's rank + 8); >= 1"})
+    max_len: int = field(default=64, metadata={"help": H.MAX_LEN})
+    max_beams: int = field(default=16, metadata={"help": "decoder: prefixes kept per decoding step; >= 1"})
+    max_positions: int = field(default=64, metadata={"help": "encoder: most positions scanned for tokens; >= 1"})
+    max_combos: int = field(default=20000, metadata={"help": "encoder: most token orders tried exhaustively "
+                                                             "before sampling them; >= 1"})
+    complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
+    label_top_k: int = field(default=6, metadata={"help": "label candidates added per ranking and round; >= 1"})
+    label_budget: int = field(default=24, metadata={"help": "most label candidates per ranking before giving "
+                                                            "up on an exact match; >= 1"})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
+        self.require_fraction("rank_tol", "tau1", "tau2")
+        self.require_at_least(1, "max_bag", "max_len", "max_beams", "max_positions", "max_combos", "label_top_k",
+                              "label_budget")
 
 
-class DAGER:
+class DAGER(Attack):
     name: ClassVar[str] = "dager"
     version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -64,20 +69,11 @@ class DAGER:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = DAGERParams
+    params: DAGERParams
 
-    def __init__(self, params: DAGERParams | None = None) -> None:
-        self.params = params or DAGERParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
-        checks = layer_checks(view, p.mode == "adaptive", p.rank_tol)
-        if not checks:
-            return Reconstruction.abstain(no_usable_update(view))
-        if checks[0].layer != 0:
-            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; the vocabulary check needs layer 0")
+        checks = layer0_checks(view, p.mode == "adaptive", p.rank_tol, "the vocabulary check")
         first = checks[0]
         second = checks[1] if len(checks) > 1 else None
         if first.vacuous:

@@ -33,53 +33,51 @@ update, and per decoding step a forward through two layers of (active prefixes x
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import (
+from attacks.toolkit import helptext as H
+from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
     greedy_decode,
-    layer_checks,
     prefix_distances,
     soft_decode,
     token_bag,
     vocab_distances,
 )
-from attacks.labels import complete_labels
-from attacks.probing import capture_inputs, is_decoder
-from attacks.subspace import Span, fit_span, split_by_gap
-from attacks.textutil import decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
+from attacks.toolkit.probing import capture_inputs, is_decoder
+from attacks.toolkit.subspace import Span, fit_span, split_by_gap
+from attacks.toolkit.textutil import decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "
                 "(no per-candidate gradient recomputation: one observed update, not raw per-step gradients)")
 
 
 @dataclass(frozen=True)
-class FedSpyParams:
-    """``tau1``/``tau2``: first/second-layer relative span-distance thresholds of the exact regime;
-    ``tokens_per_example``: the bag size per example when the joint span saturates (soft regime);
-    the rest bound the search."""
+class FedSpyParams(AttackParams):
+    """FedSpy's thresholds of the exact regime, its soft regime's bag size, and the search bounds."""
 
-    mode: str = "naive"
-    rank_tol: float = 1e-7
-    tau1: float = 1e-3
-    tau2: float = 1e-2
-    tokens_per_example: int = 16
-    max_bag: int = 160
-    max_len: int = 48
-    max_beams: int = 8
-    complete_label: bool = True
+    attack: ClassVar[str] = "fedspy"
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau1: float = field(default=1e-3, metadata={"help": H.TAU1 + " (joint span of the layer's modules)"})
+    tau2: float = field(default=1e-2, metadata={"help": H.TAU2 + " (exact regime only)"})
+    tokens_per_example: int = field(default=16, metadata={"help": H.TOKENS_PER_EXAMPLE})
+    max_bag: int = field(default=160, metadata={"help": "most tokens in the bag, in either regime; >= 1"})
+    max_len: int = field(default=48, metadata={"help": H.MAX_LEN})
+    max_beams: int = field(default=8, metadata={"help": "prefixes kept per decoding step (exact regime); >= 1"})
+    complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.max_bag < 1 or self.max_len < 1 or self.max_beams < 1:
-            raise ValueError("max_bag, max_len and max_beams must be positive")
+        super().__post_init__()
+        self.require_fraction("rank_tol", "tau1", "tau2")
+        self.require_at_least(1, "tokens_per_example", "max_bag", "max_len", "max_beams")
 
 
 def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> LayerCheck:
@@ -123,7 +121,7 @@ def explained_energy(span: Span, inputs: Tensor) -> float:
     return float((M @ Q).pow(2).sum() / M.pow(2).sum().clamp_min(1e-30))
 
 
-class FedSpy:
+class FedSpy(Attack):
     name: ClassVar[str] = "fedspy"
     version: ClassVar[str] = "1"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -131,21 +129,12 @@ class FedSpy:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = FedSpyParams
+    params: FedSpyParams
 
-    def __init__(self, params: FedSpyParams | None = None) -> None:
-        self.params = params or FedSpyParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol)
-        if not checks:
-            return Reconstruction.abstain(no_usable_update(view))
-        if checks[0].layer != 0:
-            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; token extraction needs layer 0")
+        checks = layer0_checks(view, adaptive, p.rank_tol, "token extraction")
         first = joint_check(checks[0], p.rank_tol)
         second = joint_check(checks[1], p.rank_tol) if len(checks) > 1 else None
         model, tok = view.model, view.tokenizer

@@ -12,51 +12,61 @@ backpropagation, so it is sized for tiny models on CPU; bigger models get an hon
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.common import check_mode, unusable
-from attacks.decoding import first_layer_is_position_free, layer_checks, vocab_distances
-from attacks.labels import complete_labels
-from attacks.lorahooks import attached, flatten_grads, observed_target
-from attacks.probing import device_of, is_decoder, locate
-from attacks.refine import refine
-from attacks.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from attacks.toolkit.decoding import first_layer_is_position_free, layer_checks, vocab_distances
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.lorahooks import attached, flatten_grads, observed_target
+from attacks.toolkit.probing import device_of, is_decoder, locate
+from attacks.toolkit.refine import refine
+from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class GradMatchParams:
-    """``loss``: "cos" (LAMP) or "l2l1" (TAG, with ``tag_l1`` weight); ``max_tokens``: the most unknown
-    positions per example; ``max_params``: larger models are skipped unless a GPU holds the model."""
+class GradMatchParams(AttackParams):
+    """The matching loss, the optimizer's budget and the discrete refinement after it."""
 
-    mode: str = "naive"
-    loss: str = "cos"
-    steps: int = 200
-    restarts: int = 2
-    lr: float = 0.1
-    max_tokens: int = 32
-    tag_l1: float = 0.01
-    max_params: int = 30_000_000
-    vocab: str = "bag"  # "bag": text tokens drawn from those nearest the layer-0 span; "full"
-    refine_rounds: int = 4  # discrete hill-climbing rounds after the continuous phase (0: none)
-    seed: int = 0
-    patience: int = 40  # stop a restart once its decoded tokens and label held for this many steps (0: never)
-    good_enough: float = 1e-4  # a restart ending below this distance makes further restarts pointless
+    attack: ClassVar[str] = "grad_match"
+    loss: str = field(default="cos", metadata={"help": "gradient distance: cos (LAMP's cosine) or l2l1 (TAG's "
+                                                       "L2 + tag_l1 x L1 of normalized gradients)"})
+    steps: int = field(default=200, metadata={"help": "Adam steps per restart (each a double backpropagation); "
+                                                      ">= 1"})
+    restarts: int = field(default=2, metadata={"help": "random restarts of the continuous phase; the best "
+                                                       "is kept; >= 1"})
+    lr: float = field(default=0.1, metadata={"help": "Adam's learning rate on the soft tokens and label; > 0"})
+    max_tokens: int = field(default=32, metadata={"help": "not read by this version (unknown positions per "
+                                                          "example come from the layer-1 rank, else 12, capped "
+                                                          "at 64); kept so configs and cell keys stay valid; >= 1"})
+    tag_l1: float = field(default=0.01, metadata={"help": "weight of the L1 term of the l2l1 loss; >= 0"})
+    max_params: int = field(default=30_000_000, metadata={"help": "a model with more parameters is skipped "
+                                                                  "(abstained) unless it sits on a GPU; >= 1"})
+    vocab: str = field(default="bag", metadata={"help": "text-token candidates: bag (tokens nearest the layer-0 "
+                                                        "span, LAMP's bag-of-words prior) or full (the whole "
+                                                        "vocabulary)"})
+    refine_rounds: int = field(default=4, metadata={"help": "discrete hill-climbing rounds after the continuous "
+                                                            "phase (decoder classification; 0: none); >= 0"})
+    seed: int = field(default=0, metadata={"help": "seed of the restarts' random soft tokens; >= 0"})
+    patience: int = field(default=40, metadata={"help": "stop a restart once its decoded tokens and label held "
+                                                        "for this many steps (0: never stop early); >= 0"})
+    good_enough: float = field(default=1e-4, metadata={"help": "a restart ending below this distance makes "
+                                                               "further restarts pointless; >= 0"})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.loss not in ("cos", "l2l1"):
-            raise ValueError(f"loss must be 'cos' or 'l2l1', got {self.loss!r}")
-        if self.vocab not in ("bag", "full"):
-            raise ValueError(f"vocab must be 'bag' or 'full', got {self.vocab!r}")
+        super().__post_init__()
+        self.require_choice("loss", ("cos", "l2l1"))
+        self.require_choice("vocab", ("bag", "full"))
+        self.require_at_least(1, "steps", "restarts", "max_tokens", "max_params")
+        self.require_at_least(0, "tag_l1", "refine_rounds", "seed", "patience", "good_enough")
+        self.require("lr", self.lr > 0, "> 0")
 
 
-class GradMatch:
+class GradMatch(Attack):
     name: ClassVar[str] = "grad_match"
     version: ClassVar[str] = "3"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -64,19 +74,21 @@ class GradMatch:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only drops hidden coordinates and unpermutes A
     Params = GradMatchParams
+    params: GradMatchParams
 
-    def __init__(self, params: GradMatchParams | None = None) -> None:
-        self.params = params or GradMatchParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
+    def unusable(self, view: AttackerView) -> str:
+        """Besides plaintext and a model: a single-step gradient, and the start to recompute it at."""
+        why = super().unusable(view)
         if why:
-            return Reconstruction.abstain(why)
+            return why
         if not (view.kind == "grad" or (view.kind == "sgd" and view.local_steps == 1)):
-            return Reconstruction.abstain(f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched")
+            return f"{view.kind} update over {view.local_steps} steps: only a single-step gradient can be matched"
         if view.prev is None:
-            return Reconstruction.abstain(f"gradients are recomputed at the client's start, which the server does not know "
-                                          f"(start: {view.start_known})")
+            return (f"gradients are recomputed at the client's start, which the server does not know "
+                    f"(start: {view.start_known})")
+        return ""
+
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p, model = self.params, view.model
         n_params = sum(t.numel() for t in model.parameters())
         if n_params > p.max_params and device_of(model).type == "cpu":

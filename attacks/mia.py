@@ -20,47 +20,53 @@ import inspect
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.common import check_mode
-from attacks.probing import device_of, is_decoder, locate
-from benchmark.api import MEMBERSHIP_METRICS, AttackerView, ObservedModule, Reconstruction
+from attacks.toolkit.probing import device_of, is_decoder, locate
+from benchmark.api import (
+    MEMBERSHIP_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    ObservedModule,
+    Reconstruction,
+)
 
 SCORES = ("loss", "zlib", "mink", "ref")
 
 
 @dataclass(frozen=True)
-class MIAParams:
-    """``score``: the primary score (loss | zlib | mink | ref), reported as ``mia_auc``; every other
-    score is computed from the same forward passes and reported beside it. ``mink_k``: fraction of
-    lowest token log-probs averaged."""
+class MIAParams(AttackParams):
+    """The primary score, chosen before any run (never the best in hindsight), and how tokens are read."""
 
-    mode: str = "naive"
-    score: str = "ref"
-    mink_k: float = 0.2
-    tokens: str = "auto"  # "all": every token's log-prob; "label": the confidence of the next token
-    # after the prompt (what a classifier's label-only loss trains); "auto": label for classification
-    max_length: int = 128
-    batch_size: int = 32
+    attack: ClassVar[str] = "mia"
+    score: str = field(default="ref", metadata={"help": "the primary score, reported as mia_auc (every other "
+                                                        "score is reported beside it from the same passes); "
+                                                        "one of loss, zlib, mink, ref"})
+    mink_k: float = field(default=0.2, metadata={"help": "Min-K%: the fraction of lowest token log-probabilities "
+                                                         "averaged; in (0, 1]"})
+    tokens: str = field(default="auto", metadata={"help": "all: every token's log-probability; label: the "
+                                                          "confidence of the next token after the prompt (what a "
+                                                          "classifier's label-only loss trains); auto: label for "
+                                                          "classification, else all"})
+    max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens; >= 1"})
+    batch_size: int = field(default=32, metadata={"help": "candidates per forward pass (scores do not depend on "
+                                                          "it); >= 1"})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.tokens not in ("auto", "all", "label"):
-            raise ValueError(f"tokens must be auto, all or label, got {self.tokens!r}")
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
-        if not 0.0 < self.mink_k <= 1.0:
-            raise ValueError(f"mink_k must be in (0, 1], got {self.mink_k}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        super().__post_init__()
+        self.require_choice("tokens", ("auto", "all", "label"))
+        self.require_choice("score", SCORES)
+        self.require_fraction("mink_k")
+        self.require_at_least(1, "max_length", "batch_size")
 
 
-class MembershipInference:
+class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
     version: ClassVar[str] = "3"
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
@@ -68,18 +74,20 @@ class MembershipInference:
     target: ClassVar[str] = "round"
     metrics: ClassVar[Mapping[str, bool]] = MEMBERSHIP_METRICS
     Params = MIAParams
+    params: MIAParams
 
-    def __init__(self, params: MIAParams | None = None) -> None:
-        self.params = params or MIAParams()
+    def unusable(self, view: AttackerView) -> str:
+        """One reason for any of candidates, model or tokenizer missing; and a gradient is no round update."""
+        if not view.candidates or view.model is None or view.tokenizer is None:
+            return "needs candidates, the public model and its tokenizer"
+        if view.kind == "grad":
+            return "a gradient is not a round update; membership needs the trained factors"
+        return ""
 
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         """Two batched passes over the candidates (client model, then the public starting model);
         LOSS, zlib and Min-K% come from the first, the reference score from both."""
         cands = list(view.candidates or [])
-        if not cands or view.model is None or view.tokenizer is None:
-            return Reconstruction.abstain("needs candidates, the public model and its tokenizer")
-        if view.kind == "grad":
-            return Reconstruction.abstain("a gradient is not a round update; membership needs the trained factors")
         p = self.params
         deltas = visible_deltas(view, p.mode == "adaptive")
         notes = [] if deltas else ["no visible update: scoring the public (starting) model only"]

@@ -10,61 +10,61 @@ orders the best tokens into sequences with the second layer's distance as a scor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import (
+from attacks.toolkit import helptext as H
+from attacks.toolkit.decoding import (
     LayerCheck,
     first_layer_is_position_free,
     layer_checks,
     soft_decode,
     vocab_distances,
 )
-from attacks.probing import is_decoder
-from attacks.textutil import decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
+from attacks.toolkit.probing import is_decoder
+from attacks.toolkit.textutil import decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class SubspaceRankParams:
-    """``dim``: subspace directions kept (0: the numerical rank, or when the spectrum is saturated
-    ``batch_size * tokens_per_example`` capped below the rank); ``top_n``: tokens used (0: ``dim``)."""
+class SubspaceRankParams(AttackParams):
+    """How many subspace directions and tokens the soft ranking keeps, and the decoding bounds."""
 
-    mode: str = "naive"
-    rank_tol: float = 1e-7
-    dim: int = 0
-    tokens_per_example: int = 16
-    top_n: int = 0
-    max_len: int = 40
-    max_positions: int = 64
+    attack: ClassVar[str] = "subspace_rank"
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    dim: int = field(default=0, metadata={"help": "subspace directions kept; 0: the numerical rank, or where "
+                                                  "the spectrum is saturated batch_size x tokens_per_example "
+                                                  "capped below the rank; >= 0"})
+    tokens_per_example: int = field(default=16, metadata={"help": "tokens assumed per private example when "
+                                                                  "dim is estimated (dim = 0); >= 1"})
+    top_n: int = field(default=0, metadata={"help": "top-ranked tokens used; 0: as many as dim; >= 0"})
+    max_len: int = field(default=40, metadata={"help": H.MAX_LEN})
+    max_positions: int = field(default=64, metadata={"help": "position-dependent (encoder) models: most "
+                                                             "positions scanned; >= 1"})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
+        self.require_fraction("rank_tol")
+        self.require_at_least(0, "dim", "top_n")
+        self.require_at_least(1, "tokens_per_example", "max_len", "max_positions")
 
 
-class SubspaceRank:
+class SubspaceRank(Attack):
     name: ClassVar[str] = "subspace_rank"
     version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = SubspaceRankParams
+    params: SubspaceRankParams
 
-    def __init__(self, params: SubspaceRankParams | None = None) -> None:
-        self.params = params or SubspaceRankParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol, dim=p.dim or None, exact=False)
-        if not checks or checks[0].layer != 0:
-            return Reconstruction.abstain(no_usable_update(view))
+        checks = layer0_checks(view, adaptive, p.rank_tol, dim=p.dim or None, exact=False)
         dim = p.dim
         if not dim and (checks[0].saturated or checks[0].vacuous):
             dim = self._dim_estimate(view, checks[0])

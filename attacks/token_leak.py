@@ -9,48 +9,46 @@ this row shows how much leaks before any sequence search.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import first_layer_is_position_free, layer_checks, token_bag, vocab_distances
-from attacks.subspace import split_by_gap
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from attacks.toolkit import helptext as H
+from attacks.toolkit.decoding import first_layer_is_position_free, token_bag, vocab_distances
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
+from attacks.toolkit.subspace import split_by_gap
+from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)
-class TokenLeakParams:
-    """``tau``: relative span-distance threshold; ``max_tokens`` caps the bag."""
+class TokenLeakParams(AttackParams):
+    """The span threshold and the bag's bounds."""
 
-    mode: str = "naive"
-    rank_tol: float = 1e-7
-    tau: float = 1e-3
-    max_tokens: int = 256
-    max_positions: int = 64  # position-dependent (encoder) models: positions scanned
+    attack: ClassVar[str] = "token_leak"
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau: float = field(default=1e-3, metadata={"help": H.TAU1})
+    max_tokens: int = field(default=256, metadata={"help": "most tokens in the bag (never more than 2 x the "
+                                                           "span's rank + 8); >= 1"})
+    max_positions: int = field(default=64, metadata={"help": "position-dependent (encoder) models: most "
+                                                             "positions scanned; >= 1"})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        super().__post_init__()
+        self.require_fraction("rank_tol", "tau")
+        self.require_at_least(1, "max_tokens", "max_positions")
 
 
-class TokenLeak:
+class TokenLeak(Attack):
     name: ClassVar[str] = "token_leak"
     version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     Params = TokenLeakParams
+    params: TokenLeakParams
 
-    def __init__(self, params: TokenLeakParams | None = None) -> None:
-        self.params = params or TokenLeakParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
-        checks = layer_checks(view, p.mode == "adaptive", p.rank_tol, layers=1)
-        if not checks or checks[0].layer != 0:
-            return Reconstruction.abstain(no_usable_update(view))
+        checks = layer0_checks(view, p.mode == "adaptive", p.rank_tol, layers=1)
         first = checks[0]
         if first.vacuous:
             return Reconstruction(note=f"layer-0 span (rank {first.rank}) fills the usable coordinates")

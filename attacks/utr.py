@@ -39,49 +39,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from attacks.common import check_mode, no_usable_update, start_caveats, unusable
-from attacks.decoding import LayerCheck, first_layer_is_position_free, layer_checks, vocab_distances
 from attacks.fedspy import joint_check
-from attacks.labels import complete_labels
-from attacks.lmprior import PrefixPrior
-from attacks.probing import is_decoder, last_position_inputs
-from attacks.subspace import split_by_gap
-from attacks.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, AttackerView, Reconstruction
+from attacks.toolkit import helptext as H
+from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, vocab_distances
+from attacks.toolkit.labels import complete_labels
+from attacks.toolkit.lmprior import PrefixPrior
+from attacks.toolkit.preconditions import layer0_checks, start_caveats
+from attacks.toolkit.probing import is_decoder, last_position_inputs
+from attacks.toolkit.subspace import split_by_gap
+from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
+from benchmark.api import RECONSTRUCTION_METRICS, Abstain, Attack, AttackerView, AttackParams, Reconstruction
 
 VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (no embedding gradient in a "
                 "LoRA upload); inversion of one observed update, not raw per-client gradients")
 
 
 @dataclass(frozen=True)
-class UTRParams:
-    """``lm_weight``: weight of the prior's negative log-probability (nats) against the log10 subspace
-    distance; ``propose``: bag tokens the prior proposes per step; ``beams``: hypotheses per sentence."""
+class UTRParams(AttackParams):
+    """UTR's bag (exact or soft), the weight of the language-model prior and the beam search bounds."""
 
-    mode: str = "naive"
-    rank_tol: float = 1e-7
-    tau1: float = 1e-3
-    tokens_per_example: int = 16
-    max_bag: int = 256
-    lm_weight: float = 0.1
-    propose: int = 48
-    beams: int = 3
-    max_len: int = 48
-    max_repeat: int = 2
-    complete_label: bool = True
+    attack: ClassVar[str] = "utr"
+    rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
+    tau1: float = field(default=1e-3, metadata={"help": H.TAU1 + " (joint span of the layer's modules)"})
+    tokens_per_example: int = field(default=16, metadata={"help": H.TOKENS_PER_EXAMPLE})
+    max_bag: int = field(default=256, metadata={"help": "most tokens in the bag, in either regime; >= 1"})
+    lm_weight: float = field(default=0.1, metadata={"help": "weight of the prior's negative log-probability "
+                                                            "(nats) against the log10 subspace distance in a "
+                                                            "step's score (0: the subspace alone); >= 0"})
+    propose: int = field(default=48, metadata={"help": "bag tokens the prior proposes per step and "
+                                                       "hypothesis; >= 1"})
+    beams: int = field(default=3, metadata={"help": "hypotheses kept per sentence; >= 1"})
+    max_len: int = field(default=48, metadata={"help": H.MAX_LEN})
+    max_repeat: int = field(default=2, metadata={"help": "times one bag token may appear in a sentence; >= 1"})
+    complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.lm_weight < 0:
-            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
-        if min(self.propose, self.beams, self.max_len, self.max_bag, self.max_repeat) < 1:
-            raise ValueError("propose, beams, max_len, max_bag and max_repeat must be positive")
+        super().__post_init__()
+        self.require_fraction("rank_tol", "tau1")
+        self.require_at_least(0, "lm_weight")
+        self.require_at_least(1, "tokens_per_example", "max_bag", "propose", "beams", "max_len", "max_repeat")
 
 
 @dataclass
@@ -91,7 +93,7 @@ class _Hyp:
     done: bool = False
 
 
-class UTR:
+class UTR(Attack):
     name: ClassVar[str] = "utr"
     version: ClassVar[str] = "1"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
@@ -99,24 +101,15 @@ class UTR:
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     Params = UTRParams
+    params: UTRParams
 
-    def __init__(self, params: UTRParams | None = None) -> None:
-        self.params = params or UTRParams()
-
-    def reconstruct(self, view: AttackerView) -> Reconstruction:
-        why = unusable(view)
-        if why:
-            return Reconstruction.abstain(why)
+    def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer_checks(view, adaptive, p.rank_tol, exact=False)
-        if not checks:
-            return Reconstruction.abstain(no_usable_update(view))
-        if checks[0].layer != 0:
-            return Reconstruction.abstain(f"first usable adapted layer is {checks[0].layer}; token presence needs layer 0")
+        checks = layer0_checks(view, adaptive, p.rank_tol, "token presence", exact=False)
         model, tok = view.model, view.tokenizer
         if not is_decoder(model) or not first_layer_is_position_free(model, checks[0]):
-            return Reconstruction.abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
+            raise Abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
         first = joint_check(checks[0], p.rank_tol)
         n_seqs = max(1, view.batch_size or 1)
         notes = start_caveats(view) + [VARIANT_NOTE]

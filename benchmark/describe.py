@@ -1,6 +1,7 @@
 """Human-readable descriptions for ``shebench show``: a component's docstring and every parameter with
 its type, default and meaning. The meaning is the field's ``metadata["help"]`` (declared on the field,
-as PEFT's config fields do); fields without it fall back to the trailing comment on their source line."""
+as PEFT's config fields do), so that it travels with the code it documents; an attack also shows the
+contract it declares (target, requires, metrics with direction, modes_differ_only_on_hidden)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import re
 import typing
 from typing import Any
 
+from benchmark.api import ATTACK_TARGETS, Attack, AttackParams
 from benchmark.config import ScenarioConfig, load_toml, to_dict
 
 
-def field_comments(cls: type) -> dict[str, str]:
+def _comment_help(cls: type) -> dict[str, str]:
+    """Trailing source comments per field.
+
+    Legacy fallback, for scenario and defense Params only while they gain ``metadata["help"]``;
+    TODO(issue 25): remove once every scenario and defense field declares its help."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
@@ -27,8 +33,9 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """Help per field: metadata first, the source comment otherwise."""
-    comments = field_comments(cls)
+    """Help per field from ``metadata["help"]`` ("" where there is none). Attack params read metadata
+    only; other params still fall back to source comments (``_comment_help``, to be removed)."""
+    comments = {} if issubclass(cls, AttackParams) else _comment_help(cls)
     return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
@@ -82,7 +89,7 @@ def describe_params(params_cls: type) -> list[str]:
 
 
 def undocumented(params_cls: type) -> list[str]:
-    """Fields that have neither help metadata nor a source comment."""
+    """Fields without help (for attack params: without ``metadata["help"]``)."""
     return [name for name, text in field_help(params_cls).items() if not text]
 
 
@@ -102,12 +109,28 @@ def describe(kind: str, name: str) -> str:
         return f"suite {name} ({path})\n{data.get('description', '').strip()}\n\n{path.read_text()}"
     registry = DEFENSES if kind == "defenses" else ATTACKS
     cls = registry.get(name)
-    doc = inspect.getdoc(cls) or ""
-    header = f"{kind[:-1]} {name} (version {getattr(cls, 'version', '?')}, {registry.target(name)})"
-    extra = []
-    if kind == "attacks":
-        extra.append(f"requires: {', '.join(sorted(getattr(cls, 'requires', ()))) or 'nothing'}; "
-                     f"observes: {getattr(cls, 'target', 'probe')}")
+    doc = _own_doc(cls) if kind == "attacks" else inspect.getdoc(cls) or ""
+    header = f"{kind[:-1]} {name} (version {cls.version}, {registry.target(name)})"
+    extra = ["", *attack_contract(cls)] if kind == "attacks" else []
     label = "defense" if kind == "defenses" else "attack"
     return "\n".join([header, doc, *extra, "", f"parameters (override with --set {label}.{name}.<key>=<TOML value>):",
                       *describe_params(cls.Params)])
+
+
+def _own_doc(cls: type) -> str:
+    """The attack's own docstring, else its module's (where the attacks describe their method); never
+    the ``Attack`` base's, which ``inspect.getdoc`` would inherit."""
+    doc = cls.__dict__.get("__doc__") or inspect.getmodule(cls).__doc__ or ""
+    return inspect.cleandoc(doc)
+
+
+def attack_contract(cls: type[Attack]) -> list[str]:
+    """The contract an attack declares, as ``shebench show`` prints it: a user choosing an attack needs
+    to know which cells it runs in, what views it can use and how its numbers read."""
+    metrics = ", ".join(f"{m} {'↑' if up else '↓'}" for m, up in cls.metrics.items())
+    shared = ("yes: on a view that hides and permutes nothing both modes give one answer, computed once"
+              if cls.modes_differ_only_on_hidden else "no")
+    return [f"target: {cls.target} ({ATTACK_TARGETS[cls.target]})",
+            f"requires: {', '.join(sorted(cls.requires)) or 'nothing'}",
+            f"metrics (↑: higher means the attack recovered more): {metrics}",
+            f"modes differ only on hidden coordinates: {shared}"]

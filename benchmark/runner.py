@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.api import AttackerView, Defense
+from benchmark.api import Defense, view_lacks
 from benchmark.config import (
     ComponentSpec,
     ConfigError,
@@ -280,13 +280,6 @@ def _cell_files(stack: Stack, attack_target: Any, engine: str) -> list[Path]:
     return sorted(files)
 
 
-def _versions(defenses: Registry, attacks: Registry, d: ComponentSpec, a: ComponentSpec | None) -> list[str]:
-    out = [getattr(defenses.get(d.name), "version", "0")]
-    if a is not None:
-        out.append(getattr(attacks.get(a.name), "version", "0"))
-    return out
-
-
 def run_id_for(suite: SuiteConfig, groups: Sequence[Group]) -> str:
     """The same command resolves to the same run id, so re-running it resumes; the id hashes the cells'
     configuration only, so a re-run after a code or data change recomputes its stale cells in place."""
@@ -296,16 +289,6 @@ def run_id_for(suite: SuiteConfig, groups: Sequence[Group]) -> str:
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
-
-
-def _view_lacks(view: AttackerView | None, requires: frozenset[str]) -> list[str]:
-    if view is None:
-        return ["a view (the target client sent nothing this round)"]
-    checks = {
-        "plaintext": view.has_plaintext, "model": view.model is not None,
-        "candidates": bool(view.candidates), "grad": view.kind == "grad",
-    }
-    return [r for r in sorted(requires) if not checks.get(r, False)]
 
 
 def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] | None = None,
@@ -323,12 +306,12 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
     probe = sim.probe
     chosen = None if probe is None or cls.target == "round" else (probe.cases.get(case) if case else probe.first)
     view = None if probe is None else (probe.round_view if cls.target == "round" else chosen and chosen.view)
-    missing = _view_lacks(view, cls.requires)
+    missing = view_lacks(view, cls.requires)
     row: dict[str, Any] = {"attack_params": to_dict(params), "metric_directions": dict(cls.metrics)}
     if missing:
         row.update(status="incompatible", attack_note=f"{view.note + '; ' if view and view.note else ''}view lacks: {', '.join(missing)}")
         return row
-    shared = memo is not None and getattr(cls, "modes_differ_only_on_hidden", False) and view.is_clear
+    shared = memo is not None and cls.modes_differ_only_on_hidden and view.is_clear
     key = (spec.label, case, stable_hash({k: v for k, v in to_dict(params).items() if k != "mode"}))
     t0 = time.perf_counter()
     if shared and key in memo:

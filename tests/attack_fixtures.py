@@ -5,8 +5,7 @@ import copy
 
 import pytest
 import torch
-
-from attacks import toy
+import toy
 
 T = "Tweet: {text}\nSentiment:"
 TEXTS = ["i really love the new phone it works great", "the weather today is awful and cold"]

@@ -1,17 +1,29 @@
-"""Every registered attack honours the harness contract: class attributes, Params with a mode,
-construction from a config dict, and a note instead of an exception for views it cannot exploit."""
+"""Every registered attack honours the contract ``benchmark.api.Attack`` declares: class attributes,
+Params with a mode and help on every field, construction from a config dict, and a note instead of an
+exception for views it cannot exploit. The assertions read the contract; no attack is named here."""
 
 import copy
-from dataclasses import fields, replace
+from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
 
 import pytest
 import torch
+import toy
 
-from attacks import ATTACKS, toy
-from benchmark.api import AttackerView, Reconstruction
+from attacks import ATTACKS
+from benchmark.api import (
+    ATTACK_TARGETS,
+    RECONSTRUCTION_METRICS,
+    VIEW_OFFERS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Reconstruction,
+    view_lacks,
+)
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.describe import describe, undocumented
 
-NAMES = ["dager", "token_leak", "subspace_rank", "grad_match", "mia", "utr", "fedspy"]
+NAMES = ATTACKS.names()
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +38,16 @@ def plain_view():
 @pytest.mark.parametrize("name", NAMES)
 def test_class_contract(name):
     cls = ATTACKS.get(name)
-    assert cls.name == name and cls.version
-    assert cls.requires <= {"plaintext", "model", "candidates", "grad"}
+    assert issubclass(cls, Attack) and issubclass(cls.Params, AttackParams)
+    assert cls.name == name == cls.Params.attack and cls.version
+    assert cls.requires <= set(VIEW_OFFERS)
     assert cls.metrics and all(isinstance(v, bool) for v in cls.metrics.values())
-    assert cls.target == ("round" if name == "mia" else "probe")
+    assert cls.target in ATTACK_TARGETS
+    assert isinstance(cls.modes_differ_only_on_hidden, bool)
     names = [f.name for f in fields(cls.Params)]
     assert "mode" in names and cls.Params().mode == "naive"
+    with pytest.raises(FrozenInstanceError):
+        cls.Params().mode = "adaptive"  # a cell hashes its params: they must not change under it
     params = params_from_dict(cls.Params, {"mode": "adaptive"}, f"attack.{name}")
     assert cls(params).params.mode == "adaptive"
     with pytest.raises(ConfigError):
@@ -48,7 +64,7 @@ def test_ciphertext_only_view_yields_a_note(name, plain_view):
         rec = cls(cls.Params(mode=mode)).reconstruct(view)
         assert isinstance(rec, Reconstruction)
         assert rec.texts == [] and rec.note
-        if name != "mia":  # nothing to reconstruct from: an abstention, never a defense win
+        if cls.target == "probe":  # nothing to reconstruct from: an abstention, never a defense win
             assert rec.status == "abstained"
 
 
@@ -59,14 +75,14 @@ def test_bare_view_without_model_yields_a_note(name):
     assert rec.texts == [] and rec.note and rec.status == "abstained"
 
 
-@pytest.mark.parametrize("name", ["dager", "token_leak", "subspace_rank"])
+@pytest.mark.parametrize("name", [n for n in NAMES if "plaintext" in ATTACKS.get(n).requires])
 def test_modules_with_nothing_visible_yield_a_note(name, plain_view):
     hidden = {n: replace(m, A=None, B=None) for n, m in plain_view.modules.items()}
     rec = ATTACKS.get(name)().reconstruct(replace(plain_view, modules=hidden))
     assert rec.texts == [] and rec.note and rec.status == "abstained"
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if getattr(ATTACKS.get(n), "modes_differ_only_on_hidden", False)])
+@pytest.mark.parametrize("name", [n for n in NAMES if ATTACKS.get(n).modes_differ_only_on_hidden])
 def test_modes_agree_on_a_clear_view_where_the_attack_says_so(name, plain_view):
     """The runner computes such an attack once per clear view and shares it between modes: the claim
     must hold (it fails if adaptive mode starts doing anything else)."""
@@ -81,3 +97,83 @@ def test_modes_agree_on_a_clear_view_where_the_attack_says_so(name, plain_view):
     assert naive.membership_scores_by == adaptive.membership_scores_by
     hidden = {n: replace(m, A_hidden=torch.ones_like(m.A, dtype=torch.bool)) for n, m in plain_view.modules.items()}
     assert not replace(plain_view, modules=hidden).is_clear
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_has_help(name):
+    """``shebench show`` prints each field's ``metadata["help"]``: a parameter without one is invisible."""
+    cls = ATTACKS.get(name)
+    missing = [f.name for f in fields(cls.Params) if not f.metadata.get("help", "").strip()]
+    assert not missing, f"{name}: parameters without help: {', '.join(missing)}"
+    assert not undocumented(cls.Params)  # what ``shebench show`` would print blank
+
+
+@pytest.mark.parametrize(("name", "bad", "message"), [
+    (name, {param: value}, f"{name}.{param} must be")
+    for name in NAMES
+    for param, value in (("rank_tol", 0.0), ("max_len", 0), ("batch_size", 0), ("lr", 0.0))
+    if param in {f.name for f in fields(ATTACKS.get(name).Params)}
+])
+def test_a_value_out_of_range_is_refused_naming_attack_and_param(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        ATTACKS.get(name).Params(**bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_show_prints_the_declared_contract(name):
+    cls = ATTACKS.get(name)
+    text = describe("attacks", name)
+    assert f"target: {cls.target}" in text and "modes differ only on hidden coordinates" in text
+    assert all(m in text for m in cls.metrics) and all(r in text for r in cls.requires)
+
+
+@dataclass(frozen=True)
+class _Params(AttackParams):
+    attack = "incomplete"
+    depth: int = field(default=1, metadata={"help": "how deep, >= 1"})
+
+
+def _declarations(**drop_or_change):
+    base = {"name": "incomplete", "version": "1", "target": "probe", "Params": _Params,
+            "requires": frozenset({"model"}), "metrics": RECONSTRUCTION_METRICS}
+    for key, value in drop_or_change.items():
+        if value is None:
+            del base[key]
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.mark.parametrize("missing", ["name", "version", "target", "Params", "requires", "metrics"])
+def test_an_attack_missing_a_declaration_is_refused_naming_it(missing):
+    with pytest.raises(TypeError, match=f"does not declare {missing}"):
+        type("Incomplete", (Attack,), _declarations(**{missing: None}))
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("target", "batch", "target must be one of probe, round"),
+    ("requires", frozenset({"telepathy"}), "requires names telepathy"),
+    ("Params", dict, "must be a frozen dataclass subclassing AttackParams"),
+    ("name", "other", "attack must be 'other'"),
+])
+def test_an_attack_with_a_malformed_declaration_is_refused(key, value, message):
+    with pytest.raises(TypeError, match=message):
+        type("Malformed", (Attack,), _declarations(**{key: value}))
+
+
+def test_a_complete_declaration_gets_the_template_preamble():
+    """The base ``reconstruct`` abstains with the first missing requirement's reason before the attack runs."""
+    cls = type("Complete", (Attack,), _declarations())
+    rec = cls().reconstruct(AttackerView(defense="x", kind="grad", modules={}))
+    assert rec.status == "abstained" and rec.note == VIEW_OFFERS["model"][1]
+    with pytest.raises(ValueError, match="incomplete.mode must be one of naive, adaptive, got 'sideways'"):
+        _Params(mode="sideways")
+
+
+def test_view_lacks_reads_what_a_view_offers(plain_view):
+    """The runner's incompatibility check and the attacks' abstentions read the same table."""
+    everything = frozenset(VIEW_OFFERS)
+    assert view_lacks(None, everything) == ["a view (the target client sent nothing this round)"]
+    assert view_lacks(AttackerView(defense="x", kind="weights", modules={}), everything) == sorted(everything)
+    assert view_lacks(plain_view, frozenset({"plaintext", "model", "grad"})) == []
+    assert view_lacks(replace(plain_view, tokenizer=None), frozenset({"model"})) == ["model"]

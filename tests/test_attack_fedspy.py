@@ -4,12 +4,12 @@ saturation, masks are honoured in adaptive mode, ciphertext-only views are decli
 from dataclasses import replace
 
 import pytest
+import toy
 from attack_fixtures import TEXTS, T, make_view
 
-from attacks import toy
 from attacks.dager import DAGER
-from attacks.decoding import layer_checks
 from attacks.fedspy import FedSpy, FedSpyParams, joint_check
+from attacks.toolkit.decoding import layer_checks
 from benchmark.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py

@@ -3,8 +3,8 @@
 import copy
 
 import pytest
+import toy
 
-from attacks import toy
 from attacks.grad_match import GradMatch, GradMatchParams
 from benchmark.metrics import score_reconstruction
 

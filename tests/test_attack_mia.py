@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+import toy
 
-from attacks import toy
 from attacks.mia import SCORES, MembershipInference, MIAParams, applied, visible_deltas
 from benchmark.api import AttackerView, ObservedModule
 from benchmark.federated import reserve_holdout

@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+import toy
 
-from attacks import toy
 from attacks.dager import DAGER, DAGERParams
 from attacks.subspace_rank import SubspaceRank, SubspaceRankParams
 from attacks.token_leak import TokenLeak, TokenLeakParams

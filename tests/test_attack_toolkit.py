@@ -5,13 +5,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import toy
 
-from attacks import toy
-from attacks.lmprior import PrefixPrior
-from attacks.lorahooks import attached, label_gradients, observed_target, per_example_grads
-from attacks.probing import _cached_last_inputs, capture_inputs, last_position_inputs
-from attacks.subspace import estimate_rank, split_by_gap
-from attacks.textutil import extract_text, harness_ids, template_ids
+from attacks.toolkit.lmprior import PrefixPrior
+from attacks.toolkit.lorahooks import attached, label_gradients, observed_target, per_example_grads
+from attacks.toolkit.probing import _cached_last_inputs, capture_inputs, last_position_inputs
+from attacks.toolkit.subspace import estimate_rank, split_by_gap
+from attacks.toolkit.textutil import extract_text, harness_ids, template_ids
 
 T = "Tweet: {text}\nSentiment:"
 

@@ -5,9 +5,9 @@ import copy
 from dataclasses import replace
 
 import pytest
+import toy
 from attack_fixtures import TEXTS, T, make_view
 
-from attacks import toy
 from attacks.utr import UTR, UTRParams
 from benchmark.metrics import score_reconstruction
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.probing import cache_kwarg, device_of, forward_params, last_logits
+from attacks.toolkit.probing import cache_kwarg, device_of, forward_params, last_logits
 
 
 class PrefixPrior:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.lorahooks import attached, flatten_grads, label_gradients, observed_target, unflatten
-from attacks.probing import device_of, last_logits, locate
+from attacks.toolkit.lorahooks import attached, flatten_grads, label_gradients, observed_target, unflatten
+from attacks.toolkit.probing import device_of, last_logits, locate
 from benchmark.api import AttackerView
 
 _EXACT = 0.999  # a cosine this close to 1 means the label combination is found

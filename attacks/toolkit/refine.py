@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.lorahooks import flatten_grads, per_example_grads
-from attacks.probing import device_of
+from attacks.toolkit.lorahooks import flatten_grads, per_example_grads
+from attacks.toolkit.probing import device_of
 from benchmark.api import AttackerView
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.probing import device_of, last_logits, locate
+from attacks.toolkit.probing import device_of, last_logits, locate
 from benchmark.api import AttackerView, LoRAFactors, ObservedModule
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attacks.probing import (
+from attacks.toolkit.probing import (
     AdaptedModule,
     attention_inputs_by_layer,
     capture_inputs,
@@ -25,7 +25,7 @@ from attacks.probing import (
     position_free,
     vocab_inputs,
 )
-from attacks.subspace import Span, min_distance, module_span, refine, split_by_gap
+from attacks.toolkit.subspace import Span, min_distance, module_span, refine, split_by_gap
 from benchmark.api import AttackerView
 
 
