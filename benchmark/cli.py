@@ -327,6 +327,9 @@ def cmd_show(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from benchmark.describe import describe
 
     regs = _registries()
+    if "+" in args.name:  # a defense stack such as dp+she_lora
+        print(describe("defenses", args.name))
+        return 0
     for kind in ("defenses", "attacks", "scenarios", "suites"):
         if args.name in regs[kind]:
             print(describe(kind, args.name))

@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmark.api import ATTACK_TARGETS, Attack, AttackParams
 from benchmark.config import ScenarioConfig, load_toml, to_dict
+from benchmark.stacks import SEP, is_wrapper, stack_names
 
 
 def _comment_help(cls: type) -> dict[str, str]:
@@ -107,11 +108,17 @@ def describe(kind: str, name: str) -> str:
         path = SUITES.target(name)
         data = load_toml(path)
         return f"suite {name} ({path})\n{data.get('description', '').strip()}\n\n{path.read_text()}"
+    if kind == "defenses" and SEP in name:
+        return describe_stack(name)
     registry = DEFENSES if kind == "defenses" else ATTACKS
     cls = registry.get(name)
     doc = _own_doc(cls) if kind == "attacks" else inspect.getdoc(cls) or ""
     header = f"{kind[:-1]} {name} (version {cls.version}, {registry.target(name)})"
     extra = ["", *attack_contract(cls)] if kind == "attacks" else []
+    if kind == "defenses" and is_wrapper(cls):
+        extra = ["", f"wrapper: sits on another defense (e.g. {name}{SEP}she_lora); alone it runs over "
+                     f"{cls.default_inner} ({name}{SEP}{cls.default_inner})"
+                 + (f"; at most one {cls.family!r} wrapper per stack" if cls.family else "")]
     label = "defense" if kind == "defenses" else "attack"
     return "\n".join([header, doc, *extra, "", f"parameters (override with --set {label}.{name}.<key>=<TOML value>):",
                       *describe_params(cls.Params)])
@@ -134,3 +141,17 @@ def attack_contract(cls: type[Attack]) -> list[str]:
             f"requires: {', '.join(sorted(cls.requires)) or 'nothing'}",
             f"metrics (↑: higher means the attack recovered more): {metrics}",
             f"modes differ only on hidden coordinates: {shared}"]
+
+
+def describe_stack(name: str) -> str:
+    """A stack, layer by layer (outermost first): each layer's description and parameters, which
+    ``--set defense.<label>.<layer>.<key>`` addresses (a key only one layer has needs no layer)."""
+    from defenses import DEFENSES
+
+    parts = stack_names(name, DEFENSES)
+    lines = [f"defense stack {name} = {SEP.join(parts)} (outermost first)"]
+    for part in parts:
+        cls = DEFENSES.get(part)
+        summary = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+        lines += ["", f"[{part}] {summary}", *param_lines(cls.Params, prefix=f"{part}.")]
+    return "\n".join(lines)

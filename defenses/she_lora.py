@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -63,19 +63,27 @@ class SHELoRAParams:
     negotiation's shares and Eq. 14 scores, and every negotiation's record (``negotiations``).
     """
 
-    lift: str = "client_lift"
-    leakage: str = "ope"
-    swap: bool = True
-    sensitivity_refresh: int = 0
-    budget_scale: float = 1.0
-    send_scores: bool = False
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = ()
-    scale_bits: int = 0
-    n_workers: int = 1
-    shares: tuple[float, ...] = DEFAULT_SHARES
-    negotiation: str = "fixed"
-    gp_calls: int = GP_CALLS
+    lift: str = field(default="client_lift", metadata={"help": (
+        "client_lift: clients encrypt w*s*B*a per selected column and the server only adds (lean context, no "
+        "Galois keys); server_lift: clients encrypt the r-vectors a and the server multiplies by its plaintext B "
+        "(the paper's way: ~m/r times smaller uploads, a large Galois key set, much more server time)")})
+    leakage: str = field(default="ope", metadata={"help": (
+        "what the server learns of column positions: ope (keyed order-preserving codes) | plain (indices in the clear)")})
+    swap: bool = field(default=True, metadata={"help": "apply the shared column permutation built from the global list"})
+    sensitivity_refresh: int = field(default=0, metadata={"help": (
+        "0: negotiate the global lists once (the paper); R > 0: renegotiate every R rounds; >= 0")})
+    budget_scale: float = field(default=1.0, metadata={"help": "multiplies every tier's encryption budget; in (0, 1]"})
+    send_scores: bool = field(default=False, metadata={"help": "send sensitivity scores with the top-k lists (a leak)"})
+    poly_modulus_degree: int = field(default=8192, metadata={"help": "CKKS ring degree N (N/2 slots); a power of two"})
+    coeff_mod_bit_sizes: tuple[int, ...] = field(default=(), metadata={"help": (
+        "CKKS coefficient modulus chain; empty: (60, 60) for client_lift, (60, 40, 40, 60) for server_lift")})
+    scale_bits: int = field(default=0, metadata={"help": "CKKS scale 2^bits; 0: 50 for client_lift, 40 for server_lift"})
+    n_workers: int = field(default=1, metadata={"help": "processes for client encryption and the server lift; >= 1"})
+    shares: tuple[float, ...] = field(default=DEFAULT_SHARES, metadata={"help": (
+        "(tier, Common, Sensitivity) shares of each budget increment in the negotiation; 3 numbers")})
+    negotiation: str = field(default="fixed", metadata={"help": (
+        "fixed: `shares` for every tier | gp: per-tier shares maximising the paper's Eq. 14 (scikit-optimize)")})
+    gp_calls: int = field(default=GP_CALLS, metadata={"help": "evaluations of gp_minimize for negotiation=gp"})
 
     def __post_init__(self) -> None:
         if self.lift not in LIFTS:
