@@ -1,16 +1,6 @@
-"""Attacks, one module each, registered by name with lazy targets."""
+"""Attacks, one module each. They are declared as entry points (``shebench.attacks`` in pyproject.toml)
+and listed by ``benchmark.plugins.ATTACKS``, re-exported here for convenience."""
 
-from benchmark.registry import Registry
+from benchmark.plugins import ATTACKS
 
-ATTACKS = Registry("attack")
-
-for _name, _target in {
-    "dager": "attacks.dager:DAGER",
-    "token_leak": "attacks.token_leak:TokenLeak",
-    "subspace_rank": "attacks.subspace_rank:SubspaceRank",
-    "grad_match": "attacks.grad_match:GradMatch",
-    "mia": "attacks.mia:MembershipInference",
-    "utr": "attacks.utr:UTR",
-    "fedspy": "attacks.fedspy:FedSpy",
-}.items():
-    ATTACKS.register(_name, _target)
+__all__ = ["ATTACKS"]

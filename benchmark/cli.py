@@ -203,7 +203,7 @@ def _suite_for(args: argparse.Namespace) -> Any:
             chosen = {c.label for c in changes[kind]}
             changes["scenarios"] = tuple(_narrowed(s, kind, chosen) for s in changes.get("scenarios", suite.scenarios))
     if args.engine is not None:
-        from benchmark.engines import ENGINES
+        from benchmark.plugins import ENGINES
 
         if args.engine not in ENGINES:
             raise ConfigError(f"--engine {args.engine!r} is not one of {', '.join(ENGINES.names())}")
@@ -310,10 +310,9 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _registries() -> dict[str, object]:
-    from attacks import ATTACKS
     from benchmark.models import MODELS
+    from benchmark.plugins import ATTACKS, DEFENSES
     from benchmark.runner import SCENARIOS, SUITES
-    from defenses import DEFENSES
 
     return {"defenses": DEFENSES, "attacks": ATTACKS, "scenarios": SCENARIOS, "suites": SUITES, "models": MODELS}
 

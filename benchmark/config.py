@@ -287,7 +287,7 @@ class ScenarioConfig:
                       "(a Flower ServerApp and one ClientApp node per client on Flower's simulation runtime)")
 
     def __post_init__(self) -> None:
-        from benchmark.engines import ENGINES
+        from benchmark.plugins import ENGINES
 
         check_label("scenario.name", self.name)
         if self.engine not in ENGINES:
@@ -630,7 +630,7 @@ def suite_from_dict(data: Mapping[str, Any], where: str = "suite") -> SuiteConfi
             raise ConfigError(f"{where}.scenario.{label}: no scenario labelled {label!r}; valid: {', '.join(labels)}")
     engine = data.get("engine")
     if engine is not None:
-        from benchmark.engines import ENGINES
+        from benchmark.plugins import ENGINES
 
         if engine not in ENGINES:
             raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES.names())}, got {engine!r}")

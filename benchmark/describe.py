@@ -95,9 +95,8 @@ def undocumented(params_cls: type) -> list[str]:
 
 
 def describe(kind: str, name: str) -> str:
-    from attacks import ATTACKS
+    from benchmark.plugins import ATTACKS, DEFENSES
     from benchmark.runner import SCENARIOS, SUITES, resolve_scenario
-    from defenses import DEFENSES
 
     if kind == "scenarios":
         path = SCENARIOS.target(name)
@@ -146,7 +145,7 @@ def attack_contract(cls: type[Attack]) -> list[str]:
 def describe_stack(name: str) -> str:
     """A stack, layer by layer (outermost first): each layer's description and parameters, which
     ``--set defense.<label>.<layer>.<key>`` addresses (a key only one layer has needs no layer)."""
-    from defenses import DEFENSES
+    from benchmark.plugins import DEFENSES
 
     parts = stack_names(name, DEFENSES)
     lines = [f"defense stack {name} = {SEP.join(parts)} (outermost first)"]

@@ -149,7 +149,7 @@ def engine_files(engine: str) -> list[Path]:
     """The modules of ``benchmark/engines/`` that cells run on ``engine`` depend on: the engine's module,
     what it imports from that package, and the package itself; none for an engine that lives outside
     it (``inproc``), so Flower code never stales in-process cells."""
-    from benchmark.engines import ENGINES
+    from benchmark.plugins import ENGINES
 
     module = target_module(ENGINES.target(engine)) or ""
     if not module.startswith(ENGINE_PACKAGE + "."):

@@ -197,8 +197,8 @@ def check_scenario_inputs(scenario: ScenarioConfig) -> None:
 def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     """Resolve every scenario, defense and attack (validating all parameters, the model and the data)
     into groups of cells. A cell's id covers its configuration, the code that computes it and the data."""
-    from attacks import ATTACKS
     from benchmark import fingerprint
+    from benchmark.plugins import ATTACKS
 
     check_suite(suite)
     for label in overrides.defense:
@@ -258,7 +258,7 @@ def _cases(attacks: Registry, spec: ComponentSpec, scenario: ScenarioConfig) -> 
 def defense_stack(spec: ComponentSpec) -> Stack:
     """The suite entry's defense, resolved (a stack such as ``dp+she_lora`` or one registered name) and
     its parameters validated; nothing is built."""
-    from defenses import DEFENSES
+    from benchmark.plugins import DEFENSES
 
     return resolve_stack(spec.name, spec.params, f"defense.{spec.label}", DEFENSES)
 
@@ -272,7 +272,7 @@ def _defense_versions(spec: ComponentSpec, stack: Stack) -> list[str]:
 def _cell_files(stack: Stack, attack_target: Any, engine: str) -> list[Path]:
     """Every code file a cell depends on: the harness, its engine, each layer of its defense, its attack."""
     from benchmark import fingerprint
-    from defenses import DEFENSES
+    from benchmark.plugins import DEFENSES
 
     files: set[Path] = set()
     for layer in stack.layers:
@@ -299,8 +299,8 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
     An attack whose modes differ only in how they treat hidden or permuted coordinates
     (``modes_differ_only_on_hidden``) gives the same answer in both modes on a clear view; there the
     reconstruction is computed once and shared through ``memo`` (the row says so)."""
-    from attacks import ATTACKS
     from benchmark import metrics
+    from benchmark.plugins import ATTACKS
 
     cls, params = _component(ATTACKS, spec, {"mode": mode}, "attack")
     probe = sim.probe
@@ -344,7 +344,7 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
 
 def simulate_group(group: Group, device: str, progress: Callable[[str], None]) -> Any:
     from benchmark.cost import simulate_cost
-    from benchmark.engines import ENGINES
+    from benchmark.plugins import ENGINES
 
     defense = defense_stack(group.defense).build()
     run = simulate_cost if group.scenario.kind == "cost" else ENGINES.get(group.scenario.engine)
@@ -524,8 +524,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 def code_and_data(groups: Sequence[Group]) -> tuple[dict[str, str], dict[str, str]]:
     """Per-file hashes of all code the planned cells depend on, and the data/model inputs by content."""
-    from attacks import ATTACKS
     from benchmark import fingerprint
+    from benchmark.plugins import ATTACKS
 
     files: set[Path] = set()
     data: dict[str, str] = {}

@@ -131,5 +131,5 @@ def resolve_stack(name: str, params: Mapping[str, Any], where: str, registry: Re
 def build_defense(name: str, params: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Defense:
     """A fresh defense from a (possibly stacked) name and its parameters, for code outside a run."""
     if registry is None:
-        from defenses import DEFENSES as registry
+        from benchmark.plugins import DEFENSES as registry
     return resolve_stack(name, params or {}, f"defense.{name}", registry).build()

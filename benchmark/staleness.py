@@ -40,8 +40,8 @@ def _attack_names(manifest: Mapping[str, Any]) -> dict[str, str]:
 def _current_files(defense: str, label: str, params: str, attack: str | None, engine: str) -> tuple[Path, ...]:
     import json
 
-    from attacks import ATTACKS
     from benchmark.config import ComponentSpec
+    from benchmark.plugins import ATTACKS
     from benchmark.runner import _cell_files, defense_stack
 
     stack = defense_stack(ComponentSpec(defense, label, json.loads(params)))

@@ -1,15 +1,6 @@
-"""Defenses, one module each, registered by name with lazy targets (listing imports nothing heavy)."""
+"""Defenses and wrappers, one module each. They are declared as entry points (``shebench.defenses`` in
+pyproject.toml) and listed by ``benchmark.plugins.DEFENSES``, re-exported here for convenience."""
 
-from benchmark.registry import Registry
+from benchmark.plugins import DEFENSES
 
-DEFENSES = Registry("defense")
-
-for _name, _target in {
-    "plain_lora": "defenses.plain_lora:PlainLoRA",
-    "dp": "defenses.dp:ClientLevelDP",
-    "dp_sgd": "defenses.dp_sgd:DPSGD",
-    "full_he": "defenses.full_he:FullHE",
-    "maskcrypt": "defenses.maskcrypt:MaskCrypt",
-    "she_lora": "defenses.she_lora:SHELoRADefense",
-}.items():
-    DEFENSES.register(_name, _target)
+__all__ = ["DEFENSES"]

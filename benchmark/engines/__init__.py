@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from benchmark.registry import Registry
+from benchmark.plugins import ENGINES
 
 # Everything stays offline: Flower and Ray read these when imported (telemetry) or started (update
 # check, installing an app's dependencies, usage stats). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes a
@@ -22,6 +22,4 @@ for _var, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHEC
                      ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")):
     os.environ.setdefault(_var, _value)
 
-ENGINES = Registry("engine")
-ENGINES.register("inproc", "benchmark.federated:simulate")
-ENGINES.register("flower", "benchmark.engines.flower_sim:simulate")
+__all__ = ["ENGINES"]  # filled from the ``shebench.engines`` entry points (pyproject.toml)
