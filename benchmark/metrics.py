@@ -40,21 +40,6 @@ def match(references: Sequence[str], texts: Sequence[str]) -> list[tuple[int, in
     return [(int(r), int(c)) for r, c in zip(rows, cols)]
 
 
-def strip_template(text: str, template: str) -> str:
-    """Remove the public template's literal pieces (the part before ``{text}`` at the start, the part
-    after it wherever it occurs) so that scores measure private content only."""
-    head, _, tail = template.partition("{text}")
-    out = text.strip()
-    h, t = head.strip(), tail.strip()
-    if h and out.lower().startswith(h.lower()):
-        out = out[len(h) :]
-    if t:
-        i = out.lower().find(t.lower())
-        if i >= 0:
-            out = out[:i] + " " + out[i + len(t) :]
-    return " ".join(out.split())
-
-
 def private_text(text: str, template: str, labels: Sequence[str] = ()) -> str:
     """The private part of a text: the template's head removed and, where the template's tail (the
     label or response follows it) occurs, everything from the tail on cut; where it does not, a
@@ -81,11 +66,11 @@ def score_reconstruction(
     """ROUGE-1/2/L F1 averaged over references after matching, exact-match rate, and batch-level
     token recall/precision (multiset overlap of token ids; whitespace words without a tokenizer).
 
-    With ``template``, its public pieces are stripped from references and reconstructions alike, so
-    echoing the template earns nothing."""
+    With ``template``, both sides are cut to their private part (``private_text``, as the harness
+    scores rows), so echoing the template and label earns nothing."""
     if template:
-        references = [strip_template(r, template) for r in references]
-        texts = [strip_template(t, template) for t in texts]
+        references = [private_text(r, template) for r in references]
+        texts = [private_text(t, template) for t in texts]
     out = {k: 0.0 for k in ROUGE_KEYS}
     out.update(exact_match=0.0, token_recall=0.0, token_precision=0.0)
     if not references:

@@ -173,8 +173,7 @@ class FullHEClient(ClientRole):
         self.fed: FederationInfo | None = None
         self._client_ctx: Any = None  # shared by the clients: holds the secret key
         self._costs: dict[str, float] = {}
-        self._cache: tuple[WirePayload, dict[str, FactoredDelta], float] | None = None
-        self.last_timings: dict[str, float] = {}
+        self._cache: tuple[WirePayload, dict[str, FactoredDelta]] | None = None
 
     def setup(self, fed: FederationInfo) -> WirePayload:
         self.fed = fed
@@ -217,20 +216,17 @@ class FullHEClient(ClientRole):
         )
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        deltas, dec_s = self._decrypted(message)
-        self.last_timings = {"dec_s": dec_s}
+        deltas = self._decrypted(message)
         return finalize_to_rank(deltas, client, self.fed.seed if self.fed else 0)
 
-    def _decrypted(self, message: WirePayload) -> tuple[dict[str, FactoredDelta], float]:
-        """Every client decrypts the same broadcast; the simulation does it once and reports the
-        time each client would spend."""
+    def _decrypted(self, message: WirePayload) -> dict[str, FactoredDelta]:
+        """The broadcast decrypted once per message object (the engine hands each receiver its own
+        copy, so each receiver's decryption is measured)."""
         if self._cache is not None and self._cache[0] is message:
-            return self._cache[1], self._cache[2]
-        t0 = time.perf_counter()
+            return self._cache[1]
         deltas = self._decrypt_stack(message) if message.meta["aggregation"] == "stack" else self._decrypt_lift(message)
-        dec_s = time.perf_counter() - t0
-        self._cache = (message, deltas, dec_s)
-        return deltas, dec_s
+        self._cache = (message, deltas)
+        return deltas
 
     def _decrypt_stack(self, message: WirePayload) -> dict[str, FactoredDelta]:
         ctx, cap = self._client_ctx, ckks.slots(self._client_ctx)

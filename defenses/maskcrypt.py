@@ -215,8 +215,7 @@ class MaskCryptClient(ClientRole):
         self._client_ctx: Any = None
         self._costs: dict[str, float] = {}
         self._consensus: dict[int, np.ndarray] = {}  # round -> the server's ordered consensus (public)
-        self._cache: tuple[WirePayload, dict[str, FactoredDelta], float] | None = None
-        self.last_timings: dict[str, float] = {}
+        self._cache: tuple[WirePayload, dict[str, FactoredDelta]] | None = None
 
     def setup(self, fed: FederationInfo) -> WirePayload:
         self.fed = fed
@@ -298,13 +297,9 @@ class MaskCryptClient(ClientRole):
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
         seed = self.fed.seed if self.fed else 0
         if "clients" not in message.meta:
-            self.last_timings = {"dec_s": 0.0}
             return finalize_to_rank(read_broadcast(message), client, seed)
         if self._cache is None or self._cache[0] is not message:
-            t0 = time.perf_counter()
-            deltas = rebuild(message, self._consensus, self._client_ctx)
-            self._cache = (message, deltas, time.perf_counter() - t0)
-        self.last_timings = {"dec_s": self._cache[2]}
+            self._cache = (message, rebuild(message, self._consensus, self._client_ctx))
         return finalize_to_rank(self._cache[1], client, seed)
 
 

@@ -138,8 +138,7 @@ class SHELoRAClient(ClientRole):
         self._round_total: dict[int, tuple[float, frozenset[int]]] = {}
         self._exponents: dict[int, dict[str, int]] = {}  # round -> agreed client_lift exponents
         self._last_nego_round = 0
-        self._fused: tuple[WirePayload, dict[str, Any], float] | None = None
-        self.last_timings: dict[str, float] = {}
+        self._fused: tuple[WirePayload, dict[str, Any]] | None = None
 
     def setup(self, fed: FederationInfo) -> WirePayload:
         self.fed = fed
@@ -216,15 +215,12 @@ class SHELoRAClient(ClientRole):
                            timings={"enc_s": enc_s} if cipher else {})
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        """Decrypt and fuse once per received broadcast (every client of it gets the same aggregate;
-        ``last_timings`` reports what each one spends), then truncate to the client's rank."""
+        """Decrypt and fuse once per received broadcast object (the engine hands each receiver its own
+        copy, so each receiver's decryption is measured), then truncate to the client's rank."""
         if self._fused is None or self._fused[0] is not message:
-            t0 = time.perf_counter()
             top = max(c.rank for c in self.fed.clients) if self.fed else None
-            self._fused = (message, self.side.fuse(message.plain, message.cipher, message.meta, rank=top), 0.0)
-            self._fused = (*self._fused[:2], time.perf_counter() - t0)
+            self._fused = (message, self.side.fuse(message.plain, message.cipher, message.meta, rank=top))
         fused = self._fused[1]
-        self.last_timings = {"dec_s": self._fused[2]}
         seed = self.fed.seed if self.fed else 0
         with thin_linalg():
             out = finalize_to_rank(fused, client, seed)

@@ -62,7 +62,6 @@ def test_aggregate_equals_plaintext_flexlora(fed_updates, packing, aggregation):
     payloads, message, got = _round(d, fed, updates)
     assert all(not p.plain for p in payloads) and not message.plain
     assert all(p.timings["enc_s"] > 0 for p in payloads) and "agg_s" in message.timings
-    assert d.client.last_timings["dec_s"] > 0
     _assert_close_to_plain(got, fed, updates)
 
 

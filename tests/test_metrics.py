@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmark.metrics import match, membership_auc, private_text, score_reconstruction, strip_template
+from benchmark.metrics import match, membership_auc, private_text, score_reconstruction
 
 
 def test_perfect_reconstruction_in_any_order_scores_one():
@@ -58,8 +58,8 @@ def test_token_bag_uses_the_tokenizer_when_given():
 
 def test_template_is_stripped_from_both_sides():
     t = "Tweet: {text}\nSentiment:"
-    assert strip_template("Tweet: I love it\nSentiment: positive", t) == "I love it positive"
-    assert strip_template("plain text", t) == "plain text"
+    same = score_reconstruction(["Tweet: secret words here\nSentiment: negative"], ["secret words here"], template=t)
+    assert same["rouge1"] == 1.0
     echo = score_reconstruction(["Tweet: secret words here\nSentiment: negative"], ["Tweet:\nSentiment:"], template=t)
     assert echo["rouge1"] == 0.0
 

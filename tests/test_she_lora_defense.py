@@ -53,7 +53,7 @@ def test_aggregate_equals_flexlora(params: SHELoRAParams) -> None:
             A, B = to_lora(ref[name], client.rank, client.scale)
             assert relative_error(f.delta(), client.scale * (B @ A)) <= 1e-5
     assert all(p.cipher_bytes() > 0 for p in payloads) and message.timings["agg_s"] > 0
-    assert "enc_s" in payloads[0].timings and d.client.last_timings["dec_s"] > 0
+    assert "enc_s" in payloads[0].timings
 
 
 def test_server_holds_no_secret_key() -> None:
