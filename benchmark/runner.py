@@ -250,7 +250,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
 
 def _cases(attacks: Registry, spec: ComponentSpec, scenario: ScenarioConfig) -> list[tuple[int, int] | None]:
     """A probe attack has one cell per probe case (batch size x private batch); a round attack one."""
-    from benchmark.federated import probe_keys
+    from benchmark.federation.probe import probe_keys
 
     return list(probe_keys(scenario)) if attacks.get(spec.name).target == "probe" else [None]
 
@@ -335,15 +335,14 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
 
 
 def simulate_group(group: Group, device: str, progress: Callable[[str], None]) -> Any:
-    from benchmark.cost import simulate_cost
+    """The group's simulation on its scenario's engine, and the run's privacy facts as the roles
+    told them (on Flower the client role lives in another process: the result carries its facts)."""
     from benchmark.engines import ENGINES
     from defenses import DEFENSES
 
     cls, params = _component(DEFENSES, group.defense, {}, "defense")
-    defense = cls(params)
-    run = simulate_cost if group.scenario.kind == "cost" else ENGINES.get(group.scenario.engine)
-    sim = run(group.scenario, defense, group.seed, device, progress)
-    return sim, defense
+    sim = ENGINES.get(group.scenario.engine)(group.scenario, cls(params), group.seed, device, progress)
+    return sim, sim
 
 
 def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], device: str) -> dict[str, Any]:
@@ -364,7 +363,7 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
 
 
 def _probe_rank(scenario: ScenarioConfig, seed: int) -> int:
-    from benchmark.federated import make_clients, probe_target
+    from benchmark.federation.sampling import make_clients, probe_target
 
     return make_clients(scenario, seed)[probe_target(scenario, seed)].rank if scenario.kind == "federated" else 0
 

@@ -60,13 +60,15 @@ def test_flower_rows_count_flower_message_bytes(both):
 
 
 def test_engine_modules_count_only_for_their_cells():
-    assert fingerprint.engine_files("inproc") == []
+    assert {p.name for p in fingerprint.engine_files("inproc")} == {"inproc.py", "__init__.py"}
+    assert {p.name for p in fingerprint.engine_files("cost")} == {"cost.py", "__init__.py"}
     flower = {p.name for p in fingerprint.engine_files("flower")}
-    assert {"flower_sim.py", "records.py", "__init__.py"} <= flower
+    assert {"flower_sim.py", "flower_client.py", "records.py", "__init__.py"} <= flower
     suite = dataclasses.replace(resolve_suite("smoke"), defenses=(ComponentSpec("plain_lora", "plain_lora"),))
     (ref,), (fl,) = plan(suite, Overrides({}, {}, {})), plan(dataclasses.replace(suite, engine="flower"), Overrides({}, {}, {}))
     inproc_files = fingerprint.code_files("defenses.plain_lora:PlainLoRA", None, "inproc")
-    assert not [p for p in inproc_files if "engines" in p.parts]
+    assert {p.name for p in inproc_files if "engines" in p.parts} == {"inproc.py", "__init__.py"}
+    assert {"driver.py", "node.py"} <= {p.name for p in inproc_files if "federation" in p.parts}  # every engine's
     assert ref.cells[0].code_fp != fl.cells[0].code_fp
     assert ref.scenario.engine == "inproc" and fl.scenario.engine == "flower"
 
@@ -81,10 +83,13 @@ def test_inproc_cell_keys_do_not_include_the_default_engine():
 
 
 def test_bad_engine_is_a_one_line_error():
-    with pytest.raises(ConfigError, match=r"scenario.engine must be one of flower, inproc, got 'ray'"):
+    with pytest.raises(ConfigError, match=r"scenario.engine must be one of cost, flower, inproc, got 'ray'"):
         resolve_scenario("tiny", {"engine": "ray"})
-    with pytest.raises(ConfigError, match=r"suite.engine must be one of flower, inproc"):
+    with pytest.raises(ConfigError, match=r"suite.engine must be one of cost, flower, inproc"):
         suite_from_dict({"engine": "flwr"})
     with pytest.raises(ConfigError, match="cost scenarios"):
         resolve_scenario("cost_public_bench", {"engine": "flower"})
+    with pytest.raises(ConfigError, match="cost scenarios"):
+        resolve_scenario("tiny", {"engine": "cost"})
+    assert resolve_scenario("cost_public_bench").engine == "cost"
     assert suite_from_dict({"engine": "flower"}).engine == "flower"
