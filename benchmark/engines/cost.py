@@ -28,6 +28,7 @@ from benchmark.api import (
     WirePayload,
 )
 from benchmark.config import ScenarioConfig
+from benchmark.data import Example
 from benchmark.federation.driver import RoundDriver, SimulationResult
 from benchmark.federation.endpoint import ClientEndpoint, Factors
 from benchmark.federation.probe import ProbeResult, ProbeRound
@@ -94,7 +95,7 @@ class RandomClients:
         factors = self.role.finalize(message, client)
         return factors, time.perf_counter() - t0
 
-    def probe_update(self, client: ClientInfo, rnd: int, start: Factors, batch: list) -> ClientUpdate:
+    def probe_update(self, client: ClientInfo, rnd: int, start: Factors, batch: list[Example]) -> ClientUpdate:
         raise RuntimeError("the cost engine has no model to probe")
 
     def privacy_params(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from benchmark.federation.sampling import Schedule
 from benchmark.protocol import Parties, aggregate, mean_or_none, negotiate, setup_roles, upload
 from benchmark.train import LocalResult
 from benchmark.transcript import Channel, describe_upload, wire_copy
+from benchmark.wire import WireMeter
 
 
 @dataclass
@@ -66,7 +67,7 @@ class RoundDriver:
         self.probe_start: Factors = {}
 
     @property
-    def meter(self):
+    def meter(self) -> WireMeter:
         return self.channel.meter
 
     # ---- what each client starts a round from -----------------------------------------------
