@@ -10,12 +10,14 @@ in-process, so the probe and the attacks run server-side from the transcript alo
 
 One Flower node per client on the simulation runtime (node ``partition-id`` = client id; a node with
 ``num-partitions`` < clients hosts every client ``c`` with ``c % num-partitions == partition-id``).
-Clients are sampled by ``benchmark.federation.sampling.sample_round`` from the scenario's seed, as in-process.
+Clients are sampled by ``benchmark.federation.sampling.sample_round`` from the scenario's seed, as
+in-process.
 
 What is not a protocol message travels in a ``harness`` record that never enters the transcript or
-any byte count: the private arguments of a client-role call (the client's update, which in-process is
-the same object), its start and head for local training, and what the referee scores (raw updates
-for ``agg_rel_err``, the texts a client trained on, finalized factors). So the referee lives in the
+any byte count: the endpoint's harness data (``benchmark.federation.endpoint``): the private
+arguments of a client-role call (the client's update), its start and head for local training, and
+what the referee scores (raw updates for ``agg_rel_err``, the texts a client trained on, finalized
+factors), plus the run's public configuration with a fresh copy of the client role (``NodeSpec``). So the referee lives in the
 ServerApp's process, as it lives in the one process of ``inproc``: the threat model holds because an
 attack gets only views built from the transcript, not because the server process is blind. The nodes
 keep no per-client state of their own: the defense's client role object is their only state, shared
