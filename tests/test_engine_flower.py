@@ -93,3 +93,45 @@ def test_bad_engine_is_a_one_line_error():
         resolve_scenario("tiny", {"engine": "cost"})
     assert resolve_scenario("cost_public_bench").engine == "cost"
     assert suite_from_dict({"engine": "flower"}).engine == "flower"
+
+
+def test_a_deployed_node_holds_only_the_client_role_pickled_plainly(tmp_path):
+    """A deployment's ClientApp keeps the role in its state folder between per-message processes:
+    plain pickle carries its secret CKKS context (no special pickler), and the node never reaches a
+    server role. Three 'processes' here: setup, protect, finalize, each reloading the role."""
+    import gc
+
+    import torch
+
+    from benchmark.api import FederationInfo, ServerRole
+    from benchmark.engines.cost import random_update
+    from benchmark.engines.flower_client import NODE_OPS, FolderRoles, NodeSpec
+    from benchmark.federation.reference import reference_aggregate, relative_error
+    from benchmark.federation.sampling import make_clients
+    from defenses import DEFENSES
+
+    scenario = resolve_scenario("tiny")
+    defense = DEFENSES.get("full_he")()
+    client = min(make_clients(scenario, 0), key=lambda c: c.rank)
+    shapes = {"m": (8, 6)}
+    fed = FederationInfo((client,), shapes, 1, 1, 0)
+    spec = NodeSpec("t", scenario, defense.client, 0, "cpu", 1)
+    store = FolderRoles(str(tmp_path))
+    with store.open(spec) as proc:
+        hello, _ = NODE_OPS["setup"](proc.node, None, {"fed": fed})
+    defense.server.setup(fed, [hello])
+    update = random_update(client, shapes, torch.Generator().manual_seed(0), 1)
+    with store.open(spec) as proc:
+        sent, _ = NODE_OPS["protect"](proc.node, None, {"update": update})
+    with store.open(spec) as proc:
+        _, out = NODE_OPS["finalize"](proc.node, defense.server.aggregate([sent]), {"client": client})
+        seen, stack = set(), [proc]
+        while stack:  # everything the node's process holds
+            obj = stack.pop()
+            assert not isinstance(obj, ServerRole), "a ClientApp process reaches a server role"
+            for ref in gc.get_referents(obj):
+                if id(ref) not in seen and not isinstance(ref, type):
+                    seen.add(id(ref))
+                    stack.append(ref)
+    want = reference_aggregate([update])["m"].truncated(client.rank)
+    assert relative_error(out["factors"]["m"].delta(), want) < 1e-5
