@@ -259,6 +259,10 @@ class CostConfig:
         check_unique("cost.modules", self.modules)
 
 
+# The engine a scenario of each kind runs on unless it names another.
+KIND_ENGINE = {"federated": "inproc", "cost": "cost"}
+
+
 @dataclass(frozen=True)
 class ScenarioConfig:
     """One federated setting: model, data, clients and their tiers, training, threat and probe."""
@@ -284,7 +288,8 @@ class ScenarioConfig:
     probe: ProbeConfig = opt(help="[probe] the attacked client and membership candidates", factory=ProbeConfig)
     cost: CostConfig = opt(help="[cost] shapes of cost scenarios", factory=CostConfig)
     engine: str = opt("inproc", "what runs the rounds: inproc (every client in this process) | flower "
-                      "(a Flower ServerApp and one ClientApp node per client on Flower's simulation runtime)")
+                      "(a Flower ServerApp and one ClientApp node per client on Flower's simulation runtime) | "
+                      "cost (random updates of the right shapes; a cost scenario's engine, set for it)")
 
     def __post_init__(self) -> None:
         from benchmark.plugins import ENGINES
@@ -292,10 +297,13 @@ class ScenarioConfig:
         check_label("scenario.name", self.name)
         if self.engine not in ENGINES:
             raise ConfigError(f"scenario.engine must be one of {', '.join(ENGINES.names())}, got {self.engine!r}")
-        if self.kind == "cost" and self.engine != "inproc":
-            raise ConfigError(f"scenario.engine={self.engine!r}: cost scenarios measure shapes in process; use engine 'inproc'")
-        if self.kind not in ("federated", "cost"):
+        if self.kind not in KIND_ENGINE:
             raise ConfigError(f"scenario.kind must be 'federated' or 'cost', got {self.kind!r}")
+        if self.engine == "inproc":  # the default: each kind runs on its own engine unless told otherwise
+            object.__setattr__(self, "engine", KIND_ENGINE[self.kind])
+        if (self.kind == "cost") != (self.engine == "cost"):
+            raise ConfigError(f"scenario.engine={self.engine!r} with kind={self.kind!r}: cost scenarios (shapes only, "
+                              "no model) run on the 'cost' engine, and only they do")
         if self.task not in ("classification", "instruction"):
             raise ConfigError(f"scenario.task must be 'classification' or 'instruction', got {self.task!r}")
         if self.n_clients < 1:
@@ -507,10 +515,10 @@ def scenario_from_dict(data: Mapping[str, Any], where: str = "scenario") -> Scen
 
 
 def scenario_key(scenario: ScenarioConfig) -> dict[str, Any]:
-    """The scenario as a cell key hashes it: the default engine left out, so cells planned before
-    engines existed keep their keys."""
+    """The scenario as a cell key hashes it: the default engine of its kind left out, so cells planned
+    before engines existed keep their keys."""
     data = to_dict(scenario)
-    if data.get("engine") == "inproc":
+    if data.get("engine") == KIND_ENGINE.get(data.get("kind", "federated")):
         del data["engine"]
     return data
 

@@ -2,7 +2,8 @@
 
 A cell id hashes its resolved configuration together with
 - a code fingerprint: the source of the harness (``benchmark/*.py`` minus the modules that only present
-  results), of the modules of ``benchmark/engines/`` the cell's engine runs (none for ``inproc``), and
+  results, and ``benchmark/federation/``), of the modules of ``benchmark/engines/`` the cell's engine
+  runs (its own module and the package's ``__init__``), and
   of the defense's and the attack's modules; plus every module of ``defenses/``, ``attacks/`` or
   ``she_lora/`` that any of these import, followed through the import statements (so editing
   ``attacks/dager.py`` leaves the other attacks' cells valid, and editing ``she_lora/lift.py`` leaves
@@ -53,8 +54,10 @@ def _rel(path: Path) -> str:
 
 
 def harness_files() -> list[Path]:
-    """``benchmark/*.py`` that can change a row, and the ``she_lora/`` modules they import."""
+    """``benchmark/*.py`` that can change a row, the round driver and client node of every engine
+    (``benchmark/federation/``), and the ``she_lora/`` modules they import."""
     bench = [p for p in sorted((ROOT / "benchmark").glob("*.py")) if p.name not in NOT_RESULTS]
+    bench += sorted((ROOT / "benchmark" / "federation").glob("*.py"))
     return bench + library_files(bench)
 
 
@@ -147,8 +150,8 @@ ENGINE_PACKAGE = "benchmark.engines"
 
 def engine_files(engine: str) -> list[Path]:
     """The modules of ``benchmark/engines/`` that cells run on ``engine`` depend on: the engine's module,
-    what it imports from that package, and the package itself; none for an engine that lives outside
-    it (``inproc``), so Flower code never stales in-process cells."""
+    what it imports from that package, and the package itself (none for an engine registered from
+    elsewhere), so Flower code never stales in-process or cost cells."""
     from benchmark.plugins import ENGINES
 
     module = target_module(ENGINES.target(engine)) or ""

@@ -1,9 +1,12 @@
 """One federated round as messages between a defense's two roles, shared by every engine.
 
-Each step hands the client role's message to the ``Channel`` (metered, recorded in the server's
-transcript, copied) and the server role only ever receives the copies. The engines (the federated
-simulation, the shapes-only cost engine) and the tests call these functions, so the order of the
-protocol lives in one place: setup, negotiation, upload, aggregation, broadcast.
+Each step hands the client side's message to the ``Channel`` (metered, recorded in the server's
+transcript, copied) and the server role only ever receives the copies. The round driver
+(``benchmark.federation.driver``, for every engine) and the tests call these functions, so the order
+of the protocol lives in one place: setup, negotiation, upload, aggregation, broadcast.
+
+``parties`` is anything with a ``client`` and a ``server``: a ``Defense`` (its two roles side by side,
+as the tests use them) or ``Parties`` (the driver's: the clients' endpoint and the server role).
 """
 
 from __future__ import annotations
@@ -11,30 +14,40 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from benchmark.api import ClientUpdate, Defense, FederationInfo, WirePayload
+from benchmark.api import ClientUpdate, Defense, FederationInfo, ServerRole, WirePayload
 from benchmark.transcript import Channel
 
 
-def setup_roles(defense: Defense, fed: FederationInfo, channel: Channel) -> dict[str, float]:
+@dataclass(frozen=True)
+class Parties:
+    """The two sides of one run: the clients (a ``ClientRole`` or a ``ClientEndpoint``: the calls
+    used here are the same) and the defense's server role."""
+
+    client: Any
+    server: ServerRole
+
+
+def setup_roles(parties: Parties | Defense, fed: FederationInfo, channel: Channel) -> dict[str, float]:
     """Client keys first; their public part (if any) travels to the server, which sets up from it."""
     t0 = time.perf_counter()
-    hello = defense.client.setup(fed)
+    hello = parties.client.setup(fed)
     received = [channel.up(hello, 0, -1, "setup")] if hello is not None else []
-    defense.server.setup(fed, received)
-    return {**defense.client.setup_costs(), "setup_s": time.perf_counter() - t0}
+    parties.server.setup(fed, received)
+    return {**parties.client.setup_costs(), "setup_s": time.perf_counter() - t0}
 
 
-def negotiate(defense: Defense, updates: Sequence[ClientUpdate], rnd: int, channel: Channel) -> None:
+def negotiate(parties: Parties | Defense, updates: Sequence[ClientUpdate], rnd: int, channel: Channel) -> None:
     """Each participant's proposal up, the server's one reply down to all of them."""
     proposals = []
     for u in updates:
-        message = defense.client.propose(u)
+        message = parties.client.propose(u)
         if message is not None:
             proposals.append(channel.up(message, rnd, u.client.client_id, "negotiation"))
-    reply = defense.server.negotiate(proposals)
+    reply = parties.server.negotiate(proposals)
     if reply is not None:
-        defense.client.accept(channel.down(reply, rnd, [u.client.client_id for u in updates], "negotiation"))
+        parties.client.accept(channel.down(reply, rnd, [u.client.client_id for u in updates], "negotiation"))
 
 
 @dataclass
@@ -48,20 +61,20 @@ class Upload:
     protect_s: float = 0.0  # wall time of the whole protect step (packing, encryption, serialization)
 
 
-def upload(defense: Defense, update: ClientUpdate, rnd: int, channel: Channel, kind: str = "upload") -> Upload:
+def upload(parties: Parties | Defense, update: ClientUpdate, rnd: int, channel: Channel, kind: str = "upload") -> Upload:
     """``protect`` on the client, then the wire; ``probe`` uploads are recorded but not metered."""
     t0 = time.perf_counter()
-    sent = defense.client.protect(update)
+    sent = parties.client.protect(update)
     # a client role in another process reports its own protect time (the wall time here adds transport)
     protect_s = sent.timings.get("protect_s", time.perf_counter() - t0)
     received = channel.up(sent, rnd, update.client.client_id, kind, metered=kind == "upload")
     return Upload(received, sent.timings.get("enc_s"), received.nbytes(), received.cipher_bytes(), protect_s)
 
 
-def aggregate(defense: Defense, uploads: Sequence[Upload]) -> tuple[WirePayload, float]:
+def aggregate(parties: Parties | Defense, uploads: Sequence[Upload]) -> tuple[WirePayload, float]:
     """The server's aggregate of the round's uploads and its own aggregation time."""
     t0 = time.perf_counter()
-    message = defense.server.aggregate([u.payload for u in uploads])
+    message = parties.server.aggregate([u.payload for u in uploads])
     return message, message.timings.get("agg_s", time.perf_counter() - t0)
 
 

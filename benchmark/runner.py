@@ -250,7 +250,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
 
 def _cases(attacks: Registry, spec: ComponentSpec, scenario: ScenarioConfig) -> list[tuple[int, int] | None]:
     """A probe attack has one cell per probe case (batch size x private batch); a round attack one."""
-    from benchmark.federated import probe_keys
+    from benchmark.federation.probe import probe_keys
 
     return list(probe_keys(scenario)) if attacks.get(spec.name).target == "probe" else [None]
 
@@ -343,12 +343,13 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
 
 
 def simulate_group(group: Group, device: str, progress: Callable[[str], None]) -> Any:
-    from benchmark.cost import simulate_cost
+    """The group's simulation on its scenario's engine, and the defense it ran (what the defense
+    declares about itself is read from it; the privacy facts its roles told come with the result, since
+    on Flower the client role lives in another process)."""
     from benchmark.plugins import ENGINES
 
     defense = defense_stack(group.defense).build()
-    run = simulate_cost if group.scenario.kind == "cost" else ENGINES.get(group.scenario.engine)
-    sim = run(group.scenario, defense, group.seed, device, progress)
+    sim = ENGINES.get(group.scenario.engine)(group.scenario, defense, group.seed, device, progress)
     return sim, defense
 
 
@@ -373,7 +374,7 @@ def _base_row(run_id: str, cell: Cell, group: Group, prov: dict[str, Any], devic
 def defense_facts(defense: Defense, scenario: ScenarioConfig, seed: int) -> dict[str, Any]:
     """What the defense declares about itself for this scenario's clients: how much it encrypts per
     tier and for the probed client, and which of the paper's methods and cost roles it plays."""
-    from benchmark.federated import make_clients, probe_target
+    from benchmark.federation.sampling import make_clients, probe_target
 
     clients = make_clients(scenario, seed)
     target = clients[probe_target(scenario, seed)] if scenario.kind == "federated" else None
@@ -383,7 +384,7 @@ def defense_facts(defense: Defense, scenario: ScenarioConfig, seed: int) -> dict
 
 
 def _probe_rank(scenario: ScenarioConfig, seed: int) -> int:
-    from benchmark.federated import make_clients, probe_target
+    from benchmark.federation.sampling import make_clients, probe_target
 
     return make_clients(scenario, seed)[probe_target(scenario, seed)].rank if scenario.kind == "federated" else 0
 
@@ -422,7 +423,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
             if sim_error is None:
                 row.update({k: v for k, v in sim.metrics.items() if k in row})
                 row.update(defense_facts(defense, group.scenario, group.seed))
-                privacy = defense.privacy_params()
+                privacy = sim.privacy_params()
                 row["privacy"] = privacy
                 row.update(defense.column_values(privacy))
                 row["status"] = "ok"

@@ -115,8 +115,8 @@ def to_device(batch: dict[str, Tensor], device: str) -> dict[str, Tensor]:
 class LocalResult:
     update: ClientUpdate
     head: dict[str, Tensor]
-    loss: float
-    train_s: float
+    loss: float | None  # None: no training happened (the cost engine's random updates)
+    train_s: float | None
     texts: list[str]  # what the client trained on, as prompts (membership ground truth; never on the wire)
     examples: list[Example]  # the same examples (the truth when this upload is attacked)
 

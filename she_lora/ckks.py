@@ -115,6 +115,13 @@ class CKKSContext:
     def has_secret_key(self) -> bool:
         return self._secret_key is not None
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        """Pickle as the context's own serialization (SEAL objects do not pickle): a client's copy keeps
+        its secret key (whoever holds the pickle holds the key), the server's stays public-only."""
+        if self.has_secret_key:
+            return load_secret_context, (secret_context_bytes(self),)
+        return load_public_context, (public_context_bytes(self),)
+
     @property
     def slot_count(self) -> int:
         return self.params.poly_modulus_degree // 2

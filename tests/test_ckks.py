@@ -55,6 +55,22 @@ def test_secret_context_travels_to_other_clients(lean: ckks.CKKSContext) -> None
         ckks.load_public_context(ckks.secret_context_bytes(lean))
 
 
+def test_contexts_survive_pickle_in_their_roles(deep: ckks.CKKSContext) -> None:
+    """A client role pickles with its context (Flower's deployment keeps the role in a folder): the
+    secret copy still decrypts, the public copy still adds and still refuses to decrypt."""
+    import pickle
+
+    secret = pickle.loads(pickle.dumps(deep))
+    public = pickle.loads(pickle.dumps(ckks.load_public_context(ckks.public_context_bytes(deep))))
+    assert secret.has_secret_key and not public.has_secret_key
+    assert secret.fingerprint == public.fingerprint == deep.fingerprint
+    x = np.linspace(-1, 1, 50)
+    summed = ckks.add_packed(public, [ckks.encrypt_packed(deep, x), ckks.encrypt_packed(secret, x)])
+    assert np.abs(ckks.decrypt_packed(secret, summed, 50) - 2 * x).max() < 1e-6
+    with pytest.raises(PermissionError, match="no secret key"):
+        ckks.decrypt_packed(public, summed, 50)
+
+
 def test_scalar_product_keeps_scale(deep: ckks.CKKSContext) -> None:
     server = ckks.load_public_context(ckks.public_context_bytes(deep))
     x = np.random.default_rng(2).normal(0, 0.01, 1000)

@@ -4,7 +4,7 @@ import pytest
 
 from benchmark.config import ConfigError, DataConfig, PartitionConfig
 from benchmark.data import assign_tiers, load_dataset, partition
-from benchmark.federated import make_clients, sample_round
+from benchmark.federation.sampling import make_clients, sample_round
 from benchmark.runner import resolve_scenario
 
 

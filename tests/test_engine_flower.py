@@ -60,13 +60,15 @@ def test_flower_rows_count_flower_message_bytes(both):
 
 
 def test_engine_modules_count_only_for_their_cells():
-    assert fingerprint.engine_files("inproc") == []
+    assert {p.name for p in fingerprint.engine_files("inproc")} == {"inproc.py", "__init__.py"}
+    assert {p.name for p in fingerprint.engine_files("cost")} == {"cost.py", "__init__.py"}
     flower = {p.name for p in fingerprint.engine_files("flower")}
-    assert {"flower_sim.py", "records.py", "__init__.py"} <= flower
+    assert {"flower_sim.py", "flower_client.py", "records.py", "__init__.py"} <= flower
     suite = dataclasses.replace(resolve_suite("smoke"), defenses=(ComponentSpec("plain_lora", "plain_lora"),))
     (ref,), (fl,) = plan(suite, Overrides({}, {}, {})), plan(dataclasses.replace(suite, engine="flower"), Overrides({}, {}, {}))
     inproc_files = fingerprint.code_files("defenses.plain_lora:PlainLoRA", None, "inproc")
-    assert not [p for p in inproc_files if "engines" in p.parts]
+    assert {p.name for p in inproc_files if "engines" in p.parts} == {"inproc.py", "__init__.py"}
+    assert {"driver.py", "node.py"} <= {p.name for p in inproc_files if "federation" in p.parts}  # every engine's
     assert ref.cells[0].code_fp != fl.cells[0].code_fp
     assert ref.scenario.engine == "inproc" and fl.scenario.engine == "flower"
 
@@ -81,10 +83,55 @@ def test_inproc_cell_keys_do_not_include_the_default_engine():
 
 
 def test_bad_engine_is_a_one_line_error():
-    with pytest.raises(ConfigError, match=r"scenario.engine must be one of flower, inproc, got 'ray'"):
+    with pytest.raises(ConfigError, match=r"scenario.engine must be one of cost, flower, inproc, got 'ray'"):
         resolve_scenario("tiny", {"engine": "ray"})
-    with pytest.raises(ConfigError, match=r"suite.engine must be one of flower, inproc"):
+    with pytest.raises(ConfigError, match=r"suite.engine must be one of cost, flower, inproc"):
         suite_from_dict({"engine": "flwr"})
     with pytest.raises(ConfigError, match="cost scenarios"):
         resolve_scenario("cost_public_bench", {"engine": "flower"})
+    with pytest.raises(ConfigError, match="cost scenarios"):
+        resolve_scenario("tiny", {"engine": "cost"})
+    assert resolve_scenario("cost_public_bench").engine == "cost"
     assert suite_from_dict({"engine": "flower"}).engine == "flower"
+
+
+def test_a_deployed_node_holds_only_the_client_role_pickled_plainly(tmp_path):
+    """A deployment's ClientApp keeps the role in its state folder between per-message processes:
+    plain pickle carries its secret CKKS context (no special pickler), and the node never reaches a
+    server role. Three 'processes' here: setup, protect, finalize, each reloading the role."""
+    import gc
+
+    import torch
+
+    from benchmark.api import FederationInfo, ServerRole
+    from benchmark.engines.cost import random_update
+    from benchmark.engines.flower_client import NODE_OPS, FolderRoles, NodeSpec
+    from benchmark.federation.reference import reference_aggregate, relative_error
+    from benchmark.federation.sampling import make_clients
+    from defenses import DEFENSES
+
+    scenario = resolve_scenario("tiny")
+    defense = DEFENSES.get("full_he")()
+    client = min(make_clients(scenario, 0), key=lambda c: c.rank)
+    shapes = {"m": (8, 6)}
+    fed = FederationInfo((client,), shapes, 1, 1, 0)
+    spec = NodeSpec("t", scenario, defense.client, 0, "cpu", 1)
+    store = FolderRoles(str(tmp_path))
+    with store.open(spec) as proc:
+        hello, _ = NODE_OPS["setup"](proc.node, None, {"fed": fed})
+    defense.server.setup(fed, [hello])
+    update = random_update(client, shapes, torch.Generator().manual_seed(0), 1)
+    with store.open(spec) as proc:
+        sent, _ = NODE_OPS["protect"](proc.node, None, {"update": update})
+    with store.open(spec) as proc:
+        _, out = NODE_OPS["finalize"](proc.node, defense.server.aggregate([sent]), {"client": client})
+        seen, stack = set(), [proc]
+        while stack:  # everything the node's process holds
+            obj = stack.pop()
+            assert not isinstance(obj, ServerRole), "a ClientApp process reaches a server role"
+            for ref in gc.get_referents(obj):
+                if id(ref) not in seen and not isinstance(ref, type):
+                    seen.add(id(ref))
+                    stack.append(ref)
+    want = reference_aggregate([update])["m"].truncated(client.rank)
+    assert relative_error(out["factors"]["m"].delta(), want) < 1e-5

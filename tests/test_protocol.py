@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from benchmark.api import WirePayload
-from benchmark.cost import simulate_cost
-from benchmark.federated import simulate
+from benchmark.engines import cost, inproc
 from benchmark.runner import resolve_scenario
 from benchmark.transcript import Channel, wire_copy
 from defenses import DEFENSES
@@ -56,16 +55,17 @@ def test_start_message_is_the_last_model_message_before_the_upload():
         ch.transcript.start_message(1, 1)
 
 
-@pytest.mark.parametrize("engine", ["federated", "cost"])
+@pytest.mark.parametrize("engine", ["inproc", "cost"])
 def test_plaintext_defenses_report_no_encryption_time_in_either_engine(engine):
     torch.set_num_threads(1)
-    if engine == "federated":
+    if engine == "inproc":
         scenario = resolve_scenario("tiny", {"rounds": 1})
-        run = simulate
+        run = inproc.simulate
     else:
         scenario = resolve_scenario("tiny", {"kind": "cost", "rounds": 1, "cost": {"layers": 1, "out_features": 32,
                                                                                      "in_features": 32}})
-        run = simulate_cost
+        assert scenario.engine == "cost"  # a cost scenario's engine unless it names another
+        run = cost.simulate
     plain = run(scenario, DEFENSES.get("plain_lora")(), 0).metrics
     she = run(scenario, DEFENSES.get("she_lora")(), 0).metrics
     assert plain["enc_s"] is None
@@ -75,11 +75,9 @@ def test_plaintext_defenses_report_no_encryption_time_in_either_engine(engine):
 def test_clients_that_missed_a_round_receive_the_global_model_before_training():
     torch.set_num_threads(1)
     scenario = resolve_scenario("tiny", {"rounds": 3})
-    from benchmark.federated import Federation
-
-    fed = Federation(scenario, DEFENSES.get("plain_lora")(), 0)
-    fed.run()
-    transcript = fed.channel.transcript
+    driver = inproc.build_driver(scenario, DEFENSES.get("plain_lora")(), 0)
+    driver.run()
+    transcript = driver.channel.transcript
     later = [m for m in transcript.messages if m.kind == "upload" and m.round > 1]
     assert len(later) == 2 * scenario.clients_per_round
     for m in later:
@@ -91,9 +89,9 @@ def test_sampled_cost_rows_extrapolate_linearly_and_say_so():
     torch.set_num_threads(1)
     base = {"kind": "cost", "rounds": 1, "cost": {"layers": 2, "out_features": 16, "in_features": 16}}
     per_column = DEFENSES.get("full_he").Params(packing="per_column")  # ciphertexts per column: linear in modules
-    whole = simulate_cost(resolve_scenario("tiny", base), DEFENSES.get("full_he")(per_column), 0).metrics
+    whole = cost.simulate(resolve_scenario("tiny", base), DEFENSES.get("full_he")(per_column), 0).metrics
     sampled_cfg = resolve_scenario("tiny", {**base, "cost": {**base["cost"], "sample_modules": 1}})
-    sampled = simulate_cost(sampled_cfg, DEFENSES.get("full_he")(per_column), 0).metrics
+    sampled = cost.simulate(sampled_cfg, DEFENSES.get("full_he")(per_column), 0).metrics
     assert "extrapolation" not in whole
     e = sampled["extrapolation"]
     assert e["extrapolated"] and (e["sample_modules"], e["modules"]) == (1, 4) and "x 4" in e["formula"]

@@ -116,9 +116,13 @@ def test_a_stack_cell_counts_every_layer_code():
 
 
 def test_library_modules_count_only_for_the_defenses_that_import_them():
-    """Editing she_lora/lift.py must stale she_lora's cells and leave plain_lora's valid; a module the
-    harness imports (lowrank, through benchmark/federated.py) counts for every cell."""
-    from benchmark.fingerprint import code_files
+    """Editing she_lora/lift.py must stale she_lora's cells and leave plain_lora's valid. The harness
+    imports no she_lora module (its aggregation reference is its own), so lowrank counts only for
+    the defenses that import it."""
+    from benchmark.fingerprint import code_files, harness_files
+
+    assert not [p for p in harness_files() if p.parent.name == "she_lora"]
+    assert {"driver.py", "node.py"} <= {p.name for p in harness_files() if p.parent.name == "federation"}
 
     def library(target):
         return {p.name for p in code_files(target, None) if p.parent.name == "she_lora"}

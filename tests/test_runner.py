@@ -97,7 +97,7 @@ def test_one_simulation_serves_every_probe_batch_and_batch_size(tmp_path):
 
 
 def test_probe_batches_are_disjoint_slices_of_one_permutation():
-    from benchmark.federated import probe_batch
+    from benchmark.federation.probe import probe_batch
 
     order = [5, 3, 9, 1, 7]
     assert probe_batch(order, 2, 0) == [5, 3] and probe_batch(order, 2, 1) == [9, 1]

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from benchmark.api import ClientRole, ClientUpdate, Defense, LoRAFactors
-from benchmark.federated import Federation, probe_target
+from benchmark.engines import inproc
+from benchmark.federation.sampling import probe_target
 from benchmark.lora import LoRAHost
 from benchmark.runner import resolve_scenario
 from benchmark.stacks import build_defense
@@ -29,17 +30,25 @@ from she_lora.lowrank import relative_error
 ALL = [*DEFENSES.names(), "dp+she_lora"]  # a stack: views through a wrapper too
 
 
-def federation(name: str, **threat) -> Federation:
+class Run:
+    """One in-process federation, run, with what these tests read: the driver's transcript and
+    referee, the probe's true start, and the defense's two roles."""
+
+    def __init__(self, scenario, defense: Defense) -> None:
+        driver = inproc.build_driver(scenario, defense, 0)
+        self.scenario, self.defense, self.result = scenario, defense, driver.run()
+        self.channel, self.fed, self.clients = driver.channel, driver.fed, driver.fed.clients
+        self.public, self.probe_start = driver.referee.public, driver.probe_start
+
+
+def federation(name: str, **threat) -> Run:
     torch.set_num_threads(1)
     scenario = resolve_scenario("tiny", {"rounds": 2, "threat": threat or {"round": 2, "observation": "sgd"}})
-    defense = build_defense(name)
-    fed = Federation(scenario, defense, seed=0)
-    fed.result = fed.run()
-    return fed
+    return Run(scenario, build_defense(name))
 
 
 @pytest.fixture(scope="module")
-def round2() -> dict[str, Federation]:
+def round2() -> dict[str, Run]:
     return {name: federation(name) for name in ALL}
 
 

@@ -70,6 +70,16 @@ def need(module: str) -> ModuleType:
         raise NotImplementedError(f"{module} is not importable at this commit: {type(exc).__name__}: {exc}") from exc
 
 
+def need_any(*modules: str) -> ModuleType:
+    """The first of ``modules`` that imports (a module that moved: its new home first), or a skip."""
+    for module in modules[:-1]:
+        try:
+            return importlib.import_module(module)
+        except Exception:  # not at this commit: try where it lived before
+            continue
+    return need(modules[-1])
+
+
 def make_defense(name: str, params: Mapping[str, Any] | None = None) -> Any:
     """A registered defense with the given parameters, or a skip when it does not exist (yet)."""
     registry = need("defenses").DEFENSES
@@ -94,7 +104,7 @@ def federation(ranks: Sequence[int], budgets: Sequence[float], shapes: Mapping[s
 
 def random_updates(fed: Any, rnd: int = 1) -> list[Any]:
     """Seeded random client updates of the federation's shapes, built like the cost scenarios' ones."""
-    cost = need("benchmark.cost")
+    cost = need_any("benchmark.engines.cost", "benchmark.cost")
     gen = torch.Generator().manual_seed(SEED)
     return [cost.random_update(c, dict(fed.module_shapes), gen, rnd) for c in fed.clients]
 

@@ -8,7 +8,7 @@ is the baseline, she_lora the defense whose client-side overhead matters most.
 
 from __future__ import annotations
 
-from .common import Bench, Steps, make_defense, need, seed_all, tiny_scenario
+from .common import Bench, Steps, make_defense, need, need_any, seed_all, tiny_scenario
 
 
 class TinyRound(Bench):
@@ -20,13 +20,18 @@ class TinyRound(Bench):
 
     def setup(self, defense: str) -> None:
         seed_all()
-        self.federated = need("benchmark.federated")
+        self.engine = need_any("benchmark.engines.inproc", "benchmark.federated")
         self.scenario = tiny_scenario()
         make_defense(defense)  # skip early when the defense is missing at this commit
         self.name = defense
 
     def peakmem_round(self, defense: str) -> None:
-        fed = self.federated.Federation(self.scenario, make_defense(self.name), 0)
+        if hasattr(self.engine, "build_driver"):  # the round driver, clients behind an endpoint
+            driver = self.engine.build_driver(self.scenario, make_defense(self.name), 0)
+            need("benchmark.protocol").setup_roles(driver.parties, driver.fed, driver.channel)
+            driver.run_round(1)
+            return
+        fed = self.engine.Federation(self.scenario, make_defense(self.name), 0)
         if hasattr(fed, "channel"):  # the roles API: setup travels over the engine's channel
             need("benchmark.protocol").setup_roles(fed.defense, fed.fed, fed.channel)
         else:

@@ -1,4 +1,4 @@
-"""Wire cost and aggregation exactness per defense on a small shapes-only scenario (benchmark.cost).
+"""Wire cost and aggregation exactness per defense on a small shapes-only scenario (the cost engine).
 
 scipy's ``track_all`` pattern: ``setup_cache`` runs every defense's round once (one process, one
 seed) and each ``track_`` method returns one number of it. All are lower-is-better, which is the
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import COST_DEFENSES, Bench, cost_scenario, make_defense, need, seed_all
+from .common import COST_DEFENSES, Bench, cost_scenario, make_defense, need_any, seed_all
 
 LABELS = [label for label, _, _ in COST_DEFENSES]
 
 
 def _simulate_all() -> dict[str, Any]:
     seed_all()
-    cost = need("benchmark.cost")
+    cost = need_any("benchmark.engines.cost", "benchmark.cost")
+    simulate = getattr(cost, "simulate", None) or cost.simulate_cost  # renamed when it joined the engines
     scenario = cost_scenario()
     out: dict[str, Any] = {}
     for label, name, params in COST_DEFENSES:
@@ -25,7 +26,7 @@ def _simulate_all() -> dict[str, Any]:
         except NotImplementedError as exc:
             out[label] = str(exc)
             continue
-        out[label] = dict(cost.simulate_cost(scenario, defense, 0).metrics)
+        out[label] = dict(simulate(scenario, defense, 0).metrics)
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Bench, make_defense, need, seed_all, tiny_scenario
+from .common import Bench, make_defense, need, need_any, seed_all, tiny_scenario
 
 try:
     from asv_runner.benchmarks.mark import SkipNotImplemented
@@ -30,16 +30,16 @@ MODES = ("naive", "adaptive")
 def _scenario() -> Any:
     """tiny, with the probe on its first highest-rank client: at rank 4 the span of one sentence's
     tokens already fills the adapter and DAGER has nothing to single out, for every defense alike."""
-    federated = need("benchmark.federated")
-    clients = federated.make_clients(tiny_scenario(), 0)
+    sampling = need_any("benchmark.federation.sampling", "benchmark.federated")
+    clients = sampling.make_clients(tiny_scenario(), 0)
     target = max(clients, key=lambda c: (c.rank, -c.client_id))
     return tiny_scenario({"probe": {"client": target.client_id}})
 
 
 def _simulate(name: str, params: dict[str, Any]) -> Any:
     seed_all()
-    federated = need("benchmark.federated")
-    return federated.simulate(_scenario(), make_defense(name, params), 0)
+    engine = need_any("benchmark.engines.inproc", "benchmark.federated")
+    return engine.simulate(_scenario(), make_defense(name, params), 0)
 
 
 def _dager(sim: Any, mode: str) -> float | str:

@@ -1,10 +1,15 @@
-"""Engines: what runs a federation's round loop. Each is a ``simulate(scenario, defense, seed, device,
-progress) -> SimulationResult`` function, chosen by a scenario's ``engine`` field.
+"""Engines: how the round driver reaches the clients. Each is a ``simulate(scenario, defense, seed,
+device, progress) -> SimulationResult`` function, chosen by a scenario's ``engine`` field, that hands
+``benchmark.federation.driver.RoundDriver`` one ``ClientEndpoint``:
 
-``inproc`` is ``benchmark.federated`` (every client in this process). ``flower`` runs the same
-``Federation`` as a Flower ServerApp whose clients are ClientApps on Flower's simulation runtime
-(``benchmark.engines.flower_sim``). Modules of this package count in the code fingerprint of the cells
-that run on their engine only (``benchmark.fingerprint.engine_files``).
+- ``inproc``: a ``ClientNode`` in this process (``benchmark.engines.inproc``);
+- ``flower``: Flower messages to ClientApps, on the simulation runtime or a deployment's SuperLink
+  (``benchmark.engines.flower_sim``);
+- ``cost``: random updates of a paper-scale model's shapes, no model (``benchmark.engines.cost``;
+  the engine of every ``kind = "cost"`` scenario).
+
+A new engine is one more line here. Modules of this package count in the code fingerprint of the
+cells that run on their engine only (``benchmark.fingerprint.engine_files``).
 """
 
 from __future__ import annotations

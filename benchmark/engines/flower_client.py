@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import os
 import pickle
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,13 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from benchmark.api import ClientRole, Defense, WirePayload
+from benchmark.api import ClientRole, WirePayload
 from benchmark.config import ScenarioConfig
 from benchmark.engines.records import content, read_harness, read_payload
-from benchmark.transcript import read_init
 
 if TYPE_CHECKING:
-    from benchmark.federated import Federation
+    from benchmark.federation.assets import Assets
+    from benchmark.federation.node import ClientNode
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,7 @@ class NodeSpec:
 
     token: str  # one simulation; a process rebuilds its client side when it changes
     scenario: ScenarioConfig
-    defense_cls: type[Defense]
-    params: Any
+    role: ClientRole  # the defense's client role as built, before setup: each process unpickles its own
     seed: int
     device: str
     threads: int
@@ -57,26 +55,31 @@ class NodeSpec:
 
 @dataclass
 class ClientProcess:
-    """What a ClientApp process holds for one run: the defense's client role and, built on first
-    need, the client-side ``Federation`` (model, data, shards) that trains with that role."""
+    """What a ClientApp process holds for one run: a ``ClientNode`` around the defense's client role;
+    the node builds its model, data and shards on first need (only ops that train need them). The
+    process never builds a server role or a round driver."""
 
     spec: NodeSpec
     role: ClientRole
-    _side: Federation | None = field(default=None, repr=False)
+    node: ClientNode = field(init=False, repr=False)
 
-    def side(self) -> Federation:
-        if self._side is None:
-            from benchmark.federated import Federation
+    def __post_init__(self) -> None:
+        from benchmark.federation.assets import build_assets  # model code: only once an op trains
+        from benchmark.federation.node import ClientNode
 
-            torch.set_num_threads(self.spec.threads)
-            defense = self.spec.defense_cls(self.spec.params)
-            defense.client = self.role
-            self._side = Federation(self.spec.scenario, defense, self.spec.seed, self.spec.device)
-        return self._side
+        spec = self.spec
+
+        def assets() -> Assets:
+            torch.set_num_threads(spec.threads)
+            return build_assets(spec.scenario, spec.seed, spec.device)
+
+        self.node = ClientNode(self.role, assets)
 
 
 def fresh_role(spec: NodeSpec) -> ClientRole:
-    return spec.defense_cls(spec.params).client
+    """The run's client role, never set up (the spec was unpickled from this message: a copy of its
+    own). Only the client role travels: a ClientApp never builds the server role."""
+    return spec.role
 
 
 # ---- where the role lives between messages ----------------------------------------------------
@@ -94,13 +97,14 @@ class MemoryRoles:
     def open(self, spec: NodeSpec) -> Iterator[ClientProcess]:
         if self.current is None or self.current.spec.token != spec.token:
             self.current = ClientProcess(spec, fresh_role(spec))
-            self.current.side()
+            self.current.node.assets  # noqa: B018 (built now, before the role's setup, as in-process)
         yield self.current
 
 
 class FolderRoles:
-    """The clients' shared state folder: the role pickled per run (CKKS contexts as their own
-    serialization), loaded before an op and stored after it; an exclusive lock spans the op."""
+    """The clients' shared state folder: the role pickled per run (a CKKS context pickles as its
+    own serialization, secret key included), loaded before an op and stored after it; an exclusive
+    lock spans the op."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
@@ -116,21 +120,8 @@ class FolderRoles:
             yield proc
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as fh:
-                RolePickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(proc.role)
+                pickle.dump(proc.role, fh, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
-
-
-class RolePickler(pickle.Pickler):
-    """Pickles a client role whose CKKS contexts (SEAL objects) pickle as their serialized keys."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        from she_lora import ckks
-
-        if isinstance(obj, ckks.CKKSContext):
-            if obj.has_secret_key:
-                return ckks.load_secret_context, (ckks.secret_context_bytes(obj),)
-            return ckks.load_public_context, (ckks.public_context_bytes(obj),)
-        return NotImplemented
 
 
 # ---- the ops ---------------------------------------------------------------------------------
@@ -138,56 +129,48 @@ class RolePickler(pickle.Pickler):
 Reply = tuple[WirePayload | None, dict[str, Any]]
 
 
-def _setup(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    hello = proc.role.setup(h["fed"])
-    return hello, {"costs": proc.role.setup_costs()}
+def _setup(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    hello = node.setup(h["fed"])
+    return hello, {"costs": node.setup_costs()}
 
 
-def _propose(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    return proc.role.propose(h["update"]), {}
+def _init(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    """Round-1 factors: read from the server's ``init`` message, or drawn privately by the client."""
+    return None, {"factors": node.init(h["client"], wire)}
 
 
-def _accept(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    proc.role.accept(wire)
+def _train(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return None, {"result": node.train(h["client"], h["rnd"], h["start"], h["head"])}
+
+
+def _propose(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return node.propose(h["update"]), {}
+
+
+def _accept(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    node.accept(wire)
     return None, {}
 
 
-def _protect(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    t0 = time.perf_counter()
-    sent = proc.role.protect(h["update"])
-    return sent, {"timings": {**sent.timings, "protect_s": time.perf_counter() - t0}}
+def _protect(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    sent = node.protect(h["update"])
+    return sent, {"timings": dict(sent.timings)}
 
 
-def _finalize(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    t0 = time.perf_counter()
-    factors = proc.role.finalize(wire, h["client"])
-    return None, {"factors": factors, "dec_s": time.perf_counter() - t0}
+def _finalize(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    factors, dec_s = node.finalize(wire, h["client"])
+    return None, {"factors": factors, "dec_s": dec_s}
 
 
-def _init(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    """Round-1 factors: read from the server's ``init`` message, or drawn privately by the client."""
-    factors = read_init(wire, h["client"]) if wire is not None else proc.side().initial_factors(h["client"], h["rnd"])
-    return None, {"factors": factors}
+def _probe_update(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return None, {"update": node.probe_update(h["client"], h["rnd"], h["start"], h["batch"])}
 
 
-def _train(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    side, client = proc.side(), h["client"]
-    side.start[client.client_id] = h["start"]
-    side.head = h["head"]
-    return None, {"result": side.train_client(client, h["rnd"])}
+def _privacy(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return None, {"privacy": node.privacy_params()}
 
 
-def _probe_update(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    side = proc.side()
-    side.probe_start = h["start"]
-    return None, {"update": side.probe_update(h["client"], h["rnd"], h["batch"])}
-
-
-def _privacy(proc: ClientProcess, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
-    return None, {"privacy": proc.role.privacy_params()}
-
-
-NODE_OPS: dict[str, Callable[[ClientProcess, WirePayload | None, dict[str, Any]], Reply]] = {
+NODE_OPS: dict[str, Callable[[ClientNode, WirePayload | None, dict[str, Any]], Reply]] = {
     "setup": _setup, "propose": _propose, "accept": _accept, "protect": _protect, "finalize": _finalize,
     "init": _init, "train": _train, "probe_update": _probe_update, "privacy": _privacy,
 }
@@ -227,7 +210,7 @@ def make_client_app(in_memory: bool) -> ClientApp:
             harness = read_harness(msg.content)
             spec = harness.pop("spec")
             with role_store(in_memory, context).open(spec) as proc:
-                wire, out = op(proc, read_payload(msg.content), harness)
+                wire, out = op(proc.node, read_payload(msg.content), harness)
             return Message(content(wire, out), reply_to=msg)
 
         return handle

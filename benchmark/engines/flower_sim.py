@@ -1,21 +1,23 @@
 """The ``flower`` engine: the federation's round loop as a Flower ServerApp, its clients as ClientApps.
 
-The ServerApp runs ``FlowerFederation``, the in-process ``Federation`` with its client-side hooks
-(``train_client``, ``probe_update``, ``initial_factors``, ``finalize`` and the defense's client role)
-turned into Flower messages to the node that hosts the client. The ServerApp process holds the
-defense's server role only; every client-role call (setup, propose, accept, protect, finalize) and
-all local training run in the ClientApp (``benchmark.engines.flower_client``). WirePayloads travel as Flower records
+The ServerApp runs the same ``RoundDriver`` as every engine (``benchmark.federation.driver``); its
+``ClientEndpoint`` is ``FlowerClients``, which turns each call into a Flower message to the node that
+hosts the client. The ServerApp process holds the defense's server role only; every client-role call
+(setup, propose, accept, protect, finalize) and all local training run in a ``ClientNode`` in the
+ClientApp (``benchmark.engines.flower_client``). WirePayloads travel as Flower records
 (``benchmark.engines.records``) and are recorded in the server's transcript by the same ``Channel`` as
 in-process, so the probe and the attacks run server-side from the transcript alone.
 
 One Flower node per client on the simulation runtime (node ``partition-id`` = client id; a node with
 ``num-partitions`` < clients hosts every client ``c`` with ``c % num-partitions == partition-id``).
-Clients are sampled by ``benchmark.federated.sample_round`` from the scenario's seed, as in-process.
+Clients are sampled by ``benchmark.federation.sampling.sample_round`` from the scenario's seed, as
+in-process.
 
 What is not a protocol message travels in a ``harness`` record that never enters the transcript or
-any byte count: the private arguments of a client-role call (the client's update, which in-process is
-the same object), its start and head for local training, and what the referee scores (raw updates
-for ``agg_rel_err``, the texts a client trained on, finalized factors). So the referee lives in the
+any byte count: the endpoint's harness data (``benchmark.federation.endpoint``): the private
+arguments of a client-role call (the client's update), its start and head for local training, and
+what the referee scores (raw updates for ``agg_rel_err``, the texts a client trained on, finalized
+factors), plus the run's public configuration with a fresh copy of the client role (``NodeSpec``). So the referee lives in the
 ServerApp's process, as it lives in the one process of ``inproc``: the threat model holds because an
 attack gets only views built from the transcript, not because the server process is blind. The nodes
 keep no per-client state of their own: the defense's client role object is their only state, shared
@@ -33,14 +35,18 @@ from typing import Any
 import torch
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
+from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientRole, ClientUpdate, Defense, LoRAFactors, WirePayload
+from benchmark.api import ClientInfo, ClientUpdate, Defense, FederationInfo, WirePayload
 from benchmark.config import ScenarioConfig
 from benchmark.data import Example
 from benchmark.engines.flower_client import NodeSpec, make_client_app
 from benchmark.engines.records import content, message_bytes, read_harness, read_payload
-from benchmark.federated import Federation, SimulationResult
-from benchmark.seeding import torch_generator
+from benchmark.federation.assets import build_assets
+from benchmark.federation.driver import RoundDriver, SimulationResult
+from benchmark.federation.endpoint import Factors
+from benchmark.federation.referee import ModelReferee
+from benchmark.federation.sampling import Schedule
 from benchmark.train import LocalResult
 
 NODES_TIMEOUT_S = 600.0  # nodes to register with the ServerApp; a reply to arrive
@@ -107,23 +113,31 @@ class FlowerLink:
                 "transport_messages": float(self.messages)}
 
 
-class RemoteClientRole(ClientRole):
-    """The defense's client role as the ServerApp reaches it: each call is a message to the node of
-    the client it concerns; the role itself runs there."""
+class FlowerClients:
+    """The driver's ``ClientEndpoint`` on Flower: each call is a message to the node that hosts the
+    client it concerns (``benchmark.engines.flower_client``), where a ``ClientNode`` answers it.
+    WirePayloads ride as wire records (counted in ``transport_*``); harness data (updates, starts,
+    heads, finalized factors, timings) in the harness record, never counted."""
 
     def __init__(self, link: FlowerLink) -> None:
         self.link = link
         self._costs: dict[str, float] = {}
-        self._privacy: dict[str, Any] = {}
         self._proposers: list[int] = []
 
-    def setup(self, fed: Any) -> WirePayload | None:
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
         hello, h = self.link.call("setup", fed.clients[0].client_id, harness={"fed": fed})
         self._costs = h["costs"]
         return hello
 
     def setup_costs(self) -> dict[str, float]:
         return dict(self._costs)
+
+    def init(self, client: ClientInfo, message: WirePayload | None) -> Factors:
+        return self.link.call("init", client.client_id, message, {"client": client}, metered=message is not None)[1]["factors"]
+
+    def train(self, client: ClientInfo, rnd: int, start: Factors, head: dict[str, Tensor]) -> LocalResult:
+        harness = {"client": client, "rnd": rnd, "start": start, "head": head}
+        return self.link.call("train", client.client_id, harness=harness, metered=False)[1]["result"]
 
     def propose(self, update: ClientUpdate) -> WirePayload | None:
         self._proposers.append(update.client.client_id)
@@ -142,65 +156,16 @@ class RemoteClientRole(ClientRole):
         wire.timings = dict(h["timings"])  # the client's own measurements, never traffic
         return wire
 
-    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        """The referee's own finalize (the global model it evaluates): not a protocol message."""
-        return self.finalize_timed(message, client, metered=False)[0]
-
-    def finalize_timed(self, message: WirePayload, client: ClientInfo, metered: bool = True) -> tuple[dict[str, LoRAFactors], float]:
-        h = self.link.call("finalize", client.client_id, message, {"client": client}, metered=metered)[1]
+    def finalize(self, message: WirePayload, client: ClientInfo, *, harness: bool = False) -> tuple[Factors, float]:
+        h = self.link.call("finalize", client.client_id, message, {"client": client}, metered=not harness)[1]
         return h["factors"], h["dec_s"]
 
-    def fetch_privacy(self, cid: int) -> None:
-        self._privacy = self.link.call("privacy", cid, metered=False)[1]["privacy"]
+    def probe_update(self, client: ClientInfo, rnd: int, start: Factors, batch: list[Example]) -> ClientUpdate:
+        harness = {"client": client, "rnd": rnd, "start": start, "batch": batch}
+        return self.link.call("probe_update", client.client_id, harness=harness, metered=False)[1]["update"]
 
     def privacy_params(self) -> dict[str, Any]:
-        return dict(self._privacy)
-
-
-class FlowerFederation(Federation):
-    """``Federation`` whose client side runs in Flower ClientApps: the defense's client role becomes a
-    ``RemoteClientRole`` and the client-side hooks send messages; the round loop, the server role, the
-    transcript, the probe views and the evaluation stay here, unchanged."""
-
-    def __init__(self, scenario: ScenarioConfig, defense: Defense, seed: int, device: str,
-                 progress: Callable[[str], None] | None, link: FlowerLink) -> None:
-        super().__init__(scenario, defense, seed, device, progress)
-        self.link = link
-        self.remote = RemoteClientRole(link)
-        self.defense.client = self.remote
-
-    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        factors, dec_s = self.remote.finalize_timed(message, client)
-        self.timings["dec_s"].append(dec_s)
-        return factors
-
-    def initial_factors(self, client: ClientInfo, rnd: int) -> dict[str, LoRAFactors]:
-        harness = {"client": client, "rnd": rnd}
-        if self.scenario.threat.init == "client":
-            return self.link.call("init", client.client_id, harness=harness, metered=False)[1]["factors"]
-        drawn = self.host.init_factors(client.rank, torch_generator(self.seed, "server-init", client.rank))
-        message = WirePayload("server", plain={f"{n}/A": f.A for n, f in drawn.items()},
-                              meta={"kind": "init", "rank": client.rank,
-                                    "out_features": {n: int(f.B.shape[0]) for n, f in drawn.items()}})
-        delivered = self.channel.down(message, rnd, [client.client_id], "init")
-        return self.link.call("init", client.client_id, delivered, harness)[1]["factors"]
-
-    def train_client(self, client: ClientInfo, rnd: int) -> LocalResult:
-        start = self.start_factors(client, rnd)
-        h = self.link.call("train", client.client_id, metered=False,
-                           harness={"client": client, "rnd": rnd, "start": start, "head": self.head})[1]
-        self.timings["train_s"].append(h["result"].train_s)
-        return h["result"]
-
-    def probe_update(self, client: ClientInfo, rnd: int, batch_ex: list[Example]) -> ClientUpdate:
-        return self.link.call("probe_update", client.client_id, metered=False,
-                              harness={"client": client, "rnd": rnd, "start": self.probe_start, "batch": batch_ex})[1]["update"]
-
-    def run(self) -> SimulationResult:
-        result = super().run()
-        self.remote.fetch_privacy(self.clients[0].client_id)
-        result.metrics.update(self.link.summary())
-        return result
+        return self.link.call("privacy", 0, metered=False)[1]["privacy"]
 
 
 def make_server_app(body: Callable[[Grid], Any], out: dict[str, Any]) -> ServerApp:
@@ -233,11 +198,16 @@ def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str 
     else on the simulation runtime (one node per client, the ServerApp in a thread of this process,
     the ClientApps in a Ray actor)."""
     threads = max(1, torch.get_num_threads())
-    spec = NodeSpec(uuid.uuid4().hex, scenario, type(defense), defense.params, seed, device, threads)
+    # the role the driver never calls: a fresh copy of it travels to the nodes, the server role stays here
+    spec = NodeSpec(uuid.uuid4().hex, scenario, defense.client, seed, device, threads)
 
     def body(grid: Grid, runtime: str) -> SimulationResult:
-        result = FlowerFederation(scenario, defense, seed, device, progress, FlowerLink(grid, spec)).run()
-        result.metrics["engine_runtime"] = runtime
+        link = FlowerLink(grid, spec)
+        assets = build_assets(scenario, seed, device)  # the referee's: evaluation, public models, truth
+        driver = RoundDriver(assets.fed, defense.server, FlowerClients(link), ModelReferee(assets),
+                             Schedule.sampled(scenario, seed), progress)
+        result = driver.run()
+        result.metrics.update(link.summary(), engine_runtime=runtime)
         return result
 
     grid = DEPLOYMENT_GRID.get()

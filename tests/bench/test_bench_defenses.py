@@ -31,7 +31,7 @@ class Round:
 
     def __init__(self, name: str, params: dict[str, Any]) -> None:
         from benchmark.config import params_from_dict
-        from benchmark.cost import random_update
+        from benchmark.engines.cost import random_update
         from defenses import DEFENSES as REGISTRY
 
         try:

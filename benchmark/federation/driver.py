@@ -1,0 +1,200 @@
+"""The server-side round driver: one federation's rounds, whatever engine reaches the clients.
+
+It samples each round's clients (``Schedule``), brings each up to date (the server's ``init`` message
+or the latest broadcast it missed), has them train through their ``ClientEndpoint``, runs the
+protocol steps of ``benchmark.protocol`` over the ``Channel`` (which meters every message and
+records the server's transcript), and keeps the referee's books: timings, per-tier costs, the
+aggregation error against a reference the harness computes itself (``reference``), the probe at the
+threat's round and the final evaluation (``Referee``). It holds the defense's server role and never
+its client role; the clients' private results reach it as harness data, never as messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from benchmark.api import ClientInfo, FederationInfo, ServerRole, WirePayload
+from benchmark.federation.endpoint import ClientEndpoint, Factors
+from benchmark.federation.probe import ProbeResult, ProbeRound
+from benchmark.federation.referee import Referee
+from benchmark.federation.reference import aggregation_error, reference_aggregate
+from benchmark.federation.sampling import Schedule
+from benchmark.protocol import Parties, aggregate, mean_or_none, negotiate, setup_roles, upload
+from benchmark.train import LocalResult
+from benchmark.transcript import Channel, describe_upload, wire_copy
+from benchmark.wire import WireMeter
+
+
+@dataclass
+class SimulationResult:
+    """A run's measurements (``metrics``), per-round records, the probe's views and truth, the
+    tokenizer that scores reconstructions, and the run's privacy facts as its two roles told them."""
+
+    metrics: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    probe: ProbeResult | None
+    tokenizer: Any = None
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+    def privacy_params(self) -> dict[str, Any]:
+        """The row's privacy facts (the server role's public ones, the clients' on top)."""
+        return dict(self.privacy)
+
+
+class RoundDriver:
+    """One federation's rounds from the server's side (see the module docstring)."""
+
+    def __init__(self, fed: FederationInfo, server: ServerRole, clients: ClientEndpoint, referee: Referee,
+                 schedule: Schedule, progress: Callable[[str], None] | None = None) -> None:
+        self.fed, self.clients, self.referee, self.schedule = fed, clients, referee, schedule
+        self.parties = Parties(clients, server)
+        self.progress = progress or (lambda _msg: None)
+        self.channel = Channel()
+        self.head: dict[str, Tensor] = referee.initial_head()
+        self.global_msg: WirePayload | None = None  # the latest aggregate, as the server holds it
+        self.global_round = 0
+        self.latest: WirePayload | None = None  # the latest aggregate as its receivers got it
+        self.received: dict[int, int] = {}  # client -> round of the aggregate it last received
+        self.start: dict[int, Factors] = {}  # harness data: each client's start, as it finalized it
+        self.timings: dict[str, list[float | None]] = {"enc_s": [], "protect_s": [], "dec_s": [], "agg_s": [], "train_s": []}
+        self.per_tier: dict[str, dict[str, list[float]]] = {}
+        self.results: dict[int, LocalResult] = {}  # harness data: the latest round's local results
+        self.probe_start: Factors = {}
+
+    @property
+    def meter(self) -> WireMeter:
+        return self.channel.meter
+
+    # ---- what each client starts a round from -----------------------------------------------
+
+    def start_factors(self, client: ClientInfo, rnd: int) -> Factors:
+        """The client's start: the latest aggregate (sent to it now if it missed it), else its
+        round-1 factors, drawn privately or received from the server as the threat says."""
+        cid = client.client_id
+        if self.global_msg is not None and self.received.get(cid) != self.global_round:
+            delivered = self.channel.down(self.global_msg, rnd, [cid], "broadcast")
+            self.start[cid] = self.finalize(delivered, client)
+            self.received[cid] = self.global_round
+        if cid not in self.start:
+            message = self.referee.init_message(client)
+            delivered = None if message is None else self.channel.down(message, rnd, [cid], "init")
+            self.start[cid] = self.clients.init(client, delivered)
+        return self.start[cid]
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> Factors:
+        factors, dec_s = self.clients.finalize(message, client)
+        self.timings["dec_s"].append(dec_s)
+        return factors
+
+    # ---- one round -------------------------------------------------------------------------
+
+    def train(self, client: ClientInfo, rnd: int) -> LocalResult:
+        result = self.clients.train(client, rnd, self.start_factors(client, rnd), self.head)
+        self.timings["train_s"].append(result.train_s)
+        return result
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        picks = self.schedule.picks(rnd)
+        clients = self.fed.clients
+        results = {cid: self.train(clients[cid], rnd) for cid in picks}
+        updates = [results[cid].update for cid in picks]
+        negotiate(self.parties, updates, rnd, self.channel)
+        uploads = []
+        for u in updates:
+            sent = upload(self.parties, u, rnd, self.channel)
+            self.timings["enc_s"].append(sent.enc_s)
+            self.timings["protect_s"].append(sent.protect_s)
+            tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
+            tier["bytes_up"].append(sent.nbytes)
+            tier["cipher_bytes_up"].append(sent.cipher_bytes)
+            tier["enc_s"].append(sent.enc_s)
+            uploads.append(sent)
+        message, agg_s = aggregate(self.parties, uploads)
+        self.timings["agg_s"].append(agg_s)
+        self._average_head([results[cid] for cid in picks])
+        self.global_msg, self.global_round = message, rnd
+        self.latest = self.channel.down(message, rnd, picks, "broadcast")
+        reference = reference_aggregate(updates)
+        err = 0.0
+        for cid in picks:  # each receiver decrypts its own copy: dec_s is one client's cost, never a cache hit
+            self.start[cid] = self.finalize(wire_copy(self.latest), clients[cid])
+            self.received[cid] = rnd
+            err = max(err, aggregation_error(self.start[cid], reference, clients[cid]))
+        self.results = results
+        losses = [r.loss for r in results.values() if r.loss is not None]
+        return {"round": rnd, "clients": picks, "train_loss": sum(losses) / len(losses) if losses else None,
+                "agg_s": agg_s, "agg_rel_err": err, "bytes_up": sum(u.nbytes for u in uploads),
+                "bytes_down": message.nbytes() * len(picks)}
+
+    def _average_head(self, results: list[LocalResult]) -> None:
+        """Encoder heads are averaged in the clear (FedAvg) under every defense, as in the paper."""
+        if not self.head:
+            return
+        total = sum(r.update.n_samples for r in results)
+        self.head = {n: sum(r.head[n] * (r.update.n_samples / total) for r in results) for n in self.head}
+        self.meter.up[-len(results):] = [b + sum(t.numel() * 4 for t in self.head.values()) for b in self.meter.up[-len(results):]]
+
+    # ---- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> SimulationResult:
+        t0 = time.perf_counter()
+        setup_costs = setup_roles(self.parties, self.fed, self.channel)
+        setup_s = setup_costs.pop("setup_s")
+        rounds, probe, probe_s = [], None, 0.0
+        when, target = self.schedule.probe_round, self.fed.clients[self.schedule.probe_client]
+        for rnd in range(1, self.schedule.rounds + 1):
+            if rnd == when:  # harness data: the truth of what the probe starts from
+                self.probe_start = self.start_factors(target, rnd)
+            self.progress(f"round {rnd}/{self.schedule.rounds}")
+            rounds.append(self.run_round(rnd))
+            if rnd == when:
+                t_probe = time.perf_counter()
+                pr = ProbeRound(self.parties, self.channel, target, rnd, self.probe_start, self.results)
+                probe = self.referee.probe(pr, self.progress)
+                probe_s = time.perf_counter() - t_probe
+        t_eval = time.perf_counter()
+        utility = self.referee.evaluate(self.latest, self.head, self.clients)
+        eval_s = time.perf_counter() - t_eval
+        timed = {"setup_s": setup_s, "eval_s": eval_s, "probe_s": probe_s}
+        metrics = {**utility, **self.meter.summary(), **self.summary(rounds, timed, t0), "setup_costs": setup_costs}
+        if probe is not None and probe.probe_view is not None:
+            metrics["start_known"] = probe.probe_view.start_known
+            metrics["server_saw"] = describe_upload(probe.probe_view)
+        privacy = {**self.parties.server.privacy_params(), **self.clients.privacy_params()}
+        return SimulationResult(metrics, rounds, probe, self.referee.tokenizer, privacy)
+
+    def summary(self, rounds: list[dict[str, Any]], timed: dict[str, float], t0: float) -> dict[str, Any]:
+        """Timings (means per client-round, totals in ``time_breakdown``), the worst aggregation error,
+        per-tier costs and the plaintext FlexLoRA yardstick."""
+        own = self.referee.metrics()
+        totals = {k.replace("_s", "_total_s"): sum(v or 0.0 for v in vals) for k, vals in self.timings.items()}
+        return {
+            **{k: mean_or_none(v) for k, v in self.timings.items()}, **own, **timed,
+            "agg_rel_err": max(r["agg_rel_err"] for r in rounds), "sim_s": time.perf_counter() - t0,
+            "final_train_loss": rounds[-1]["train_loss"],
+            "time_breakdown": {**own, **timed, **totals, "sim_s": time.perf_counter() - t0},
+            "per_tier": summarize_tiers(self.per_tier, self.fed.clients),
+            "flexlora_broadcast_bytes": flexlora_broadcast_bytes(self.fed),
+        }
+
+
+def flexlora_broadcast_bytes(fed: FederationInfo) -> float:
+    """What a plaintext FlexLoRA broadcast truncated at the top client rank costs for these shapes
+    (float32 U*S and Vh per module): the common yardstick beside each defense's own downlink."""
+    top = max(c.rank for c in fed.clients)
+    return float(sum((m + n) * top * 4 for m, n in fed.module_shapes.values()))
+
+
+def summarize_tiers(per_tier: dict[str, dict[str, list[float]]], clients: Sequence[ClientInfo]) -> dict[str, dict]:
+    """Mean upload cost per client-round in each device tier, with the tier's rank and budget."""
+    info = {c.tier: c for c in clients}
+    return {
+        tier: {"rank": info[tier].rank, "budget": info[tier].budget,
+               **{k: mean_or_none(v) for k, v in values.items() if v}}
+        for tier, values in sorted(per_tier.items(), key=lambda kv: info[kv[0]].rank)
+    }

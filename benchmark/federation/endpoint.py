@@ -1,0 +1,62 @@
+"""The one interface between the round driver and the clients, whatever carries the calls.
+
+The driver reaches every client through a ``ClientEndpoint``; an engine decides what stands behind
+it: a ``ClientNode`` in this process (``inproc``), a proxy that sends Flower messages to the node
+hosting the client (``flower``), or random updates of the right shapes (``cost``).
+
+Two kinds of data cross it, and they are kept apart. Protocol messages are ``WirePayload``s (the
+setup hello, the init message, proposals and the negotiation reply, uploads, broadcasts): the driver
+puts each through the ``Channel``, which meters it and records it in the server's transcript. Harness
+data (a client's private update, its start, the texts it trained on, finalized factors, timings)
+comes back as plain Python values for the referee only: it never enters the transcript or a byte
+count, and no attack ever sees it. A node keeps no state between calls but the defense's client role,
+so each call carries the private inputs it needs (start, head, update) from the referee.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from benchmark.data import Example
+from benchmark.train import LocalResult
+
+Factors = dict[str, LoRAFactors]
+
+
+class ClientEndpoint(Protocol):
+    """What the driver asks of the clients. Role calls (setup .. finalize) take the same arguments
+    as the defense's ``ClientRole``, so ``benchmark.protocol`` runs its steps through an endpoint."""
+
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
+        """The client role's key setup; its message for the server, if any."""
+
+    def setup_costs(self) -> dict[str, float]:
+        """The client role's setup measurements."""
+
+    def init(self, client: ClientInfo, message: WirePayload | None) -> Factors:
+        """Round-1 factors: read from the server's delivered ``init`` message, or (None) drawn privately."""
+
+    def train(self, client: ClientInfo, rnd: int, start: Factors, head: dict[str, Tensor]) -> LocalResult:
+        """Local training from ``start`` (and the global head); the result is harness data."""
+
+    def propose(self, update: ClientUpdate) -> WirePayload | None:
+        """The negotiation proposal of ``update``'s client."""
+
+    def accept(self, reply: WirePayload) -> None:
+        """The server's negotiation reply, for every client that proposed this round."""
+
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        """The upload; its ``timings`` carry the client's own protect and encryption times."""
+
+    def finalize(self, message: WirePayload, client: ClientInfo, *, harness: bool = False) -> tuple[Factors, float]:
+        """The client's own-rank factors from a broadcast, and its decryption time. ``harness``: the
+        referee's own finalize (the global model it evaluates), not a protocol message."""
+
+    def probe_update(self, client: ClientInfo, rnd: int, start: Factors, batch: list[Example]) -> ClientUpdate:
+        """The threat's attacked update on a private batch from ``start`` (harness data)."""
+
+    def privacy_params(self) -> dict[str, Any]:
+        """Privacy facts only the clients can tell (e.g. a per-client DP accountant)."""
