@@ -54,7 +54,7 @@ from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
 from attacks.toolkit.subspace import Span, fit_span, split_by_gap
 from attacks.toolkit.textutil import decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "
                 "(no per-candidate gradient recomputation: one observed update, not raw per-step gradients)")

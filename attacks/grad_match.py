@@ -25,7 +25,7 @@ from attacks.toolkit.lorahooks import attached, flatten_grads, observed_target
 from attacks.toolkit.probing import device_of, is_decoder, locate
 from attacks.toolkit.refine import refine
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)

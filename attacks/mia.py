@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks.toolkit.probing import device_of, is_decoder, locate
-from benchmark.api import (
+from benchmark.contract import (
     MEMBERSHIP_METRICS,
     Attack,
     AttackerView,

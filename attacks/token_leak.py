@@ -16,7 +16,7 @@ from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import first_layer_is_position_free, token_bag, vocab_distances
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.subspace import split_by_gap
-from benchmark.api import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,14 @@ from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import is_decoder, last_position_inputs
 from attacks.toolkit.subspace import split_by_gap
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.api import RECONSTRUCTION_METRICS, Abstain, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import (
+    RECONSTRUCTION_METRICS,
+    Abstain,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Reconstruction,
+)
 
 VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (no embedding gradient in a "
                 "LoRA upload); inversion of one observed update, not raw per-client gradients")

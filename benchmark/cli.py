@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from benchmark.config import ComponentSpec, ConfigError, check_seed, scenario_specs  # noqa: E402
-from benchmark.registry import RegistryError  # noqa: E402
+from benchmark.contract.registry import RegistryError  # noqa: E402
 
 DEFAULT_OUT = "runs"
 EPILOG = """examples:
@@ -171,7 +171,7 @@ def resolve_device(device: str) -> str:
 
 
 def _suite_for(args: argparse.Namespace) -> Any:
-    from benchmark import runner
+    import benchmark.running as runner
 
     suite = runner.resolve_suite(args.suite)
     changes: dict[str, Any] = {}
@@ -203,7 +203,7 @@ def _suite_for(args: argparse.Namespace) -> Any:
             chosen = {c.label for c in changes[kind]}
             changes["scenarios"] = tuple(_narrowed(s, kind, chosen) for s in changes.get("scenarios", suite.scenarios))
     if args.engine is not None:
-        from benchmark.plugins import ENGINES
+        from benchmark.contract.plugins import ENGINES
 
         if args.engine not in ENGINES:
             raise ConfigError(f"--engine {args.engine!r} is not one of {', '.join(ENGINES.names())}")
@@ -218,7 +218,7 @@ def _narrowed(spec: Any, kind: str, chosen: set[str]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from benchmark import runner
+    import benchmark.running as runner
 
     suite = _suite_for(args)
     overrides = runner.parse_overrides(args.sets)
@@ -259,7 +259,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         failed = sum(r["status"] == "failed" for r in rows)
         print(f"shebench: wrote {len(rows)} rows ({failed} failed) in {time.perf_counter() - t0:.1f}s to {run_dir / 'rows.jsonl'}",
               file=sys.stderr)
-        from benchmark.report import summary_table
+        from benchmark.reporting.report import summary_table
 
         planned = {c.cell_id for g in groups for c in g.cells}
         print(summary_table(run_dir, planned))
@@ -271,7 +271,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _write_report(run_dir: Path) -> Path:
-    from benchmark.report import write_report
+    from benchmark.reporting.report import write_report
 
     return write_report([run_dir], run_dir)
 
@@ -285,7 +285,7 @@ def _capped(lines: Sequence[str], limit: int = 10) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from benchmark.report import write_report
+    from benchmark.reporting.report import write_report
 
     for run in args.runs:
         if not run.exists():
@@ -310,9 +310,9 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _registries() -> dict[str, object]:
-    from benchmark.models import MODELS
-    from benchmark.plugins import ATTACKS, DEFENSES
-    from benchmark.runner import SCENARIOS, SUITES
+    from benchmark.contract.plugins import ATTACKS, DEFENSES
+    from benchmark.federation.models import MODELS
+    from benchmark.running import SCENARIOS, SUITES
 
     return {"defenses": DEFENSES, "attacks": ATTACKS, "scenarios": SCENARIOS, "suites": SUITES, "models": MODELS}
 
@@ -323,7 +323,7 @@ def cmd_list(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_show(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from benchmark.describe import describe
+    from benchmark.reporting.describe import describe
 
     regs = _registries()
     if "+" in args.name:  # a defense stack such as dp+she_lora
@@ -342,7 +342,7 @@ def cmd_show(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_env(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from benchmark.provenance import provenance
+    from benchmark.running.provenance import provenance
 
     print(json.dumps(provenance(), indent=2))
     return 0

@@ -292,7 +292,7 @@ class ScenarioConfig:
                       "cost (random updates of the right shapes; a cost scenario's engine, set for it)")
 
     def __post_init__(self) -> None:
-        from benchmark.plugins import ENGINES
+        from benchmark.contract.plugins import ENGINES
 
         check_label("scenario.name", self.name)
         if self.engine not in ENGINES:
@@ -638,7 +638,7 @@ def suite_from_dict(data: Mapping[str, Any], where: str = "suite") -> SuiteConfi
             raise ConfigError(f"{where}.scenario.{label}: no scenario labelled {label!r}; valid: {', '.join(labels)}")
     engine = data.get("engine")
     if engine is not None:
-        from benchmark.plugins import ENGINES
+        from benchmark.contract.plugins import ENGINES
 
         if engine not in ENGINES:
             raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES.names())}, got {engine!r}")

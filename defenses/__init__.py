@@ -1,6 +1,6 @@
 """Defenses and wrappers, one module each. They are declared as entry points (``shebench.defenses`` in
-pyproject.toml) and listed by ``benchmark.plugins.DEFENSES``, re-exported here for convenience."""
+pyproject.toml) and listed by ``benchmark.contract.plugins.DEFENSES``, re-exported here for convenience."""
 
-from benchmark.plugins import DEFENSES
+from benchmark.contract.plugins import DEFENSES
 
 __all__ = ["DEFENSES"]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
 from she_lora import ckks
 from she_lora.lowrank import FactoredDelta, to_lora
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from benchmark.api import (
+from benchmark.contract import (
     ClientUpdate,
     FederationInfo,
     LoRAFactors,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from benchmark.api import (
+from benchmark.contract import (
     ClientInfo,
     ClientRole,
     ClientUpdate,

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from benchmark.api import (
+from benchmark.contract import (
     AttackerView,
     ClientInfo,
     ClientRole,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.api import (
+from benchmark.contract import (
     AttackerView,
     ClientInfo,
     ClientRole,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from benchmark.api import (
+from benchmark.contract import (
     AttackerView,
     ClientInfo,
     ClientRole,

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from benchmark.api import (
+from benchmark.contract import (
     AttackerView,
     ClientInfo,
     ClientRole,

@@ -1,6 +1,6 @@
 """A defense's two roles joined by an in-memory channel, for tests.
 
-The calls are the ones the engines make (``benchmark.protocol``): messages from the client role reach
+The calls are the ones the engines make (``benchmark.federation.protocol``): messages from the client role reach
 the server role only as wire copies, and the server's messages reach the client role the same way,
 so a test that passes here cannot rely on an object the two roles share.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from benchmark.api import (
+from benchmark.contract import (
     AttackerView,
     ClientInfo,
     ClientUpdate,
@@ -18,8 +18,8 @@ from benchmark.api import (
     LoRAFactors,
     WirePayload,
 )
-from benchmark.protocol import negotiate, setup_roles
-from benchmark.transcript import Channel, wire_copy
+from benchmark.federation.protocol import negotiate, setup_roles
+from benchmark.federation.transcript import Channel, wire_copy
 
 
 class Duo:

@@ -1,4 +1,4 @@
-"""Every registered attack honours the contract ``benchmark.api.Attack`` declares: class attributes,
+"""Every registered attack honours the contract ``benchmark.contract.Attack`` declares: class attributes,
 Params with a mode and help on every field, construction from a config dict, and a note instead of an
 exception for views it cannot exploit. The assertions read the contract; no attack is named here."""
 
@@ -10,7 +10,8 @@ import torch
 import toy
 
 from attacks import ATTACKS
-from benchmark.api import (
+from benchmark.config import ConfigError, params_from_dict
+from benchmark.contract import (
     ATTACK_TARGETS,
     RECONSTRUCTION_METRICS,
     VIEW_OFFERS,
@@ -20,8 +21,7 @@ from benchmark.api import (
     Reconstruction,
     view_lacks,
 )
-from benchmark.config import ConfigError, params_from_dict
-from benchmark.describe import describe, undocumented
+from benchmark.reporting.describe import describe, undocumented
 
 NAMES = ATTACKS.names()
 

@@ -10,7 +10,7 @@ from attack_fixtures import TEXTS, T, make_view
 from attacks.dager import DAGER
 from attacks.fedspy import FedSpy, FedSpyParams, joint_check
 from attacks.toolkit.decoding import layer_checks
-from benchmark.metrics import score_reconstruction
+from benchmark.running.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 

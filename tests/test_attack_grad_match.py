@@ -6,7 +6,7 @@ import pytest
 import toy
 
 from attacks.grad_match import GradMatch, GradMatchParams
-from benchmark.metrics import score_reconstruction
+from benchmark.running.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 

@@ -9,9 +9,9 @@ import torch
 import toy
 
 from attacks.mia import SCORES, MembershipInference, MIAParams, applied, visible_deltas
-from benchmark.api import AttackerView, ObservedModule
+from benchmark.contract import AttackerView, ObservedModule
 from benchmark.federation.sampling import reserve_holdout
-from benchmark.metrics import membership_auc, membership_row
+from benchmark.running.metrics import membership_auc, membership_row
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 

@@ -10,7 +10,7 @@ import toy
 from attacks.dager import DAGER, DAGERParams
 from attacks.subspace_rank import SubspaceRank, SubspaceRankParams
 from attacks.token_leak import TokenLeak, TokenLeakParams
-from benchmark.metrics import score_reconstruction
+from benchmark.running.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 

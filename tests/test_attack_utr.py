@@ -9,7 +9,7 @@ import toy
 from attack_fixtures import TEXTS, T, make_view
 
 from attacks.utr import UTR, UTRParams
-from benchmark.metrics import score_reconstruction
+from benchmark.running.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
 

@@ -1,7 +1,7 @@
 import json
 
 from benchmark.cli import main
-from benchmark.report import write_report
+from benchmark.reporting.report import write_report
 
 
 def test_help_list_show_and_errors(capsys):

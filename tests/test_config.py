@@ -1,7 +1,7 @@
 import pytest
 
 from benchmark.config import ConfigError, parse_value, scenario_from_dict, suite_from_dict
-from benchmark.runner import parse_overrides, resolve_scenario
+from benchmark.running import parse_overrides, resolve_scenario
 
 
 def test_override_parsing_is_typed_and_nested():
@@ -61,7 +61,7 @@ def test_suite_entries_accept_variants_and_reject_duplicate_labels():
 
 
 def test_suite_scenario_variants_get_their_own_labels_and_overrides():
-    from benchmark.runner import Overrides, plan
+    from benchmark.running import Overrides, plan
 
     suite = suite_from_dict({"scenarios": ["tiny", {"name": "tiny", "label": "tiny_b2", "threat": {"batch_size": 2},
                                                     "tiers": [{"name": "only", "fraction": 1.0, "rank": 8}]}]})

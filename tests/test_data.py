@@ -3,9 +3,9 @@ from collections import Counter
 import pytest
 
 from benchmark.config import ConfigError, DataConfig, PartitionConfig
-from benchmark.data import assign_tiers, load_dataset, partition
+from benchmark.federation.data import assign_tiers, load_dataset, partition
 from benchmark.federation.sampling import make_clients, sample_round
-from benchmark.runner import resolve_scenario
+from benchmark.running import resolve_scenario
 
 
 def labels(n=300):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from duo import Duo
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from defenses.dp import ClientLevelDP, ClientLevelDPParams, epsilon_for, solve_sigma
 from defenses.plain_lora import PlainLoRA
 

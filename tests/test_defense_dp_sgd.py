@@ -9,8 +9,8 @@ import torch
 from duo import Duo
 from torch.utils.data import DataLoader
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from defenses.dp_sgd import DPSGD, DPSGDParams, NonEmptyBatches, private_grads, train_local
 from defenses.plain_lora import PlainLoRA
 

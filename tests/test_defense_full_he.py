@@ -6,8 +6,8 @@ import pytest
 import torch
 from duo import Duo
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from defenses.full_he import FullHE, FullHEParams, chunk_lengths
 from defenses.plain_lora import PlainLoRA
 from she_lora import ckks

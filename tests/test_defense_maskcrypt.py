@@ -9,8 +9,8 @@ import pytest
 import torch
 from duo import Duo
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from defenses.maskcrypt import MaskCrypt, MaskCryptParams, consensus, hidden_count
 from defenses.plain_lora import PlainLoRA
 

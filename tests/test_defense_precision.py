@@ -10,7 +10,7 @@ import torch
 from duo import Duo
 from test_she_lora_helpers import federation, random_update, reference
 
-from benchmark.api import LoRAFactors
+from benchmark.contract import LoRAFactors
 from defenses.full_he import FullHE, FullHEParams
 from defenses.maskcrypt import MaskCrypt, MaskCryptParams
 from defenses.she_lora import SHELoRADefense, SHELoRAParams

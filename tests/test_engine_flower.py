@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from benchmark import fingerprint
 from benchmark.config import ComponentSpec, ConfigError, suite_from_dict
-from benchmark.runner import Overrides, execute, plan, resolve_scenario, resolve_suite
+from benchmark.running import Overrides, execute, fingerprint, plan, resolve_scenario, resolve_suite
 
 pytest.importorskip("flwr", reason="flwr is not installed (scripts/setup.sh installs it)")
 pytest.importorskip("ray", reason="ray (Flower's simulation runtime) is not installed (scripts/setup.sh installs it)")
@@ -103,7 +102,7 @@ def test_a_deployed_node_holds_only_the_client_role_pickled_plainly(tmp_path):
 
     import torch
 
-    from benchmark.api import FederationInfo, ServerRole
+    from benchmark.contract import FederationInfo, ServerRole
     from benchmark.engines.cost import random_update
     from benchmark.engines.flower_client import NODE_OPS, FolderRoles, NodeSpec
     from benchmark.federation.reference import reference_aggregate, relative_error

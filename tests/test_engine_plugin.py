@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from benchmark.api import Defense
 from benchmark.config import ComponentSpec, ScenarioConfig
+from benchmark.contract import Defense
 from benchmark.engines import ENGINES
 from benchmark.federation.assets import build_assets
 from benchmark.federation.driver import RoundDriver, SimulationResult
 from benchmark.federation.node import ClientNode
 from benchmark.federation.referee import ModelReferee
 from benchmark.federation.sampling import Schedule
-from benchmark.runner import Overrides, execute, plan, resolve_suite
+from benchmark.running import Overrides, execute, plan, resolve_suite
 
 DEFENSES = ("plain_lora", "she_lora")
 ATTACKS = ("token_leak", "mia")

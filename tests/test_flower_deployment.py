@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.config import ComponentSpec
-from benchmark.runner import Overrides, execute, plan, resolve_suite
+from benchmark.running import Overrides, execute, plan, resolve_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "benchmark" / "engines" / "flower_app"

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmark.metrics import match, membership_auc, private_text, score_reconstruction
+from benchmark.running.metrics import match, membership_auc, private_text, score_reconstruction
 
 
 def test_perfect_reconstruction_in_any_order_scores_one():

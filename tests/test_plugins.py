@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.plugins import ATTACKS, DEFENSES, ENGINES
+from benchmark.contract.plugins import ATTACKS, DEFENSES, ENGINES
 
 PLUGIN = '''
 """A researcher's own defense, in a package of its own."""

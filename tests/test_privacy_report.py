@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from benchmark.privacy_report import (
+from benchmark.reporting.privacy import (
     PAPER_DAGER,
     batch_table,
     nominal_budget,
@@ -15,7 +15,7 @@ from benchmark.privacy_report import (
     plot_frontier,
     verdict,
 )
-from benchmark.stats import Interval
+from benchmark.reporting.stats import Interval
 
 DIRS = {"rouge1": True}
 
@@ -83,7 +83,7 @@ def test_batch_table_and_plots(tmp_path):
 
 
 def test_mia_table_says_when_the_interval_includes_chance():
-    from benchmark.privacy_report import mia_table
+    from benchmark.reporting.privacy import mia_table
 
     base = {"scenario": "mia", "attack_mode": "naive", "seed": 0, "status": "ok", "attack_params": {"score": "loss"},
             "n_members": 200, "n_nonmembers": 200, "tpr_at_1fpr": 0.02, "tpr_at_1fpr_lo": 0.0, "tpr_at_1fpr_hi": 0.05}
@@ -96,7 +96,7 @@ def test_mia_table_says_when_the_interval_includes_chance():
 
 
 def test_sections_cope_with_runs_that_have_no_batch_4(tmp_path):
-    from benchmark.privacy_report import privacy_sections
+    from benchmark.reporting.privacy import privacy_sections
 
     df = pd.DataFrame(rows("plain_lora", "plain_lora", {}, [1.0] * 3, 1))
     lines = privacy_sections(df, tmp_path, lambda t: t.to_markdown(index=False) if hasattr(t, "to_markdown") else str(t))
@@ -104,7 +104,7 @@ def test_sections_cope_with_runs_that_have_no_batch_4(tmp_path):
 
 
 def test_attack_time_table_counts_each_computation_once():
-    from benchmark.privacy_report import attack_time_table
+    from benchmark.reporting.privacy import attack_time_table
 
     data = rows("plain_lora", "plain_lora", {}, [1.0, 0.9, 0.8], 4) + rows("plain_lora", "plain_lora", {}, [0.2] * 3, 8)
     for i, r in enumerate(data):
@@ -119,7 +119,7 @@ def test_attack_time_table_counts_each_computation_once():
 
 
 def test_attacks_plot_needs_two_attacks_measured_at_two_sizes(tmp_path):
-    from benchmark.privacy_report import plot_attacks
+    from benchmark.reporting.privacy import plot_attacks
 
     one = rows("plain_lora", "plain_lora", {}, [1.0] * 3, 4) + rows("plain_lora", "plain_lora", {}, [0.5] * 3, 8)
     assert not plot_attacks(pd.DataFrame(one), tmp_path / "a.png")  # DAGER alone: nothing to set side by side

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.api import WirePayload
+from benchmark.contract import WirePayload
 from benchmark.engines import cost, inproc
-from benchmark.runner import resolve_scenario
-from benchmark.transcript import Channel, wire_copy
+from benchmark.federation.transcript import Channel, wire_copy
+from benchmark.running import resolve_scenario
 from defenses import DEFENSES
 
 

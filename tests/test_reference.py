@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.api import ServerRole, WirePayload
+from benchmark.contract import ServerRole, WirePayload
 from benchmark.engines import cost, inproc
 from benchmark.federation.reference import factor_sum
-from benchmark.runner import resolve_scenario
+from benchmark.running import resolve_scenario
 from defenses import DEFENSES
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from benchmark.registry import Registry, RegistryError
+from benchmark.contract.registry import Registry, RegistryError
 
 
 def test_lazy_target_is_imported_on_first_get_only():

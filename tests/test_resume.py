@@ -11,8 +11,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import ConfigError, suite_from_dict
-from benchmark.results import dumps, read_rows
-from benchmark.runner import Overrides, execute, plan, resume_state, run_lock, write_manifest
+from benchmark.running import Overrides, execute, plan, resume_state, run_lock, write_manifest
+from benchmark.running.results import dumps, read_rows
 from defenses import DEFENSES
 
 
@@ -97,7 +97,7 @@ def test_a_code_change_makes_cells_stale_and_names_the_file(tmp_path, temp_defen
 
 
 def test_component_fingerprint_follows_imports():
-    from benchmark.fingerprint import component_files
+    from benchmark.running.fingerprint import component_files
 
     names = {p.name for p in component_files("defenses.maskcrypt")}
     assert {"maskcrypt.py", "dp.py", "common.py", "__init__.py", "ckks.py"} <= names
@@ -107,11 +107,11 @@ def test_component_fingerprint_follows_imports():
 def test_a_stack_cell_counts_every_layer_code():
     """``dp`` imports no other defense, yet its cells run over plain_lora: the fingerprint follows the stack."""
     from benchmark.config import ComponentSpec
-    from benchmark.runner import _cell_files, defense_stack
+    from benchmark.running import cell_files, defense_stack
 
-    names = {p.name for p in _cell_files(defense_stack(ComponentSpec("dp", "dp")), None, "inproc")}
+    names = {p.name for p in cell_files(defense_stack(ComponentSpec("dp", "dp")), None, "inproc")}
     assert {"dp.py", "plain_lora.py"} <= names and "she_lora.py" not in names
-    names = {p.name for p in _cell_files(defense_stack(ComponentSpec("dp+she_lora", "x")), None, "inproc")}
+    names = {p.name for p in cell_files(defense_stack(ComponentSpec("dp+she_lora", "x")), None, "inproc")}
     assert {"dp.py", "she_lora.py"} <= names and "plain_lora.py" not in names
 
 
@@ -119,7 +119,7 @@ def test_library_modules_count_only_for_the_defenses_that_import_them():
     """Editing she_lora/lift.py must stale she_lora's cells and leave plain_lora's valid. The harness
     imports no she_lora module (its aggregation reference is its own), so lowrank counts only for
     the defenses that import it."""
-    from benchmark.fingerprint import code_files, harness_files
+    from benchmark.running.fingerprint import code_files, harness_files
 
     assert not [p for p in harness_files() if p.parent.name == "she_lora"]
     assert {"driver.py", "node.py"} <= {p.name for p in harness_files() if p.parent.name == "federation"}
@@ -134,7 +134,7 @@ def test_library_modules_count_only_for_the_defenses_that_import_them():
 
 def test_planning_parses_each_source_file_once():
     """code_files runs for every planned cell: the import graph is read once per file version."""
-    from benchmark import fingerprint
+    from benchmark.running import fingerprint
 
     fingerprint.code_files("defenses.she_lora:SHELoRADefense", "attacks.dager:DAGER")
     before = fingerprint._parsed_imports.cache_info().misses
@@ -170,7 +170,7 @@ def test_infinite_values_are_written_as_null_with_a_reason():
 
 
 def test_report_marks_abstentions_and_uses_declared_directions(tmp_path):
-    from benchmark.report import write_report
+    from benchmark.reporting.report import write_report
 
     base = {"run_id": "r", "scenario": "tiny", "defense": "she_lora", "defense_name": "she_lora", "seed": 0,
             "utility": 0.5, "threat_init": "client", "observation": "upload", "probe_round": 1, "probe_batch_size": 1,
@@ -193,7 +193,7 @@ def test_report_marks_abstentions_and_uses_declared_directions(tmp_path):
 
 def test_a_report_marks_rows_whose_code_changed_and_names_the_files(tmp_path, temp_defense):
     """Committed runs are not recomputed after every change: their reports must say which rows are stale."""
-    from benchmark.report import load_runs
+    from benchmark.reporting.report import load_runs
 
     suite = suite_from_dict({"scenarios": ["tiny"], "defenses": ["temp_def", "plain_lora"]})
     groups = plan(suite, Overrides({}, {}, {}))

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from benchmark.config import ComponentSpec
-from benchmark.results import read_rows
-from benchmark.runner import Overrides, execute, plan, resolve_suite, write_manifest
+from benchmark.running import Overrides, execute, plan, resolve_suite, write_manifest
+from benchmark.running.results import read_rows
 from defenses import DEFENSES
 from defenses.plain_lora import PlainLoRA, PlainServer
 

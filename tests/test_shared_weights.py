@@ -4,10 +4,10 @@ weights, and a decoder loss computed on the labelled positions only."""
 import torch
 
 from benchmark.config import ModelConfig
-from benchmark.data import Example
-from benchmark.lora import trained_or_merged
-from benchmark.models import load_model, shared_copy
-from benchmark.train import TaskSpec, compute_loss, encode, evaluate
+from benchmark.federation.data import Example
+from benchmark.federation.lora import trained_or_merged
+from benchmark.federation.models import load_model, shared_copy
+from benchmark.federation.train import TaskSpec, compute_loss, encode, evaluate
 
 
 def _tiny():

@@ -7,8 +7,8 @@ import torch
 from duo import Duo
 from test_she_lora_helpers import federation, random_update, reference
 
-from benchmark.api import ClientInfo, ClientUpdate, LoRAFactors
 from benchmark.config import ConfigError, params_from_dict
+from benchmark.contract import ClientInfo, ClientUpdate, LoRAFactors
 from defenses.she_lora import SHELoRADefense, SHELoRAParams
 from she_lora import ckks
 from she_lora.lowrank import relative_error, to_lora

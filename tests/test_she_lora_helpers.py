@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank
 
 

@@ -9,10 +9,10 @@ from typing import ClassVar
 
 import pytest
 
-from benchmark.api import ClientUpdate, Defense, WirePayload, Wrapper, WrapperClient, WrapperServer
 from benchmark.config import ComponentSpec, ConfigError
-from benchmark.runner import Overrides, defense_stack, execute, plan, resolve_suite
-from benchmark.stacks import build_defense
+from benchmark.contract import ClientUpdate, Defense, WirePayload, Wrapper, WrapperClient, WrapperServer
+from benchmark.contract.stacks import build_defense
+from benchmark.running import Overrides, defense_stack, execute, plan, resolve_suite
 from defenses import DEFENSES
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from benchmark.metrics import membership_auc
-from benchmark.stats import auc, bootstrap_ci, membership_summary, tpr_at_fpr
+from benchmark.reporting.stats import auc, bootstrap_ci, membership_summary, tpr_at_fpr
+from benchmark.running.metrics import membership_auc
 
 
 def test_auc_matches_pairwise_count_with_ties():

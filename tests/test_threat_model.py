@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from benchmark.api import ClientRole, ClientUpdate, Defense, LoRAFactors
+from benchmark.contract import ClientRole, ClientUpdate, Defense, LoRAFactors
+from benchmark.contract.stacks import build_defense
 from benchmark.engines import inproc
+from benchmark.federation.lora import LoRAHost
 from benchmark.federation.sampling import probe_target
-from benchmark.lora import LoRAHost
-from benchmark.runner import resolve_scenario
-from benchmark.stacks import build_defense
-from benchmark.transcript import Transcript, attacker_view
+from benchmark.federation.transcript import Transcript, attacker_view
+from benchmark.running import resolve_scenario
 from defenses import DEFENSES
 from she_lora import ckks
 from she_lora.lowrank import relative_error

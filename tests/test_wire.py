@@ -1,7 +1,7 @@
 import torch
 
-from benchmark.api import WirePayload
-from benchmark.wire import WireMeter
+from benchmark.contract import WirePayload
+from benchmark.federation.wire import WireMeter
 
 
 def test_payload_counts_plain_cipher_and_meta_bytes():

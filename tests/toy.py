@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.api import AttackerView, LoRAFactors, ObservedModule
+from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 
 PEFT_PREFIX = "base_model.model."
 

@@ -26,7 +26,7 @@ from attacks.toolkit.probing import (
     vocab_inputs,
 )
 from attacks.toolkit.subspace import Span, min_distance, module_span, refine, split_by_gap
-from benchmark.api import AttackerView
+from benchmark.contract import AttackerView
 
 
 @dataclass

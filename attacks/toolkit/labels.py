@@ -21,7 +21,7 @@ from torch import Tensor
 
 from attacks.toolkit.lorahooks import attached, flatten_grads, label_gradients, observed_target, unflatten
 from attacks.toolkit.probing import device_of, last_logits, locate
-from benchmark.api import AttackerView
+from benchmark.contract import AttackerView
 
 _EXACT = 0.999  # a cosine this close to 1 means the label combination is found
 

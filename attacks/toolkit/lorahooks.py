@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attacks.toolkit.probing import device_of, last_logits, locate
-from benchmark.api import AttackerView, LoRAFactors, ObservedModule
+from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 
 
 @contextmanager

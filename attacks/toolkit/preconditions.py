@@ -9,7 +9,7 @@ update, the demand that the first usable layer be layer 0, and the caveat about 
 from __future__ import annotations
 
 from attacks.toolkit.decoding import LayerCheck, layer_checks
-from benchmark.api import Abstain, AttackerView
+from benchmark.contract import Abstain, AttackerView
 
 
 def no_usable_update(view: AttackerView) -> str:

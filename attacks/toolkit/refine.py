@@ -17,7 +17,7 @@ from torch import Tensor
 
 from attacks.toolkit.lorahooks import flatten_grads, per_example_grads
 from attacks.toolkit.probing import device_of
-from benchmark.api import AttackerView
+from benchmark.contract import AttackerView
 
 
 def example_grads(view: AttackerView, names: Sequence[str], masks: dict, seqs: Sequence[Sequence[int]],

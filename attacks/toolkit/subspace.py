@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmark.api import AttackerView, LoRAFactors, ObservedModule
+from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 
 _SHORTLIST = 1024  # candidates refit with trimming after a plain vocabulary-wide pass
 

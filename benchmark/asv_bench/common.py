@@ -88,7 +88,7 @@ def make_defense(name: str, params: Mapping[str, Any] | None = None) -> Any:
     except Exception as exc:  # unregistered or its module is missing
         raise NotImplementedError(f"defense {name!r} is not available at this commit: {exc}") from exc
     try:  # since wrappers (dp, dp_sgd) exist, every defense is built through its stack
-        return importlib.import_module("benchmark.stacks").build_defense(name, params, registry)
+        return need_any("benchmark.contract.stacks", "benchmark.stacks").build_defense(name, params, registry)
     except ModuleNotFoundError:
         config = need("benchmark.config")
         return cls(config.params_from_dict(cls.Params, dict(params or {}), f"defense.{name}"))
@@ -97,7 +97,7 @@ def make_defense(name: str, params: Mapping[str, Any] | None = None) -> Any:
 def federation(ranks: Sequence[int], budgets: Sequence[float], shapes: Mapping[str, tuple[int, int]] = SHAPES,
                alpha: float = 16.0) -> Any:
     """A ``FederationInfo`` with one client per (rank, budget), all taking part in one round."""
-    api = need("benchmark.api")
+    api = need_any("benchmark.contract", "benchmark.api")
     clients = tuple(api.ClientInfo(i, f"r{r}", r, b, alpha) for i, (r, b) in enumerate(zip(ranks, budgets)))
     return api.FederationInfo(clients, dict(shapes), 1, len(clients), SEED)
 
@@ -123,7 +123,7 @@ def cost_scenario(n_clients: int = 2, dim: int = 64, ranks: Sequence[int] = (4, 
 
 def tiny_scenario(overrides: Mapping[str, Any] | None = None) -> Any:
     """The repository's tiny scenario (random-init 2-layer Llama, synthetic sentences, four clients)."""
-    runner = need("benchmark.runner")
+    runner = need_any("benchmark.running", "benchmark.runner")
     return runner.resolve_scenario("tiny", dict(overrides or {}))
 
 
@@ -145,25 +145,25 @@ class Bench:
 
 class Steps:
     """One round's steps on a defense, whichever API the checked-out commit has: the client and
-    server roles over a channel (``defense.client`` / ``defense.server``, ``benchmark.protocol``),
+    server roles over a channel (``defense.client`` / ``defense.server``, ``benchmark.federation.protocol``),
     or the single defense object of earlier commits. History stays comparable across the change."""
 
     def __init__(self, defense: Any) -> None:
         self.defense = defense
         self.roles = hasattr(defense, "client") and hasattr(defense, "server")
         if self.roles:
-            transcript = need("benchmark.transcript")
+            transcript = need_any("benchmark.federation.transcript", "benchmark.transcript")
             self.copy = transcript.wire_copy
             self.channel = transcript.Channel()
 
     def setup(self, fed: Any) -> Any:
         if not self.roles:
             return self.defense.setup(fed)
-        return need("benchmark.protocol").setup_roles(self.defense, fed, self.channel)
+        return need_any("benchmark.federation.protocol", "benchmark.protocol").setup_roles(self.defense, fed, self.channel)
 
     def negotiate(self, updates: Any) -> None:
         if self.roles:
-            need("benchmark.protocol").negotiate(self.defense, updates, updates[0].round, self.channel)
+            need_any("benchmark.federation.protocol", "benchmark.protocol").negotiate(self.defense, updates, updates[0].round, self.channel)
         elif hasattr(self.defense, "negotiate"):
             self.defense.negotiate(updates)
 

@@ -8,7 +8,7 @@ is the baseline, she_lora the defense whose client-side overhead matters most.
 
 from __future__ import annotations
 
-from .common import Bench, Steps, make_defense, need, need_any, seed_all, tiny_scenario
+from .common import Bench, Steps, make_defense, need_any, seed_all, tiny_scenario
 
 
 class TinyRound(Bench):
@@ -28,12 +28,12 @@ class TinyRound(Bench):
     def peakmem_round(self, defense: str) -> None:
         if hasattr(self.engine, "build_driver"):  # the round driver, clients behind an endpoint
             driver = self.engine.build_driver(self.scenario, make_defense(self.name), 0)
-            need("benchmark.protocol").setup_roles(driver.parties, driver.fed, driver.channel)
+            need_any("benchmark.federation.protocol", "benchmark.protocol").setup_roles(driver.parties, driver.fed, driver.channel)
             driver.run_round(1)
             return
         fed = self.engine.Federation(self.scenario, make_defense(self.name), 0)
         if hasattr(fed, "channel"):  # the roles API: setup travels over the engine's channel
-            need("benchmark.protocol").setup_roles(fed.defense, fed.fed, fed.channel)
+            need_any("benchmark.federation.protocol", "benchmark.protocol").setup_roles(fed.defense, fed.fed, fed.channel)
         else:
             Steps(fed.defense).setup(fed.fed)
         fed.run_round(1)

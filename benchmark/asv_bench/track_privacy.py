@@ -44,8 +44,8 @@ def _simulate(name: str, params: dict[str, Any]) -> Any:
 
 def _dager(sim: Any, mode: str) -> float | str:
     try:
-        runner = need("benchmark.runner")
-        need("benchmark.metrics")
+        runner = need_any("benchmark.running", "benchmark.runner")
+        need_any("benchmark.running.metrics", "benchmark.metrics")
         need("attacks.dager")
         row = runner.run_attack(need("benchmark.config").ComponentSpec("dager", "dager", {}), mode, sim)
     except NotImplementedError as exc:

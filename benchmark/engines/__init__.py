@@ -9,14 +9,14 @@ device, progress) -> SimulationResult`` function, chosen by a scenario's ``engin
   the engine of every ``kind = "cost"`` scenario).
 
 A new engine is one more line here. Modules of this package count in the code fingerprint of the
-cells that run on their engine only (``benchmark.fingerprint.engine_files``).
+cells that run on their engine only (``benchmark.running.fingerprint.engine_files``).
 """
 
 from __future__ import annotations
 
 import os
 
-from benchmark.plugins import ENGINES
+from benchmark.contract.plugins import ENGINES
 
 # Everything stays offline: Flower and Ray read these when imported (telemetry) or started (update
 # check, installing an app's dependencies, usage stats). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes a

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.api import (
+from benchmark.config import ScenarioConfig
+from benchmark.contract import (
     ClientInfo,
     ClientRole,
     ClientUpdate,
@@ -27,14 +28,13 @@ from benchmark.api import (
     LoRAFactors,
     WirePayload,
 )
-from benchmark.config import ScenarioConfig
-from benchmark.data import Example
+from benchmark.federation.data import Example
 from benchmark.federation.driver import RoundDriver, SimulationResult
 from benchmark.federation.endpoint import ClientEndpoint, Factors
 from benchmark.federation.probe import ProbeResult, ProbeRound
 from benchmark.federation.sampling import Schedule, make_clients
-from benchmark.seeding import torch_generator
-from benchmark.train import LocalResult
+from benchmark.federation.seeding import torch_generator
+from benchmark.federation.train import LocalResult
 
 # Columns that grow linearly with the number of modules (each module is packed, encrypted, aggregated
 # and finalized on its own): what ``cost.sample_modules`` extrapolates.

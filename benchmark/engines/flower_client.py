@@ -32,8 +32,8 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from benchmark.api import ClientRole, WirePayload
 from benchmark.config import ScenarioConfig
+from benchmark.contract import ClientRole, WirePayload
 from benchmark.engines.records import content, read_harness, read_payload
 
 if TYPE_CHECKING:

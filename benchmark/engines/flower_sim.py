@@ -37,17 +37,17 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientUpdate, Defense, FederationInfo, WirePayload
 from benchmark.config import ScenarioConfig
-from benchmark.data import Example
+from benchmark.contract import ClientInfo, ClientUpdate, Defense, FederationInfo, WirePayload
 from benchmark.engines.flower_client import NodeSpec, make_client_app
 from benchmark.engines.records import content, message_bytes, read_harness, read_payload
 from benchmark.federation.assets import build_assets
+from benchmark.federation.data import Example
 from benchmark.federation.driver import RoundDriver, SimulationResult
 from benchmark.federation.endpoint import Factors
 from benchmark.federation.referee import ModelReferee
 from benchmark.federation.sampling import Schedule
-from benchmark.train import LocalResult
+from benchmark.federation.train import LocalResult
 
 NODES_TIMEOUT_S = 600.0  # nodes to register with the ServerApp; a reply to arrive
 

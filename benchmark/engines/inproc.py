@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmark.api import Defense
 from benchmark.config import ScenarioConfig
+from benchmark.contract import Defense
 from benchmark.federation.assets import build_assets
 from benchmark.federation.driver import RoundDriver, SimulationResult
 from benchmark.federation.node import ClientNode

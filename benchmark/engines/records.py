@@ -3,7 +3,7 @@
 A ``WirePayload`` becomes three records: its plaintext tensors an ``ArrayRecord`` (``wire_plain``),
 its ciphertexts a ``ConfigRecord`` of bytes or lists of bytes (``wire_cipher``), and its sender and
 JSON metadata a ``ConfigRecord`` (``wire_meta``). Timings never travel (they are the sender's
-measurements, not traffic), exactly as ``benchmark.transcript.wire_copy`` drops them.
+measurements, not traffic), exactly as ``benchmark.federation.transcript.wire_copy`` drops them.
 
 The harness (the referee that scores attacks and utility) also needs a client's private results,
 e.g. the raw update that ``agg_rel_err`` compares against. Those ride in a separate ``harness``
@@ -21,7 +21,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from benchmark.api import WirePayload, _json_default
+from benchmark.contract import WirePayload, json_default
 
 PLAIN, CIPHER, META, HARNESS = "wire_plain", "wire_cipher", "wire_meta", "harness"
 WIRE_KEYS = (PLAIN, CIPHER, META)
@@ -35,7 +35,7 @@ def payload_records(payload: WirePayload) -> dict[str, ArrayRecord | ConfigRecor
                            for k, v in payload.cipher.items() if isinstance(v, bytes | bytearray) or v})
     empty_lists = [k for k, v in payload.cipher.items() if not isinstance(v, bytes | bytearray) and not v]
     meta = ConfigRecord({"sender": payload.sender, "empty_lists": json.dumps(empty_lists),
-                         "json": json.dumps(payload.meta, separators=(",", ":"), default=_json_default)})
+                         "json": json.dumps(payload.meta, separators=(",", ":"), default=json_default)})
     return {PLAIN: plain, CIPHER: cipher, META: meta}
 
 

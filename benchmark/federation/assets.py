@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from benchmark.api import ClientInfo, FederationInfo
 from benchmark.config import ScenarioConfig
-from benchmark.data import Dataset, Example, load_dataset, partition
+from benchmark.contract import ClientInfo, FederationInfo
+from benchmark.federation.data import Dataset, Example, load_dataset, partition
+from benchmark.federation.lora import LoRAHost, trained_or_merged
+from benchmark.federation.models import LoadedModel, load_model
 from benchmark.federation.sampling import make_clients, probe_target, reserve_holdout
-from benchmark.lora import LoRAHost, trained_or_merged
-from benchmark.models import LoadedModel, load_model
-from benchmark.seeding import seed_everything
-from benchmark.train import TaskSpec
+from benchmark.federation.seeding import seed_everything
+from benchmark.federation.train import TaskSpec
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 It samples each round's clients (``Schedule``), brings each up to date (the server's ``init`` message
 or the latest broadcast it missed), has them train through their ``ClientEndpoint``, runs the
-protocol steps of ``benchmark.protocol`` over the ``Channel`` (which meters every message and
+protocol steps of ``benchmark.federation.protocol`` over the ``Channel`` (which meters every message and
 records the server's transcript), and keeps the referee's books: timings, per-tier costs, the
 aggregation error against a reference the harness computes itself (``reference``), the probe at the
 threat's round and the final evaluation (``Referee``). It holds the defense's server role and never
@@ -18,16 +18,16 @@ from typing import Any
 
 from torch import Tensor
 
-from benchmark.api import ClientInfo, FederationInfo, ServerRole, WirePayload
+from benchmark.contract import ClientInfo, FederationInfo, ServerRole, WirePayload
 from benchmark.federation.endpoint import ClientEndpoint, Factors
 from benchmark.federation.probe import ProbeResult, ProbeRound
+from benchmark.federation.protocol import Parties, aggregate, mean_or_none, negotiate, setup_roles, upload
 from benchmark.federation.referee import Referee
 from benchmark.federation.reference import aggregation_error, reference_aggregate
 from benchmark.federation.sampling import Schedule
-from benchmark.protocol import Parties, aggregate, mean_or_none, negotiate, setup_roles, upload
-from benchmark.train import LocalResult
-from benchmark.transcript import Channel, describe_upload, wire_copy
-from benchmark.wire import WireMeter
+from benchmark.federation.train import LocalResult
+from benchmark.federation.transcript import Channel, describe_upload, wire_copy
+from benchmark.federation.wire import WireMeter
 
 
 @dataclass

@@ -19,16 +19,16 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
-from benchmark.data import Example
-from benchmark.train import LocalResult
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from benchmark.federation.data import Example
+from benchmark.federation.train import LocalResult
 
 Factors = dict[str, LoRAFactors]
 
 
 class ClientEndpoint(Protocol):
     """What the driver asks of the clients. Role calls (setup .. finalize) take the same arguments
-    as the defense's ``ClientRole``, so ``benchmark.protocol`` runs its steps through an endpoint."""
+    as the defense's ``ClientRole``, so ``benchmark.federation.protocol`` runs its steps through an endpoint."""
 
     def setup(self, fed: FederationInfo) -> WirePayload | None:
         """The client role's key setup; its message for the server, if any."""

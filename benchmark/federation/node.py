@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientRole, ClientUpdate, FederationInfo, WirePayload
-from benchmark.data import Example
+from benchmark.contract import ClientInfo, ClientRole, ClientUpdate, FederationInfo, WirePayload
 from benchmark.federation.assets import Assets
+from benchmark.federation.data import Example
 from benchmark.federation.endpoint import Factors
-from benchmark.seeding import torch_generator
-from benchmark.train import LocalResult, encode, local_train, to_device
-from benchmark.transcript import read_init
+from benchmark.federation.seeding import torch_generator
+from benchmark.federation.train import LocalResult, encode, local_train, to_device
+from benchmark.federation.transcript import read_init
 
 
 class ClientNode:

@@ -3,7 +3,7 @@
 At the threat's round the target's attacked messages are its real upload (``observation=upload``) or
 one update per private probe batch from its real start (``sgd``/``grad``), each protected by the
 client role and recorded like any upload. The attacker's views are built from the server's
-transcript alone (``benchmark.transcript.attacker_view``); the truth (private texts, membership)
+transcript alone (``benchmark.federation.transcript.attacker_view``); the truth (private texts, membership)
 never leaves the referee.
 """
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from benchmark.api import AttackerView, ClientInfo
 from benchmark.config import ScenarioConfig
+from benchmark.contract import AttackerView, ClientInfo
 from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import Factors
-from benchmark.protocol import Parties, upload
-from benchmark.seeding import rng
-from benchmark.train import LocalResult, seen_private_texts
-from benchmark.transcript import Channel, PublicFacts, attacker_view
+from benchmark.federation.protocol import Parties, upload
+from benchmark.federation.seeding import rng
+from benchmark.federation.train import LocalResult, seen_private_texts
+from benchmark.federation.transcript import Channel, PublicFacts, attacker_view
 
 ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
 

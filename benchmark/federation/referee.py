@@ -15,15 +15,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from benchmark.api import ClientInfo, WirePayload
+from benchmark.contract import ClientInfo, WirePayload
 from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import ClientEndpoint
+from benchmark.federation.lora import LoRAHost, is_head
+from benchmark.federation.models import shared_copy
 from benchmark.federation.probe import ProbeResult, ProbeRound, observe
-from benchmark.lora import LoRAHost, is_head
-from benchmark.models import shared_copy
-from benchmark.seeding import torch_generator
-from benchmark.train import evaluate
-from benchmark.transcript import PublicFacts
+from benchmark.federation.seeding import torch_generator
+from benchmark.federation.train import evaluate
+from benchmark.federation.transcript import PublicFacts
 
 
 class Referee(Protocol):

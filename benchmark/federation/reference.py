@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientUpdate, LoRAFactors
+from benchmark.contract import ClientInfo, ClientUpdate, LoRAFactors
 
 
 @dataclass(frozen=True)

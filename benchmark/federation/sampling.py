@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmark.api import ClientInfo
 from benchmark.config import ScenarioConfig
-from benchmark.data import assign_tiers
-from benchmark.seeding import rng
+from benchmark.contract import ClientInfo
+from benchmark.federation.data import assign_tiers
+from benchmark.federation.seeding import rng
 
 
 def make_clients(scenario: ScenarioConfig, seed: int) -> tuple[ClientInfo, ...]:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from benchmark.api import ClientInfo, FederationInfo
 from benchmark.asv_bench.common import Steps
+from benchmark.contract import ClientInfo, FederationInfo
 
 DEFENSES = {
     "plain_lora": ("plain_lora", {}),

@@ -1,5 +1,5 @@
 """A local training step's loss and backward, with the LM head over every position (the model's own
-loss) against the labelled positions only (``benchmark.train.compute_loss``), on the tiny Llama with
+loss) against the labelled positions only (``benchmark.federation.train.compute_loss``), on the tiny Llama with
 a default-scenario-shaped batch (8 rows, up to 40 tokens). Runs once as a test by default; time it
 with ``--benchmark-enable``."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from benchmark.config import ModelConfig
-from benchmark.data import Example
-from benchmark.models import load_model
-from benchmark.train import TaskSpec, compute_loss, encode
+from benchmark.federation.data import Example
+from benchmark.federation.models import load_model
+from benchmark.federation.train import TaskSpec, compute_loss, encode
 
 
 @pytest.mark.benchmark(group="train-step")

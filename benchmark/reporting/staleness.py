@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark import fingerprint
+from benchmark.running import fingerprint
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ def _current_files(defense: str, label: str, params: str, attack: str | None, en
     import json
 
     from benchmark.config import ComponentSpec
-    from benchmark.plugins import ATTACKS
-    from benchmark.runner import _cell_files, defense_stack
+    from benchmark.contract.plugins import ATTACKS
+    from benchmark.running import cell_files, defense_stack
 
     stack = defense_stack(ComponentSpec(defense, label, json.loads(params)))
-    return tuple(_cell_files(stack, ATTACKS.target(attack) if attack else None, engine))
+    return tuple(cell_files(stack, ATTACKS.target(attack) if attack else None, engine))
 
 
 def run_staleness(rows: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> Staleness:

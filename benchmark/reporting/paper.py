@@ -2,7 +2,7 @@
 
 The paper's headline is a reduction against full HE (99.71% communication, 99.87% encryption time per
 round on OpenLLaMA-3B). Which baseline a row plays is the cost role its defense declares
-(``Defense.cost_role``, through ``benchmark.facts``), not the label, so a suite that names its variants differently still lines up; a canonical label
+(``Defense.cost_role``, through ``benchmark.reporting.facts``), not the label, so a suite that names its variants differently still lines up; a canonical label
 only breaks ties between several rows of the same role.
 """
 
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.facts import row_facts  # noqa: E402
+from benchmark.reporting.facts import row_facts  # noqa: E402
 
 PLOT_NAME = "paper_comparison.png"
 BASELINES = ("full_he_per_column", "full_he_dense", "maskcrypt")

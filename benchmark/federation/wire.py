@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmark.api import WirePayload
+from benchmark.contract import WirePayload
 
 
 @dataclass

@@ -14,7 +14,7 @@ PACKAGES = ("torch", "transformers", "peft", "tenseal", "opacus", "numpy", "gguf
 
 
 def _git(*args: str) -> str:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):

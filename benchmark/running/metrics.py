@@ -116,7 +116,7 @@ def membership_row(primary: Sequence[float], by_score: Mapping[str, Sequence[flo
     """A membership cell's columns: the primary score's ``mia_auc``, ``tpr_at_1fpr`` (each with a
     stratified bootstrap 95% interval, ``_lo``/``_hi``) and ``tpr_at_5fpr``; the same for every named
     score as ``mia_<score>_auc`` ...; and the candidate counts."""
-    from benchmark.stats import membership_summary
+    from benchmark.reporting.stats import membership_summary
 
     y = [bool(m) for m in is_member]
     head = membership_summary(primary, y, "mia", n_boot, seed)

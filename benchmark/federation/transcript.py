@@ -13,16 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from benchmark.api import (
+from benchmark.contract import (
     AttackerView,
     ClientInfo,
     LoRAFactors,
     ServerRole,
     StartKnowledge,
     WirePayload,
-    _json_default,
+    json_default,
 )
-from benchmark.wire import WireMeter
+from benchmark.federation.wire import WireMeter
 
 KINDS = ("setup", "init", "negotiation", "upload", "probe", "broadcast")
 
@@ -81,7 +81,7 @@ def wire_copy(payload: WirePayload) -> WirePayload:
     """The receiver's own copy: cloned tensors, bytes as sent, JSON metadata; no timings (those are
     the sender's measurements, not traffic)."""
     cipher = {k: (v if isinstance(v, bytes | bytearray) else list(v)) for k, v in payload.cipher.items()}
-    meta = json.loads(json.dumps(payload.meta, default=_json_default))
+    meta = json.loads(json.dumps(payload.meta, default=json_default))
     return WirePayload(payload.sender, {k: v.detach().clone() for k, v in payload.plain.items()}, cipher, meta)
 
 

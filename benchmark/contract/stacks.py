@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.api import Defense, Stacked, Wrapper
 from benchmark.config import ConfigError, params_from_dict
-from benchmark.registry import Registry, RegistryError
+from benchmark.contract import Defense, Stacked, Wrapper
+from benchmark.contract.registry import Registry, RegistryError
 
 SEP = "+"
 
@@ -131,5 +131,5 @@ def resolve_stack(name: str, params: Mapping[str, Any], where: str, registry: Re
 def build_defense(name: str, params: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Defense:
     """A fresh defense from a (possibly stacked) name and its parameters, for code outside a run."""
     if registry is None:
-        from benchmark.plugins import DEFENSES as registry
+        from benchmark.contract.plugins import DEFENSES as registry
     return resolve_stack(name, params or {}, f"defense.{name}", registry).build()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.config import ConfigError, DataConfig, PartitionConfig
-from benchmark.seeding import rng
+from benchmark.federation.seeding import rng
 
 
 class MissingAsset(ConfigError):

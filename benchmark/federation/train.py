@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.api import ClientInfo, ClientRole, ClientUpdate, LoRAFactors
 from benchmark.config import TrainConfig
-from benchmark.data import Example
-from benchmark.lora import LoRAHost
+from benchmark.contract import ClientInfo, ClientRole, ClientUpdate, LoRAFactors
+from benchmark.federation.data import Example
+from benchmark.federation.lora import LoRAHost
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def seen_private_texts(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -
     """The private text of each example as the model saw it: its input tokens (truncated to
     ``seq_len``; for decoders only the prompt, never the label or response) decoded, with the
     template's literal pieces removed. The truth every reconstruction is scored against."""
-    from benchmark.metrics import private_text
+    from benchmark.running.metrics import private_text
 
     batch = encode(tokenizer, spec, examples)
     out = []

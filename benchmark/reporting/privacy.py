@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from benchmark.facts import encrypted_share, row_facts  # noqa: E402
-from benchmark.stats import Interval, bootstrap_ci  # noqa: E402
+from benchmark.reporting.facts import encrypted_share, row_facts  # noqa: E402
+from benchmark.reporting.stats import Interval, bootstrap_ci  # noqa: E402
 
 # The paper's DAGER ROUGE-1 on SST-2 (fractions), by method and batch size.
 PAPER_DAGER: dict[str, dict[int, float]] = {

@@ -23,7 +23,7 @@ COLUMNS = (
     "threat_init", "observation", "probe_round", "probe_batch_size", "probe_batch", "probe_rank", "start_known", "server_saw",
     "setup_bytes", "device", "engine", "engine_runtime", "transport_bytes", "framing_overhead_bytes",
     "framing_overhead_frac", "transport_messages",
-    # what the defense declares about itself (benchmark.api.Defense): reports read these, never names
+    # what the defense declares about itself (benchmark.contract.Defense): reports read these, never names
     "encrypts", "encrypted_share", "tier_facts", "paper_method", "cost_role",
     "defense_params", "attack_params", "privacy", "setup_costs", "null_reasons", "git_commit", "git_dirty", "finished_at",
 )

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.api import ClientUpdate, Defense, FederationInfo, ServerRole, WirePayload
-from benchmark.transcript import Channel
+from benchmark.contract import ClientUpdate, Defense, FederationInfo, ServerRole, WirePayload
+from benchmark.federation.transcript import Channel
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import re
 import typing
 from typing import Any
 
-from benchmark.api import ATTACK_TARGETS, Attack, AttackParams
 from benchmark.config import ScenarioConfig, load_toml, to_dict
-from benchmark.stacks import SEP, is_wrapper, stack_names
+from benchmark.contract import ATTACK_TARGETS, Attack, AttackParams
+from benchmark.contract.stacks import SEP, is_wrapper, stack_names
 
 
 def _comment_help(cls: type) -> dict[str, str]:
@@ -95,8 +95,8 @@ def undocumented(params_cls: type) -> list[str]:
 
 
 def describe(kind: str, name: str) -> str:
-    from benchmark.plugins import ATTACKS, DEFENSES
-    from benchmark.runner import SCENARIOS, SUITES, resolve_scenario
+    from benchmark.contract.plugins import ATTACKS, DEFENSES
+    from benchmark.running import SCENARIOS, SUITES, resolve_scenario
 
     if kind == "scenarios":
         path = SCENARIOS.target(name)
@@ -145,7 +145,7 @@ def attack_contract(cls: type[Attack]) -> list[str]:
 def describe_stack(name: str) -> str:
     """A stack, layer by layer (outermost first): each layer's description and parameters, which
     ``--set defense.<label>.<layer>.<key>`` addresses (a key only one layer has needs no layer)."""
-    from benchmark.plugins import DEFENSES
+    from benchmark.contract.plugins import DEFENSES
 
     parts = stack_names(name, DEFENSES)
     lines = [f"defense stack {name} = {SEP.join(parts)} (outermost first)"]

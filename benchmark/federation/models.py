@@ -20,8 +20,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmark.config import ConfigError, ModelConfig  # noqa: E402
-from benchmark.data import package_dir  # noqa: E402
-from benchmark.registry import Registry  # noqa: E402
+from benchmark.contract.registry import Registry  # noqa: E402
+from benchmark.federation.data import package_dir  # noqa: E402
 
 MODELS = Registry("model")
 

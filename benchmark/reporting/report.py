@@ -23,8 +23,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from benchmark.config import ConfigError  # noqa: E402
-from benchmark.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
-from benchmark.staleness import run_staleness  # noqa: E402
+from benchmark.reporting.staleness import run_staleness  # noqa: E402
+from benchmark.running.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
 
 # Columns the report reads; rows written before a column existed get it as missing.
 REPORT_COLUMNS = ("run_id", "scenario", "defense", "defense_name", "attack", "attack_mode", "seed", "status", "error",
@@ -560,7 +560,7 @@ def _null_notes(df: pd.DataFrame) -> list[str]:
 def _extra_sections(df: pd.DataFrame, out_dir: Path) -> list[str]:
     """Sections that need specific rows: privacy with confidence intervals and the paper's DAGER table,
     and the paper comparison of cost runs."""
-    from benchmark.paper import paper_comparison
-    from benchmark.privacy_report import privacy_sections
+    from benchmark.reporting.paper import paper_comparison
+    from benchmark.reporting.privacy import privacy_sections
 
     return privacy_sections(df, out_dir, _markdown) + paper_comparison(df, out_dir)

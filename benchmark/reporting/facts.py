@@ -1,4 +1,4 @@
-"""What a defense declares about itself (``benchmark.api.Defense``), for any row a report reads.
+"""What a defense declares about itself (``benchmark.contract.Defense``), for any row a report reads.
 
 Rows written since defenses declare their facts carry them (``FACT_COLUMNS``); for older rows the
 same declarations are asked of the defense again, through the registry, from the configuration the
@@ -45,9 +45,9 @@ def _present(value: Any) -> bool:
 
 @functools.cache
 def _derived(name: str, params_json: str, tiers: str, probe_rank: int | None) -> tuple[tuple[str, Any], ...]:
-    from benchmark.api import ClientInfo
     from benchmark.config import ComponentSpec, ConfigError
-    from benchmark.runner import defense_stack
+    from benchmark.contract import ClientInfo
+    from benchmark.running import defense_stack
 
     none = tuple((k, None) for k in FACT_COLUMNS)
     try:

@@ -1,0 +1,160 @@
+"""A defense: two roles that share nothing but payloads and public setup facts. The client role sees
+a client's update and may hold keys; the server role never holds a secret key, a client's factors
+or its start. Optional hooks are declared here once with no-op defaults, so an engine never probes
+a defense with ``getattr``; what reports need to know about a defense, it declares here too."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from benchmark.contract.messages import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
+from benchmark.contract.views import AttackerView, StartKnowledge
+
+
+class ClientRole:
+    """The client side of a defense: sees updates, may hold keys; talks to the server by messages.
+
+    In the in-process engine one object serves every client (they share a secret key in the
+    single-key threat model); per-client state is keyed by client id. Hooks other than ``protect``
+    and ``finalize`` are optional and default to doing nothing.
+    """
+
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
+        """Prepare keys; return a message for the server (e.g. a public CKKS context), or None."""
+        return None
+
+    def setup_costs(self) -> dict[str, float]:
+        """Client-side setup measurements (key generation time, context sizes)."""
+        return {}
+
+    def propose(self, update: ClientUpdate) -> WirePayload | None:
+        """A negotiation message before ``protect`` in a round (e.g. SHE-LoRA's top-k lists)."""
+        return None
+
+    def accept(self, reply: WirePayload) -> None:
+        """The server's negotiation reply, delivered to every participant of the round."""
+
+    def wrap_training(self, model: Any, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[Any, Any, Any]:
+        """Change local training itself (e.g. DP-SGD); the engine trains with what this returns."""
+        return model, optimizer, loader
+
+    def release(self) -> None:
+        """Undo ``wrap_training``'s changes to the model once a client's training is over."""
+
+    def protect(self, update: ClientUpdate) -> WirePayload:
+        raise NotImplementedError
+
+    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
+        """A client's own-rank factors from the server's broadcast."""
+        raise NotImplementedError
+
+    def privacy_params(self) -> dict[str, Any]:
+        """Privacy facts only the clients can tell (e.g. a per-client DP accountant)."""
+        return {}
+
+
+class ServerRole:
+    """The server side of a defense: never holds a secret key, a client's factors or its start.
+
+    Everything it knows arrives as messages; ``observe`` and ``known_start`` turn messages it received
+    and sent into what an attacker on the server can use.
+    """
+
+    def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
+        """Public facts and the clients' setup messages (e.g. a public context)."""
+        self.fed = fed
+
+    def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
+        """The reply to a round's ``ClientRole.propose`` messages (None when there were none)."""
+        return None
+
+    def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
+        raise NotImplementedError
+
+    def observe(self, payload: WirePayload) -> AttackerView:
+        """What the server can read of one upload (modules, masks, leaked metadata)."""
+        raise NotImplementedError
+
+    def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """What the server can compute of ``client``'s start from a broadcast it sent it."""
+        return StartKnowledge.nothing("the server cannot replay this defense's finalize")
+
+    def privacy_params(self) -> dict[str, Any]:
+        return {}
+
+
+ENCRYPTS = ("none", "selective", "all")
+
+
+@dataclass(frozen=True)
+class TierFacts:
+    """One device tier as a defense applies it: the tier's LoRA rank, its configured encryption
+    budget, and the share of LoRA-A columns (or weights) the defense encrypts for it (``applied``;
+    None when the defense encrypts nothing selectively)."""
+
+    tier: str
+    rank: int
+    budget: float
+    applied: float | None
+
+
+class Defense:
+    """A registered defense: its name, ``Params``, and its two roles built from the same public params.
+
+    Engines hand ``client`` to client code and ``server`` to server code; the two objects share no
+    state (a contract test walks the server's object graph). What reports need to know about a
+    defense (how much it encrypts per tier, which of the paper's methods it plays, which row columns
+    its privacy facts fill) is declared here, so that report code never names a defense."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "2"
+    Params: ClassVar[type]
+    Client: ClassVar[type[ClientRole]]
+    Server: ClassVar[type[ServerRole]]
+    encrypts: ClassVar[str] = "none"  # one of ENCRYPTS: what share of an update travels as ciphertext
+    # privacy_params() key -> row column it fills (the row schema lives in benchmark.running.results)
+    columns: ClassVar[Mapping[str, str]] = {"encrypted_fraction": "encrypted_fraction"}
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.client = self.Client(self.params)
+        self.server = self.Server(self.params)
+
+    @property
+    def stack(self) -> tuple[str, ...]:
+        """The registered names this defense is made of, outermost first."""
+        return (self.name,)
+
+    def fresh(self) -> Defense:
+        """A new defense with the same parameters and no state: what a client process rebuilds."""
+        return type(self)(self.params)
+
+    def privacy_params(self) -> dict[str, Any]:
+        """The row's privacy facts: public ones from the server role, client-only ones on top."""
+        return {**self.server.privacy_params(), **self.client.privacy_params()}
+
+    def applied_budget(self, tier: ClientInfo) -> float | None:
+        """The share this defense encrypts for a client of ``tier`` (None: nothing selectively)."""
+        return {"none": None, "all": 1.0}.get(self.encrypts)
+
+    def tier_facts(self, clients: Sequence[ClientInfo]) -> list[TierFacts]:
+        """Each tier's rank and budget as this defense applies them, in rank order."""
+        firsts = {c.tier: c for c in reversed(clients)}
+        return [TierFacts(c.tier, c.rank, c.budget, self.applied_budget(c))
+                for c in sorted(firsts.values(), key=lambda c: (c.rank, c.tier))]
+
+    def paper_method(self) -> str | None:
+        """Which method of the SHE-LoRA paper this defense plays (None: none of them)."""
+        return None
+
+    def cost_role(self) -> str | None:
+        """The role this defense plays in the paper's cost comparison (None: it is not compared)."""
+        return None
+
+    def column_values(self, privacy: Mapping[str, Any]) -> dict[str, Any]:
+        """Row columns filled from ``privacy`` (the dict ``privacy_params`` returned), per ``columns``."""
+        return {col: privacy[key] for key, col in self.columns.items() if key in privacy}
+
+
