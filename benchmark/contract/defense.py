@@ -127,10 +127,6 @@ class Defense:
         """The registered names this defense is made of, outermost first."""
         return (self.name,)
 
-    def fresh(self) -> Defense:
-        """A new defense with the same parameters and no state: what a client process rebuilds."""
-        return type(self)(self.params)
-
     def privacy_params(self) -> dict[str, Any]:
         """The row's privacy facts: public ones from the server role, client-only ones on top."""
         return {**self.server.privacy_params(), **self.client.privacy_params()}

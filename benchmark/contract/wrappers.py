@@ -140,9 +140,6 @@ class Stacked(Defense):
     def stack(self) -> tuple[str, ...]:
         return (*(cls.name for cls, _ in self.layers), *self.inner.stack)
 
-    def fresh(self) -> Defense:
-        return Stacked(self.layers, self.inner.fresh())
-
     @property
     def encrypts(self) -> str:  # type: ignore[override]
         return self.inner.encrypts
