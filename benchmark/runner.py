@@ -198,7 +198,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     """Resolve every scenario, defense and attack (validating all parameters, the model and the data)
     into groups of cells. A cell's id covers its configuration, the code that computes it and the data."""
     from attacks import ATTACKS
-    from benchmark import fingerprint
+    from benchmark import fingerprint, validate
 
     check_suite(suite)
     for label in overrides.defense:
@@ -225,6 +225,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                 raise ConfigError(f"scenario {spec.label!r}: {kind} {unknown} are not in this run's {kind} "
                                   f"({', '.join(c.label for c in present) or 'none'})")
         check_scenario_inputs(scenario)
+        validate.check_scenario(scenario, {k: v for k, v in stacks.items() if spec.defenses is None or k in spec.defenses}, spec.seeds or suite.seeds)
         data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
         for seed in spec.seeds or suite.seeds:
             for d in (d for d in defenses if spec.defenses is None or d.label in spec.defenses):
