@@ -225,7 +225,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                 raise ConfigError(f"scenario {spec.label!r}: {kind} {unknown} are not in this run's {kind} "
                                   f"({', '.join(c.label for c in present) or 'none'})")
         check_scenario_inputs(scenario)
-        validate.check_scenario(scenario, {k: v for k, v in stacks.items() if spec.defenses is None or k in spec.defenses}, spec.seeds or suite.seeds)
+        validate.check_planned(scenario, spec, suite, stacks, attacks)
         data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
         for seed in spec.seeds or suite.seeds:
             for d in (d for d in defenses if spec.defenses is None or d.label in spec.defenses):

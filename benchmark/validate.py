@@ -35,9 +35,21 @@ class Skeleton:
     arch: str
 
 
-def check_scenario(scenario: ScenarioConfig, stacks: Mapping[str, Any], seeds: Iterable[int]) -> None:
-    """Everything about ``scenario`` that the files decide, for the defense stacks (label -> Stack)
-    and seeds it runs with. Call after ``check_scenario_inputs`` (model and data exist)."""
+def check_planned(scenario: ScenarioConfig, spec: Any, suite: Any, stacks: Mapping[str, Any], attacks: Sequence[Any]) -> None:
+    """``check_scenario`` for a suite's scenario entry ``spec``: the defenses (label -> resolved Stack),
+    attacks (ComponentSpecs) and seeds it runs with."""
+    from attacks import ATTACKS
+
+    chosen = [a for a in attacks if spec.attacks is None or a.label in spec.attacks]
+    check_scenario(scenario, {k: v for k, v in stacks.items() if spec.defenses is None or k in spec.defenses},
+                   spec.seeds or suite.seeds, {ATTACKS.get(a.name).target for a in chosen})
+
+
+def check_scenario(scenario: ScenarioConfig, stacks: Mapping[str, Any], seeds: Iterable[int],
+                   targets: Iterable[str] = ("probe", "round")) -> None:
+    """Everything about ``scenario`` that the files decide, for the defense stacks (label -> Stack),
+    seeds and attack targets (``probe``: probe batches are observed; ``round``: membership candidates
+    are scored) it runs with. Call after ``check_scenario_inputs`` (model and data exist)."""
     if scenario.kind != "federated":
         return
     check_threat(scenario)
@@ -45,7 +57,7 @@ def check_scenario(scenario: ScenarioConfig, stacks: Mapping[str, Any], seeds: I
     check_data_options(scenario)
     label_names: Sequence[str] = ()
     for seed in seeds:
-        label_names = check_shards(scenario, seed)
+        label_names = check_shards(scenario, seed, set(targets))
     for label, stack in stacks.items():
         check_dp(scenario, label, stack)
     skeleton = model_skeleton(scenario)  # last: importing the architecture's code takes seconds
@@ -210,9 +222,10 @@ def _first_line(exc: BaseException) -> str:
 
 # ---- the data the target holds ---------------------------------------------------------------
 
-def check_shards(scenario: ScenarioConfig, seed: int) -> tuple[str, ...]:
-    """The probe's batches and membership candidates fit the target's shard under ``seed`` (the
-    harness's own partition, target and holdout); returns the data's label names."""
+def check_shards(scenario: ScenarioConfig, seed: int, targets: set[str]) -> tuple[str, ...]:
+    """The probe's batches (where a ``probe`` attack reads them) and membership candidates (where a
+    ``round`` attack scores them) fit the target's shard under ``seed``: the harness's own partition,
+    target and holdout. Returns the data's label names."""
     from benchmark.data import load_dataset, partition
     from benchmark.federated import probe_target, reserve_holdout
 
@@ -220,14 +233,14 @@ def check_shards(scenario: ScenarioConfig, seed: int) -> tuple[str, ...]:
     shards = partition([ex.label for ex in data.train], scenario.n_clients, scenario.partition, seed)
     target = probe_target(scenario, seed)
     shard = len(shards[target])
-    if scenario.probe.members > shard // 2:
+    if "round" in targets and scenario.probe.members > shard // 2:
         raise ConfigError(f"probe.members={scenario.probe.members}: the target client {target} holds {shard} "
                           f"examples (seed {seed}), at most half of which can be held out; use probe.members <= "
                           f"{max(1, shard // 2)}")
     holdout = reserve_holdout(shards, target, scenario.probe.members, seed)
     left = len(shards[target])
     th = scenario.threat
-    if th.observation != "upload":
+    if "probe" in targets and th.observation != "upload":
         big = [b for b in th.probe_batch_sizes if b > left]
         if big:
             key = "threat.batch_sizes" if th.batch_sizes else "threat.batch_size"

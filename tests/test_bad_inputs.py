@@ -115,8 +115,7 @@ SUITES = [
     ("suite-dup-defense", 'scenarios = ["tiny"]\ndefenses = ["dp", "dp"]', "duplicate labels ['dp']"),
 ]
 
-# Enough rows that tiny's target client (Dirichlet 0.5 over 4 clients) holds its 8 membership candidates twice.
-GOOD_CSV = "text,label\n" + "".join(f"sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(200))
+GOOD_CSV = "text,label\n" + "".join(f"sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60))
 
 DATA_FILES = [
     ("csv-not-utf8", "d.csv", b"text,label\nfine,pos\n" + b"caf\xe9 bad,neg\n", "d.csv:3: not UTF-8"),
@@ -273,9 +272,9 @@ BEFORE_TRAINING = [
     ("target-modules-other-arch", ["--set", 'lora.target_modules=["query"]'], "lora.target_modules ['query']"),
     ("seq-len-beyond-positions", ["--set", "train.seq_len=1000"], "max_position_embeddings=256; use <= 256"),
     ("label-words-collide", ["--set", 'data.path="{tmp}/clash.csv"'], "labels ['bad1', 'bad2'] share their first token"),
-    ("probe-batch-beyond-shard", ["--set", "threat.batch_size=500"], "threat.batch_size 500 is larger than the target client"),
-    ("probe-batches-beyond-shard", ["--set", "threat.batch_sizes=[1, 500]"], "threat.batch_sizes [500] is larger"),
-    ("members-beyond-shard", ["--set", "probe.members=500"], "probe.members=500: the target client"),
+    ("probe-batch-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_size=500"], "threat.batch_size 500 is larger than the target client"),
+    ("probe-batches-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_sizes=[1, 500]"], "threat.batch_sizes [500] is larger"),
+    ("members-beyond-shard", ["--attack", "mia", "--set", "probe.members=500"], "probe.members=500: the target client"),
     ("upload-ignores-batch", ["--set", 'threat.observation="upload"', "--set", "threat.batch_size=4"],
      "ignores threat.batch_size=4"),
     ("upload-ignores-batches", ["--set", 'threat.observation="upload"', "--set", "probe.batches=3"], "ignores probe.batches=3"),
@@ -314,3 +313,14 @@ def test_what_the_files_decide_is_checked_before_training(extra, fragment, tmp_p
 def test_settings_at_the_limits_pass(extra, capsys):
     code, out, err = run_main([*TINY, *(["--defense", "plain_lora"] if "--defense" not in extra else []), *extra], capsys)
     assert code == 0 and "1 cells in 1 simulations" in out, err
+
+
+def test_shard_limits_apply_only_where_an_attack_reads_them(tmp_path, capsys):
+    """Without attacks, probe batches and membership candidates never reach a row: a small data file
+    passes; with a membership attack the same file is refused, naming the largest valid value."""
+    path = tmp_path / "small.csv"
+    path.write_text("text,label\n" + "".join(f"sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60)))
+    argv = [*TINY, "--defense", "plain_lora", "--set", f'data.path="{path}"']
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert_one_line_error(*run_main([*argv, "--attack", "mia"], capsys), "use probe.members <= ")
