@@ -79,13 +79,17 @@ class ModelConfig:
     name: str = opt("smollm2", "registered model (see `shebench list models`); ignored when path is set")
     path: str = opt("", "a local transformers model folder; overrides name")
     dtype: str = opt("float32", f"weights dtype: {' | '.join(DTYPES)}")
-    random_init: bool = opt(False, "with path: build the folder's architecture with random weights (shape-only runs)")
+    random_init: bool = opt(False, "with path only: build the folder's architecture with random weights (shape-only "
+                                   "runs; the folder then needs no weights)")
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.name and not self.path:
             raise ConfigError("model.name is empty; name a registered model (shebench list models) or set model.path")
+        if self.random_init and not self.path:
+            raise ConfigError("model.random_init=true applies to a model.path folder only (registered models load as "
+                              "registered; tiny_llama and tiny_bert are random already); set model.path or drop it")
 
 
 @dataclass(frozen=True)
@@ -171,13 +175,16 @@ class PartitionConfig:
     """How the training examples are split across clients."""
 
     kind: str = opt("dirichlet", "iid | dirichlet")
-    alpha: float = opt(0.5, "Dirichlet concentration (> 0): small = strong label skew")
+    alpha: float = opt(0.5, "Dirichlet concentration (> 0; kind 'dirichlet' only): small = strong label skew")
 
     def __post_init__(self) -> None:
         if self.kind not in ("iid", "dirichlet"):
             raise ConfigError(f"partition.kind must be 'iid' or 'dirichlet', got {self.kind!r}")
         if self.alpha <= 0:
             raise ConfigError(f"partition.alpha must be > 0, got {self.alpha}")
+        if self.kind == "iid" and self.alpha != PartitionConfig.alpha:
+            raise ConfigError(f"partition.alpha={self.alpha:g} applies to kind 'dirichlet' only; kind 'iid' ignores it "
+                              f"(leave it at {PartitionConfig.alpha:g})")
 
 
 @dataclass(frozen=True)

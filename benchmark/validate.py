@@ -25,6 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin")  # what from_pretrained reads (sharded: with an index.json beside)
+
+
 @dataclass(frozen=True)
 class Skeleton:
     """A model's architecture without its weights: config, linear module names, tokenizer."""
@@ -129,6 +132,9 @@ def model_skeleton(scenario: ScenarioConfig) -> Skeleton:
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"model.path {cfg.path!r}: its tokenizer does not load "
                               f"({type(exc).__name__}: {_first_line(exc)})") from None
+        if not cfg.random_init and not any(any(folder.glob(g)) for g in WEIGHT_FILES):
+            raise ConfigError(f"model.path {cfg.path!r} has no weights ({', '.join(WEIGHT_FILES)}); add them, or set "
+                              "model.random_init=true for a shape-only run")
         arch = models._arch_of(config)
         cls = models._auto_class(arch, task)
         try:
@@ -187,6 +193,16 @@ def check_model(scenario: ScenarioConfig, skeleton: Skeleton) -> None:
         if missing:
             raise ConfigError(f"lora.target_modules {missing} are not linear layers of {_model_name(scenario)}; "
                               f"valid: {', '.join(sorted(have))}")
+    if skeleton.arch == "decoder":  # prompts are cut from the end: the text gets what its template prefix leaves
+        template = scenario.data.template
+        prefix = template[: template.index("{text}")].format()
+        fixed = len(skeleton.tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
+        room = scenario.train.seq_len - 1 if scenario.task == "classification" else max(1, scenario.train.seq_len // 2)
+        if fixed >= room:
+            what = "1 label token" if scenario.task == "classification" else "half of it for the response"
+            raise ConfigError(f"train.seq_len={scenario.train.seq_len} leaves no room for the text: the {fixed} tokens of "
+                              f"data.template before {{text}} fill the prompt budget ({what} kept back); use train.seq_len >= "
+                              f"{fixed + 2 if scenario.task == 'classification' else 2 * fixed + 2} or a shorter template")
     positions = getattr(skeleton.config, "max_position_embeddings", None)
     if isinstance(positions, int) and scenario.train.seq_len > positions:
         raise ConfigError(f"train.seq_len={scenario.train.seq_len} is beyond {_model_name(scenario)}'s "
@@ -230,6 +246,10 @@ def check_shards(scenario: ScenarioConfig, seed: int, targets: set[str]) -> tupl
     from benchmark.federated import probe_target, reserve_holdout
 
     data = load_dataset(scenario.data, scenario.task, seed)
+    if scenario.task == "instruction" and not all(ex.response for ex in data.train):
+        source = f"data.path {scenario.data.path!r}" if scenario.data.path else f"data.name {scenario.data.name!r}"
+        raise ConfigError(f"task 'instruction' trains on responses and {source} has none (it is labelled text); use "
+                          "task 'classification', data.name 'chatterbot' or 'synthetic', or a prompt,response file")
     shards = partition([ex.label for ex in data.train], scenario.n_clients, scenario.partition, seed)
     target = probe_target(scenario, seed)
     shard = len(shards[target])

