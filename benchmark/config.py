@@ -182,9 +182,6 @@ class PartitionConfig:
             raise ConfigError(f"partition.kind must be 'iid' or 'dirichlet', got {self.kind!r}")
         if self.alpha <= 0:
             raise ConfigError(f"partition.alpha must be > 0, got {self.alpha}")
-        if self.kind == "iid" and self.alpha != PartitionConfig.alpha:
-            raise ConfigError(f"partition.alpha={self.alpha:g} applies to kind 'dirichlet' only; kind 'iid' ignores it "
-                              f"(leave it at {PartitionConfig.alpha:g})")
 
 
 @dataclass(frozen=True)

