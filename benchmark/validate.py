@@ -210,8 +210,8 @@ def check_model(scenario: ScenarioConfig, skeleton: Skeleton) -> None:
                               f"{fixed + 2 if scenario.task == 'classification' else 2 * fixed + 2} or a shorter template")
     positions = getattr(skeleton.config, "max_position_embeddings", None)
     if isinstance(positions, int) and scenario.train.seq_len > positions:
-        raise ConfigError(f"train.seq_len={scenario.train.seq_len} is beyond {_model_name(scenario)}'s "
-                          f"max_position_embeddings={positions}; use <= {positions}")
+        raise ConfigError(f"train.seq_len={scenario.train.seq_len} is beyond the max_position_embeddings={positions} "
+                          f"of {_model_name(scenario)}; use <= {positions}")
 
 
 def check_label_words(scenario: ScenarioConfig, skeleton: Skeleton, label_names: Sequence[str]) -> None:
@@ -228,8 +228,8 @@ def check_label_words(scenario: ScenarioConfig, skeleton: Skeleton, label_names:
         token = skeleton.tokenizer.convert_ids_to_tokens(
             skeleton.tokenizer(f" {clash[0][0]}", add_special_tokens=False).input_ids[:1])
         source = f"data.path {scenario.data.path!r}" if scenario.data.path else f"data.name {scenario.data.name!r}"
-        raise ConfigError(f"{source}: labels {clash[0]} share their first token {token} for {_model_name(scenario)}'s "
-                          "tokenizer, so a decoder cannot tell them apart; rename them to words that start differently")
+        raise ConfigError(f"{source}: labels {clash[0]} share their first token {token} in the tokenizer of "
+                          f"{_model_name(scenario)}, so a decoder cannot tell them apart; rename them to words that start differently")
 
 
 def _model_name(scenario: ScenarioConfig) -> str:

@@ -272,7 +272,7 @@ BEFORE_TRAINING = [
     ("target-modules-missing", ["--set", 'lora.target_modules=["q_proj", "nope"]'],
      "lora.target_modules ['nope'] are not linear layers of model 'tiny_llama'; valid: down_proj"),
     ("target-modules-other-arch", ["--set", 'lora.target_modules=["query"]'], "lora.target_modules ['query']"),
-    ("seq-len-beyond-positions", ["--set", "train.seq_len=1000"], "max_position_embeddings=256; use <= 256"),
+    ("seq-len-beyond-positions", ["--set", "train.seq_len=1000"], "beyond the max_position_embeddings=256 of model 'tiny_llama'; use <= 256"),
     ("label-words-collide", ["--set", 'data.path="{tmp}/clash.csv"'], "labels ['bad1', 'bad2'] share their first token"),
     ("probe-batch-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_size=500"], "threat.batch_size 500 is larger than the target client"),
     ("probe-batches-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_sizes=[1, 500]"], "threat.batch_sizes [500] is larger"),
@@ -297,7 +297,7 @@ BEFORE_TRAINING = [
     ("model-no-tokenizer", ["--set", 'model.path="{tmp}/no-tokenizer"', "--set", "model.random_init=true"],
      "its tokenizer does not load"),
     ("model-folder-positions", ["--set", 'model.path="{tmp}/no-weights"', "--set", "model.random_init=true",
-                                "--set", "train.seq_len=100"], "max_position_embeddings=64; use <= 64"),
+                                "--set", "train.seq_len=100"], "beyond the max_position_embeddings=64 of model.path"),
 ]
 
 
