@@ -33,7 +33,7 @@ class Skeleton:
     """A model's architecture without its weights: config, linear module names, tokenizer."""
 
     config: Any
-    modules: tuple[str, ...]  # full names of the modules peft can adapt (linear layers)
+    modules: tuple[str, ...]  # full names of the modules LoRA may adapt (linear layers, not the LM or class head)
     tokenizer: Any
     arch: str
 
@@ -165,7 +165,11 @@ def model_skeleton(scenario: ScenarioConfig) -> Skeleton:
             with torch.device("meta"):
                 loaded = folder_or_loader(task, 2)
             model, tokenizer, arch, config = loaded.model, loaded.tokenizer, loaded.arch, loaded.model.config
-    modules = tuple(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    from benchmark.lora import is_head
+
+    out = model.get_output_embeddings()  # the LM head: the harness scores through it, never adapts it
+    modules = tuple(name for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and m is not out and not is_head(f"{name}.weight"))
     return Skeleton(config, modules, tokenizer, arch)
 
 
@@ -196,7 +200,8 @@ def check_model(scenario: ScenarioConfig, skeleton: Skeleton) -> None:
         have = {name.rsplit(".", 1)[-1] for name in skeleton.modules}
         missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in skeleton.modules)]
         if missing:
-            raise ConfigError(f"lora.target_modules {missing} are not linear layers of {_model_name(scenario)}; "
+            raise ConfigError(f"lora.target_modules {missing} are not adaptable linear layers of {_model_name(scenario)} "
+                              "(the output head is not); "
                               f"valid: {', '.join(sorted(have))}")
     if skeleton.arch == "decoder":  # prompts are cut from the end: the text gets what its template prefix leaves
         template = scenario.data.template

@@ -270,8 +270,10 @@ BEFORE_TRAINING = [
     ("model-config-unknown", ["--set", 'model.path="{tmp}/unknown-arch"'], "config.json does not load with transformers"),
     ("model-config-not-json", ["--set", 'model.path="{tmp}/not-json"'], "config.json does not load with transformers"),
     ("target-modules-missing", ["--set", 'lora.target_modules=["q_proj", "nope"]'],
-     "lora.target_modules ['nope'] are not linear layers of model 'tiny_llama'; valid: down_proj"),
+     "lora.target_modules ['nope'] are not adaptable linear layers of model 'tiny_llama'"),
     ("target-modules-other-arch", ["--set", 'lora.target_modules=["query"]'], "lora.target_modules ['query']"),
+    ("target-modules-lm-head", ["--set", 'lora.target_modules=["lm_head"]'],  # failed late with an IndexError
+     "lora.target_modules ['lm_head'] are not adaptable linear layers"),
     ("seq-len-beyond-positions", ["--set", "train.seq_len=1000"], "beyond the max_position_embeddings=256 of model 'tiny_llama'; use <= 256"),
     ("label-words-collide", ["--set", 'data.path="{tmp}/clash.csv"'], "labels ['bad1', 'bad2'] share their first token"),
     ("probe-batch-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_size=500"], "threat.batch_size 500 is larger than the target client"),
