@@ -13,13 +13,14 @@ the shard sizes checked here are the ones a run would use.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import ConfigError, PartitionConfig, ScenarioConfig, ThreatConfig
+from benchmark.config import ConfigError, ModelConfig, PartitionConfig, ScenarioConfig, ThreatConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -119,12 +120,16 @@ def check_data_options(scenario: ScenarioConfig) -> None:
 def model_skeleton(scenario: ScenarioConfig) -> Skeleton:
     """The scenario's model as config, module names and tokenizer, built on the meta device (no weights
     read; a local folder's config that does not load is a ``ConfigError`` naming the folder)."""
+    return _skeleton(scenario.model, scenario.task)
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(cfg: ModelConfig, task: str) -> Skeleton:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from benchmark import models
 
-    cfg, task = scenario.model, scenario.task
     if cfg.path:
         folder = Path(cfg.path)
         try:
