@@ -180,8 +180,8 @@ class PartitionConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("iid", "dirichlet"):
             raise ConfigError(f"partition.kind must be 'iid' or 'dirichlet', got {self.kind!r}")
-        if self.alpha <= 0:
-            raise ConfigError(f"partition.alpha must be > 0, got {self.alpha}")
+        if not (_finite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"partition.alpha must be > 0 and finite, got {self.alpha}")
 
 
 @dataclass(frozen=True)
