@@ -126,7 +126,7 @@ class LoRAConfig:
     """LoRA adapters every client trains (each at its tier's rank)."""
 
     alpha: float = opt(16.0, "LoRA scaling numerator: updates are scaled by alpha / rank (> 0)")
-    target_modules: tuple[str, ...] = opt((), "adapted modules: names (last part) of linear layers the model has, each once; "
+    target_modules: tuple[str, ...] = opt((), "adapted modules: names (last part) of linear layers the model has, not its output head, each once; "
                                                 "empty: q_proj/v_proj for Llama, query/value for BERT")
     dropout: float = opt(0.0, "LoRA dropout probability, in [0, 1)")
 
