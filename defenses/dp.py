@@ -228,3 +228,19 @@ class ClientLevelDP(Wrapper):
     def paper_method(cls, inner: str | None) -> str | None:
         return f"{inner}-DP" if inner else None
 
+    @classmethod
+    def check(cls, params: ClientLevelDPParams, fed: FederationInfo) -> str | None:
+        """A ``target_epsilon`` must be reachable with these rounds and sample rate: tried at noise
+        multiplier 100 (a fast yes for most targets), then at 1e6, the largest ``solve_sigma`` tries
+        (running the solver itself on an unreachable target takes ~30 s)."""
+        if params.target_epsilon <= 0:
+            return None
+        if resolve_sigma(replace(params, target_epsilon=0.0, sigma=100.0), fed)[2] <= params.target_epsilon:
+            return None
+        _, q, floor = resolve_sigma(replace(params, target_epsilon=0.0, sigma=1e6), fed)
+        if floor <= params.target_epsilon:
+            return None
+        return (f"target_epsilon={params.target_epsilon:g} is out of reach: with rounds={fed.rounds}, sample rate "
+                f"{q:g}, delta={params.delta:g} and the {params.accountant} accountant even noise multiplier 1e6 "
+                f"gives epsilon {floor:.4g}; use target_epsilon > {floor:.4g} or a larger delta")
+

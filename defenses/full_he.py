@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,13 +54,20 @@ AGGREGATIONS = ("stack", "lift")
 class FullHEParams:
     """CKKS parameters, packing and the exact aggregation design of full HE."""
 
-    packing: str = "dense"  # dense (fill ciphertexts) | per_column (one ciphertext per A column / B row)
-    aggregation: str = "stack"  # stack (server relays ciphertexts) | lift (server adds weighted dense deltas)
-    poly_modulus_degree: int = 8192  # CKKS ring dimension N; a ciphertext holds N real values
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)  # CKKS prime chain
-    scale_bits: int = 40  # CKKS scale 2^scale_bits
-    n_workers: int = 1  # processes for dense encryption of many ciphertexts
-    lift_max_values: int = 50_000_000  # refuse a lift that would encrypt more values per client
+    packing: str = field(default="dense", metadata={
+        "help": "dense (fill every ciphertext) | per_column (one ciphertext per A column / B row)"})
+    aggregation: str = field(default="stack", metadata={
+        "help": "stack (the server relays the clients' ciphertexts) | lift (the server adds weighted dense deltas)"})
+    poly_modulus_degree: int = field(default=8192, metadata={
+        "help": "CKKS ring dimension N, one of 4096, 8192, 16384, 32768; a ciphertext holds N real values (two per complex slot)"})
+    coeff_mod_bit_sizes: tuple[int, ...] = field(default=(60, 40, 40, 60), metadata={
+        "help": "CKKS prime chain: >= 2 primes of 20-60 bits, middle ones equal to scale_bits, sum within N's 128-bit security bound"})
+    scale_bits: int = field(default=40, metadata={
+        "help": "CKKS scale 2^scale_bits, in [30, 59] and >= 10 bits below the first prime"})
+    n_workers: int = field(default=1, metadata={
+        "help": "processes for dense encryption of many ciphertexts (>= 1)"})
+    lift_max_values: int = field(default=50_000_000, metadata={
+        "help": "refuse a lift that would encrypt more values per client than this (>= 1)"})
 
     def __post_init__(self) -> None:
         if self.packing not in PACKINGS:

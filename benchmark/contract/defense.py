@@ -131,6 +131,13 @@ class Defense:
         """The row's privacy facts: public ones from the server role, client-only ones on top."""
         return {**self.server.privacy_params(), **self.client.privacy_params()}
 
+    @classmethod
+    def check(cls, params: Any, fed: FederationInfo) -> str | None:
+        """Why ``params`` cannot work in a federation of these public facts, starting with the parameter's
+        name (None: they can). The harness asks before any work, so a setting the defense could only
+        refuse mid-run fails early."""
+        return None
+
     def applied_budget(self, tier: ClientInfo) -> float | None:
         """The share this defense encrypts for a client of ``tier`` (None: nothing selectively)."""
         return {"none": None, "all": 1.0}.get(self.encrypts)

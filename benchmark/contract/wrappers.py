@@ -104,6 +104,12 @@ class Wrapper:
     columns: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
+    def check(cls, params: Any, fed: FederationInfo) -> str | None:
+        """Why ``params`` cannot work in a federation of these public facts, starting with the parameter's
+        name (None: they can); asked before any work."""
+        return None
+
+    @classmethod
     def cannot_wrap(cls, inner: Defense) -> str | None:
         """Why this wrapper cannot sit on ``inner`` (None: it can)."""
         return None

@@ -7,37 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 import typing
 from typing import Any
 
 from benchmark.config import ScenarioConfig, load_toml, to_dict
-from benchmark.contract import ATTACK_TARGETS, Attack, AttackParams
+from benchmark.contract import ATTACK_TARGETS, Attack
 from benchmark.contract.stacks import SEP, is_wrapper, stack_names
 
 
-def _comment_help(cls: type) -> dict[str, str]:
-    """Trailing source comments per field.
-
-    Legacy fallback, for scenario and defense Params only while they gain ``metadata["help"]``;
-    TODO(issue 25): remove once every scenario and defense field declares its help."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    out = {}
-    for line in source.splitlines():
-        m = re.match(r"\s+(\w+)\s*:\s*[^#]+#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
-    return out
-
-
 def field_help(cls: type) -> dict[str, str]:
-    """Help per field from ``metadata["help"]`` ("" where there is none). Attack params read metadata
-    only; other params still fall back to source comments (``_comment_help``, to be removed)."""
-    comments = {} if issubclass(cls, AttackParams) else _comment_help(cls)
-    return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(cls)}
+    """Help per field: its ``metadata["help"]`` ("" where there is none; tests/test_help.py fails on that)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -90,7 +70,7 @@ def describe_params(params_cls: type) -> list[str]:
 
 
 def undocumented(params_cls: type) -> list[str]:
-    """Fields without help (for attack params: without ``metadata["help"]``)."""
+    """Fields without ``metadata["help"]``."""
     return [name for name, text in field_help(params_cls).items() if not text]
 
 

@@ -141,7 +141,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
     """Resolve every scenario, defense and attack (validating all parameters, the model and the data)
     into groups of cells. A cell's id covers its configuration, the code that computes it and the data."""
     from benchmark.contract.plugins import ATTACKS
-    from benchmark.running import fingerprint
+    from benchmark.running import fingerprint, validate
 
     check_suite(suite)
     for label in overrides.defense:
@@ -168,6 +168,7 @@ def plan(suite: SuiteConfig, overrides: Overrides) -> list[Group]:
                 raise ConfigError(f"scenario {spec.label!r}: {kind} {unknown} are not in this run's {kind} "
                                   f"({', '.join(c.label for c in present) or 'none'})")
         check_scenario_inputs(scenario)
+        validate.check_planned(scenario, spec, suite, stacks, attacks)
         data_fp = fingerprint.combine(fingerprint.data_inputs(scenario))
         for seed in spec.seeds or suite.seeds:
             for d in (d for d in defenses if spec.defenses is None or d.label in spec.defenses):
