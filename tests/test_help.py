@@ -8,9 +8,9 @@ import dataclasses
 import typing
 
 import pytest
-from benchmark.reporting.describe import describe, undocumented
 
 from benchmark.config import ScenarioConfig
+from benchmark.reporting.describe import describe, undocumented
 from defenses import DEFENSES
 
 
