@@ -32,7 +32,7 @@ def test_train_step(benchmark: Any, head: str) -> None:
         emb.grad = None
         loss = model(**batch).loss if head == "all_positions" else compute_loss(model, batch)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     try:
         value = benchmark.pedantic(step, rounds=3, warmup_rounds=1)
