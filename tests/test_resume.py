@@ -209,3 +209,13 @@ def test_a_report_marks_rows_whose_code_changed_and_names_the_files(tmp_path, te
     assert df.set_index("defense")["stale"].to_dict() == {"temp_def": True, "plain_lora": False}
     assert len(problems) == 1 and "1 of 2 rows are stale" in problems[0]
     assert temp_defense.resolve().as_posix() in problems[0]
+
+
+def test_a_report_says_when_installed_packages_differ_from_the_run():
+    from benchmark.reporting.staleness import package_drift
+    from benchmark.running.provenance import package_versions
+
+    now = package_versions()
+    assert package_drift({"packages": now}) == []
+    name = next(iter(sorted(now)))
+    assert package_drift({"packages": {**now, name: "0.0.0-old"}}) == [f"{name} 0.0.0-old -> {now[name]}"]

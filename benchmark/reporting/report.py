@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from benchmark.config import ConfigError  # noqa: E402
-from benchmark.reporting.staleness import run_staleness  # noqa: E402
+from benchmark.reporting.staleness import package_drift, run_staleness  # noqa: E402
 from benchmark.running.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
 
 # Columns the report reads; rows written before a column existed get it as missing.
@@ -96,6 +96,10 @@ def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd
         moved = run_staleness(kept, manifest)
         if moved.stale and problems is not None:
             problems.append(moved.describe(run / "rows.jsonl", len(kept)))
+        drift = package_drift(manifest)
+        if drift and problems is not None:
+            problems.append(f"{run / 'manifest.json'}: installed packages differ from the run's ({', '.join(drift)}); "
+                            "a recompute here may differ in float detail")
         rows += [{**r, "stale": r.get("cell_id") in moved.stale} for r in kept]
     df = pd.DataFrame(rows)
     for col in REPORT_COLUMNS:

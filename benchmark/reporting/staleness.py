@@ -79,3 +79,15 @@ def run_staleness(rows: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]
 def _hash_or_none(rel: str) -> str | None:
     path = fingerprint.ROOT / rel
     return fingerprint.file_hash(path) if path.is_file() else None
+
+
+def package_drift(manifest: Mapping[str, Any]) -> list[str]:
+    """Packages whose installed version differs from the one the run recorded (``old -> new``): rows
+    recomputed here may differ in float detail even where no code of this checkout changed (seen:
+    transformers 5.24 -> 5.25 moved SmolLM2 losses by ~2e-6 relative)."""
+    from benchmark.running.provenance import package_versions
+
+    recorded = manifest.get("packages") or {}
+    now = package_versions()
+    return [f"{name} {recorded[name]} -> {now.get(name, 'absent')}" for name in sorted(recorded)
+            if now.get(name, "absent") != recorded[name]]
