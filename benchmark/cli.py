@@ -26,6 +26,8 @@ EPILOG = """examples:
   shebench run --defense plain_lora,she_lora --attack dager --seeds 0,1
   shebench run --scenario tiny --set rounds=3 --set train.lr=0.01 --set defense.dp.sigma=2.0
   shebench run --suite cost                      paper-scale cost scenarios (shapes only)
+  shebench run --defense dp+she_lora,dp_sgd+she_lora --set defense.dp+she_lora.clip=3
+                                                 DP wrappers over an encrypting defense
   shebench report runs/<run_id>
   shebench list defenses ; shebench show she_lora
 """
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", default="default", help="registered suite name or a .toml path (default: default)")
     run.add_argument("--scenario", type=_csv, help="scenario names or .toml paths, comma-separated (replaces the suite's); "
                      "labels of the suite's own scenario entries select those entries with their settings")
-    run.add_argument("--defense", type=_csv, help="defense names/labels, comma-separated (replaces the suite's)")
+    run.add_argument("--defense", type=_csv, help="defense names/labels, comma-separated (replaces the suite's); a stack of wrappers over a defense is one name, e.g. dp+she_lora")
     run.add_argument("--attack", type=_csv, help="attack names/labels, comma-separated; 'none' for no attack")
     run.add_argument("--mode", type=_csv, help="attack modes: naive,adaptive (default: the suite's)")
     run.add_argument("--seeds", type=_seeds, help="seeds, comma-separated (replaces the suite's)")

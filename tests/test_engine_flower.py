@@ -56,6 +56,7 @@ def test_flower_rows_count_flower_message_bytes(both):
         # every payload-carrying message costs more on Flower's wire than its WirePayload (framing)
         assert row["transport_bytes"] > 0 and row["framing_overhead_bytes"] > 0
         assert 0 < row["framing_overhead_frac"] < 1
+        assert row["transport_messages"] > 0 and inproc[cell]["transport_messages"] is None  # reaches the rows
 
 
 def test_engine_modules_count_only_for_their_cells():

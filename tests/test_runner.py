@@ -128,3 +128,19 @@ def test_scenario_seeds_replace_the_suite_seeds():
     got = sorted((g.scenario.name, g.seed) for g in plan(suite, Overrides({}, {}, {})))
     assert got == [("a", 5), ("b", 0), ("b", 1)]
 
+
+
+@pytest.mark.parametrize(("engine", "scenario", "over"), [
+    ("inproc", "tiny", {"rounds": 1}),
+    ("cost", "cost_public_bench", {"cost": {"repeats": 1, "sample_modules": 1}}),
+])
+def test_no_computed_metric_is_dropped_from_rows(engine, scenario, over):
+    """Rows have a fixed schema (benchmark.running.results.COLUMNS); the runner keeps only its columns,
+    so a metric an engine computes but the schema lacks would vanish: fail here instead."""
+    from benchmark.contract.plugins import ENGINES
+    from benchmark.contract.stacks import build_defense
+    from benchmark.running import resolve_scenario
+    from benchmark.running.results import COLUMNS
+
+    sim = ENGINES.get(engine)(resolve_scenario(scenario, over), build_defense("plain_lora"), 0)
+    assert sorted(set(sim.metrics) - set(COLUMNS)) == []
