@@ -121,7 +121,9 @@ def test_noise_degrades_gracefully(tok, base):
                         B=m.B + 0.3 * m.B.std() * torch.randn(m.B.shape, generator=gen))
              for n, m in view.modules.items()}
     view = replace(view, modules=noisy)
-    assert DAGER().reconstruct(view).texts == [] or True  # must not raise
+    dager = DAGER().reconstruct(view)  # noise breaks the exact span: fewer or no tokens pass, never a crash
+    assert dager.status in ("ok", "abstained") and all(isinstance(t, str) for t in dager.texts)
+    assert dager.texts or dager.note  # nothing found is said, not silent
     rec = SubspaceRank().reconstruct(view)
     assert score_reconstruction(toy.references(tok, TEXTS[:1], T), rec.texts, tok)["token_recall"] > 0.2
 

@@ -1,7 +1,5 @@
 """The real offline assets: SmolLM2 from its GGUF (dequantized once, then cached) and MiniLM."""
 
-import time
-
 import torch
 
 from benchmark.config import ModelConfig
@@ -11,21 +9,16 @@ from benchmark.federation.models import _LOADED, load_model
 def test_smollm2_loads_from_gguf_then_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SHEBENCH_CACHE", str(tmp_path))
     _LOADED.clear()
-    t0 = time.perf_counter()
     cold = load_model(ModelConfig(name="smollm2"), "classification", 2)
-    cold_s = time.perf_counter() - t0
     assert not cold.from_cache and cold.arch == "decoder"
     assert sum(p.numel() for p in cold.model.parameters()) > 130_000_000
     assert any(tmp_path.glob("smollm2-*/model.safetensors"))
     weight = cold.model.model.layers[0].self_attn.q_proj.weight.clone()
     _LOADED.clear()
-    t0 = time.perf_counter()
     warm = load_model(ModelConfig(name="smollm2"), "classification", 2)
-    warm_s = time.perf_counter() - t0
     _LOADED.clear()
     assert warm.from_cache
     assert torch.equal(warm.model.model.layers[0].self_attn.q_proj.weight, weight)
-    assert warm_s < cold_s
     ids = warm.tokenizer(" positive", add_special_tokens=False).input_ids
     assert len(ids) == 1  # the verbalizer's label words are single tokens
 
