@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -102,3 +103,18 @@ def client_keys(params: ckks.CKKSParams) -> tuple[Any, bytes, dict[str, float]]:
     costs = {"keygen_s": keygen_s, "context_public_bytes": float(len(public)),
              "context_secret_bytes": float(len(ckks.secret_context_bytes(secret)))}
     return secret, public, costs
+
+
+# The CKKS parameters full HE and MaskCrypt both take, with one meaning and range each.
+CKKS_HELP = {
+    "poly_modulus_degree": "CKKS ring dimension N, one of 4096, 8192, 16384, 32768; a ciphertext holds N real values "
+                           "(two per complex slot)",
+    "coeff_mod_bit_sizes": "CKKS prime chain: >= 2 primes of 20-60 bits, middle ones equal to scale_bits, sum within "
+                           "N's 128-bit security bound",
+    "scale_bits": "CKKS scale 2^scale_bits, in [30, 59] and >= 10 bits below the first prime",
+}
+
+
+def ckks_field(name: str, default: Any) -> Any:
+    """A ``Params`` field for CKKS parameter ``name``, with its shared help."""
+    return field(default=default, metadata={"help": CKKS_HELP[name]})

@@ -42,7 +42,7 @@ from benchmark.contract import (
     ServerRole,
     WirePayload,
 )
-from defenses.common import client_keys, fedavg_weights, finalize_to_rank, update_meta
+from defenses.common import ckks_field, client_keys, fedavg_weights, finalize_to_rank, update_meta
 from she_lora import ckks
 from she_lora.lowrank import FactoredDelta, aggregate_lowrank
 
@@ -58,12 +58,9 @@ class FullHEParams:
         "help": "dense (fill every ciphertext) | per_column (one ciphertext per A column / B row)"})
     aggregation: str = field(default="stack", metadata={
         "help": "stack (the server relays the clients' ciphertexts) | lift (the server adds weighted dense deltas)"})
-    poly_modulus_degree: int = field(default=8192, metadata={
-        "help": "CKKS ring dimension N, one of 4096, 8192, 16384, 32768; a ciphertext holds N real values (two per complex slot)"})
-    coeff_mod_bit_sizes: tuple[int, ...] = field(default=(60, 40, 40, 60), metadata={
-        "help": "CKKS prime chain: >= 2 primes of 20-60 bits, middle ones equal to scale_bits, sum within N's 128-bit security bound"})
-    scale_bits: int = field(default=40, metadata={
-        "help": "CKKS scale 2^scale_bits, in [30, 59] and >= 10 bits below the first prime"})
+    poly_modulus_degree: int = ckks_field("poly_modulus_degree", 8192)
+    coeff_mod_bit_sizes: tuple[int, ...] = ckks_field("coeff_mod_bit_sizes", (60, 40, 40, 60))
+    scale_bits: int = ckks_field("scale_bits", 40)
     n_workers: int = field(default=1, metadata={
         "help": "processes for dense encryption of many ciphertexts (>= 1)"})
     lift_max_values: int = field(default=50_000_000, metadata={

@@ -48,6 +48,7 @@ from benchmark.contract import (
 from defenses.common import (
     broadcast,
     broadcast_rank,
+    ckks_field,
     client_keys,
     decode_factors,
     encode_factors,
@@ -75,12 +76,9 @@ class MaskCryptParams:
         "help": "all: budget * all coordinates | she_lora: as many values as SHE-LoRA encrypts (r*ceil(budget*n))"})
     selection: str = field(default="grad", metadata={
         "help": "grad: top |update| * |gradient| | random: uniformly random coordinates"})
-    poly_modulus_degree: int = field(default=8192, metadata={
-        "help": "CKKS ring dimension N, one of 4096, 8192, 16384, 32768; a ciphertext holds N real values (two per complex slot)"})
-    coeff_mod_bit_sizes: tuple[int, ...] = field(default=(60, 40, 40, 60), metadata={
-        "help": "CKKS prime chain: >= 2 primes of 20-60 bits, middle ones equal to scale_bits, sum within N's 128-bit security bound"})
-    scale_bits: int = field(default=40, metadata={
-        "help": "CKKS scale 2^scale_bits, in [30, 59] and >= 10 bits below the first prime"})
+    poly_modulus_degree: int = ckks_field("poly_modulus_degree", 8192)
+    coeff_mod_bit_sizes: tuple[int, ...] = ckks_field("coeff_mod_bit_sizes", (60, 40, 40, 60))
+    scale_bits: int = ckks_field("scale_bits", 40)
     n_workers: int = field(default=1, metadata={
         "help": "processes for encrypting many ciphertexts (>= 1)"})
 
