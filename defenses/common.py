@@ -97,7 +97,13 @@ def finalize_to_rank(deltas: Mapping[str, FactoredDelta], client: ClientInfo, se
     cost (an i.i.d. Gaussian block is the same distribution in any order) and keeps the start
     replayable, so plain LoRA and MaskCrypt, which permute nothing, keep their exact (or exactly
     bounded) start; a client-private stream would also close it, but would turn every defense's start
-    into an estimate for no gain. SHE-LoRA applies it with its shared permutation (``padding``)."""
+    into an estimate for no gain. SHE-LoRA applies it with its shared permutation (``padding``).
+
+    What the methods' authors do: the FlexLoRA paper redistributes the aggregate by truncated SVD and
+    does not say how a client whose rank exceeds the aggregate's fills the rest (its public code
+    could not be read from here); the public SHE-LoRA code pads nothing, it slices the fused SVD to
+    the top rank, so such a client's A has fewer rows than its rank. Random rows, as a fresh LoRA
+    has, keep those directions trainable."""
     gen = torch.Generator().manual_seed(seed * 100_003 + client.client_id)
     out: dict[str, LoRAFactors] = {}
     for name, d in deltas.items():

@@ -9,12 +9,14 @@ padding rows equal the server's own replay, computed without any secret, so they
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from duo import Duo
 from test_she_lora_helpers import federation, random_update
 
-from attacks.toolkit.projection import complement, recover_order
+from attacks.toolkit.projection import complement, project_a, recover_order
 from benchmark.contract import ClientUpdate, LoRAFactors
 from benchmark.federation.transcript import wire_copy
 from defenses.she_lora import SHELoRADefense, SHELoRAParams
@@ -117,3 +119,23 @@ def test_the_start_lies_in_the_space_the_transcript_gives(padding: str, leakage:
         pad = [i for i in range(min(SHAPES[name]), start.shape[0])]  # the padding replay is exact in its order
         if padding == "permuted" or leakage == "plain":
             assert torch.allclose(run["known"].factors[name].A[pad].double(), start[pad], atol=1e-6)
+
+
+def attacker_view(run: dict):
+    known = run["known"]
+    return replace(run["view"], prev=known.factors, start_known=known.known, start_space=known.spaces)
+
+
+def test_the_adaptive_projection_uses_the_leak_only_when_it_is_open() -> None:
+    """With original-order padding the projection maps every visible column to its feature (the
+    start vanishes in the original coordinates, no trimming); with permuted padding it cannot, and
+    trims up to the global list's length of displaced coordinates instead."""
+    leaky = round_two("original")
+    p = project_a(attacker_view(leaky), PADDED, leaky["view"].modules[PADDED])
+    assert p.trim == 0 and "order recovered" in p.note
+    start = leaky["start"][PADDED].A.double()  # original column order
+    assert float((start @ p.proj.T).norm()) <= 1e-5 * float(start.norm())
+    closed = round_two("permuted")
+    om = closed["view"].modules[PADDED]
+    p = project_a(attacker_view(closed), PADDED, om)
+    assert p.trim == om.displaced > 0 and "recovered" not in p.note

@@ -194,21 +194,23 @@ def project_b(view: AttackerView, name: str, om: ObservedModule) -> Projection |
 class ProjectedSpan(Span):
     """A span in the start space's complement. ``proj`` maps input features to projected features
     (``index`` is the identity over them); ``coords`` are the usable coordinates' images, by which a
-    candidate drops its ``trim`` worst (displaced) coordinates. No ``matrix``: the generic refit that
-    drops displaced coordinates works in coordinate space, which a projection has mixed."""
+    candidate drops its ``drop`` worst (displaced) coordinates. ``trim`` stays 0 and ``matrix``
+    ``None``: the generic trimmed fit and refit work in coordinate space, which a projection has
+    mixed, so the span attacks' refinement step leaves this span alone."""
 
     coords: Tensor | None = None
     coord_index: Tensor | None = None
+    drop: int = 0
     note: str = ""
 
     def distance(self, X: Tensor, chunk: int = 8192) -> Tensor:
         R = self.basis.float()
         out = [_relative_residual(self.features(X[i : i + chunk], torch.float32), R) for i in range(0, X.shape[0], chunk)]
         d = torch.cat(out).double() if out else torch.zeros(0, dtype=torch.float64)
-        if self.trim > 0 and self.coords is not None and self.coord_index is not None and d.numel():
+        if self.drop > 0 and self.coords is not None and self.coord_index is not None and d.numel():
             short = torch.topk(d, min(_SHORTLIST, d.numel()), largest=False).indices
             raw = X[short].double()[:, self.coord_index.to(X.device)].cpu()
-            d[short] = _pursuit_distance(self.features(X[short]).cpu(), raw, self.basis, self.coords, self.trim)
+            d[short] = _pursuit_distance(self.features(X[short]).cpu(), raw, self.basis, self.coords, self.drop)
         return d
 
 
@@ -279,7 +281,7 @@ def projected_span(view: AttackerView, name: str, om: ObservedModule, rank_tol: 
             raise Abstain(f"projection: the secret permutation may displace {p.trim} coordinates of {name}, more than "
                           f"the {room} free directions outside the update's span can absorb")
         return ProjectedSpan(span.name, span.path, span.basis, span.rank, span.saturated, span.index, span.proj,
-                             p.trim, None, p.coords, p.coord_index, p.note)
+                             0, None, p.coords, p.coord_index, p.trim, p.note)
     return None
 
 
