@@ -74,6 +74,29 @@ def test_projected_span_separates_members_and_abstains_without_room():
         projected_span(tight, "m", om2, rank_tol=1e-7)
 
 
+def test_b_path_projection_where_the_column_space_is_bounded():
+    """dL/dB's rows lie in span{A x_t}; left-multiplying B_obs by the complement of the start's column
+    space (plus rows with an unknown start) removes B_start and keeps that."""
+    g = torch.Generator().manual_seed(4)
+    m, n, r, d, tokens = 40, 24, 12, 10, 4
+    A = torch.randn(r, n, generator=g, dtype=torch.float64)
+    C = torch.randn(m, d, generator=g, dtype=torch.float64)  # the start's column space
+    start = C @ torch.randn(d, r, generator=g, dtype=torch.float64)
+    start[[3, 7]] = torch.randn(2, r, generator=g, dtype=torch.float64)  # rows with an unknown start
+    X = torch.randn(tokens, n, generator=g, dtype=torch.float64)
+    dB = 1e-3 * torch.randn(m, tokens, generator=g, dtype=torch.float64) @ (X @ A.T)
+    om = ObservedModule(A=None, B=start + dB, scale=1.0)
+    view = AttackerView(defense="toy", kind="sgd", modules={"m": om}, start_known="estimate",
+                        prev={"m": LoRAFactors(A, start, 1.0)},
+                        start_space={"m": StartSpace(torch.zeros(1, n), b_cols=C, b_free=(3, 7))})
+    span = projected_span(view, "m", om, rank_tol=1e-7)
+    assert span.path == "B" and span.rank == tokens
+    others = torch.randn(100, n, generator=g, dtype=torch.float64)
+    assert float(span.distance(X).max()) < 1e-6 < 0.1 < float(span.distance(others).min())
+    view = replace(view, start_space={"m": StartSpace(torch.zeros(1, n))})  # no bound on the columns
+    assert projected_span(view, "m", om, rank_tol=1e-7) is None
+
+
 def test_recover_order_needs_a_clear_unique_match():
     g = torch.Generator().manual_seed(3)
     replay = torch.randn(6, 20, generator=g)
