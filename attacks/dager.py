@@ -84,7 +84,7 @@ class DAGER(Attack):
         extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
         if second is not None:
             extra["rank_l1"] = float(second.rank)
-        notes = start_caveats(view)
+        notes = start_caveats(view, checks)
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: the batch's tokens likely exceed the LoRA rank")
         tpl = harness_ids(view.tokenizer, view.template, is_decoder(view.model))

@@ -139,7 +139,7 @@ class FedSpy(Attack):
         second = joint_check(checks[1], p.rank_tol) if len(checks) > 1 else None
         model, tok = view.model, view.tokenizer
         n_seqs = max(1, view.batch_size or 1)
-        notes = start_caveats(view) + [VARIANT_NOTE]
+        notes = start_caveats(view, checks) + [VARIANT_NOTE]
         extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
         if first.vacuous:
             return Reconstruction(note="; ".join(notes + [f"joint layer-0 span (rank {first.rank}) fills the usable coordinates"]),

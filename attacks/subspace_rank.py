@@ -89,7 +89,7 @@ class SubspaceRank(Attack):
         bag = list(dict.fromkeys(ranked + list(tpl.start) + list(tpl.suffix)))
         seqs = soft_decode(model, second, bag, tpl.start, max(1, view.batch_size or 1), p.max_len, stops)
         return Reconstruction(texts=[decode(s, tok) for s in seqs], token_ids=seqs, extra=extra,
-                              note="; ".join(start_caveats(view)))
+                              note="; ".join(start_caveats(view, checks)))
 
     def _dim_estimate(self, view: AttackerView, first: LayerCheck) -> int:
         coords = min(s.basis.shape[0] for s in first.spans)

@@ -57,7 +57,7 @@ class TokenLeak(Attack):
             bag, first = token_bag(view.model, first, p.tau, cap, p.rank_tol)
         else:
             bag = self._positional_bag(view, first, cap)
-        notes = start_caveats(view)
+        notes = start_caveats(view, checks)
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: tokens likely exceed the LoRA rank")
         extra = {"bag_size": float(len(bag)), "rank_l0": float(first.rank)}

@@ -119,7 +119,7 @@ class UTR(Attack):
             raise Abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
         first = joint_check(checks[0], p.rank_tol)
         n_seqs = max(1, view.batch_size or 1)
-        notes = start_caveats(view) + [VARIANT_NOTE]
+        notes = start_caveats(view, checks) + [VARIANT_NOTE]
         extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
         d0 = vocab_distances(model, first)
         cap = min(p.max_bag, n_seqs * p.tokens_per_example)  # the soft bag's size; an exact bag is bounded by the rank

@@ -4,7 +4,7 @@ and the broadcast of a factored aggregate that each client truncates to its own 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
@@ -80,18 +80,61 @@ def read_broadcast(message: WirePayload) -> dict[str, FactoredDelta]:
     return out
 
 
-def finalize_to_rank(deltas: Mapping[str, FactoredDelta], client: ClientInfo, seed: int = 0) -> dict[str, LoRAFactors]:
+def finalize_to_rank(deltas: Mapping[str, FactoredDelta], client: ClientInfo, seed: int = 0,
+                     place: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> dict[str, LoRAFactors]:
     """Each client's own-rank LoRA from the aggregate, with its alpha/r scaling divided out.
 
     Padding rows (an aggregate of lower rank than the client's) come from a stream of the public
     federation seed and the client id, so this is a deterministic function of public inputs and the
-    server can replay it for any broadcast it can read."""
+    server can replay it for any broadcast it can read. ``place[name]`` maps a module's padding
+    rows, drawn in the column order the server observes, to the order the factors use (default: the
+    same order).
+
+    The rule every defense follows: padding a server can replay must teach it nothing secret. One
+    SGD step never moves a padding row (its B column is zero), so a server that replays padding in
+    the client's original column order and matches it against an upload in a secret order recovers
+    that order column by column. Drawing the rows in the observed order closes this at no learning
+    cost (an i.i.d. Gaussian block is the same distribution in any order) and keeps the start
+    replayable, so plain LoRA and MaskCrypt, which permute nothing, keep their exact (or exactly
+    bounded) start; a client-private stream would also close it, but would turn every defense's start
+    into an estimate for no gain. SHE-LoRA applies it with its shared permutation (``padding``).
+
+    What the methods' authors do: the FlexLoRA paper redistributes the aggregate by truncated SVD and
+    does not say how a client whose rank exceeds the aggregate's fills the rest (its public code
+    could not be read from here); the public SHE-LoRA code pads nothing, it slices the fused SVD to
+    the top rank, so such a client's A has fewer rows than its rank. Random rows, as a fresh LoRA
+    has, keep those directions trainable."""
     gen = torch.Generator().manual_seed(seed * 100_003 + client.client_id)
     out: dict[str, LoRAFactors] = {}
     for name, d in deltas.items():
-        A, B = to_lora(d, client.rank, client.scale, generator=gen)
+        A, B = to_lora(d, client.rank, client.scale, generator=gen, place=(place or {}).get(name))
         out[name] = LoRAFactors(A, B, client.scale)
     return out
+
+
+def padding_rows(delta: FactoredDelta, rank: int) -> int:
+    """How many rows of a rank-``rank`` client's A ``to_lora`` pads (they are its last rows)."""
+    return max(0, rank - min(rank, delta.rank))
+
+
+def with_rank(delta: FactoredDelta, rank: int) -> FactoredDelta:
+    """``delta`` with zero singular directions appended up to ``rank`` components: an estimate of an
+    aggregate whose hidden part would have given it that many, so that ``finalize_to_rank`` pads as
+    many rows as the client did (and draws its padding stream in step with the client's)."""
+    extra = rank - delta.rank
+    if extra <= 0:
+        return delta
+    U, S, Vh = delta.U, delta.S, delta.Vh
+    return FactoredDelta(torch.cat([U, U.new_zeros(U.shape[0], extra)], 1), torch.cat([S, S.new_zeros(extra)]),
+                         torch.cat([Vh, Vh.new_zeros(extra, Vh.shape[1])], 0))
+
+
+def span_rows(parts: Sequence[Tensor]) -> Tensor:
+    """The rows of ``parts`` stacked in float32 (a ``StartSpace`` generator set; empty parts skipped)."""
+    kept = [p.detach().float().cpu() for p in parts if p.numel()]
+    if not kept:
+        raise ValueError("span_rows: nothing to stack")
+    return torch.cat(kept, 0).contiguous()
 
 
 def client_keys(params: ckks.CKKSParams) -> tuple[Any, bytes, dict[str, float]]:

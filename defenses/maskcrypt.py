@@ -43,6 +43,7 @@ from benchmark.contract import (
     ObservedModule,
     ServerRole,
     StartKnowledge,
+    StartSpace,
     WirePayload,
 )
 from defenses.common import (
@@ -54,7 +55,9 @@ from defenses.common import (
     encode_factors,
     fedavg_weights,
     finalize_to_rank,
+    padding_rows,
     read_broadcast,
+    span_rows,
     update_meta,
 )
 from defenses.dp import stream, update_delta
@@ -399,12 +402,38 @@ class MaskCryptServer(ServerRole):
         )
 
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """Exact when nothing was hidden; otherwise finalize replayed with the hidden values as zero.
+
+        What is exact even then (``StartSpace``): the aggregate is sum_i w_i s_i B_i A_i, so its rows
+        lie in the span of every relayed A_i's visible rows plus the unit vectors of the columns where
+        any A_i had a hidden entry, and its columns in the span of every B_i's visible columns plus
+        the unit vectors of the rows where any B_i had one. The client's start takes its rows and
+        columns from that aggregate; its padding rows (public seed, no permutation) are replayed
+        exactly."""
         seed = self.fed.seed if self.fed else 0
         if "clients" not in broadcast.meta:
             return StartKnowledge(finalize_to_rank(read_broadcast(broadcast), client, seed), "exact",
                                   "nothing was hidden: replayed the client's finalize")
-        estimate = finalize_to_rank(rebuild(broadcast, self._consensus, None), client, seed)
-        return StartKnowledge(estimate, "estimate", "replayed finalize with the hidden values taken as zero")
+        deltas = rebuild(broadcast, self._consensus, None)
+        estimate = finalize_to_rank(deltas, client, seed)
+        a_rows: dict[str, list[Tensor]] = {}
+        b_cols: dict[str, list[Tensor]] = {}
+        a_free: dict[str, set[int]] = {}
+        b_free: dict[str, set[int]] = {}
+        for _, own in relayed(broadcast):
+            factors, masks = visible(own, self._consensus)
+            for n, f in factors.items():
+                a_hidden, b_hidden = masks[n]
+                a_rows.setdefault(n, []).append(f.A)
+                b_cols.setdefault(n, []).append(f.B.T)
+                a_free.setdefault(n, set()).update(torch.nonzero(a_hidden.any(0)).flatten().tolist())
+                b_free.setdefault(n, set()).update(torch.nonzero(b_hidden.any(1)).flatten().tolist())
+        spaces = {}
+        for n, f in estimate.items():
+            pad = f.A[client.rank - padding_rows(deltas[n], client.rank):]
+            spaces[n] = StartSpace(span_rows(a_rows[n] + [pad]), tuple(sorted(a_free[n])),
+                                   b_cols=span_rows(b_cols[n]).T.contiguous(), b_free=tuple(sorted(b_free[n])))
+        return StartKnowledge(estimate, "estimate", "replayed finalize with the hidden values taken as zero", spaces)
 
     def privacy_params(self) -> dict[str, Any]:
         """``encrypted_fraction``: mean over clients of hidden / all coordinates of their LoRA."""

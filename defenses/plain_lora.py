@@ -61,6 +61,8 @@ class PlainServer(ServerRole):
 
     It can replay every client's finalize from its own broadcast (truncation is deterministic and
     its padding rows come from the public federation seed), so it knows each client's start exactly.
+    That stays honest under the padding rule of ``defenses.common.finalize_to_rank`` (replayable
+    padding must reveal nothing secret): plain LoRA permutes nothing, so there is nothing to reveal.
     """
 
     name: ClassVar[str] = "plain_lora"

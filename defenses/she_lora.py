@@ -30,9 +30,10 @@ from benchmark.contract import (
     ObservedModule,
     ServerRole,
     StartKnowledge,
+    StartSpace,
     WirePayload,
 )
-from defenses.common import finalize_to_rank, update_meta
+from defenses.common import finalize_to_rank, padding_rows, span_rows, update_meta, with_rank
 from she_lora import ckks
 from she_lora.client import ClientSide
 from she_lora.lowrank import svd_of_product
@@ -61,6 +62,12 @@ class SHELoRAParams:
     ``gp_calls`` evaluations, starting from ``shares`` and seeded by the federation seed; see
     ``she_lora.negotiation_gp``). Either way the row's ``privacy`` records the method, the latest
     negotiation's shares and Eq. 14 scores, and every negotiation's record (``negotiations``).
+    padding: where a client's rank exceeds the aggregate's (a 192-output module at rank 256), the rows
+    ``finalize`` adds come from the public seed; ``permuted`` (default) draws them in the permuted
+    layout, ``original`` in the original column order (the leak, kept to measure it; see
+    ``defenses.common.finalize_to_rank``). The public SHE-LoRA code pads nothing: it slices the SVD
+    of the fused aggregate to the top rank (``fusion_plain_cipher``, then ``plain_adaptive_rank``), so
+    where that rank exceeds min(m, n) a client's A simply has fewer rows than its LoRA rank.
     """
 
     lift: str = field(default="client_lift", metadata={"help": (
@@ -84,6 +91,10 @@ class SHELoRAParams:
     negotiation: str = field(default="fixed", metadata={"help": (
         "fixed: `shares` for every tier | gp: per-tier shares maximising the paper's Eq. 14 (scikit-optimize)")})
     gp_calls: int = field(default=GP_CALLS, metadata={"help": "evaluations of gp_minimize for negotiation=gp"})
+    padding: str = field(default="permuted", metadata={"help": (
+        "how a client pads A rows when the aggregate's rank is below its own (public seed): permuted (drawn in the "
+        "permuted layout the server sees, so replaying them reveals nothing) | original (drawn in the original "
+        "column order: a server that replays them recovers the secret permutation; for measuring that leak)")})
 
     def __post_init__(self) -> None:
         if self.lift not in LIFTS:
@@ -94,6 +105,8 @@ class SHELoRAParams:
             raise ValueError(f"she_lora.budget_scale must be in (0, 1], got {self.budget_scale}")
         if self.sensitivity_refresh < 0:
             raise ValueError(f"she_lora.sensitivity_refresh must be >= 0, got {self.sensitivity_refresh}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"she_lora.padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
         if len(self.shares) != 3:
             raise ValueError(f"she_lora.shares needs 3 numbers (tier, common, sensitivity), got {self.shares}")
         self.protocol()  # validates the CKKS parameters and the combination
@@ -105,6 +118,9 @@ class SHELoRAParams:
         shares = (float(self.shares[0]), float(self.shares[1]), float(self.shares[2]))
         return ProtocolConfig(self.lift, self.leakage, self.swap, self.send_scores, shares, params, self.n_workers,
                               self.negotiation, self.gp_calls)
+
+
+PADDINGS = ("permuted", "original")
 
 
 def make_plan(params: SHELoRAParams, fed: FederationInfo) -> Plan:
@@ -222,8 +238,11 @@ class SHELoRAClient(ClientRole):
             self._fused = (message, self.side.fuse(message.plain, message.cipher, message.meta, rank=top))
         fused = self._fused[1]
         seed = self.fed.seed if self.fed else 0
+        place = None
+        if self.params.padding == "permuted":  # drawn in the layout the server sees, placed back in ours
+            place = {n: layout.undo for n, layout in self.side.layouts[int(message.meta["version"])].items()}
         with thin_linalg():
-            out = finalize_to_rank(fused, client, seed)
+            out = finalize_to_rank(fused, client, seed, place)
         dtype = next(iter(message.plain.values())).dtype if message.plain else torch.float32
         return {n: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for n, f in out.items()}
 
@@ -303,7 +322,12 @@ class SHELoRAServer(ServerRole):
             layout = side.known_layout(version, name)
             if layout is not None:  # plain indices: the server recomputes the permutation and undoes it
                 A, hidden = layout.undo(A), layout.undo(hidden)
-            modules[name] = ObservedModule(A=A, B=B.clone(), scale=scale, A_hidden=hidden, columns_permuted=layout is None and self.cfg.swap)
+            permuted = layout is None and self.cfg.swap
+            g = len(side.globals.get(version, {}).get(name, ())) if permuted else 0
+            # slots n-g..n-1 hold the global list's columns (public layout rule); the other visible
+            # slots lose at most g columns to the swaps, at positions only the OPE key tells
+            modules[name] = ObservedModule(A=A, B=B.clone(), scale=scale, A_hidden=hidden, columns_permuted=permuted,
+                                           foreign=tuple(range(n - g, n - k)), displaced=g)
         codes = side.globals.get(version, {})
         leaked["global_list" if self.cfg.leakage == "plain" else "global_list_ope_codes"] = {n: list(c) for n, c in codes.items()}
         if self.cfg.leakage == "plain":
@@ -317,21 +341,48 @@ class SHELoRAServer(ServerRole):
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
         """The client's start recomputed from the broadcast's plaintext part alone (the encrypted
         columns taken as zero), in the column order the server's views use: the original one under
-        plain leakage, the permuted one otherwise. Exact only when nothing was encrypted."""
+        plain leakage, the permuted one otherwise. Exact only when nothing was encrypted.
+
+        The estimate keeps the rank the client's fused aggregate has (the encrypted columns add
+        k_round directions), so it pads as many rows as the client and from the same stream. What
+        is exact even so (``StartSpace``): every starting row of A lies in the plaintext part's row
+        space plus the encrypted slots' unit vectors plus the padding rows, which the server replays
+        in its view's order unless ``padding="original"`` hides that order from it (then they are
+        ``a_loose``, given in the original order). B's column space holds the lifted encrypted
+        columns, which are ciphertext: no bound (``b_cols=None``)."""
         version, k_round = int(broadcast.meta["version"]), broadcast.meta["k_round"]
-        deltas = {}
+        top = max(c.rank for c in self.fed.clients) if self.fed else client.rank
+        deltas, frames, rows, free, place = {}, {}, {}, {}, {}
         with thin_linalg():
             for name in sorted(self.plan.shapes):
+                m, n = self.plan.shapes[name]
                 us, vh = broadcast.plain[f"{name}/US"].double(), broadcast.plain[f"{name}/Vh"].double()
+                k = int(k_round[name])
+                slots = [n - 1 - j for j in range(k)]  # encrypted in the broadcast: permuted positions
                 layout = self.side.known_layout(version, name)
-                deltas[name] = svd_of_product(us, layout.undo(vh) if layout is not None else vh)
-            factors = finalize_to_rank(deltas, client, self.fed.seed if self.fed else 0)
+                if layout is not None:
+                    vh, slots = layout.undo(vh), [layout.perm[p] for p in slots]
+                    if self.params.padding == "permuted":
+                        place[name] = layout.undo
+                frames[name] = layout is not None or self.params.padding == "permuted"  # padding in the view's order
+                rows[name], free[name] = broadcast.plain[f"{name}/Vh"] if layout is None else vh, tuple(sorted(slots))
+                estimate = svd_of_product(us, vh, rank=top)
+                deltas[name] = with_rank(estimate, min(top, m, n, us.shape[1] + k))
+            factors = finalize_to_rank(deltas, client, self.fed.seed if self.fed else 0, place)
         dtype = next(iter(broadcast.plain.values())).dtype
+        spaces = {}
+        for name, f in factors.items():
+            pad = padding_rows(deltas[name], client.rank)
+            tail = f.A[client.rank - pad:]
+            loose = () if frames[name] else tuple(range(client.rank - pad, client.rank))
+            spaces[name] = StartSpace(span_rows([rows[name]] + ([tail] if frames[name] else [])), free[name],
+                                      loose, tail.float() if loose else None)
         factors = {n: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for n, f in factors.items()}
         if not any(k_round.values()):
             return StartKnowledge(factors, "exact", "nothing was encrypted: replayed the client's finalize")
         order = "original" if self.cfg.leakage == "plain" or not self.cfg.swap else "permuted"
-        return StartKnowledge(factors, "estimate", f"finalize replayed on the plaintext part, encrypted columns as zero ({order} column order)")
+        return StartKnowledge(factors, "estimate", f"finalize replayed on the plaintext part, encrypted columns as zero "
+                              f"({order} column order)", spaces)
 
     def privacy_params(self) -> dict[str, Any]:
         fractions = [k / self.plan.shapes[n][1] for ks in self.plan.k.values() for n, k in ks.items()] if self.plan else []
@@ -357,7 +408,7 @@ class SHELoRADefense(Defense):
     """SHE-LoRA with ordered negotiation, one shared permutation and exact column-aware aggregation."""
 
     name: ClassVar[str] = "she_lora"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     Params = SHELoRAParams
     Client = SHELoRAClient
     Server = SHELoRAServer

@@ -166,12 +166,18 @@ def aggregate_dense_svd(terms: Sequence[tuple[float, Tensor, Tensor]]) -> Factor
     return FactoredDelta(u[:, :k].to(dtype), s[:k].to(dtype), vh[:k].to(dtype))
 
 
-def to_lora(delta: FactoredDelta, rank: int, scale: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def to_lora(delta: FactoredDelta, rank: int, scale: float, generator: torch.Generator | None = None,
+            place: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Split the best rank-``rank`` approximation of ``delta`` into LoRA factors (A, B) so that
     ``scale * B @ A`` equals it; the alpha/r scaling is divided out symmetrically.
 
     When the aggregate has fewer than ``rank`` directions, the missing rows of A get small random
-    values (B stays zero there), as a fresh LoRA would, so those directions can still learn.
+    values (B stays zero there), as a fresh LoRA would, so those directions can still learn. They are
+    drawn from ``generator`` and then passed through ``place`` (default: as drawn): a client whose
+    uploads a server sees in a secret column order draws them in that order and places them back
+    with ``place``, so that a server replaying the draw learns nothing about the order (see
+    ``defenses.common.finalize_to_rank``). An i.i.d. Gaussian block is the same distribution in any
+    column order, so this costs the client nothing.
     """
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
@@ -182,6 +188,8 @@ def to_lora(delta: FactoredDelta, rank: int, scale: float, generator: torch.Gene
     if k < rank:
         n, m = delta.Vh.shape[1], delta.U.shape[0]
         extra_a = torch.randn(rank - k, n, generator=generator, dtype=A.dtype) / (n**0.5)
+        if place is not None:
+            extra_a = place(extra_a)
         A = torch.cat([A, extra_a.to(A.device)], dim=0)
         B = torch.cat([B, torch.zeros(m, rank - k, dtype=B.dtype, device=B.device)], dim=1)
     return A.contiguous(), B.contiguous()

@@ -8,7 +8,10 @@ update, the demand that the first usable layer be layer 0, and the caveat about 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from attacks.toolkit.decoding import LayerCheck, layer_checks
+from attacks.toolkit.projection import method_note
 from benchmark.contract import Abstain, AttackerView
 
 
@@ -41,9 +44,13 @@ def layer0_checks(view: AttackerView, adaptive: bool, rank_tol: float, purpose: 
     return checks
 
 
-def start_caveats(view: AttackerView) -> list[str]:
-    """What the attack had to assume about the client's start (empty when it was known exactly or
-    not needed): the update was differenced against the server's estimate, errors and all."""
-    if view.kind != "grad" and view.start_known == "estimate":
-        return ["start known only as the server's estimate: the differenced update carries its error"]
-    return []
+def start_caveats(view: AttackerView, checks: Sequence[LayerCheck] = ()) -> list[str]:
+    """How the attack removed a start the server knows only as an estimate, for the row's note
+    (empty when it was known exactly or not needed): ``start: projection`` when a span of ``checks``
+    projected it away (``attacks.toolkit.projection``), else ``start: subtraction``, errors and all."""
+    if view.kind == "grad" or view.start_known != "estimate":
+        return []
+    projected = method_note([s for c in checks for s in c.spans])
+    if projected:
+        return [projected]
+    return ["start: subtraction (known only as the server's estimate: the differenced update carries its error)"]

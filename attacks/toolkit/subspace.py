@@ -234,7 +234,15 @@ def module_span(
 
     ``dropout``: the rate at which the client's training zeroed this module's input coordinates (BERT's
     embedding dropout); each candidate then drops its worst ~2p of coordinates before being judged,
-    since a true token matches its masked copy everywhere else."""
+    since a true token matches its masked copy everywhere else.
+
+    Adaptive, with a start known only as an estimate whose space the transcript bounds: the start is
+    projected away instead of subtracted (``attacks.toolkit.projection``)."""
+    if adaptive and view.start_known == "estimate" and view.start_space is not None:
+        from attacks.toolkit import projection  # noqa: PLC0415 (projection builds its spans on this module)
+
+        if projection.uses_projection(view, name):
+            return projection.projected_span(view, name, om, rank_tol, dim, dropout)
     got = _observed(view, name, om, "A", adaptive)
     if got is not None:
         M, hidden = got

@@ -36,6 +36,7 @@ from benchmark.contract.views import (
     ObservedModule,
     Reconstruction,
     StartKnowledge,
+    StartSpace,
 )
 from benchmark.contract.wrappers import Stacked, Wrapper, WrapperClient, WrapperServer
 
@@ -43,6 +44,6 @@ __all__ = [
     "ATTACK_MODES", "ATTACK_TARGETS", "ENCRYPTS", "MEMBERSHIP_METRICS", "RECONSTRUCTION_METRICS",
     "RECONSTRUCTION_STATUS", "START_KNOWN", "VIEW_OFFERS", "Abstain", "Attack", "AttackParams", "AttackerView",
     "ClientInfo", "ClientRole", "ClientUpdate", "Defense", "FederationInfo", "LoRAFactors", "ObservedModule",
-    "Reconstruction", "ServerRole", "Stacked", "StartKnowledge", "TierFacts", "WirePayload", "Wrapper",
+    "Reconstruction", "ServerRole", "Stacked", "StartKnowledge", "StartSpace", "TierFacts", "WirePayload", "Wrapper",
     "WrapperClient", "WrapperServer", "json_default", "view_lacks",
 ]

@@ -20,7 +20,11 @@ class ObservedModule:
     that factor is visible). ``A_hidden``/``B_hidden`` are boolean masks of what the server cannot
     read; the server always knows which coordinates it did not receive. ``column_order`` maps an
     observed column of A to the original input-feature index where the server can know it (``None``
-    means identity). ``columns_permuted`` says a permutation the server lacks scrambles the columns.
+    means identity). ``columns_permuted`` says a permutation the server lacks scrambles the columns;
+    then ``foreign`` lists visible columns the server knows hold some other, unknown input feature
+    (SHE-LoRA: the slots of global-list columns a client does not encrypt), and ``displaced`` bounds
+    how many further visible columns may sit away from their own feature at positions the server
+    cannot tell (0: no bound known).
     """
 
     A: Tensor | None
@@ -30,9 +34,37 @@ class ObservedModule:
     B_hidden: Tensor | None = None
     column_order: tuple[int, ...] | None = None
     columns_permuted: bool = False
+    foreign: tuple[int, ...] = ()
+    displaced: int = 0
 
 
 START_KNOWN = ("exact", "estimate", "none")
+
+
+@dataclass(frozen=True)
+class StartSpace:
+    """Where one module's starting factors lie, as far as the server's own messages tell it, in the
+    column order of its view of the client's upload (tensors on the CPU).
+
+    Every starting row of A lies in span(``a_rows``) + span{e_j : j in ``a_free``}, except the rows
+    ``a_loose``: those the server can replay only in another column order (padding a client drew in
+    its original order while the view is permuted); ``a_loose_values`` holds that replay in the
+    original column order. Every starting column of B lies in span(``b_cols``) + span{e_i : i in
+    ``b_free``}; ``b_cols`` is ``None`` where the transcript bounds no column space (SHE-LoRA: the
+    encrypted columns' lifts are ciphertext). ``a_rows``/``b_cols`` span the space, unnormalised
+    (the broadcast's own vectors): an attack orthonormalises what it uses.
+
+    Why this and not only a start estimate: an estimate errs wherever ciphertext stood (SHE-LoRA's
+    re-factorisation spreads the error over every entry), but the space it lies in is exact, so an
+    attack can project the start away instead of subtracting it.
+    """
+
+    a_rows: Tensor  # (d, n)
+    a_free: tuple[int, ...] = ()
+    a_loose: tuple[int, ...] = ()
+    a_loose_values: Tensor | None = None  # (len(a_loose), n), original column order
+    b_cols: Tensor | None = None  # (m, d')
+    b_free: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,12 +74,14 @@ class StartKnowledge:
     ``factors`` is the server's best reconstruction from messages it sent (``None``: nothing), in the
     column order its own view of that client's upload uses; ``known`` says whether that is ``exact``
     (the server can replay the client's deterministic finalize), an ``estimate`` (ciphertext or masks
-    stand in the way) or ``none``.
+    stand in the way) or ``none``. ``spaces`` says per module where an estimated start lies exactly
+    (``StartSpace``; ``None`` when the server gives no such bound).
     """
 
     factors: Mapping[str, LoRAFactors] | None
     known: str
     note: str = ""
+    spaces: Mapping[str, StartSpace] | None = None
 
     def __post_init__(self) -> None:
         if self.known not in START_KNOWN:
@@ -64,7 +98,8 @@ class AttackerView:
 
     Built by the engine from the server's transcript alone: ``modules`` is what the server role's
     ``observe`` exposes of the upload; ``prev`` the server's knowledge of the client's starting
-    factors (``start_known`` says exact, estimate or none); ``model`` a public copy of the base model
+    factors (``start_known`` says exact, estimate or none) and ``start_space`` the spaces an
+    estimated start lies in (``StartSpace`` per module); ``model`` a public copy of the base model
     with the global delta the server can compute merged (never the client's adapter); ``lr``,
     ``local_steps``, ``batch_size`` are hyperparameters the server set; ``candidates`` texts whose
     membership an inference attack scores.
@@ -77,6 +112,7 @@ class AttackerView:
     cipher_bytes: int = 0
     prev: Mapping[str, LoRAFactors] | None = None
     start_known: str = "none"
+    start_space: Mapping[str, StartSpace] | None = None
     lr: float | None = None
     local_steps: int = 1
     batch_size: int | None = None

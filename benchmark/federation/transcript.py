@@ -155,7 +155,8 @@ def attacker_view(server: ServerRole, transcript: Transcript, client: ClientInfo
     start = start_knowledge(server, transcript, client, rnd)
     deltas = {n: f.delta() for n, f in start.factors.items()} if start.factors else {}
     note = "; ".join(x for x in (view.note, f"start: {start.known} ({start.note})" if start.note else "") if x)
-    view = replace(view, prev=start.factors, start_known=start.known, model=public.build_model(deltas),
+    view = replace(view, prev=start.factors, start_known=start.known, start_space=start.spaces,
+                   model=public.build_model(deltas),
                    tokenizer=public.tokenizer, task=public.task, template=public.template, note=note, **hyper)
     return on_device(view, public.device)
 
