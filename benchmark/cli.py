@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="markdown tables and PNG plots from one or more runs")
     rep.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<run_id>)")
     rep.add_argument("--out", type=Path, help="output folder (default: the first run's folder)")
+    rep.add_argument("--calibration", type=Path, action="append", metavar="RUN",
+                     help="a run of the calibration suite whose control rows gate the verdicts (repeatable; default: "
+                          "the runs' own control rows, then the newest committed one under results/reference)")
 
     lst = sub.add_parser("list", help="list registered defenses, attacks, scenarios or suites")
     lst.add_argument("what", choices=["defenses", "attacks", "scenarios", "suites", "models"])
@@ -301,7 +304,10 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
     problems: list[str] = []
     try:
-        path = write_report(args.runs, out, problems=problems)
+        for run in args.calibration or []:
+            if not (run / "rows.jsonl").is_file():
+                raise ConfigError(f"--calibration {str(run)!r} has no rows.jsonl; pass a run folder of the calibration suite")
+        path = write_report(args.runs, out, problems=problems, calibration_runs=args.calibration)
     except PermissionError as exc:
         raise ConfigError(f"--out {str(out)!r}: cannot write the report: {exc.strerror}") from None
     finally:

@@ -13,15 +13,18 @@ from attacks import ATTACKS
 from benchmark.config import ConfigError, params_from_dict
 from benchmark.contract import (
     ATTACK_TARGETS,
+    CONTROL_TEST_SCENARIO,
     RECONSTRUCTION_METRICS,
     VIEW_OFFERS,
     Attack,
     AttackerView,
     AttackParams,
+    Control,
     Reconstruction,
     view_lacks,
 )
 from benchmark.reporting.describe import describe, undocumented
+from benchmark.running import SCENARIOS, resolve_scenario
 
 NAMES = ATTACKS.names()
 
@@ -54,6 +57,25 @@ def test_class_contract(name):
         params_from_dict(cls.Params, {"no_such_key": 1}, f"attack.{name}")
     with pytest.raises((ConfigError, ValueError)):
         params_from_dict(cls.Params, {"mode": "sideways"}, f"attack.{name}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_attack_declares_a_positive_control_that_resolves(name):
+    """The calibration suite and the test suite run each control: its scenarios must exist and resolve
+    with its overrides, its metric must be one the attack is scored on (higher = attack did better), and
+    the attack must run in the control's scenario (a probe attack needs a probe, a round attack candidates)."""
+    cls = ATTACKS.get(name)
+    control = cls.control
+    assert isinstance(control, Control) and not control.problems(cls.metrics)
+    assert cls.metrics[control.metric] is True and 0 < control.tiny_floor <= 1 and 0 < control.floor <= 1
+    assert control.scenario in SCENARIOS and control.why.strip()
+    real = resolve_scenario(control.scenario, control.overrides)
+    tiny = resolve_scenario(CONTROL_TEST_SCENARIO, control.tiny)
+    assert real.kind == tiny.kind == "federated"
+    if cls.target == "probe":
+        for scenario in (real, tiny):  # a span attack's control observes one step, not a whole round
+            assert scenario.threat.observation in ("grad", "sgd"), scenario.threat
+    assert cls.Params(**control.params)  # the control's attack parameters are valid ones
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -125,6 +147,8 @@ def test_show_prints_the_declared_contract(name):
     text = describe("attacks", name)
     assert f"target: {cls.target}" in text and "modes differ only on hidden coordinates" in text
     assert all(m in text for m in cls.metrics) and all(r in text for r in cls.requires)
+    assert f"positive control (the calibration suite, against plain_lora): {cls.control.scenario}" in text
+    assert f"{cls.control.metric} >= {cls.control.floor:g}" in text
 
 
 @dataclass(frozen=True)
@@ -133,9 +157,13 @@ class _Params(AttackParams):
     depth: int = field(default=1, metadata={"help": "how deep, >= 1"})
 
 
+CONTROL = Control(scenario="tiny", overrides={}, metric="rouge1", floor=0.9, why="a test control", tiny={},
+                  tiny_floor=0.9)
+
+
 def _declarations(**drop_or_change):
     base = {"name": "incomplete", "version": "1", "target": "probe", "Params": _Params,
-            "requires": frozenset({"model"}), "metrics": RECONSTRUCTION_METRICS}
+            "requires": frozenset({"model"}), "metrics": RECONSTRUCTION_METRICS, "control": CONTROL}
     for key, value in drop_or_change.items():
         if value is None:
             del base[key]
@@ -144,7 +172,7 @@ def _declarations(**drop_or_change):
     return base
 
 
-@pytest.mark.parametrize("missing", ["name", "version", "target", "Params", "requires", "metrics"])
+@pytest.mark.parametrize("missing", ["name", "version", "target", "Params", "requires", "metrics", "control"])
 def test_an_attack_missing_a_declaration_is_refused_naming_it(missing):
     with pytest.raises(TypeError, match=f"does not declare {missing}"):
         type("Incomplete", (Attack,), _declarations(**{missing: None}))
@@ -155,10 +183,25 @@ def test_an_attack_missing_a_declaration_is_refused_naming_it(missing):
     ("requires", frozenset({"telepathy"}), "requires names telepathy"),
     ("Params", dict, "must be a frozen dataclass subclassing AttackParams"),
     ("name", "other", "attack must be 'other'"),
+    ("control", {"scenario": "tiny"}, "control must be a Control"),
+    ("control", replace(CONTROL, metric="bleu"), "metric 'bleu' is not one of the attack's metrics"),
+    ("control", replace(CONTROL, floor=0.0), r"floor must be in \(0, 1\], got 0.0"),
+    ("control", replace(CONTROL, floor=1.5), r"floor must be in \(0, 1\]"),
+    ("control", replace(CONTROL, tiny_floor=float("nan")), r"tiny_floor must be in \(0, 1\]"),
+    ("control", replace(CONTROL, why="  "), "why must say"),
+    ("control", replace(CONTROL, scenario=""), "scenario must name"),
 ])
 def test_an_attack_with_a_malformed_declaration_is_refused(key, value, message):
     with pytest.raises(TypeError, match=message):
         type("Malformed", (Attack,), _declarations(**{key: value}))
+
+
+def test_a_control_on_a_lower_is_better_metric_is_refused():
+    """A floor bounds a metric from below: on a metric where lower means the attack did better it would
+    pass a broken attack."""
+    metrics = {**RECONSTRUCTION_METRICS, "distance": False}
+    with pytest.raises(TypeError, match="metric 'distance' is lower-is-better"):
+        type("Backwards", (Attack,), _declarations(metrics=metrics, control=replace(CONTROL, metric="distance")))
 
 
 def test_a_complete_declaration_gets_the_template_preamble():

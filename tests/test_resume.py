@@ -185,7 +185,7 @@ def test_report_marks_abstentions_and_uses_declared_directions(tmp_path):
     run.mkdir()
     (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = write_report([run], run).read_text()
-    assert "| she_lora | abstained [1] | 0.700 |" in text  # never a 0 for an abstention
+    assert "| she_lora | abstained [1] | 0.700 (uncalibrated) |" in text  # never a 0 for an abstention; no control: no verdict
     assert "leak/naive (score_x ↑)" in text  # direction from the row: higher score_x means a weaker attack
     assert "1. the span check found no token in the observed subspace" in text
     assert "| tiny | she_lora | client | upload | 1 | 1 | plaintext A (80% of columns), B; 1.2 MB ciphertext | estimate |" in text

@@ -12,12 +12,16 @@ stack of wrappers over a defense (``stacks``). A plug-in author imports everythi
 from benchmark.contract.attack import (
     ATTACK_MODES,
     ATTACK_TARGETS,
+    CONTROL_DEFENSE,
+    CONTROL_TEST_SCENARIO,
     MEMBERSHIP_METRICS,
     RECONSTRUCTION_METRICS,
     VIEW_OFFERS,
     Abstain,
     Attack,
     AttackParams,
+    Control,
+    control_label,
     view_lacks,
 )
 from benchmark.contract.defense import ENCRYPTS, ClientRole, Defense, ServerRole, TierFacts
@@ -41,9 +45,9 @@ from benchmark.contract.views import (
 from benchmark.contract.wrappers import Stacked, Wrapper, WrapperClient, WrapperServer
 
 __all__ = [
-    "ATTACK_MODES", "ATTACK_TARGETS", "ENCRYPTS", "MEMBERSHIP_METRICS", "RECONSTRUCTION_METRICS",
+    "ATTACK_MODES", "ATTACK_TARGETS", "CONTROL_DEFENSE", "CONTROL_TEST_SCENARIO", "ENCRYPTS", "MEMBERSHIP_METRICS", "RECONSTRUCTION_METRICS",
     "RECONSTRUCTION_STATUS", "START_KNOWN", "VIEW_OFFERS", "Abstain", "Attack", "AttackParams", "AttackerView",
-    "ClientInfo", "ClientRole", "ClientUpdate", "Defense", "FederationInfo", "LoRAFactors", "ObservedModule",
+    "ClientInfo", "ClientRole", "ClientUpdate", "Control", "Defense", "FederationInfo", "LoRAFactors", "ObservedModule",
     "Reconstruction", "ServerRole", "Stacked", "StartKnowledge", "StartSpace", "TierFacts", "WirePayload", "Wrapper",
-    "WrapperClient", "WrapperServer", "json_default", "view_lacks",
+    "WrapperClient", "WrapperServer", "control_label", "json_default", "view_lacks",
 ]

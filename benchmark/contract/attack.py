@@ -4,6 +4,7 @@ direction, and whether its modes differ only on hidden coordinates. It sees only
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -84,6 +85,63 @@ class AttackParams:
         self.require(param, getattr(self, param) in choices, f"one of {', '.join(choices)}")
 
 
+# Every control runs against this defense (no protection): a control measures the instrument, not a defense.
+CONTROL_DEFENSE = "plain_lora"
+# The scenario a control is scaled down to for the test suite (tiny random Llama, MiniLM tokenizer).
+CONTROL_TEST_SCENARIO = "tiny"
+CONTROL_PREFIX = "control_"
+
+
+def control_label(attack: str) -> str:
+    """The scenario label of ``attack``'s control in the ``calibration`` suite; a report finds the
+    control's rows by it."""
+    return f"{CONTROL_PREFIX}{attack}"
+
+
+@dataclass(frozen=True)
+class Control:
+    """A positive control: a setting where the attack's published method is known to work against
+    plain LoRA, and the floor its primary metric must reach there.
+
+    An attack is a measuring instrument: a defense's low score means something only where the same
+    attack, in the same harness, scores high with no defense. ``scenario`` (a registered name) and
+    ``overrides`` (the shape of a suite scenario entry or ``--set``: ``{"threat": {"batch_sizes": [1, 2]}}``)
+    give the real-scale setting that the ``calibration`` suite runs; ``params`` the attack's own
+    parameters there. ``metric`` (one of the attack's metrics, higher meaning the attack recovered
+    more) must reach ``floor`` as the mean over the control's cases (one AUC for a round attack).
+    ``tiny`` and ``tiny_floor`` are the same control scaled to the ``tiny`` scenario, which the test
+    suite runs on every change; ``why`` says where the setting and floor come from."""
+
+    scenario: str
+    overrides: Mapping[str, Any]
+    metric: str
+    floor: float
+    why: str
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+    tiny_floor: float = 0.0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def problems(self, metrics: Mapping[str, bool]) -> list[str]:
+        """What is wrong with this declaration for an attack with ``metrics`` (empty when nothing)."""
+        out = []
+        if not isinstance(self.scenario, str) or not self.scenario:
+            out.append("scenario must name a registered scenario")
+        if not isinstance(self.overrides, Mapping) or not isinstance(self.tiny, Mapping) or not isinstance(self.params, Mapping):
+            out.append("overrides, tiny and params must be mappings")
+        if self.metric not in metrics:
+            out.append(f"metric {self.metric!r} is not one of the attack's metrics ({', '.join(metrics)})")
+        elif not metrics[self.metric]:
+            out.append(f"metric {self.metric!r} is lower-is-better for the attack; a floor needs one where higher "
+                       "means the attack recovered more")
+        for key in ("floor", "tiny_floor"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0 < value <= 1:
+                out.append(f"{key} must be in (0, 1], got {value!r}")
+        if not isinstance(self.why, str) or not self.why.strip():
+            out.append("why must say where the setting and the floor come from")
+        return out
+
+
 class Attack:
     """An attack reconstructs private inputs (or scores membership) from an ``AttackerView`` alone.
 
@@ -110,11 +168,15 @@ class Attack:
     metrics: ClassVar[Mapping[str, bool]]
     """Each metric it is scored on, True when higher means the attack recovered more (the report reads
     directions from here, never guesses)."""
+    control: ClassVar[Control]
+    """Its positive control (``Control``): where its published method works against plain LoRA, and
+    the floor its primary metric reaches there. The ``calibration`` suite runs every control; a report
+    gives no verdict on a defense from an attack whose control was not met."""
     modes_differ_only_on_hidden: ClassVar[bool] = False
     """True when adaptive mode differs from naive only in how it treats hidden or permuted coordinates:
     on a clear view both modes give the same answer, so the runner computes it once."""
 
-    _DECLARED = ("name", "version", "target", "Params", "requires", "metrics")
+    _DECLARED = ("name", "version", "target", "Params", "requires", "metrics", "control")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -136,6 +198,12 @@ class Attack:
                             f"{', '.join(VIEW_OFFERS)}")
         if not cls.metrics or not all(isinstance(v, bool) for v in cls.metrics.values()):
             raise TypeError(f"{cls.__qualname__}.metrics must map each metric to True (higher is better) or False")
+        if not isinstance(cls.control, Control):
+            raise TypeError(f"{cls.__qualname__}.control must be a Control (scenario, overrides, metric, floor, why), "
+                            f"got {cls.control!r}")
+        wrong = cls.control.problems(cls.metrics)
+        if wrong:
+            raise TypeError(f"{cls.__qualname__}.control: {'; '.join(wrong)}")
 
     def __init__(self, params: AttackParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

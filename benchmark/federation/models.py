@@ -161,20 +161,28 @@ def tiny_tokenizer() -> Any:
 
 
 @MODELS.register("tiny_llama")
-def load_tiny_llama(task: str, num_labels: int) -> LoadedModel:
+def load_tiny_llama(task: str, num_labels: int, layers: int = 2, name: str = "tiny_llama") -> LoadedModel:
     """A 2-layer random-init Llama (hidden 64) for tests: same code paths as SmolLM2, seconds to run."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     _auto_class("decoder", task)
     tokenizer = tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    return LoadedModel(model, tokenizer, "decoder", "tiny_llama", 0.0, False)
+    return LoadedModel(model, tokenizer, "decoder", name, 0.0, False)
+
+
+@MODELS.register("tiny_llama4")
+def load_tiny_llama4(task: str, num_labels: int) -> LoadedModel:
+    """tiny_llama with 4 layers: under a label-only loss the last layer's gradient flows from the label
+    position alone, so a 2-layer model gives span attacks no second layer to order tokens with (and
+    gradient matching too little to match); with 4 the second adapted layer is an inner one."""
+    return load_tiny_llama(task, num_labels, layers=4, name="tiny_llama4")
 
 
 @MODELS.register("tiny_bert")

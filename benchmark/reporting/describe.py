@@ -1,7 +1,8 @@
 """Human-readable descriptions for ``shebench show``: a component's docstring and every parameter with
 its type, default and meaning. The meaning is the field's ``metadata["help"]`` (declared on the field,
 as PEFT's config fields do), so that it travels with the code it documents; an attack also shows the
-contract it declares (target, requires, metrics with direction, modes_differ_only_on_hidden)."""
+contract it declares (target, requires, metrics with direction, modes_differ_only_on_hidden, and its
+positive control)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typing
 from typing import Any
 
 from benchmark.config import ScenarioConfig, load_toml, to_dict
-from benchmark.contract import ATTACK_TARGETS, Attack
+from benchmark.contract import ATTACK_TARGETS, CONTROL_TEST_SCENARIO, Attack
 from benchmark.contract.stacks import SEP, is_wrapper, stack_names
 
 
@@ -116,10 +117,17 @@ def attack_contract(cls: type[Attack]) -> list[str]:
     metrics = ", ".join(f"{m} {'↑' if up else '↓'}" for m, up in cls.metrics.items())
     shared = ("yes: on a view that hides and permutes nothing both modes give one answer, computed once"
               if cls.modes_differ_only_on_hidden else "no")
+    from benchmark.reporting.calibration import describe_control, describe_setting
+
+    c = cls.control
     return [f"target: {cls.target} ({ATTACK_TARGETS[cls.target]})",
             f"requires: {', '.join(sorted(cls.requires)) or 'nothing'}",
             f"metrics (↑: higher means the attack recovered more): {metrics}",
-            f"modes differ only on hidden coordinates: {shared}"]
+            f"modes differ only on hidden coordinates: {shared}",
+            f"positive control (the calibration suite, against plain_lora): {describe_control(c)}; "
+            f"{c.metric} >= {c.floor:g}" + (f"; attack params {dict(c.params)}" if c.params else ""),
+            f"  at test scale: {describe_setting(CONTROL_TEST_SCENARIO, c.tiny)}; {c.metric} >= {c.tiny_floor:g}",
+            f"  why: {' '.join(c.why.split())}"]
 
 
 def describe_stack(name: str) -> str:

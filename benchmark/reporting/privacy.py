@@ -4,7 +4,8 @@ Every figure here is a mean over probe cases (private batches x seeds) with a pe
 95% interval and its n; membership inference carries its own stratified bootstrap intervals from the
 rows. A verdict against the paper is decided by the interval alone (``verdict``), never by the mean.
 Rows whose attack abstained are counted apart: an attack that gave up measured nothing about the
-defense, so it is neither averaged in as a zero nor hidden.
+defense, so it is neither averaged in as a zero nor hidden. Given the report's ``Calibration``, a number
+from an attack/mode whose positive control did not pass is marked uncalibrated and gets no verdict.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from benchmark.reporting.calibration import UNCALIBRATED, Calibration  # noqa: E402
 from benchmark.reporting.facts import encrypted_share, row_facts  # noqa: E402
 from benchmark.reporting.stats import Interval, bootstrap_ci  # noqa: E402
 
@@ -44,7 +46,8 @@ VERDICT_TEXT = (
     f"Verdicts: *reproduced* when the paper's figure lies within our 95% interval widened by {MARGIN:g} ROUGE-1 on "
     f"each side (the margin allows for a different model, dataset and scorer) and the interval is at most {MAX_WIDTH:g} "
     f"wide; *refuted* when it lies outside that widened interval; *inconclusive* when the interval is wider, "
-    f"n < {MIN_N}, or every probe abstained. Means are over probe batches x seeds; intervals are percentile "
+    f"n < {MIN_N}, or every probe abstained; *uncalibrated* (no verdict) when the attack's positive control did not "
+    "pass (see Calibration). Means are over probe batches x seeds; intervals are percentile "
     "bootstrap (1000 resamples) over those cases."
 )
 
@@ -117,8 +120,9 @@ def summarize(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=[*keys, "mean", "lo", "hi", "n", "abstained", "seeds"])
 
 
-def paper_table(df: pd.DataFrame, attack: str = PAPER_ATTACK) -> pd.DataFrame:
-    """The paper's 12 DAGER figures beside ours, per scenario and attack mode, with verdicts."""
+def paper_table(df: pd.DataFrame, attack: str = PAPER_ATTACK, calibration: Calibration | None = None) -> pd.DataFrame:
+    """The paper's 12 DAGER figures beside ours, per scenario and attack mode, with verdicts (none where
+    ``calibration`` says the attack/mode did not pass its control)."""
     rows = probe_rows(df, attack)
     rows = rows[rows["role"].notna()] if not rows.empty else rows
     if rows.empty:
@@ -130,10 +134,11 @@ def paper_table(df: pd.DataFrame, attack: str = PAPER_ATTACK) -> pd.DataFrame:
         if paper is None:
             continue
         iv = Interval(s["mean"], s["lo"], s["hi"], int(s["n"]))
+        gate = calibration is None or calibration.calibrated(attack, str(s["attack_mode"]))
         records.append({"scenario": s["scenario"], "mode": s["attack_mode"], "method": s["role"],
                         "batch": int(s["probe_batch_size"]), "paper R-1 %": f"{100 * paper:.2f}",
                         "ours R-1 % [95% CI] (n)": fmt_interval(iv, pct=True),
-                        "abstained": int(s["abstained"]), "verdict": verdict(paper, iv)})
+                        "abstained": int(s["abstained"]), "verdict": verdict(paper, iv) if gate else UNCALIBRATED})
     order = {m: i for i, m in enumerate(PAPER_DAGER)}
     out = pd.DataFrame(records)
     if out.empty:
@@ -141,14 +146,20 @@ def paper_table(df: pd.DataFrame, attack: str = PAPER_ATTACK) -> pd.DataFrame:
     return out.sort_values(["scenario", "mode", "method", "batch"], key=lambda c: c.map(order) if c.name == "method" else c)
 
 
-def batch_table(df: pd.DataFrame) -> pd.DataFrame:
-    """ROUGE-1 [CI] (n) per scenario x attack x mode x defense (rows) and batch size (columns)."""
+def batch_table(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.DataFrame:
+    """ROUGE-1 [CI] (n) per scenario x attack x mode x defense (rows) and batch size (columns); a number
+    of an attack/mode whose control did not pass (``calibration``) is marked uncalibrated."""
     rows = probe_rows(df)
     if rows.empty:
         return pd.DataFrame()
+    marks = {}
+    if calibration is not None:
+        marks = {(r["attack"], r["attack_mode"]): calibration.mark(r) for r in rows.to_dict("records")}
     stats = summarize(rows, ["scenario", "attack", "attack_mode", "defense", "probe_batch_size"])
-    stats["cell"] = [fmt_interval(Interval(m, lo, hi, int(n))) if n else f"abstained ({a})"
-                     for m, lo, hi, n, a in zip(stats["mean"], stats["lo"], stats["hi"], stats["n"], stats["abstained"])]
+    stats["cell"] = [(fmt_interval(Interval(m, lo, hi, int(n))) + (f" {UNCALIBRATED}" if marks.get((atk, mode)) else ""))
+                     if n else f"abstained ({a})"
+                     for m, lo, hi, n, a, atk, mode in zip(stats["mean"], stats["lo"], stats["hi"], stats["n"],
+                                                           stats["abstained"], stats["attack"], stats["attack_mode"])]
     table = stats.pivot_table(index=["scenario", "attack", "attack_mode", "defense"], columns="probe_batch_size",
                               values="cell", aggfunc="first", sort=False)
     table.columns = [f"batch {int(c)}" for c in table.columns]
@@ -181,8 +192,9 @@ def attack_time_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.fillna("not run").reset_index()
 
 
-def mia_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Membership inference per scenario x defense x mode: AUC and TPR at 1% FPR with their intervals."""
+def mia_table(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.DataFrame:
+    """Membership inference per scenario x defense x mode: AUC and TPR at 1% FPR with their intervals, and
+    whether a signal is detected (no verdict where ``calibration`` says the attack's control did not pass)."""
     if df.empty or "mia_auc" not in df:
         return pd.DataFrame()
     rows = df[(df["status"] == "ok") & df["mia_auc"].notna()]
@@ -198,7 +210,8 @@ def mia_table(df: pd.DataFrame) -> pd.DataFrame:
                         "AUC [95% CI]": f"{auc.value:.3f} [{auc.lo:.3f}, {auc.hi:.3f}]",
                         "TPR@1%FPR [95% CI]": f"{tpr.value:.3f} [{tpr.lo:.3f}, {tpr.hi:.3f}]",
                         "members / non-members": f"{int(r.get('n_members') or 0)} / {int(r.get('n_nonmembers') or 0)}",
-                        "signal": "none detectable (CI includes 0.5)" if chance else "detected"})
+                        "signal": (calibration.mark(r.to_dict()) if calibration is not None else "")
+                        or ("none detectable (CI includes 0.5)" if chance else "detected")})
     return pd.DataFrame(records)
 
 
@@ -375,20 +388,20 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
     return True
 
 
-def privacy_sections(df: pd.DataFrame, out_dir: Path, markdown: Any) -> list[str]:
+def privacy_sections(df: pd.DataFrame, out_dir: Path, markdown: Any, calibration: Calibration | None = None) -> list[str]:
     """The report's sections on privacy with uncertainty (empty when the runs hold no such rows)."""
     lines: list[str] = []
-    paper = paper_table(df)
+    paper = paper_table(df, calibration=calibration)
     if not paper.empty:
         lines += ["", "## DAGER against the SHE-LoRA paper (ROUGE-1 %, mean [95% CI] (n))", "", markdown(paper), "", VERDICT_TEXT]
     rows = probe_rows(df)
     if not rows.empty and (rows["probe_batch"].notna().any() if "probe_batch" in rows else False):
-        lines += ["", "## Reconstruction by batch size (ROUGE-1 mean [95% CI] (n probe cases))", "", markdown(batch_table(df))]
+        lines += ["", "## Reconstruction by batch size (ROUGE-1 mean [95% CI] (n probe cases))", "", markdown(batch_table(df, calibration))]
         times = attack_time_table(df)
         if not times.empty:
             lines += ["", "## Attack time per probe case (s, median [min, max] (n computed cases), wall under the run's load)",
                       "", markdown(times)]
-    mia = mia_table(df)
+    mia = mia_table(df, calibration)
     if not mia.empty:
         lines += ["", "## Membership inference (AUC and TPR at 1% FPR, stratified bootstrap 95% CI)", "", markdown(mia)]
     for name, fn in (("rouge_by_batch.png", plot_batch), ("attacks_by_batch.png", plot_attacks), ("rouge_by_budget.png", plot_budget),

@@ -23,6 +23,14 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from benchmark.config import ConfigError  # noqa: E402
+from benchmark.contract.registry import RegistryError  # noqa: E402
+from benchmark.reporting.calibration import (  # noqa: E402
+    Calibration,
+    calibrate,
+    calibration_section,
+    newest_committed,
+    report_attacks,
+)
 from benchmark.reporting.staleness import package_drift, run_staleness  # noqa: E402
 from benchmark.running.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
 
@@ -32,7 +40,7 @@ REPORT_COLUMNS = ("run_id", "scenario", "defense", "defense_name", "attack", "at
                   "attack_note", "metric_directions", "threat_init", "observation", "probe_round", "start_known",
                   "server_saw", "git_commit", "null_reasons", "probe_batch", "defense_params", "tiers", "mia_auc_lo",
                   "mia_auc_hi", "tpr_at_1fpr", "tpr_at_1fpr_lo", "tpr_at_1fpr_hi", "n_members", "n_nonmembers",
-                  "attack_params")
+                  "attack_params", "attack_name", "scenario_ref", "scenario_overrides")
 
 
 def arrow(metric: str, directions: dict[str, bool] | None = None) -> str:
@@ -79,6 +87,20 @@ def _fill_threat(row: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
             "probe_round": threat.get("round"), "probe_batch_size": row.get("probe_batch_size") or threat.get("batch_size")}
 
 
+def _identify(row: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the run's manifest says of a row's attack and scenario label: the registered attack behind the
+    label (``attack_name``) and the suite entry's base scenario and overrides (``scenario_ref``,
+    ``scenario_overrides``), which the calibration table needs to know a control row from another."""
+    suite = manifest.get("suite") or {}
+    attacks = {a.get("label"): a.get("name") for a in suite.get("attacks") or [] if isinstance(a, dict)}
+    label = row.get("attack")
+    extra: dict[str, Any] = {"attack_name": row.get("attack_name") or attacks.get(label, label)}
+    for spec in suite.get("scenarios") or []:
+        if isinstance(spec, dict) and spec.get("label") == row.get("scenario"):
+            extra.update(scenario_ref=spec.get("ref"), scenario_overrides=spec.get("overrides"))
+    return {**row, **extra}
+
+
 def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd.DataFrame:
     """The latest row per cell of each run. Rows computed with code or data the run has since moved on
     from (stale: their cell key now maps to another cell id) are left out and counted in ``problems``."""
@@ -86,7 +108,8 @@ def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd
     for run in run_dirs:
         run = Path(run)
         manifest = _manifest(run)
-        latest = [_fill_threat(r, manifest) for r in latest_rows(read_rows(run / "rows.jsonl", problems))]
+        latest = [_identify(_fill_threat(r, manifest), manifest)
+                  for r in latest_rows(read_rows(run / "rows.jsonl", problems))]
         current = _current_cells(manifest)
         stale = [r for r in latest if r.get("cell_key") in current and current[r["cell_key"]] != r["cell_id"]]
         if stale and problems is not None:
@@ -164,10 +187,11 @@ def _short_reason(row: pd.Series) -> str:
     return " ".join(str(text or "no reason given").split())[:300]
 
 
-def privacy_matrix(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
+def privacy_matrix(df: pd.DataFrame, notes: list[str] | None = None, calibration: Calibration | None = None) -> pd.DataFrame:
     """Scenario/defense x attack/mode. A cell is a score (over the seeds that scored), or the reason there
     is none: ``abstained [n]`` (reason n in ``notes``), ``failed``, ``incompatible``; ``not run`` where the
-    suite does not pair them. Partial results say how many seeds did not score."""
+    suite does not pair them. Partial results say how many seeds did not score. With ``calibration``, a
+    score of an attack/mode whose control did not pass says ``(uncalibrated)``."""
     attacked = df[(df["attack"].fillna("none") != "none")]
     if attacked.empty:
         return pd.DataFrame()
@@ -181,7 +205,8 @@ def privacy_matrix(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataF
         ok = group[group["status"] == "ok"]
         parts = []
         if not ok.empty:
-            parts.append(_mean_std(ok[metric], metric))
+            mark = calibration.mark(ok.iloc[0].to_dict()) if calibration is not None else ""
+            parts.append(_mean_std(ok[metric], metric) + (f" ({mark})" if mark else ""))
         for status in ("abstained", "failed", "incompatible"):
             these = group[group["status"] == status]
             if these.empty:
@@ -472,21 +497,51 @@ def _plot_tiers(tiers: pd.DataFrame, df: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | None = None) -> Path:
+def load_calibration(df: pd.DataFrame, run_dirs: Sequence[Path], calibration_runs: Sequence[Path] | None = None,
+                     problems: list[str] | None = None) -> Calibration:
+    """The controls of the attacks in ``df``: from the report's own rows first, then from
+    ``calibration_runs`` or, when that is None, the newest committed calibration run ([]: none)."""
+    from benchmark.contract.plugins import ATTACKS
+
+    attacks = report_attacks(df)
+    controls = {}
+    for name in dict.fromkeys(a for a, _ in attacks):
+        try:
+            controls[name] = ATTACKS.get(name).control
+        except (RegistryError, ImportError):  # an attack this checkout no longer has: no control, no verdict
+            continue
+    own = ", ".join(sorted(df["run_id"].dropna().astype(str).unique())) or "these runs"
+    sources: list[tuple[str, pd.DataFrame]] = [(own, df)]
+    extra = list(calibration_runs or [])
+    if calibration_runs is None:  # not told: the newest committed calibration run
+        committed = newest_committed()
+        extra = [committed] if committed is not None and committed.resolve() not in {Path(r).resolve() for r in run_dirs} else []
+    for run in extra:
+        sources.append((str(run), load_runs([Path(run)], problems)))
+    return calibrate(sources, attacks, controls)
+
+
+def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | None = None,
+                 calibration_runs: Sequence[Path] | None = None) -> Path:
     """Write ``report.md`` and its PNG plots into ``out_dir``; returns the report's path. Unreadable
-    lines of rows files and stale rows are skipped and described in ``problems``."""
+    lines of rows files and stale rows are skipped and described in ``problems``. The report opens with
+    the attacks' controls (``load_calibration``: ``calibration_runs``, else the newest committed
+    calibration run, after the runs' own control rows)."""
     out_dir = Path(out_dir)
     problems = problems if problems is not None else []
     df = load_runs(run_dirs, problems)
     if df.empty:
         raise ConfigError(f"no rows to report in {', '.join(map(str, run_dirs))} (the run has not finished a cell yet)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    calibration = load_calibration(df, run_dirs, calibration_runs, problems)
     counts = df["status"].value_counts()
     lines = ["# shebench report", ""]
     lines.append(f"Runs: {', '.join(sorted(df['run_id'].dropna().astype(str).unique()))}. "
                  f"Rows: {len(df)} ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('ok', 'failed', 'incompatible', 'abstained'))}). "
                  f"Seeds: {sorted(df['seed'].dropna().unique().tolist())}. "
                  f"Commits: {', '.join(sorted({str(c)[:10] for c in df['git_commit'].dropna()}))}.")
+    if report_attacks(df):
+        lines += calibration_section(calibration, _markdown)
     lines += coverage(run_dirs)
     lines.append("")
     lines.append("↑ higher is better, ↓ lower is better (for the defended side). Attack metrics measure the attacker: "
@@ -495,7 +550,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
                  "'incompatible': the defense leaves the attack nothing to work on (e.g. ciphertext only); "
                  "'failed': an error (see Failed cells); 'not run': the suite does not pair that scenario with that attack.")
     notes: list[str] = []
-    matrix = privacy_matrix(df, notes)
+    matrix = privacy_matrix(df, notes, calibration)
     sections = [
         ("Privacy matrix (attack success per defense)", matrix),
         ("Threat model (what the curious server saw and knew)", threat_table(df)),
@@ -516,7 +571,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
     plots = [("privacy_vs_utility.png", _plot_privacy_utility(df, out_dir / "privacy_vs_utility.png")),
              ("costs.png", _plot_costs(df, out_dir / "costs.png")),
              ("tiers.png", _plot_tiers(tier_table(df), df, out_dir / "tiers.png"))]
-    lines += _extra_sections(df, out_dir)
+    lines += _extra_sections(df, out_dir, calibration)
     made = [name for name, ok in plots if ok]
     if made:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in made]
@@ -561,10 +616,10 @@ def _null_notes(df: pd.DataFrame) -> list[str]:
     return [f"{key} ({', '.join(sorted(v))})" for key, v in sorted(seen.items())]
 
 
-def _extra_sections(df: pd.DataFrame, out_dir: Path) -> list[str]:
+def _extra_sections(df: pd.DataFrame, out_dir: Path, calibration: Calibration | None = None) -> list[str]:
     """Sections that need specific rows: privacy with confidence intervals and the paper's DAGER table,
     and the paper comparison of cost runs."""
     from benchmark.reporting.paper import paper_comparison
     from benchmark.reporting.privacy import privacy_sections
 
-    return privacy_sections(df, out_dir, _markdown) + paper_comparison(df, out_dir)
+    return privacy_sections(df, out_dir, _markdown, calibration) + paper_comparison(df, out_dir)

