@@ -192,7 +192,7 @@ class DAGER(Attack):
         beams = max(p.max_beams, 2 * n_seqs)
         found = beam_decode(model, second, bag, starts, p.layer1_tau, p.max_len, beams, near_misses=n_seqs,
                             stops=stops, patience=p.patience, row_z=0.0 if second.noisy else 3.0)
-        seqs = fill_batch(found, len(start), n_seqs)
+        seqs = fill_batch(found, len(start), n_seqs, stops=stops)
         if len(seqs) < n_seqs:
             seqs += [s for s in soft_decode(model, second, bag, start, n_seqs, p.max_len, stops) if s not in seqs]
             seqs = seqs[:n_seqs]

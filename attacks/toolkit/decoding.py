@@ -214,6 +214,7 @@ class _Beam:
     ds: list[float] = field(default_factory=list)
     misses: int = 0  # extensions taken although they failed the threshold
     run: int = 0  # consecutive such extensions at the end
+    dying: bool = False  # a near-miss of a prefix that had no passing extension
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,10 @@ def beam_decode(
     each step's best failing extension of every prefix competes for ``near_misses`` slots (lowest
     mean distance first, each sharing under ``distinct`` of its positions with those already kept):
     these go on as near-miss beams, so that one extension pushed over the threshold by noise or a
-    loose span does not end a sentence. Slots are only opened while fewer exact beams are alive or
-    stopped than ``near_misses`` (the batch size): a clean batch, all of whose sentences pass every
-    step, pays nothing for them. A near-miss beam that misses ``patience`` times in a row is dropped;
-    any beam ending with a stop sequence is finished."""
+    loose span does not end a sentence. Prefixes with no passing extension come first (their
+    sentence would end there), and a sentence that reached a stop sequence exactly frees no slot for
+    the rest of the search. A near-miss beam that misses ``patience`` times in a row is dropped; any
+    beam ending with a stop sequence is finished."""
     bag_t = torch.tensor(list(bag), dtype=torch.long)
     active = [_Beam(list(s)) for s in starts]
     done: list[Decoded] = []
@@ -276,10 +277,11 @@ def beam_decode(
             fail = d[i].masked_fill(passes[i], float("inf"))
             j = int(torch.argmin(fail))
             if near_misses > 0 and math.isfinite(float(fail[j])) and b.run < patience:
-                missed.append(_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses + 1, b.run + 1))
+                missed.append(_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses + 1, b.run + 1,
+                                    dying=not ok))
         grown = _round_robin(children, max_beams)
-        missed.sort(key=lambda x: _mean(x.ds))
-        slots = near_misses - stopped - sum(b.misses == 0 for b in grown)
+        missed.sort(key=lambda x: (not x.dying, _mean(x.ds)))
+        slots = near_misses - stopped
         kept: list[_Beam] = []
         for m in missed:
             if len(kept) >= slots:
@@ -318,23 +320,37 @@ def _similar(a: Sequence[int], b: Sequence[int], share: float) -> bool:
     return n > 0 and sum(x == y for x, y in zip(a[:n], b[:n])) >= share * n
 
 
-def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: float = 0.7) -> list[list[int]]:
-    """``n_seqs`` sequences as the original DAGER picks them: the exact candidates first (no result
-    that prefixes another, lowest mean distance first), then the near-misses, each taken only when
-    it shares under ``distinct`` of its new positions with every sequence already chosen (a loose
+def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: float = 0.7,
+               stops: Sequence[Sequence[int]] = ()) -> list[list[int]]:
+    """``n_seqs`` sequences as the original DAGER picks them: the exact candidates first (none that a
+    longer exact result extends, lowest mean distance first), then the near-misses, each taken only
+    when it shares under ``distinct`` of its new positions with every sequence already chosen (a loose
     threshold passes variants of one sentence), then the best of what is left; fewer only when fewer
-    candidates exist."""
-    seqs = {tuple(f.ids): f for f in sorted(found, key=lambda f: (f.misses > 0, f.score)) if len(f.ids) > start_len}
-    pool = [f for f in seqs.values() if not any(len(o) > len(f.ids) and list(o[: len(f.ids)]) == f.ids for o in seqs)]
-    exact = sorted((f for f in pool if f.misses == 0), key=lambda f: f.score)
-    near = sorted((f for f in pool if f.misses > 0), key=lambda f: f.score)
+    candidates exist. With ``stops`` (the template's known ending), sequences that reached one come
+    before those that did not: an exact sequence that stopped short of the ending is truncated,
+    where a near-miss that reached it has the true sentence's shape."""
+    seqs: dict[tuple[int, ...], Decoded] = {}
+    for f in sorted(found, key=lambda f: (f.misses > 0, f.score)):
+        if len(f.ids) > start_len:
+            seqs.setdefault(tuple(f.ids), f)  # a sequence found twice keeps its better record
+
+    def extended(f: Decoded) -> bool:  # by a longer result at least as exact
+        n = len(f.ids)
+        return any(len(o) > n and list(o[:n]) == f.ids and (g.misses == 0 or f.misses > 0) for o, g in seqs.items())
+
+    ends = [list(s) for s in stops if s]
+
+    def order(f: Decoded) -> tuple[bool, bool, float]:
+        complete = not ends or any(f.ids[-len(s):] == s for s in ends)
+        return not complete, f.misses > 0, f.score
+
     chosen: list[list[int]] = []
-    for f in exact + near:
+    for f in sorted((f for f in seqs.values() if not extended(f)), key=order):
         if len(chosen) >= n_seqs:
             break
         if not any(_similar(f.ids[start_len:], c[start_len:], distinct) for c in chosen):
             chosen.append(f.ids)
-    rest = sorted((f for f in seqs.values() if f.ids not in chosen), key=lambda f: (f.misses > 0, f.score))
+    rest = sorted((f for f in seqs.values() if f.ids not in chosen), key=order)
     chosen += [f.ids for f in rest[: max(0, n_seqs - len(chosen))]]
     return chosen
 
