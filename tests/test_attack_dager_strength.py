@@ -11,9 +11,11 @@ import torch
 import toy
 
 from attacks.dager import DAGER, DAGERParams
+from attacks.fedspy import FedSpy
 from attacks.toolkit.decoding import Decoded, beam_decode, fill_batch, layer_checks, token_bag
 from attacks.toolkit.subspace import SpanRules, estimate_rank, noise_rank
 from attacks.toolkit.textutil import harness_ids
+from attacks.utr import UTR
 from benchmark.config import params_from_dict
 from benchmark.running.metrics import score_reconstruction
 
@@ -66,6 +68,14 @@ def test_noise_on_dl_da_does_not_hide_the_clean_dl_db_path(tok, base, on_a):
     strict = DAGER(DAGERParams(strict=True)).reconstruct(view)  # reads the pure-noise A path
     assert rouge1(tok, strict, 2) < 0.2
     assert strict.extra["rank_l0"] >= 60  # "saturated" by noise, where the batch holds 20 tokens
+
+
+@pytest.mark.parametrize("attack", [FedSpy, UTR], ids=["fedspy", "utr"])
+def test_fedspy_and_utr_share_the_path_choice(tok, base, attack):
+    view = with_noise(round_one_view(tok, base), on_a=1e-9)  # version 1 of both read the noise
+    rec = attack().reconstruct(view)
+    assert rec.extra["rank_l0"] < 30
+    assert rouge1(tok, rec, 2) >= 0.95
 
 
 def test_rank_counts_signal_not_noise():
