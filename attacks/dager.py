@@ -12,7 +12,11 @@ span thresholds 0.05 / 0.05, the path chosen by where the signal is (``SpanRules
 round-1 dL/dA no longer hides the clean dL/dB path), a rank counted above an estimated noise edge,
 near-miss continuation and batch fill in the decoder, and, when the layer-0 span is noisy, a token
 bag of the tokens whose distances stand out from the vocabulary's (robust z-scores, as the original's
-DP mode). ``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank,
+DP mode). Two things go beyond the original, because its loose 0.05 passes most of a small model's
+bag at layer 1 (SmolLM2's B path: 256 coordinates, a shared residual direction): on a clean layer-1
+span an extension must also stand out from its prefix's other extensions (``step_z``), and the beam
+cap keeps every prefix's best child before any prefix's second (the original keeps every passing
+prefix, which a small model's false passes would make exponential). ``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank,
 beams that die, no fill) so the two can run side by side under two labels.
 """
 
@@ -66,6 +70,10 @@ class DAGERParams(AttackParams):
     null_z: float = field(default=5.0, metadata={"help": H.NULL_Z})
     patience: int = field(default=3, metadata={"help": "decoder: consecutive near-miss extensions a sentence "
                                                        "may take before it is dropped (not strict); >= 1"})
+    step_z: float = field(default=3.0, metadata={"help": "decoder, clean layer-1 span (not strict): an extension "
+                                                         "passes only if it also stands this many robust standard "
+                                                         "deviations below its prefix's other extensions (a loose "
+                                                         "tau2 passes most of a small model's bag); 0: off; >= 0"})
     max_bag: int = field(default=512, metadata={"help": "most tokens in the layer-0 bag (never more than "
                                                         "2 x the span's rank + 8); >= 1"})
     max_len: int = field(default=64, metadata={"help": H.MAX_LEN})
@@ -87,6 +95,7 @@ class DAGERParams(AttackParams):
         self.require_fraction("rank_tol")
         self.require_choice("noise_mode", NOISE_MODES)
         self.require("null_z", self.null_z > 0, "> 0")
+        self.require_at_least(0, "step_z")
         self.require_at_least(1, "patience", "max_bag", "max_len", "max_beams", "max_positions", "max_combos",
                               "label_top_k", "label_budget")
 
@@ -191,7 +200,7 @@ class DAGER(Attack):
         p = self.params
         beams = max(p.max_beams, 2 * n_seqs)
         found = beam_decode(model, second, bag, starts, p.layer1_tau, p.max_len, beams, near_misses=n_seqs,
-                            stops=stops, patience=p.patience, row_z=0.0 if second.noisy else 3.0)
+                            stops=stops, patience=p.patience, row_z=0.0 if second.noisy else p.step_z)
         seqs = fill_batch(found, len(start), n_seqs, stops=stops)
         if len(seqs) < n_seqs:
             seqs += [s for s in soft_decode(model, second, bag, start, n_seqs, p.max_len, stops) if s not in seqs]

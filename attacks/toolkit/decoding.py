@@ -251,7 +251,9 @@ def beam_decode(
     loose span does not end a sentence. Prefixes with no passing extension come first (their
     sentence would end there), and a sentence that reached a stop sequence exactly frees no slot for
     the rest of the search. A near-miss beam that misses ``patience`` times in a row is dropped; any
-    beam ending with a stop sequence is finished."""
+    beam ending with a stop sequence is finished. ``row_z > 0``: an extension passes only if it also
+    stands ``row_z`` robust standard deviations below its prefix's other extensions (``null_z`` of
+    the row; needs 8 or more bag tokens), which a loose ``tau`` on a crowded span cannot ensure."""
     bag_t = torch.tensor(list(bag), dtype=torch.long)
     active = [_Beam(list(s)) for s in starts]
     done: list[Decoded] = []

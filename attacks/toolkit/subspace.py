@@ -426,7 +426,7 @@ def signal_only_on_b(view: AttackerView, name: str) -> bool:
     return view.kind == "grad" or view.local_steps <= 1
 
 
-def choose_path(a: Span | None, b: Span | None, rules: SpanRules) -> Span | None:
+def choose_path(a: Span | None, b: Span | None, rules: SpanRules, start_exact: bool = True) -> Span | None:
     """The path whose span separates members from non-members more clearly.
 
     A member's distance from an estimated span is bounded by Wedin's sin-theta theorem, roughly
@@ -436,10 +436,12 @@ def choose_path(a: Span | None, b: Span | None, rules: SpanRules) -> Span | None
     used. It needs no model pass (known members or a vocabulary pass would be costlier, and the
     template's known tokens are too few to rank two spans reliably). A clean A path (bound under
     ``rules.clean_error``) is kept as the first version did: it is exact after any number of SGD
-    steps, where the B path is only approximately in span{A0 x}."""
+    steps, where the B path is only approximately in span{A0 x}. Where the server holds only an
+    estimate of A0 (``start_exact`` false), candidates reach the B path through that estimate's
+    error, which the spectrum cannot show: a usable A path is then kept."""
     if a is None or b is None:
         return a if b is None else b
-    if _clean(a, rules):
+    if _clean(a, rules) or (not start_exact and a.rank > 0 and not a.vacuous):
         return a
     return a if a.separation >= b.separation else b
 
@@ -471,7 +473,7 @@ def module_span(
         return a if a is not None else b_path_span(view, name, om, adaptive, rank_tol, dim, rules)
     if a is not None and _clean(a, rules):
         return a  # exact already: the B path's SVD would change nothing
-    return choose_path(a, b_path_span(view, name, om, adaptive, rank_tol, dim, rules), rules)
+    return choose_path(a, b_path_span(view, name, om, adaptive, rank_tol, dim, rules), rules, view.prev_exact)
 
 
 def min_distance(spans: list[Span], inputs: list[Tensor]) -> Tensor:
