@@ -244,7 +244,7 @@ def beam_decode(
     """``greedy_decode`` with the original DAGER's near-miss continuation.
 
     Prefixes are extended by every bag token whose second-layer input passes ``tau`` (at most
-    ``max_beams`` kept, nearest first); a prefix with no passing extension is finished. Besides,
+    ``max_beams`` kept, by ``_round_robin``); a prefix with no passing extension is finished. Besides,
     each step's best failing extension of every prefix competes for ``near_misses`` slots (lowest
     mean distance first, each sharing under ``distinct`` of its positions with those already kept):
     these go on as near-miss beams, so that one extension pushed over the threshold by noise or a
@@ -268,30 +268,10 @@ def beam_decode(
         passes = d < tau
         if row_z > 0 and len(bag_t) >= 8:
             passes &= torch.stack([null_z(row) for row in d]) < -row_z
-        children: list[list[_Beam]] = []
-        missed: list[_Beam] = []
-        for i, b in enumerate(active):
-            ok = torch.nonzero(passes[i]).flatten().tolist()
-            if not ok:
-                done.append(Decoded(b.ids, _mean(b.ds), b.misses))
-            kids = [_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses) for j in ok]
-            children.append(sorted(kids, key=lambda x: x.ds[-1]))
-            fail = d[i].masked_fill(passes[i], float("inf"))
-            j = int(torch.argmin(fail))
-            if near_misses > 0 and math.isfinite(float(fail[j])) and b.run < patience:
-                missed.append(_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses + 1, b.run + 1,
-                                    dying=not ok))
-        grown = _round_robin(children, max_beams)
-        missed.sort(key=lambda x: (not x.dying, _mean(x.ds)))
-        slots = near_misses - stopped
-        kept: list[_Beam] = []
-        for m in missed:
-            if len(kept) >= slots:
-                break
-            if not any(_similar(m.ids, k.ids, distinct) for k in kept):
-                kept.append(m)
+        children, missed = _extend(active, d, passes, bag_t, patience if near_misses > 0 else 0, done)
+        grown = _round_robin(children, max_beams) + _pick_distinct(missed, near_misses - stopped, distinct)
         active = []
-        for b in grown + kept:
+        for b in grown:
             if any(b.ids[-len(s):] == s for s in stop_lists):
                 done.append(Decoded(b.ids, _mean(b.ds), b.misses))
                 stopped += b.misses == 0
@@ -299,6 +279,38 @@ def beam_decode(
                 active.append(b)
     done += [Decoded(b.ids, _mean(b.ds), b.misses) for b in active]
     return done
+
+
+def _extend(active: list[_Beam], d: Tensor, passes: Tensor, bag_t: Tensor, patience: int,
+            done: list[Decoded]) -> tuple[list[list[_Beam]], list[_Beam]]:
+    """Each prefix's passing children (nearest first) and, while it has missed fewer than
+    ``patience`` times in a row, its best failing extension; prefixes with no passing child are
+    recorded in ``done``."""
+    children: list[list[_Beam]] = []
+    missed: list[_Beam] = []
+    for i, b in enumerate(active):
+        ok = torch.nonzero(passes[i]).flatten().tolist()
+        if not ok:
+            done.append(Decoded(b.ids, _mean(b.ds), b.misses))
+        kids = [_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses) for j in ok]
+        children.append(sorted(kids, key=lambda x: x.ds[-1]))
+        fail = d[i].masked_fill(passes[i], float("inf"))
+        j = int(torch.argmin(fail))
+        if b.run < patience and math.isfinite(float(fail[j])):
+            missed.append(_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses + 1, b.run + 1, not ok))
+    return children, missed
+
+
+def _pick_distinct(missed: list[_Beam], slots: int, distinct: float) -> list[_Beam]:
+    """Up to ``slots`` near-miss beams: those of dying prefixes first, then by mean distance, each
+    sharing under ``distinct`` of its positions with those already picked."""
+    kept: list[_Beam] = []
+    for m in sorted(missed, key=lambda x: (not x.dying, _mean(x.ds))):
+        if len(kept) >= slots:
+            break
+        if not any(_similar(m.ids, k.ids, distinct) for k in kept):
+            kept.append(m)
+    return kept
 
 
 def _round_robin(children: list[list[_Beam]], limit: int) -> list[_Beam]:
