@@ -258,7 +258,7 @@ def beam_decode(
     active = [_Beam(list(s)) for s in starts]
     done: list[Decoded] = []
     stop_lists = [list(s) for s in stops if s]
-    stopped = 0  # exact beams that reached a stop sequence
+    stopped: list[Decoded] = []  # exact beams that reached a stop sequence
     for _ in range(max_len):
         if not active or bag_t.numel() == 0:
             break
@@ -269,16 +269,33 @@ def beam_decode(
         if row_z > 0 and len(bag_t) >= 8:
             passes &= torch.stack([null_z(row) for row in d]) < -row_z
         children, missed = _extend(active, d, passes, bag_t, patience if near_misses > 0 else 0, done)
-        grown = _round_robin(children, max_beams) + _pick_distinct(missed, near_misses - stopped, distinct)
+        grown = _round_robin(children, max_beams) + _pick_distinct(missed, near_misses - len(stopped), distinct)
         active = []
         for b in grown:
             if any(b.ids[-len(s):] == s for s in stop_lists):
                 done.append(Decoded(b.ids, _mean(b.ds), b.misses))
-                stopped += b.misses == 0
+                stopped += [done[-1]] if b.misses == 0 else []
             else:
                 active.append(b)
+        active = _prune(active, stopped, near_misses, distinct)
     done += [Decoded(b.ids, _mean(b.ds), b.misses) for b in active]
     return done
+
+
+def _prune(active: list[_Beam], stopped: list[Decoded], n: int, distinct: float) -> list[_Beam]:
+    """Once ``n`` distinct exact sentences have reached a stop sequence, only exact beams that are
+    still nearer than the n-th of them can displace one in ``fill_batch``: the rest is dropped
+    (a loose threshold would otherwise carry them to ``max_len``)."""
+    if n <= 0 or len(stopped) < n:
+        return active
+    best: list[Decoded] = []
+    for f in sorted(stopped, key=lambda f: f.score):
+        if not any(_similar(f.ids, g.ids, distinct) for g in best):
+            best.append(f)
+    if len(best) < n:
+        return active
+    bound = best[n - 1].score
+    return [b for b in active if b.misses == 0 and _mean(b.ds) <= bound]
 
 
 def _extend(active: list[_Beam], d: Tensor, passes: Tensor, bag_t: Tensor, patience: int,
