@@ -16,7 +16,7 @@ from attacks.toolkit.decoding import Decoded, beam_decode, fill_batch, layer_che
 from attacks.toolkit.subspace import SpanRules, estimate_rank, noise_rank
 from attacks.toolkit.textutil import harness_ids
 from attacks.utr import UTR
-from benchmark.config import params_from_dict
+from benchmark.config import params_from_dict, suite_from_dict
 from benchmark.running.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
@@ -165,7 +165,10 @@ def test_fill_batch_prefers_exact_then_distinct_near_misses():
 
 
 def test_strict_is_version_two_and_a_suite_can_name_it():
-    p = params_from_dict(DAGERParams, {"strict": True}, "attack.dager_strict")
+    suite = suite_from_dict({"attacks": ["dager", {"name": "dager", "label": "dager_strict", "strict": True}]})
+    old = suite.attacks[1]
+    assert (old.name, old.label) == ("dager", "dager_strict")
+    p = params_from_dict(DAGERParams, dict(old.params), "attack.dager_strict")
     assert (p.layer0_tau, p.layer1_tau, p.rules.signal_path, p.rules.noise_rank) == (1e-3, 1e-2, False, False)
     new = DAGERParams()
     assert (new.layer0_tau, new.layer1_tau, new.rules.signal_path) == (0.05, 0.05, True)
