@@ -6,6 +6,18 @@ dL/dA vanish, dL/dB rows lie in span{A x} and candidates are projected through t
 Stage 2 orders the bag with the second adapted layer: left to right for decoders, by bounded
 enumeration for encoders. Exactness needs the batch's distinct visible tokens to stay below the LoRA
 rank and an SGD-like update; an AdamW delta or a saturated rank gets an honest empty or partial answer.
+
+Version 3 is the original's strength (Petrov et al., NeurIPS 2024, as its LoRA runs are set up): the
+span thresholds 0.05 / 0.05, the path chosen by where the signal is (``SpanRules``: DP noise on a
+round-1 dL/dA no longer hides the clean dL/dB path), a rank counted above an estimated noise edge,
+near-miss continuation and batch fill in the decoder, and, when the layer-0 span is noisy, a token
+bag of the tokens whose distances stand out from the vocabulary's (robust z-scores, as the original's
+DP mode). Two things go beyond the original, because its loose 0.05 passes most of a small model's
+bag at layer 1 (SmolLM2's B path: 256 coordinates, a shared residual direction): on a clean layer-1
+span an extension must also stand out from its prefix's other extensions (``step_z``), and the beam
+cap keeps every prefix's best child before any prefix's second (the original keeps every passing
+prefix, which a small model's false passes would make exponential). ``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank,
+beams that die, no fill) so the two can run side by side under two labels.
 """
 
 from __future__ import annotations
@@ -18,10 +30,14 @@ import torch
 
 from attacks.toolkit import helptext as H
 from attacks.toolkit.decoding import (
+    LayerCheck,
+    beam_decode,
     encoder_decode,
+    fill_batch,
     first_layer_is_position_free,
     greedy_decode,
     prefix_distances,
+    select_tokens,
     soft_decode,
     token_bag,
     vocab_distances,
@@ -29,7 +45,7 @@ from attacks.toolkit.decoding import (
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
-from attacks.toolkit.subspace import split_by_gap
+from attacks.toolkit.subspace import STRICT_RULES, SpanRules
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
 from benchmark.contract import (
     RECONSTRUCTION_METRICS,
@@ -40,19 +56,36 @@ from benchmark.contract import (
     Reconstruction,
 )
 
+NOISE_MODES = ("auto", "on", "off")
+
 
 @dataclass(frozen=True)
 class DAGERParams(AttackParams):
     """DAGER's thresholds and the bounds of its search (each field's ``help`` says what it does)."""
 
     attack: ClassVar[str] = "dager"
+    strict: bool = field(default=False, metadata={"help": "version 2's reading, exactly: thresholds 1e-3 / "
+                                                          "1e-2, the A path whenever non-zero, the rank at the "
+                                                          "largest spectral gap, no near-miss continuation, no "
+                                                          "batch fill, no noise-tolerant mode; true or false"})
     rank_tol: float = field(default=1e-7, metadata={"help": H.RANK_TOL})
-    tau1: float = field(default=1e-3, metadata={"help": H.TAU1})
-    tau2: float = field(default=1e-2, metadata={"help": H.TAU2})
+    tau1: float | None = field(default=None, metadata={"help": H.TAU1 + "; default 0.05 as the original's "
+                                                              "LoRA runs (1e-3 when strict)"})
+    tau2: float | None = field(default=None, metadata={"help": H.TAU2 + "; default 0.05 as the original's "
+                                                              "LoRA runs (1e-2 when strict)"})
+    noise_mode: str = field(default="auto", metadata={"help": H.NOISE_MODE})
+    null_z: float = field(default=5.0, metadata={"help": H.NULL_Z})
+    patience: int = field(default=3, metadata={"help": "decoder: consecutive near-miss extensions a sentence "
+                                                       "may take before it is dropped (not strict); >= 1"})
+    step_z: float = field(default=3.0, metadata={"help": "decoder, clean layer-1 span (not strict): an extension "
+                                                         "passes only if it also stands this many robust standard "
+                                                         "deviations below its prefix's other extensions (a loose "
+                                                         "tau2 passes most of a small model's bag); 0: off; >= 0"})
     max_bag: int = field(default=512, metadata={"help": "most tokens in the layer-0 bag (never more than "
                                                         "2 x the span's rank + 8); >= 1"})
     max_len: int = field(default=64, metadata={"help": H.MAX_LEN})
-    max_beams: int = field(default=16, metadata={"help": "decoder: prefixes kept per decoding step; >= 1"})
+    max_beams: int = field(default=16, metadata={"help": "decoder: prefixes kept per decoding step (not strict: "
+                                                         "at least 2 x the batch size); >= 1"})
     max_positions: int = field(default=64, metadata={"help": "encoder: most positions scanned for tokens; >= 1"})
     max_combos: int = field(default=20000, metadata={"help": "encoder: most token orders tried exhaustively "
                                                              "before sampling them; >= 1"})
@@ -63,14 +96,38 @@ class DAGERParams(AttackParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.require_fraction("rank_tol", "tau1", "tau2")
-        self.require_at_least(1, "max_bag", "max_len", "max_beams", "max_positions", "max_combos", "label_top_k",
-                              "label_budget")
+        for name in ("tau1", "tau2"):
+            if getattr(self, name) is not None:
+                self.require_fraction(name)
+        self.require_fraction("rank_tol")
+        self.require_choice("noise_mode", NOISE_MODES)
+        self.require("null_z", self.null_z > 0, "> 0")
+        self.require_at_least(0, "step_z")
+        self.require_at_least(1, "patience", "max_bag", "max_len", "max_beams", "max_positions", "max_combos",
+                              "label_top_k", "label_budget")
+
+    @property
+    def layer0_tau(self) -> float:
+        return self.tau1 if self.tau1 is not None else (1e-3 if self.strict else 0.05)
+
+    @property
+    def layer1_tau(self) -> float:
+        return self.tau2 if self.tau2 is not None else (1e-2 if self.strict else 0.05)
+
+    @property
+    def rules(self) -> SpanRules:
+        return STRICT_RULES if self.strict else SpanRules()
+
+    def noise_tolerant(self, check: LayerCheck) -> bool:
+        """Whether the token bag is read by z-score: forced on or off, else when the span is noisy."""
+        if self.strict or self.noise_mode == "off":
+            return False
+        return self.noise_mode == "on" or check.noisy
 
 
 class DAGER(Attack):
     name: ClassVar[str] = "dager"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
@@ -95,7 +152,7 @@ class DAGER(Attack):
 
     def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
-        checks = layer0_checks(view, p.mode == "adaptive", p.rank_tol, "the vocabulary check")
+        checks = layer0_checks(view, p.mode == "adaptive", p.rank_tol, "the vocabulary check", rules=p.rules)
         first = checks[0]
         second = checks[1] if len(checks) > 1 else None
         if first.vacuous:
@@ -107,14 +164,20 @@ class DAGER(Attack):
         if second is not None:
             extra["rank_l1"] = float(second.rank)
         notes = start_caveats(view, checks)
+        if not p.strict:
+            extra["noise_l0"] = first.noise
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: the batch's tokens likely exceed the LoRA rank")
+        z = p.null_z if p.noise_tolerant(first) else 0.0
+        if z:
+            notes.append(f"noisy layer-0 span (noise edge {first.noise:.1e} of its largest singular value): "
+                         f"token bag by z-score against the vocabulary (below -{z:g})")
         tpl = harness_ids(view.tokenizer, view.template, is_decoder(view.model))
         n_seqs = view.batch_size or 1
         if is_decoder(view.model) and first_layer_is_position_free(view.model, first):
-            ids, more = self._decoder(view, first, second, tpl, n_seqs)
+            ids, more = self._decoder(view, first, second, tpl, n_seqs, z)
         else:
-            ids, more = self._encoder(view, first, second, n_seqs)
+            ids, more = self._encoder(view, first, second, n_seqs, z)
         notes += more
         ordered = not any("unordered" in n for n in more)
         if ids and ordered and p.complete_label and view.task == "classification" and is_decoder(view.model):
@@ -123,35 +186,58 @@ class DAGER(Attack):
         texts = [decode(s, view.tokenizer) for s in ids]
         return Reconstruction(texts=texts, token_ids=ids, extra=extra, note="; ".join(notes))
 
-    def _decoder(self, view: AttackerView, first, second, tpl: TemplateIds, n_seqs: int) -> tuple[list[list[int]], list[str]]:
+    def _decoder(self, view: AttackerView, first: LayerCheck, second: LayerCheck | None, tpl: TemplateIds, n_seqs: int,
+                 z: float) -> tuple[list[list[int]], list[str]]:
         p, model = self.params, view.model
         cap = min(p.max_bag, 2 * first.rank + 8)  # distinct visible tokens cannot exceed the rank
-        bag, first = token_bag(model, first, p.tau1, cap, p.rank_tol)
+        bag, first = token_bag(model, first, p.layer0_tau, cap, p.rank_tol, z)
         if not bag:
             return [], ["no vocabulary token lies in the layer-0 span"]
         if second is None:
             return [bag], ["no second adapted layer: returning the unordered token bag"]
-        if second.rank < first.rank:  # contextual positions can never be fewer than distinct tokens
+        # contextual positions can never be fewer than distinct tokens; under noise both ranks lose
+        # their weakest directions, so only a layer-1 rank far below layer 0's is telling
+        if second.rank < (first.rank // 2 if z else first.rank):
             return [bag], [f"layer-1 span (rank {second.rank}) is thinner than the token bag ({first.rank}): "
                            "it cannot order the tokens (is layer 1 the last layer?); returning the unordered bag"]
         if _trimmed(second) and len(tpl.start) >= 2:
             got = capture_inputs(model, second.nn_modules(), torch.tensor([tpl.start]))
             second = second.refined([g[0, 1:] for g in got], p.rank_tol)
-        start = _checked_start(model, second, tpl, p.tau2)
+        noisy_l1 = not p.strict and second.noisy
+        start = _checked_start(model, second, tpl, max(p.layer1_tau, 0.5) if noisy_l1 else p.layer1_tau)
+        stops = [list(tpl.suffix)] if tpl.suffix else []
         if second.saturated or second.vacuous:
-            stops = [list(tpl.suffix)] if tpl.suffix else []
             seqs = soft_decode(model, second, bag, start, n_seqs, p.max_len, stops)
             return seqs, [f"layer-1 rank saturated at {second.rank}: order is best-effort"]
         starts = [start] if start else [[t] for t in bag]
-        found = greedy_decode(model, second, bag, starts, p.tau2, p.max_len, p.max_beams)
-        return _select(found, len(start), n_seqs), []
+        if p.strict:
+            found = greedy_decode(model, second, bag, starts, p.layer1_tau, p.max_len, p.max_beams)
+            return _select(found, len(start), n_seqs), []
+        return self._fill(model, second, bag, starts, start, stops, n_seqs)
 
-    def _encoder(self, view: AttackerView, first, second, n_seqs: int) -> tuple[list[list[int]], list[str]]:
+    def _fill(self, model, second: LayerCheck, bag: list[int], starts: list[list[int]], start: list[int],
+              stops: list[list[int]], n_seqs: int) -> tuple[list[list[int]], list[str]]:
+        """Decode with near-miss continuation, then fill the batch: exact sentences, near-misses, the
+        best remaining candidates, and as a last resort the soft decode's best-effort sentences."""
+        p = self.params
+        beams = max(p.max_beams, 2 * n_seqs)
+        found = beam_decode(model, second, bag, starts, p.layer1_tau, p.max_len, beams, near_misses=n_seqs,
+                            stops=stops, patience=p.patience, row_z=0.0 if second.noisy else p.step_z)
+        seqs = fill_batch(found, len(start), n_seqs, stops=stops)
+        if len(seqs) < n_seqs:
+            seqs += [s for s in soft_decode(model, second, bag, start, n_seqs, p.max_len, stops) if s not in seqs]
+            seqs = seqs[:n_seqs]
+        exact = {tuple(f.ids) for f in found if f.misses == 0}
+        inexact = sum(tuple(s) not in exact for s in seqs)
+        return seqs, [f"{inexact} of {len(seqs)} sequences are near-misses or batch fill"] if inexact else []
+
+    def _encoder(self, view: AttackerView, first: LayerCheck, second: LayerCheck | None, n_seqs: int,
+                 z: float) -> tuple[list[list[int]], list[str]]:
         p, model = self.params, view.model
         per_position: list[list[int]] = []
         cap = min(max(1, n_seqs) * 4, 2 * first.rank + 8)
         for pos in range(p.max_positions):
-            got = split_by_gap(vocab_distances(model, first, pos), p.tau1)[:cap].tolist()
+            got = select_tokens(vocab_distances(model, first, pos), p.layer0_tau, cap, z).tolist()
             if not got:
                 break
             per_position.append(got)

@@ -45,6 +45,7 @@ from attacks.toolkit.decoding import (
     first_layer_is_position_free,
     greedy_decode,
     prefix_distances,
+    select_tokens,
     soft_decode,
     token_bag,
     vocab_distances,
@@ -52,7 +53,7 @@ from attacks.toolkit.decoding import (
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
-from attacks.toolkit.subspace import Span, fit_span, split_by_gap
+from attacks.toolkit.subspace import STRICT_RULES, Span, SpanRules, fit_span
 from attacks.toolkit.textutil import decode, harness_ids
 from benchmark.contract import (
     RECONSTRUCTION_METRICS,
@@ -80,10 +81,12 @@ class FedSpyParams(AttackParams):
     max_len: int = field(default=48, metadata={"help": H.MAX_LEN})
     max_beams: int = field(default=8, metadata={"help": "prefixes kept per decoding step (exact regime); >= 1"})
     complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
+    null_z: float = field(default=5.0, metadata={"help": H.NULL_Z + " (used when the layer-0 span is noisy)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_fraction("rank_tol", "tau1", "tau2")
+        self.require("null_z", self.null_z > 0, "> 0")
         self.require_at_least(1, "tokens_per_example", "max_bag", "max_len", "max_beams")
 
 
@@ -91,12 +94,14 @@ def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> L
     """One span over the stacked rows of every module of ``check`` (all read the same input).
 
     Each module's rows are scaled to unit Frobenius norm and placed in input-feature coordinates;
-    only coordinates every module shows are kept. A B-path span, a single module or a secret column
+    only coordinates every module shows are kept; the joint span is read by the modules' own
+    ``SpanRules``. A B-path span, a single module or a secret column
     permutation (trimmed spans) leave ``check`` as it is, and so does a joint span that fills the
     few coordinates all modules show (masks that differ per module) while single modules do not."""
     spans = check.spans
     if len(spans) < 2 or any(s.path != "A" or s.trim > 0 or s.matrix is None for s in spans):
         return check
+    rules = spans[0].rules or STRICT_RULES
     n_in = int(max(int(s.index.max()) for s in spans)) + 1
     seen = torch.ones(n_in, dtype=torch.bool)
     rows = []
@@ -111,7 +116,7 @@ def joint_check(check: LayerCheck, rank_tol: float, dim: int | None = None) -> L
     if keep.numel() < 2:
         return check
     stacked = torch.cat(rows)
-    span = fit_span(f"joint:{check.layer}", stacked, keep, keep, rank_tol, dim=dim, path="A")
+    span = fit_span(f"joint:{check.layer}", stacked, keep, keep, rank_tol, dim=dim, path="A", rules=rules)
     if span is None or (span.vacuous and not check.vacuous):
         return check
     return LayerCheck(check.layer, [check.modules[0]], [span])
@@ -130,7 +135,7 @@ def explained_energy(span: Span, inputs: Tensor) -> float:
 
 class FedSpy(Attack):
     name: ClassVar[str] = "fedspy"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: spans read by SpanRules (path by signal, noise-edge rank, z-scored bag)
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
@@ -155,7 +160,7 @@ class FedSpy(Attack):
     def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer0_checks(view, adaptive, p.rank_tol, "token extraction")
+        checks = layer0_checks(view, adaptive, p.rank_tol, "token extraction", rules=SpanRules())
         first = joint_check(checks[0], p.rank_tol)
         second = joint_check(checks[1], p.rank_tol) if len(checks) > 1 else None
         model, tok = view.model, view.tokenizer
@@ -172,8 +177,11 @@ class FedSpy(Attack):
             return Reconstruction(texts=[tok.decode(bag, skip_special_tokens=True)] if bag else [],
                                   token_ids=[bag] if bag else None, extra=extra, note="; ".join(notes))
         exact = not first.saturated
+        z = p.null_z if first.noisy else 0.0
+        if z:
+            notes.append(f"noisy layer-0 span (noise edge {first.noise:.1e}): token bag by z-score against the vocabulary")
         if exact:
-            bag, first = token_bag(model, first, p.tau1, min(p.max_bag, 2 * first.rank + 8), p.rank_tol)
+            bag, first = token_bag(model, first, p.tau1, min(p.max_bag, 2 * first.rank + 8), p.rank_tol, z)
         else:
             bag = self._soft_bag(model, first, n_seqs)
             notes.append(f"joint layer-0 rank saturated at {first.rank}: soft token ranking")
@@ -208,7 +216,7 @@ class FedSpy(Attack):
         p = self.params
         d = vocab_distances(model, first, position)
         cap = min(p.max_bag, n_seqs * p.tokens_per_example)
-        exact = split_by_gap(d, p.tau1)[:cap].tolist()
+        exact = select_tokens(d, p.tau1, cap, p.null_z if first.noisy else 0.0).tolist()
         return exact or torch.argsort(d)[:cap].tolist()
 
 

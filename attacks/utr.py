@@ -47,12 +47,12 @@ from torch import Tensor
 
 from attacks.fedspy import joint_check
 from attacks.toolkit import helptext as H
-from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, vocab_distances
+from attacks.toolkit.decoding import LayerCheck, first_layer_is_position_free, select_tokens, vocab_distances
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.lmprior import PrefixPrior
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import is_decoder, last_position_inputs
-from attacks.toolkit.subspace import split_by_gap
+from attacks.toolkit.subspace import SpanRules
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
 from benchmark.contract import (
     RECONSTRUCTION_METRICS,
@@ -86,10 +86,12 @@ class UTRParams(AttackParams):
     max_len: int = field(default=48, metadata={"help": H.MAX_LEN})
     max_repeat: int = field(default=2, metadata={"help": "times one bag token may appear in a sentence; >= 1"})
     complete_label: bool = field(default=True, metadata={"help": H.COMPLETE_LABEL})
+    null_z: float = field(default=5.0, metadata={"help": H.NULL_Z + " (used when the layer-0 span is noisy)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_fraction("rank_tol", "tau1")
+        self.require("null_z", self.null_z > 0, "> 0")
         self.require_at_least(0, "lm_weight")
         self.require_at_least(1, "tokens_per_example", "max_bag", "propose", "beams", "max_len", "max_repeat")
 
@@ -103,7 +105,7 @@ class _Hyp:
 
 class UTR(Attack):
     name: ClassVar[str] = "utr"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: spans read by SpanRules (path by signal, noise-edge rank, z-scored bag)
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
@@ -128,7 +130,7 @@ class UTR(Attack):
     def _reconstruct(self, view: AttackerView) -> Reconstruction:
         p = self.params
         adaptive = p.mode == "adaptive"
-        checks = layer0_checks(view, adaptive, p.rank_tol, "token presence", exact=False)
+        checks = layer0_checks(view, adaptive, p.rank_tol, "token presence", exact=False, rules=SpanRules())
         model, tok = view.model, view.tokenizer
         if not is_decoder(model) or not first_layer_is_position_free(model, checks[0]):
             raise Abstain("constrained left-to-right decoding needs a decoder with a position-free first layer")
@@ -138,7 +140,11 @@ class UTR(Attack):
         extra = {"rank_l0": float(first.rank), "saturated_l0": float(first.saturated)}
         d0 = vocab_distances(model, first)
         cap = min(p.max_bag, n_seqs * p.tokens_per_example)  # the soft bag's size; an exact bag is bounded by the rank
-        bag = [] if first.saturated or first.vacuous else split_by_gap(d0, p.tau1)[: min(p.max_bag, 2 * first.rank + 8)].tolist()
+        z = p.null_z if first.noisy else 0.0
+        if z:
+            notes.append(f"noisy layer-0 span (noise edge {first.noise:.1e}): token bag by z-score against the vocabulary")
+        exact_cap = min(p.max_bag, 2 * first.rank + 8)
+        bag = [] if first.saturated or first.vacuous else select_tokens(d0, p.tau1, exact_cap, z).tolist()
         if not bag:  # the subspace only leans towards the batch: the prior must sort the nearest tokens
             bag = torch.argsort(d0)[:cap].tolist()
             notes.append(f"layer-0 span (rank {first.rank}) admits no exact bag: the {len(bag)} nearest tokens")

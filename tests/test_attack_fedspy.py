@@ -22,7 +22,8 @@ def prompts(tok, batch=2):
 
 def test_joint_subspace_recovers_a_batch_that_saturates_each_module(tok, base):
     view = make_view(tok, base, r=16)  # ~20 distinct tokens: more than one module's rank 16
-    assert DAGER().reconstruct(view).texts == []
+    dager = DAGER().reconstruct(view)  # each module saturates: DAGER's bag and order are noise
+    assert score_reconstruction(toy.references(tok, TEXTS, T), dager.texts, tok, template=T)["rouge1"] < 0.3
     first = layer_checks(view, False, 1e-7)[0]
     assert first.saturated and not joint_check(first, 1e-7).saturated
     rec = FedSpy().reconstruct(view)

@@ -4,14 +4,20 @@ The first adapted layer's check turns the vocabulary into a bag of tokens; the s
 contextual, so checking them orders the bag into sentences. In a decoder the input at position p depends
 only on the prefix, which makes a left-to-right search exact and cheap (DAGER's observation); in an
 encoder it depends on the whole sentence, so candidate sentences are enumerated up to a bound.
+
+Under noise (DP, quantization) members no longer sit at distance ~0: ``select_tokens`` can z-score
+the distances against the vocabulary itself (almost all of it non-members, so it is the null), and
+``beam_decode`` lets a sentence whose best extension just misses the threshold go on as a near-miss
+instead of dying, as the original DAGER does.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +31,15 @@ from attacks.toolkit.probing import (
     position_free,
     vocab_inputs,
 )
-from attacks.toolkit.subspace import Span, min_distance, module_span, refine, split_by_gap
+from attacks.toolkit.subspace import (
+    STRICT_RULES,
+    Span,
+    SpanRules,
+    min_distance,
+    module_span,
+    refine,
+    split_by_gap,
+)
 from benchmark.contract import AttackerView
 
 
@@ -49,6 +63,15 @@ class LayerCheck:
     def rank(self) -> int:
         return max(s.rank for s in self.spans)
 
+    @property
+    def noisy(self) -> bool:
+        """Any usable span is perturbed by noise above float rounding (``Span.noisy``)."""
+        return any(self.spans[i].noisy for i in self._useful())
+
+    @property
+    def noise(self) -> float:
+        return max(s.noise for s in self.spans)
+
     def _useful(self) -> list[int]:
         keep = [i for i, s in enumerate(self.spans) if not s.vacuous]
         return keep or list(range(len(self.spans)))
@@ -67,19 +90,21 @@ class LayerCheck:
 
 def layer_checks(
     view: AttackerView, adaptive: bool, rank_tol: float, dim: int | None = None, layers: int = 2,
-    exact: bool = True,
+    exact: bool = True, rules: SpanRules = STRICT_RULES,
 ) -> list[LayerCheck]:
     """Checks for the first ``layers`` adapted layers, lowest first; modules without a usable span are
     skipped (the attacks only read the first two, so deeper layers are never factorized). ``exact``
     asks for dropout-tolerant (trimmed) distances where training dropout masks the inputs; soft
-    rankings skip that cost."""
+    rankings skip that cost. ``rules`` say how each span is read (``SpanRules``); the default is the
+    first version's, which the attacks that did not opt in keep."""
     found = locate(view.model, list(view.modules))
     checks: list[LayerCheck] = []
     for layer, mods in attention_inputs_by_layer(found).items():
         if len(checks) >= layers:
             break
         drop = input_dropout(view.model) if layer == 0 and exact else 0.0
-        pairs = [(m, module_span(view, m.name, view.modules[m.name], adaptive, rank_tol, dim, dropout=drop)) for m in mods]
+        pairs = [(m, module_span(view, m.name, view.modules[m.name], adaptive, rank_tol, dim, dropout=drop, rules=rules))
+                 for m in mods]
         pairs = [(m, s) for m, s in pairs if s is not None]
         if pairs:
             checks.append(LayerCheck(layer, [m for m, _ in pairs], [s for _, s in pairs]))
@@ -102,14 +127,38 @@ def vocab_distances(model: nn.Module, check: LayerCheck, position: int = 0) -> T
     return check.distance(vocab_inputs(model, check.nn_modules(), position))
 
 
-def token_bag(model: nn.Module, first: LayerCheck, tau: float, cap: int, rank_tol: float) -> tuple[list[int], LayerCheck]:
-    """Vocabulary tokens in the first layer's span (at most ``cap``), and the check used. When a secret
-    column permutation forces trimmed distances, the first bag teaches which coordinates are
-    displaced, the check is refit without them and the bag recomputed."""
-    bag = split_by_gap(vocab_distances(model, first), tau)[:cap].tolist()
+def null_z(d: Tensor) -> Tensor:
+    """Each distance's robust z-score against the vocabulary's own: the log-odds log(d / (1 - d))
+    (which spreads distances near 0 and 1 alike), centred on its median and scaled by its MAD.
+    Almost every vocabulary token is a non-member, so the vocabulary is the null distribution, and
+    median and MAD ignore the few members that the mean and standard deviation would absorb."""
+    x = d.double().clamp(1e-9, 1 - 1e-9)
+    lo = torch.log(x) - torch.log1p(-x)
+    med = lo.median()
+    mad = 1.4826 * (lo - med).abs().median()
+    return (lo - med) / mad.clamp_min(1e-12)
+
+
+def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0) -> Tensor:
+    """Indices of the member tokens among distances ``d``, nearest first, at most ``cap``: the clearly
+    small distances (``split_by_gap``), or with ``z > 0`` (noise-tolerant mode) those at least ``z``
+    robust standard deviations below the vocabulary (``null_z``)."""
+    if z <= 0:
+        return split_by_gap(d, tau)[:cap]
+    scores = null_z(d)
+    order = torch.argsort(scores)
+    return order[scores[order] < -z][:cap]
+
+
+def token_bag(model: nn.Module, first: LayerCheck, tau: float, cap: int, rank_tol: float,
+              z: float = 0.0) -> tuple[list[int], LayerCheck]:
+    """Vocabulary tokens in the first layer's span (at most ``cap``; ``z`` as in ``select_tokens``),
+    and the check used. When a secret column permutation forces trimmed distances, the first bag
+    teaches which coordinates are displaced, the check is refit without them and the bag recomputed."""
+    bag = select_tokens(vocab_distances(model, first), tau, cap, z).tolist()
     if bag and any(s.trim > 0 for s in first.spans):
         first = first.refined([x[bag] for x in vocab_inputs(model, first.nn_modules())], rank_tol)
-        bag = split_by_gap(vocab_distances(model, first), tau)[:cap].tolist()
+        bag = select_tokens(vocab_distances(model, first), tau, cap, z).tolist()
     return bag, first
 
 
@@ -157,6 +206,184 @@ def greedy_decode(
         active = grown[:max_beams]
     finished += [(ids, _mean(ds)) for ids, ds in active]
     return finished
+
+
+@dataclass
+class _Beam:
+    ids: list[int]
+    ds: list[float] = field(default_factory=list)
+    misses: int = 0  # extensions taken although they failed the threshold
+    run: int = 0  # consecutive such extensions at the end
+    dying: bool = False  # a near-miss of a prefix that had no passing extension
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded sequence, its mean second-layer distance over its extensions, and how many of its
+    extensions missed the threshold (0: every step passed, an exact candidate)."""
+
+    ids: list[int]
+    score: float
+    misses: int = 0
+
+
+def beam_decode(
+    model: nn.Module,
+    check: LayerCheck,
+    bag: Sequence[int],
+    starts: Sequence[Sequence[int]],
+    tau: float,
+    max_len: int,
+    max_beams: int = 64,
+    near_misses: int = 0,
+    stops: Sequence[Sequence[int]] = (),
+    patience: int = 3,
+    distinct: float = 0.7,
+    row_z: float = 0.0,
+) -> list[Decoded]:
+    """``greedy_decode`` with the original DAGER's near-miss continuation.
+
+    Prefixes are extended by every bag token whose second-layer input passes ``tau`` (at most
+    ``max_beams`` kept, by ``_round_robin``); a prefix with no passing extension is finished. Besides,
+    each step's best failing extension of every prefix competes for ``near_misses`` slots (lowest
+    mean distance first, each sharing under ``distinct`` of its positions with those already kept):
+    these go on as near-miss beams, so that one extension pushed over the threshold by noise or a
+    loose span does not end a sentence. Prefixes with no passing extension come first (their
+    sentence would end there), and a sentence that reached a stop sequence exactly frees no slot for
+    the rest of the search. A near-miss beam that misses ``patience`` times in a row is dropped; any
+    beam ending with a stop sequence is finished. ``row_z > 0``: an extension passes only if it also
+    stands ``row_z`` robust standard deviations below its prefix's other extensions (``null_z`` of
+    the row; needs 8 or more bag tokens), which a loose ``tau`` on a crowded span cannot ensure."""
+    bag_t = torch.tensor(list(bag), dtype=torch.long)
+    active = [_Beam(list(s)) for s in starts]
+    done: list[Decoded] = []
+    stop_lists = [list(s) for s in stops if s]
+    stopped: list[Decoded] = []  # exact beams that reached a stop sequence
+    for _ in range(max_len):
+        if not active or bag_t.numel() == 0:
+            break
+        prefixes = torch.tensor([b.ids for b in active], dtype=torch.long)
+        cands = torch.cat([prefixes.repeat_interleave(len(bag_t), 0), bag_t.repeat(len(active)).unsqueeze(1)], 1)
+        d = _last_distances(model, check, cands).view(len(active), len(bag_t))
+        passes = d < tau
+        if row_z > 0 and len(bag_t) >= 8:
+            passes &= torch.stack([null_z(row) for row in d]) < -row_z
+        children, missed = _extend(active, d, passes, bag_t, patience if near_misses > 0 else 0, done)
+        grown = _round_robin(children, max_beams) + _pick_distinct(missed, near_misses - len(stopped), distinct)
+        active = []
+        for b in grown:
+            if any(b.ids[-len(s):] == s for s in stop_lists):
+                done.append(Decoded(b.ids, _mean(b.ds), b.misses))
+                stopped += [done[-1]] if b.misses == 0 else []
+            else:
+                active.append(b)
+        active = _prune(active, stopped, near_misses, distinct)
+    done += [Decoded(b.ids, _mean(b.ds), b.misses) for b in active]
+    return done
+
+
+def _prune(active: list[_Beam], stopped: list[Decoded], n: int, distinct: float) -> list[_Beam]:
+    """Once ``n`` distinct exact sentences have reached a stop sequence, only exact beams that are
+    still nearer than the n-th of them can displace one in ``fill_batch``: the rest is dropped
+    (a loose threshold would otherwise carry them to ``max_len``)."""
+    if n <= 0 or len(stopped) < n:
+        return active
+    best: list[Decoded] = []
+    for f in sorted(stopped, key=lambda f: f.score):
+        if not any(_similar(f.ids, g.ids, distinct) for g in best):
+            best.append(f)
+    if len(best) < n:
+        return active
+    bound = best[n - 1].score
+    return [b for b in active if b.misses == 0 and _mean(b.ds) <= bound]
+
+
+def _extend(active: list[_Beam], d: Tensor, passes: Tensor, bag_t: Tensor, patience: int,
+            done: list[Decoded]) -> tuple[list[list[_Beam]], list[_Beam]]:
+    """Each prefix's passing children (nearest first) and, while it has missed fewer than
+    ``patience`` times in a row, its best failing extension; prefixes with no passing child are
+    recorded in ``done``."""
+    children: list[list[_Beam]] = []
+    missed: list[_Beam] = []
+    for i, b in enumerate(active):
+        ok = torch.nonzero(passes[i]).flatten().tolist()
+        if not ok:
+            done.append(Decoded(b.ids, _mean(b.ds), b.misses))
+        kids = [_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses) for j in ok]
+        children.append(sorted(kids, key=lambda x: x.ds[-1]))
+        fail = d[i].masked_fill(passes[i], float("inf"))
+        j = int(torch.argmin(fail))
+        if b.run < patience and math.isfinite(float(fail[j])):
+            missed.append(_Beam(b.ids + [int(bag_t[j])], b.ds + [float(d[i, j])], b.misses + 1, b.run + 1, not ok))
+    return children, missed
+
+
+def _pick_distinct(missed: list[_Beam], slots: int, distinct: float) -> list[_Beam]:
+    """Up to ``slots`` near-miss beams: those of dying prefixes first, then by mean distance, each
+    sharing under ``distinct`` of its positions with those already picked."""
+    kept: list[_Beam] = []
+    for m in sorted(missed, key=lambda x: (not x.dying, _mean(x.ds))):
+        if len(kept) >= slots:
+            break
+        if not any(_similar(m.ids, k.ids, distinct) for k in kept):
+            kept.append(m)
+    return kept
+
+
+def _round_robin(children: list[list[_Beam]], limit: int) -> list[_Beam]:
+    """At most ``limit`` beams: every prefix's best child first (nearest first), then every prefix's
+    second best, and so on. A plain nearest-first cut lets the children of one prefix (a loose
+    threshold passes many) crowd out the only child of another, which may be a true sentence."""
+    out: list[_Beam] = []
+    depth = 0
+    while len(out) < limit:
+        layer = sorted((c[depth] for c in children if len(c) > depth), key=lambda x: x.ds[-1])
+        if not layer:
+            break
+        out += layer[: limit - len(out)]
+        depth += 1
+    return out
+
+
+def _similar(a: Sequence[int], b: Sequence[int], share: float) -> bool:
+    """``a`` and ``b`` agree at ``share`` or more of the positions of the shorter one."""
+    n = min(len(a), len(b))
+    return n > 0 and sum(x == y for x, y in zip(a[:n], b[:n])) >= share * n
+
+
+def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: float = 0.7,
+               stops: Sequence[Sequence[int]] = ()) -> list[list[int]]:
+    """``n_seqs`` sequences as the original DAGER picks them: the exact candidates first (none that a
+    longer exact result extends, lowest mean distance first), then the near-misses, each taken only
+    when it shares under ``distinct`` of its new positions with every sequence already chosen (a loose
+    threshold passes variants of one sentence), then the best of what is left; fewer only when fewer
+    candidates exist. With ``stops`` (the template's known ending), sequences that reached one come
+    before those that did not: an exact sequence that stopped short of the ending is truncated,
+    where a near-miss that reached it has the true sentence's shape."""
+    seqs: dict[tuple[int, ...], Decoded] = {}
+    for f in sorted(found, key=lambda f: (f.misses > 0, f.score)):
+        if len(f.ids) > start_len:
+            seqs.setdefault(tuple(f.ids), f)  # a sequence found twice keeps its better record
+
+    def extended(f: Decoded) -> bool:  # by a longer result at least as exact
+        n = len(f.ids)
+        return any(len(o) > n and list(o[:n]) == f.ids and (g.misses == 0 or f.misses > 0) for o, g in seqs.items())
+
+    ends = [list(s) for s in stops if s]
+
+    def order(f: Decoded) -> tuple[bool, bool, float]:
+        complete = not ends or any(f.ids[-len(s):] == s for s in ends)
+        return not complete, f.misses > 0, f.score
+
+    chosen: list[list[int]] = []
+    for f in sorted((f for f in seqs.values() if not extended(f)), key=order):
+        if len(chosen) >= n_seqs:
+            break
+        if not any(_similar(f.ids[start_len:], c[start_len:], distinct) for c in chosen):
+            chosen.append(f.ids)
+    rest = sorted((f for f in seqs.values() if f.ids not in chosen), key=order)
+    chosen += [f.ids for f in rest[: max(0, n_seqs - len(chosen))]]
+    return chosen
 
 
 def soft_decode(

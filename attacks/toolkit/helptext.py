@@ -12,3 +12,8 @@ TOKENS_PER_EXAMPLE = ("tokens assumed per private example when the span saturate
 COMPLETE_LABEL = ("decoder classification: append the label token the update implies to each "
                   "reconstructed prompt; true or false")
 MAX_LEN = "most tokens a decoded sequence may grow to; >= 1"
+NOISE_MODE = ("noise-tolerant token bag: tokens whose layer-0 distances stand out from the vocabulary's "
+              "(robust z-scores of the log-odds) instead of those under the threshold; auto: when the "
+              "span's estimated noise edge is above float rounding; on, off (strict: always off)")
+NULL_Z = ("noise-tolerant mode: a token joins the bag when its robust z-score against the vocabulary is "
+          "below -null_z (the vocabulary's non-members reach about -4); > 0")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from attacks.toolkit.decoding import LayerCheck, layer_checks
 from attacks.toolkit.projection import method_note
+from attacks.toolkit.subspace import STRICT_RULES, SpanRules
 from benchmark.contract import Abstain, AttackerView
 
 
@@ -27,14 +28,16 @@ def no_usable_update(view: AttackerView) -> str:
 
 
 def layer0_checks(view: AttackerView, adaptive: bool, rank_tol: float, purpose: str = "", *,
-                  dim: int | None = None, layers: int = 2, exact: bool = True) -> list[LayerCheck]:
+                  dim: int | None = None, layers: int = 2, exact: bool = True,
+                  rules: SpanRules = STRICT_RULES) -> list[LayerCheck]:
     """``layer_checks`` of the view, which must start at layer 0: the vocabulary-wide token check
     compares the batch's span with every token's first-layer input, known only at layer 0.
 
     Raises ``Abstain`` when no module is usable (``no_usable_update``) or the first usable layer is
     deeper; ``purpose`` names what needs layer 0 in that reason (without it, the reason is
-    ``no_usable_update``'s, as the ranking baselines have always said)."""
-    checks = layer_checks(view, adaptive, rank_tol, dim=dim, layers=layers, exact=exact)
+    ``no_usable_update``'s, as the ranking baselines have always said). ``rules``: how spans are read
+    (``attacks.toolkit.subspace.SpanRules``)."""
+    checks = layer_checks(view, adaptive, rank_tol, dim=dim, layers=layers, exact=exact, rules=rules)
     if not checks:
         raise Abstain(no_usable_update(view))
     if checks[0].layer != 0:

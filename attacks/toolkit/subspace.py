@@ -10,6 +10,10 @@ Naive mode uses every coordinate as shown (hidden ones are zeros, columns in obs
 mode keeps only fully visible columns, maps them to their input features when the defense leaks the
 column order, and, when a secret permutation scrambles columns, drops the worst-fitting coordinates of
 each candidate (a trimmed least-squares fit), since a few misplaced coordinates are outliers.
+
+How a span is read is set by ``SpanRules``: the signal rules (DAGER's default) choose between the A
+and B paths by where the signal is and count the rank above an estimated noise edge; the strict
+rules are the first version's (A path whenever it is non-zero, rank at the largest spectral gap).
 """
 
 from __future__ import annotations
@@ -45,11 +49,29 @@ class Span:
     proj: Tensor | None = None  # (r, n_in) for the B path
     trim: int = 0
     matrix: Tensor | None = None  # the observed rows over ``index``'s coordinates, for refits
+    rules: SpanRules | None = None  # how it was read, so that refits read it the same way
+    noise: float = 0.0  # estimated noise edge over the largest singular value (0: none measured)
+    member_error: float = 0.0  # Wedin bound on a member's distance: edge / (s_rank - edge)
 
     @property
     def vacuous(self) -> bool:
         """The span fills the trusted coordinates: every candidate would pass."""
         return self.rank >= self.basis.shape[0] - 1
+
+    @property
+    def noisy(self) -> bool:
+        """Noise, not float rounding, perturbs the span: members sit at distances of the order of
+        ``member_error``, so exact thresholds would drop them (see ``SpanRules.noisy_above``)."""
+        return self.rules is not None and self.noise > self.rules.noisy_above
+
+    @property
+    def separation(self) -> float:
+        """How clearly members stand apart from non-members: the distance of a random direction
+        from the span, sqrt(1 - rank / coordinates), over the bound on a member's distance."""
+        if self.rank == 0 or self.vacuous:
+            return 0.0
+        outside = math.sqrt(max(0.0, 1.0 - self.rank / max(1, self.basis.shape[0])))
+        return outside / max(self.member_error, 1e-12)
 
     def features(self, X: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
         F = X.to(dtype)
@@ -93,6 +115,112 @@ def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 5) -> Tensor
     return (res * mask).norm(dim=1) / kept
 
 
+@dataclass(frozen=True)
+class SpanRules:
+    """How a span is read from an observed update.
+
+    ``signal_path``: choose the A or B path by where the signal is (``choose_path``); off, the A path
+    is taken whenever its matrix is non-zero (the first version, which DP noise on a round-1 dL/dA
+    turns into a read of pure noise). ``noise_rank``: count singular values above an estimated noise
+    edge (``noise_rank``); off, the rank sits at the largest spectral gap (``estimate_rank``), which
+    noise erases, leaving every direction counted ("saturated"). ``noisy_above``: a span whose noise
+    edge exceeds this fraction of its largest singular value counts as noisy (float32 rounding sits
+    near 1e-7, DP noise decades higher). ``clean_error``: a path whose member-distance bound is below
+    this is exact enough to be kept without comparing it with the other path."""
+
+    signal_path: bool = True
+    noise_rank: bool = True
+    noisy_above: float = 1e-4
+    clean_error: float = 1e-2
+
+
+STRICT_RULES = SpanRules(signal_path=False, noise_rank=False)
+
+
+@dataclass(frozen=True)
+class RankEstimate:
+    """A rank read from singular values: ``edge`` is the estimated top of the noise bulk (absolute)."""
+
+    rank: int
+    saturated: bool
+    edge: float = 0.0
+    top: float = 0.0  # the largest singular value
+
+    @property
+    def noise(self) -> float:
+        return self.edge / self.top if self.top > 0 else 0.0
+
+    def member_error(self, s: Tensor) -> float:
+        """Wedin's sin-theta bound for the weakest kept direction: a member's distance from the
+        estimated span is at most about edge / (s_rank - edge)."""
+        if self.rank == 0 or self.edge <= 0:
+            return 0.0
+        gap = float(s[self.rank - 1]) - self.edge
+        return self.edge / gap if gap > 0 else math.inf
+
+
+def mp_singular_values(p: int, q: int, grid: int = 4096) -> Tensor:
+    """Expected singular values, descending, of a ``p`` x ``q`` matrix of unit-variance iid noise:
+    sqrt(max(p, q)) times the square roots of the Marchenko-Pastur quantiles at (i - 1/2) / min(p, q).
+    The density is integrated on a cosine grid, which resolves both edges (and the 1/sqrt(x) pole of
+    a square matrix) without special cases."""
+    p, q = min(p, q), max(p, q)
+    if p == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    beta = p / q
+    a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+    theta = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid * math.pi
+    x = a + (b - a) * (1 - torch.cos(theta)) / 2
+    half = (b - a) / 2 * torch.sin(theta)  # sqrt((b - x)(x - a)), and also dx / dtheta
+    mass = half * half / (2 * math.pi * beta * x) * (math.pi / grid)
+    cdf = torch.cumsum(mass, 0)
+    cdf = cdf / cdf[-1]
+    levels = 1 - (torch.arange(p, dtype=torch.float64) + 0.5) / p
+    idx = torch.searchsorted(cdf, levels).clamp_max(grid - 1)
+    return math.sqrt(q) * torch.sqrt(x[idx])
+
+
+def noise_rank(s: Tensor, n_cols: int, rank_tol: float = 1e-7, margin: float = 0.1, iters: int = 20,
+               min_tail: int = 6, max_spread: float = 2.5) -> RankEstimate:
+    """Rank of ``s`` (descending singular values of a matrix with ``n_cols`` columns) as the count
+    above the top of an estimated noise bulk, so that additive noise is not counted as signal.
+
+    With k strong directions removed, the rest of a signal-plus-iid-noise matrix behaves like a
+    (p - k) x (q - k) noise matrix, whose singular values follow the Marchenko-Pastur law. The noise
+    level is the median ratio of the middle half of the tail to that law's quantiles (robust to a few
+    weak signal directions left in the tail), the edge is sigma (sqrt(p - k) + sqrt(q - k)) plus a
+    ``margin`` for the largest noise value's fluctuation, and k is refit until it settles. Values
+    under ``rank_tol`` x the largest never count (float rounding without noise).
+
+    A tail that does not look like noise (fewer than ``min_tail`` values in its middle half, or
+    ratios to the law spread over more than ``max_spread``, as a signal decaying over decades does)
+    is not read as noise: the rank is then ``estimate_rank``'s and no noise is reported, so a clean
+    but saturated span is not mistaken for a noisy one."""
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return RankEstimate(0, False)
+    top = float(s[0])
+    legacy = RankEstimate(*estimate_rank(s, rank_tol), top=top)
+    s = s[s > 1e-13 * s[0]].double()  # structural zeros (e.g. a narrow output dimension), not noise
+    p = int(s.numel())
+    q = max(int(n_cols), p)
+    k, seen = 0, set()
+    for _ in range(iters):
+        lo, hi = (p - k) // 4, 3 * (p - k) // 4
+        if hi - lo < min_tail:
+            return legacy
+        ratios = s[k:][lo:hi] / mp_singular_values(p - k, q - k)[lo:hi].clamp_min(1e-30)
+        sigma = float(torch.median(ratios))
+        edge = max(rank_tol * top, sigma * (math.sqrt(p - k) + math.sqrt(q - k)) * (1 + margin))
+        new = int((s > edge).sum())
+        if new == k or new in seen:
+            if float(ratios.max() / ratios.min().clamp_min(1e-300)) > max_spread:
+                return legacy
+            return RankEstimate(new, False, edge, top)
+        seen.add(k)
+        k = new
+    return legacy
+
+
 def estimate_rank(s: Tensor, rank_tol: float = 1e-7, gap: float = 20.0) -> tuple[int, bool]:
     """Numerical rank of singular values ``s`` (descending) and whether it is saturated (full).
 
@@ -124,18 +252,23 @@ def fit_span(
     trim: int = 0,
     dim: int | None = None,
     path: str = "A",
+    rules: SpanRules = STRICT_RULES,
 ) -> Span | None:
     """Span of the rows of ``M[:, keep]``; ``dim`` forces the number of directions (soft ranking)."""
     sub = M[:, keep].double()
     if sub.numel() == 0 or not torch.isfinite(sub).all() or float(sub.abs().max()) == 0.0:
         return None
     s, vh = right_svd(sub)
-    rank, saturated = estimate_rank(s, rank_tol)
-    k = rank if dim is None else max(1, min(dim, int(s.numel())))
+    if rules.noise_rank:
+        est = noise_rank(s, sub.shape[1], rank_tol)
+    else:
+        est = RankEstimate(*estimate_rank(s, rank_tol), top=float(s[0]))
+    k = est.rank if dim is None else max(1, min(dim, int(s.numel())))
     if k == 0:
         return None
     trim = min(trim, max(0, sub.shape[1] - k - 1))
-    return Span(name, path, vh[:k].T.contiguous(), rank, saturated, index, proj, trim, sub)
+    return Span(name, path, vh[:k].T.contiguous(), est.rank, est.saturated, index, proj, trim, sub, rules,
+                est.noise, est.member_error(s))
 
 
 def right_svd(M: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,7 +320,8 @@ def refine(span: Span, members: Tensor, rank_tol: float) -> Span:
     if not bad.any():
         return span
     good = torch.nonzero(~bad).flatten()
-    new = fit_span(span.name, span.matrix, good, span.index[good], rank_tol, proj=span.proj, path=span.path)
+    new = fit_span(span.name, span.matrix, good, span.index[good], rank_tol, proj=span.proj, path=span.path,
+                   rules=span.rules or STRICT_RULES)
     return new if new is not None else span
 
 
@@ -219,7 +353,7 @@ def _observed(view: AttackerView, name: str, om: ObservedModule, factor: str, ad
     return M, hidden
 
 
-def module_span(
+def a_path_span(
     view: AttackerView,
     name: str,
     om: ObservedModule,
@@ -228,9 +362,9 @@ def module_span(
     dim: int | None = None,
     trim_fraction: float = 0.1,
     dropout: float = 0.0,
+    rules: SpanRules = STRICT_RULES,
 ) -> Span | None:
-    """The usable span of one observed module: the A path when its update is non-zero, else the B path
-    through the starting A (round 1 with peft's B = 0 makes dL/dA vanish).
+    """The span of dL/dA (or of the A update): rows in span(X), candidates in input coordinates.
 
     ``dropout``: the rate at which the client's training zeroed this module's input coordinates (BERT's
     embedding dropout); each candidate then drops its worst ~2p of coordinates before being judged,
@@ -244,28 +378,40 @@ def module_span(
         if projection.uses_projection(view, name):
             return projection.projected_span(view, name, om, rank_tol, dim, dropout)
     got = _observed(view, name, om, "A", adaptive)
-    if got is not None:
-        M, hidden = got
-        keep = torch.arange(M.shape[1])
-        index = keep
-        trim = 0
-        if adaptive:
-            if hidden is not None:
-                keep = torch.nonzero(~hidden.any(0)).flatten()
-            if om.column_order is not None:
-                index = torch.tensor(om.column_order, dtype=torch.long)[keep]
-            else:
-                index = keep
-                if om.columns_permuted:
-                    n_hidden = M.shape[1] - keep.numel()
-                    trim = n_hidden if n_hidden > 0 else max(1, int(trim_fraction * keep.numel()))
+    if got is None:
+        return None
+    M, hidden = got
+    keep = torch.arange(M.shape[1])
+    index = keep
+    trim = 0
+    if adaptive:
+        if hidden is not None:
+            keep = torch.nonzero(~hidden.any(0)).flatten()
+        if om.column_order is not None:
+            index = torch.tensor(om.column_order, dtype=torch.long)[keep]
         else:
             index = keep
-        if dropout > 0:
-            trim = max(trim, math.ceil(2 * dropout * keep.numel()))
-        span = fit_span(name, M, keep, index, rank_tol, trim=trim, dim=dim, path="A")
-        if span is not None:
-            return span
+            if om.columns_permuted:
+                n_hidden = M.shape[1] - keep.numel()
+                trim = n_hidden if n_hidden > 0 else max(1, int(trim_fraction * keep.numel()))
+    else:
+        index = keep
+    if dropout > 0:
+        trim = max(trim, math.ceil(2 * dropout * keep.numel()))
+    return fit_span(name, M, keep, index, rank_tol, trim=trim, dim=dim, path="A", rules=rules)
+
+
+def b_path_span(
+    view: AttackerView,
+    name: str,
+    om: ObservedModule,
+    adaptive: bool,
+    rank_tol: float = 1e-7,
+    dim: int | None = None,
+    rules: SpanRules = STRICT_RULES,
+) -> Span | None:
+    """The span of dL/dB (or of the B update): rows in span{A0 x}, so candidates are projected
+    through the starting A the server holds (``view.prev``) before they are judged."""
     got = _observed(view, name, om, "B", adaptive)
     prev = _prev(view, name)
     if got is None or prev is None:
@@ -275,7 +421,67 @@ def module_span(
     if adaptive and hidden is not None:
         keep = torch.nonzero(~hidden.any(0)).flatten()
     proj = prev.A.detach().double().cpu()
-    return fit_span(name, M, keep, keep, rank_tol, proj=proj, dim=dim, path="B")
+    return fit_span(name, M, keep, keep, rank_tol, proj=proj, dim=dim, path="B", rules=rules)
+
+
+def signal_only_on_b(view: AttackerView, name: str) -> bool:
+    """dL/dA = s B^T G^T X carries nothing when the client's B is exactly zero (peft's round-1 init)
+    and the observation is one gradient or one step from that start: whatever the A matrix shows
+    then is noise, and the whole signal is on the dL/dB path through the known A0."""
+    prev = _prev(view, name)
+    if prev is None or not view.prev_exact or float(prev.B.abs().max()) != 0.0:
+        return False
+    return view.kind == "grad" or view.local_steps <= 1
+
+
+def choose_path(a: Span | None, b: Span | None, rules: SpanRules, start_exact: bool = True) -> Span | None:
+    """The path whose span separates members from non-members more clearly.
+
+    A member's distance from an estimated span is bounded by Wedin's sin-theta theorem, roughly
+    noise edge / (weakest kept singular value - edge) (``Span.member_error``), while a non-member's
+    is about sqrt(1 - rank / coordinates), the distance of a random direction: their ratio
+    (``Span.separation``) is what the threshold has to cut, so the path with the larger ratio is
+    used. It needs no model pass (known members or a vocabulary pass would be costlier, and the
+    template's known tokens are too few to rank two spans reliably). A clean A path (bound under
+    ``rules.clean_error``) is kept as the first version did: it is exact after any number of SGD
+    steps, where the B path is only approximately in span{A0 x}. Where the server holds only an
+    estimate of A0 (``start_exact`` false), candidates reach the B path through that estimate's
+    error, which the spectrum cannot show: a usable A path is then kept."""
+    if a is None or b is None:
+        return a if b is None else b
+    if _clean(a, rules) or (not start_exact and a.rank > 0 and not a.vacuous):
+        return a
+    return a if a.separation >= b.separation else b
+
+
+def _clean(span: Span, rules: SpanRules) -> bool:
+    return span.rank > 0 and not span.vacuous and span.member_error <= rules.clean_error
+
+
+def module_span(
+    view: AttackerView,
+    name: str,
+    om: ObservedModule,
+    adaptive: bool,
+    rank_tol: float = 1e-7,
+    dim: int | None = None,
+    trim_fraction: float = 0.1,
+    dropout: float = 0.0,
+    rules: SpanRules = STRICT_RULES,
+) -> Span | None:
+    """The usable span of one observed module.
+
+    Strict rules: the A path when its update is non-zero, else the B path through the starting A
+    (round 1 with peft's B = 0 makes dL/dA vanish). Signal rules: the B path outright when the known
+    start has B = 0 (``signal_only_on_b``), else both paths fitted and ``choose_path`` picks."""
+    if rules.signal_path and signal_only_on_b(view, name):
+        return b_path_span(view, name, om, adaptive, rank_tol, dim, rules)
+    a = a_path_span(view, name, om, adaptive, rank_tol, dim, trim_fraction, dropout, rules)
+    if not rules.signal_path:
+        return a if a is not None else b_path_span(view, name, om, adaptive, rank_tol, dim, rules)
+    if a is not None and _clean(a, rules):
+        return a  # exact already: the B path's SVD would change nothing
+    return choose_path(a, b_path_span(view, name, om, adaptive, rank_tol, dim, rules), rules, view.prev_exact)
 
 
 def min_distance(spans: list[Span], inputs: list[Tensor]) -> Tensor:
