@@ -35,12 +35,12 @@ the start's column space is unknown, and its B path stays unprojected.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
-from attacks.toolkit.subspace import _SHORTLIST, Span, fit_span, single_thread
+from attacks.toolkit.subspace import _SHORTLIST, STRICT_RULES, Span, SpanRules, fit_span, single_thread
 from benchmark.contract import Abstain, AttackerView, ObservedModule, StartSpace
 
 MARGIN = 8  # free complement directions a span must leave for a token to be singled out
@@ -256,7 +256,7 @@ def _pursuit_distance(F: Tensor, raw: Tensor, U: Tensor, coords: Tensor, trim: i
 
 
 def projected_span(view: AttackerView, name: str, om: ObservedModule, rank_tol: float, dim: int | None = None,
-                   dropout: float = 0.0, margin: int = MARGIN) -> Span | None:
+                   dropout: float = 0.0, margin: int = MARGIN, rules: SpanRules = STRICT_RULES) -> Span | None:
     """The span of one module's update with the start projected away: the A path, else the B path
     where the transcript allows it. Raises ``Abstain`` when the complement leaves no room to single
     out a token (too few directions beyond the update's rank, or more displaced coordinates than
@@ -270,7 +270,7 @@ def projected_span(view: AttackerView, name: str, om: ObservedModule, rank_tol: 
             raise Abstain(f"projection: the start's space leaves {c} of {p.kept} usable columns of {name} (margin "
                           f"{margin}): no token can be singled out")
         index = torch.arange(c)
-        span = fit_span(name, p.matrix, index, index, rank_tol, proj=p.proj, dim=dim, path=p.factor)
+        span = fit_span(name, p.matrix, index, index, rank_tol, proj=p.proj, dim=dim, path=p.factor, rules=rules)
         if span is None:
             continue
         room = c - span.rank
@@ -280,8 +280,9 @@ def projected_span(view: AttackerView, name: str, om: ObservedModule, rank_tol: 
         if p.trim and 2 * p.trim >= room:
             raise Abstain(f"projection: the secret permutation may displace {p.trim} coordinates of {name}, more than "
                           f"the {room} free directions outside the update's span can absorb")
-        return ProjectedSpan(span.name, span.path, span.basis, span.rank, span.saturated, span.index, span.proj,
-                             0, None, p.coords, p.coord_index, p.trim, p.note)
+        base = {f.name: getattr(span, f.name) for f in fields(Span)}
+        return ProjectedSpan(**{**base, "trim": 0, "matrix": None}, coords=p.coords, coord_index=p.coord_index,
+                             drop=p.trim, note=p.note)
     return None
 
 

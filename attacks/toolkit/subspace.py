@@ -376,7 +376,7 @@ def a_path_span(
         from attacks.toolkit import projection  # noqa: PLC0415 (projection builds its spans on this module)
 
         if projection.uses_projection(view, name):
-            return projection.projected_span(view, name, om, rank_tol, dim, dropout)
+            return projection.projected_span(view, name, om, rank_tol, dim, dropout, rules=rules)
     got = _observed(view, name, om, "A", adaptive)
     if got is None:
         return None
