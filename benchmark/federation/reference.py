@@ -39,7 +39,7 @@ def factor_sum(terms: Sequence[tuple[float, Tensor, Tensor]]) -> Factored:
     A = torch.cat([a.double() for _, _, a in terms], dim=0)  # R x n
     Qb, Rb = torch.linalg.qr(B)
     Qa, Ra = torch.linalg.qr(A.T)
-    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)  # thin: a rank above min(m, n) truncates nothing
     return Factored(Qb @ U, S, Vh @ Qa.T)
 
 
