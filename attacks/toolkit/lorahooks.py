@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.toolkit.probing import device_of, last_logits, locate
+from attacks.toolkit.probing import FromLayer, device_of, last_logits, locate
 from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 
 
@@ -96,10 +96,15 @@ def flatten_grads(grads: Mapping[str, tuple[Tensor, Tensor]], masks: Mapping[str
     for name, (ka, kb) in masks.items():
         gA, gB = grads[name]
         if ka is not None:
-            parts.append(gA[ka.to(gA.device)])
+            parts.append(_select(gA, ka))
         if kb is not None:
-            parts.append(gB[kb.to(gB.device)])
+            parts.append(_select(gB, kb))
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _select(g: Tensor, keep: Tensor) -> Tensor:
+    """``g[keep]`` (row-major order); a full mask is a reshape, not a masked gather."""
+    return g.reshape(-1) if bool(keep.all()) else g[keep.to(g.device)]
 
 
 def unflatten(flat: Tensor, masks: Mapping[str, tuple[Tensor | None, Tensor | None]],
@@ -160,10 +165,11 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
 
 
 def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
-                    labels: Sequence[int]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+                    labels: Sequence[int], runner: FromLayer | None = None) -> list[dict[str, tuple[Tensor, Tensor]]]:
     """LoRA gradients of the loss -log p(label | ids) for each candidate label, from ONE forward pass:
     the label only changes the loss target, so each candidate costs a backward pass down to the
-    hooked modules alone (cheap when they sit in the last layers)."""
+    hooked modules alone (cheap when they sit in the last layers). ``runner`` (starting at or below
+    the first hooked layer) skips the blocks below it, whose output it keeps per sequence."""
     found = locate(model, list(factors))
     xs: dict[str, Tensor] = {}
     probes: dict[str, Tensor] = {}
@@ -179,7 +185,8 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
     handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
     try:
         with torch.enable_grad():
-            logits = last_logits(model, torch.tensor([list(ids)]))[0].float()
+            seq = torch.tensor([list(ids)])
+            logits = (runner.last_logits(seq) if runner is not None else last_logits(model, seq))[0].float()
             logp = F.log_softmax(logits, -1)
             names = [n for n in found if n in probes]
             out = []

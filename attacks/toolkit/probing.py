@@ -12,11 +12,15 @@ from __future__ import annotations
 import inspect
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from benchmark.contract.progress import tick
 
 # Module leaf names whose input is the attention block's (normalized) input.
 ATTN_INPUT_LEAVES = frozenset({"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj", "Wqkv"})
@@ -158,6 +162,7 @@ def last_position_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: T
     Decoders score many one-token extensions of few prefixes; there each distinct prefix runs once
     with a key/value cache and only the last tokens run after it (the inputs are the same up to
     float rounding, at a fraction of the cost). Models without a usable cache take the plain path."""
+    tick("scoring extensions")  # once per decoding step of every span attack
     if seqs.shape[1] >= 2 and is_decoder(model):
         got = _cached_last_inputs(model, modules, seqs)
         if got is not None:
@@ -220,6 +225,7 @@ def vocab_inputs(model: nn.Module, modules: Sequence[nn.Module], position: int =
     if key in cache:
         return cache[key]
     V = vocab_size(model)
+    tick("vocabulary pass")
     parts: list[list[Tensor]] = [[] for _ in modules]
     for start in range(0, V, chunk):
         ids = torch.arange(start, min(V, start + chunk)).unsqueeze(1)
@@ -240,3 +246,89 @@ def position_free(model: nn.Module, module: nn.Module) -> bool:
     a = capture_inputs(model, [module], ids, position_ids=torch.zeros_like(ids))[0]
     b = capture_inputs(model, [module], ids, position_ids=torch.full_like(ids, 3))[0]
     return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+def decoder_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+    """The module list holding a decoder's blocks (its parent, attribute name and the list): the
+    longest ``ModuleList`` named like ``layers``/``h``/``blocks``; None when there is none."""
+    best = None
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, nn.ModuleList) and leaf in ("layers", "layer", "h", "blocks") and len(mod) > 0:
+            if best is None or len(mod) > len(best[2]):
+                parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+                best = (parent, leaf, mod)
+    return best
+
+
+class FromLayer:
+    """Forward passes of a decoder that skip the blocks below ``start``.
+
+    Label completion recomputes a sequence's logits and gradients many times with hooks only on the
+    last adapted layers; everything below ``start`` is the same every time. Here a sequence's residual
+    stream entering block ``start`` is computed once (kept for the last ``keep`` sequences) and later
+    passes feed it as ``inputs_embeds`` through the blocks from ``start`` on. Whether that reproduces
+    the full forward (no embedding scaling or absolute positions applied to ``inputs_embeds``) is
+    checked once on a short input; where it does not, every pass is a plain full forward. Hooks on
+    blocks below ``start`` would not fire on a resumed pass: callers hook only blocks from ``start``.
+    """
+
+    def __init__(self, model: nn.Module, start: int, keep: int = 64) -> None:
+        self.model = model
+        self.start = start
+        self.keep = keep
+        self._store: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
+        self._blocks = decoder_blocks(model) if start > 0 and "inputs_embeds" in forward_params(model) else None
+        self.resumes = self._blocks is not None and start < len(self._blocks[2]) and self._agrees()
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        """The residual stream entering block ``start`` for each row of ``ids`` (N, L) -> (N, L, d)."""
+        rows = [tuple(r) for r in ids.tolist()]
+        todo = [i for i, r in enumerate(rows) if r not in self._store]
+        if todo:
+            block = self._blocks[2][self.start]
+            got = capture_inputs(self.model, [block], ids[todo])[0]
+            for j, i in enumerate(todo):
+                self._store[rows[i]] = got[j]
+        for r in rows:
+            self._store.move_to_end(r)
+        out = torch.stack([self._store[r] for r in rows])
+        while len(self._store) > max(self.keep, len(rows)):
+            self._store.popitem(last=False)
+        return out
+
+    def __call__(self, ids: Tensor, **kwargs: object) -> object:
+        """``model(input_ids=ids, **kwargs)``, skipping the blocks below ``start`` where that is exact."""
+        ids = ids.to(device_of(self.model))
+        if not self.resumes:
+            return self.model(input_ids=ids, **kwargs)
+        h = self.hidden(ids).to(next(self.model.parameters()).dtype)
+        with self._skipping():
+            return self.model(inputs_embeds=h, use_cache=False, **kwargs)
+
+    def last_logits(self, ids: Tensor) -> Tensor:
+        """Logits at the last position (N, V), as ``last_logits`` computes them."""
+        kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(self.model) else {}
+        return self(ids, **kwargs).logits[:, -1]
+
+    @contextmanager
+    def _skipping(self) -> Iterator[None]:
+        parent, attr, blocks = self._blocks
+        setattr(parent, attr, nn.ModuleList(list(blocks)[self.start :]))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, blocks)
+
+    @torch.no_grad()
+    def _agrees(self) -> bool:
+        ids = (torch.arange(3).unsqueeze(0) * 7 + 5) % vocab_size(self.model)
+        try:
+            full = last_logits(self.model, ids.to(device_of(self.model)))
+            self.resumes = True
+            fast = self.last_logits(ids)
+        except Exception:  # any model this trick does not fit: plain forwards
+            return False
+        finally:
+            self._store.clear()
+        return bool(torch.allclose(full, fast, rtol=1e-4, atol=1e-5 * float(full.abs().max().clamp_min(1.0))))
