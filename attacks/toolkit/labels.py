@@ -134,7 +134,7 @@ class _Candidates:
         block = torch.stack(rows)
         self.blocks[i].append(block)
         self.dots[i] = torch.cat([self.dots[i], block @ self.target])
-        self.sq[i] = torch.cat([self.sq[i], (block * block).sum(1)])
+        self.sq[i] = torch.cat([self.sq[i], torch.einsum("kd,kd->k", block, block)])
 
     def row(self, i: int, k: int) -> Tensor:
         for block in self.blocks[i]:

@@ -284,7 +284,7 @@ class FromLayer:
     def hidden(self, ids: Tensor) -> Tensor:
         """The residual stream entering block ``start`` for each row of ``ids`` (N, L) -> (N, L, d)."""
         rows = [tuple(r) for r in ids.tolist()]
-        todo = [i for i, r in enumerate(rows) if r not in self._store]
+        todo = list({r: i for i, r in enumerate(rows) if r not in self._store}.values())  # each new row once
         if todo:
             block = self._blocks[2][self.start]
             got = capture_inputs(self.model, [block], ids[todo])[0]
