@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.toolkit.probing import FromLayer, device_of, forward_params, last_logits, locate
+from attacks.toolkit.probing import FromLayer, device_of, last_logits, locate
 from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 
 
@@ -126,13 +126,10 @@ def unflatten(flat: Tensor, masks: Mapping[str, tuple[Tensor | None, Tensor | No
 
 
 def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], input_ids: Tensor,
-                      losses: Callable[[Tensor], Tensor], runner: FromLayer | None = None,
-                      last_only: bool = False) -> dict[str, tuple[Tensor, Tensor]]:
+                      losses: Callable[[Tensor], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
     """Per-example LoRA gradients (K, r, n) and (K, m, r) at the starting factors, from ONE batched
     forward/backward: each module's input x and output gradient g are captured, and
-    dA_k = s (g_k B)^T x_k, dB_k = s g_k^T (x_k A^T). ``losses`` maps logits to per-example losses;
-    ``last_only``: it reads the last position alone, so the head projects only that one. ``runner``
-    (starting at or below the first hooked layer) skips the blocks below it."""
+    dA_k = s (g_k B)^T x_k, dB_k = s g_k^T (x_k A^T). ``losses`` maps logits to per-example losses."""
     found = locate(model, list(factors))
     xs: dict[str, Tensor] = {}
     probes: dict[str, Tensor] = {}
@@ -148,9 +145,7 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
     handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
     try:
         with torch.enable_grad():
-            kw = {"logits_to_keep": 1} if last_only and "logits_to_keep" in forward_params(model) else {}
-            out = runner(input_ids, **kw) if runner is not None else model(input_ids=input_ids.to(device_of(model)), **kw)
-            logits = out.logits
+            logits = model(input_ids=input_ids.to(device_of(model))).logits
             names = [n for n in found if n in probes]
             gs = torch.autograd.grad(losses(logits).sum(), [probes[n] for n in names], allow_unused=True)
     finally:
@@ -170,27 +165,14 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
 
 
 def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
-                    labels: Sequence[int], runner: FromLayer | None = None,
-                    chunk: int = 32) -> list[dict[str, tuple[Tensor, Tensor]]]:
+                    labels: Sequence[int], runner: FromLayer | None = None) -> list[dict[str, tuple[Tensor, Tensor]]]:
     """LoRA gradients of the loss -log p(label | ids) for each candidate label, from ONE forward pass:
     the label only changes the loss target, so each candidate costs a backward pass down to the
-    hooked modules alone (cheap when they sit in the last layers).
-
-    With a ``runner`` that skips the blocks below the hooked ones, the candidates instead go ``chunk``
-    at a time as one batch (the sequence once per label, through the hooked blocks only) and one
-    backward pass: rows are independent, so each row's gradient is its own label's, and one batched
-    pass costs far less than as many single backward passes."""
-    if runner is not None and runner.resumes:
-        out: list[dict[str, tuple[Tensor, Tensor]]] = []
-        for start in range(0, len(labels), chunk):
-            lab = torch.tensor(list(labels[start : start + chunk]), device=device_of(model))
-
-            def losses(logits: Tensor, lab: Tensor = lab) -> Tensor:
-                return F.cross_entropy(logits[:, -1].float(), lab, reduction="none")
-
-            per = per_example_grads(model, factors, torch.tensor([list(ids)] * len(lab)), losses, runner, last_only=True)
-            out += [{n: (a[k], b[k]) for n, (a, b) in per.items()} for k in range(len(lab))]
-        return out
+    hooked modules alone (cheap when they sit in the last layers). ``runner`` (starting at or below
+    the first hooked layer) skips the blocks below it, whose output it keeps per sequence, so a
+    sequence scored again costs the hooked blocks alone. (Measured on SmolLM2's shape: one pass with
+    a backward per label beats a batch of one row per label, whose forward through the hooked blocks
+    costs about as much as a backward.)"""
     found = locate(model, list(factors))
     xs: dict[str, Tensor] = {}
     probes: dict[str, Tensor] = {}
@@ -206,7 +188,8 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
     handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
     try:
         with torch.enable_grad():
-            logits = last_logits(model, torch.tensor([list(ids)]))[0].float()
+            seq = torch.tensor([list(ids)])
+            logits = (runner.last_logits(seq) if runner is not None else last_logits(model, seq))[0].float()
             logp = F.log_softmax(logits, -1)
             names = [n for n in found if n in probes]
             out = []
