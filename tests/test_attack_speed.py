@@ -195,3 +195,21 @@ def test_reporting_shows_totals_and_throttles():
         tick("labels", 2, 4)  # throttled
         tick("decoding")  # a new stage shows at once
     assert seen == ["labels 1/4", "decoding 1"]
+
+
+def test_label_gradients_through_the_head_equal_one_backward_per_label(view, monkeypatch):
+    """The cotangents formed at the head's input (one batched backward) give each label's gradient of
+    -log p(label), as a separate backward from the log-probabilities does."""
+    from attacks.toolkit import lorahooks
+
+    names = [n for n in view.modules if ".layers.2." in n or ".layers.3." in n]
+    factors = {n: view.prev[n] for n in names}
+    row, labels = [101, 2023, 2003, 1037, 3231], [7, 11, 2023, 500]
+    fast = label_gradients(view.model, factors, row, labels, chunk=3)
+    monkeypatch.setattr(lorahooks, "_through_head", lambda *a: None)
+    slow = label_gradients(view.model, factors, row, labels)
+    for f, g in zip(fast, slow):
+        for n in names:
+            for a, b in zip(f[n], g[n]):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    assert not torch.allclose(fast[0][names[-1]][1], fast[1][names[-1]][1])  # labels differ

@@ -165,14 +165,19 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
 
 
 def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
-                    labels: Sequence[int], runner: FromLayer | None = None) -> list[dict[str, tuple[Tensor, Tensor]]]:
+                    labels: Sequence[int], runner: FromLayer | None = None,
+                    chunk: int = 64) -> list[dict[str, tuple[Tensor, Tensor]]]:
     """LoRA gradients of the loss -log p(label | ids) for each candidate label, from ONE forward pass:
     the label only changes the loss target, so each candidate costs a backward pass down to the
     hooked modules alone (cheap when they sit in the last layers). ``runner`` (starting at or below
     the first hooked layer) skips the blocks below it, whose output it keeps per sequence, so a
-    sequence scored again costs the hooked blocks alone. (Measured on SmolLM2's shape: one pass with
-    a backward per label beats a batch of one row per label, whose forward through the hooked blocks
-    costs about as much as a backward.)"""
+    sequence scored again costs the hooked blocks alone.
+
+    The label enters only at the head: for the head's input x and weight W, d(-log p_l)/dx =
+    p W - W_l. Where the head is a plain linear map (checked against this pass's logits), each label's
+    cotangent at x is formed directly, skipping the backward through the vocabulary-sized head, and
+    ``chunk`` labels go back through the hooked blocks as one batched backward. Otherwise (or where
+    the batched backward is not supported) each label gets its own backward from the log-probabilities."""
     found = locate(model, list(factors))
     xs: dict[str, Tensor] = {}
     probes: dict[str, Tensor] = {}
@@ -185,25 +190,59 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
 
         return hook
 
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_in: list[Tensor] = []
     handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
+    if isinstance(head, nn.Linear):
+        handles.append(head.register_forward_pre_hook(lambda _m, args: head_in.append(args[0])))
     try:
         with torch.enable_grad():
             seq = torch.tensor([list(ids)])
             logits = (runner.last_logits(seq) if runner is not None else last_logits(model, seq))[0].float()
-            logp = F.log_softmax(logits, -1)
             names = [n for n in found if n in probes]
-            out = []
-            for j, label in enumerate(labels):
-                gs = torch.autograd.grad(-logp[label], [probes[n] for n in names], retain_graph=j < len(labels) - 1,
-                                         allow_unused=True)
-                per = {}
-                for name, g in zip(names, gs):
-                    g = torch.zeros_like(probes[name]) if g is None else g
-                    f = factors[name]
-                    A, B, x = f.A.to(g), f.B.to(g), xs[name].to(g)
-                    per[name] = (f.scale * (g[0] @ B).T @ x[0], f.scale * g[0].T @ (x[0] @ A.T))
-                out.append(per)
+            targets = [probes[n] for n in names]
+            grads = _through_head(head, head_in, logits, labels, targets, chunk)
+            if grads is None:
+                logp = F.log_softmax(logits, -1)
+                grads = [torch.autograd.grad(-logp[label], targets, retain_graph=j < len(labels) - 1, allow_unused=True)
+                         for j, label in enumerate(labels)]
     finally:
         for h in handles:
             h.remove()
+    out = []
+    for gs in grads:
+        per = {}
+        for name, g in zip(names, gs):
+            g = torch.zeros_like(probes[name]) if g is None else g
+            f = factors[name]
+            A, B, x = f.A.to(g), f.B.to(g), xs[name].to(g)
+            per[name] = (f.scale * (g[0] @ B).T @ x[0], f.scale * g[0].T @ (x[0] @ A.T))
+        out.append(per)
+    return out
+
+
+def _through_head(head: nn.Module | None, head_in: list[Tensor], logits: Tensor, labels: Sequence[int],
+                  targets: list[Tensor], chunk: int) -> list[tuple[Tensor | None, ...]] | None:
+    """Each label's gradient of -log p(label) at ``targets``, from cotangents formed at the head's
+    input and one batched backward per ``chunk`` labels; None where that does not apply."""
+    if not isinstance(head, nn.Linear) or len(head_in) != 1 or not head_in[0].requires_grad:
+        return None
+    x = head_in[0]
+    W = head.weight.detach()
+    with torch.no_grad():
+        again = F.linear(x[0, -1], W, None if head.bias is None else head.bias.detach()).float()
+        if not torch.allclose(again, logits, rtol=1e-5, atol=1e-5 * float(logits.abs().max().clamp_min(1.0))):
+            return None  # something (soft-capping, scaling) stands between the head and the logits
+        base = torch.softmax(logits, -1) @ W.float()
+    out: list[tuple[Tensor | None, ...]] = []
+    for start in range(0, len(labels), chunk):
+        lab = torch.tensor(list(labels[start : start + chunk]), device=W.device)
+        cot = x.new_zeros((len(lab),) + tuple(x.shape))
+        cot[:, 0, -1] = (base - W[lab].float()).to(x.dtype)
+        try:
+            gs = torch.autograd.grad(x, targets, grad_outputs=cot, retain_graph=True, allow_unused=True,
+                                     is_grads_batched=True)
+        except RuntimeError:  # an operation without a batching rule: one backward per label
+            return None
+        out += [tuple(None if g is None else g[k] for g in gs) for k in range(len(lab))]
     return out
