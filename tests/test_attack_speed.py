@@ -205,7 +205,11 @@ def test_label_gradients_through_the_head_equal_one_backward_per_label(view, mon
     names = [n for n in view.modules if ".layers.2." in n or ".layers.3." in n]
     factors = {n: view.prev[n] for n in names}
     row, labels = [101, 2023, 2003, 1037, 3231], [7, 11, 2023, 500]
+    head = lorahooks._through_head
+    used = []
+    monkeypatch.setattr(lorahooks, "_through_head", lambda *a: used.append(head(*a)) or used[-1])
     fast = label_gradients(view.model, factors, row, labels, chunk=3)
+    assert used and used[0] is not None  # the batched path applied
     monkeypatch.setattr(lorahooks, "_through_head", lambda *a: None)
     slow = label_gradients(view.model, factors, row, labels)
     for f, g in zip(fast, slow):
