@@ -6,6 +6,8 @@ under the hooked ones, the trimmed refit through the smaller of two systems, the
 label search) gives the answer of the computation it replaces.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 from attack_fixtures import TEXTS, T, make_view
@@ -203,17 +205,18 @@ def test_label_gradients_through_the_head_equal_one_backward_per_label(view, mon
     from attacks.toolkit import lorahooks
 
     names = [n for n in view.modules if ".layers.2." in n or ".layers.3." in n]
-    factors = {n: view.prev[n] for n in names}
     row, labels = [101, 2023, 2003, 1037, 3231], [7, 11, 2023, 500]
     head = lorahooks._through_head
-    used = []
-    monkeypatch.setattr(lorahooks, "_through_head", lambda *a: used.append(head(*a)) or used[-1])
-    fast = label_gradients(view.model, factors, row, labels, chunk=3)
-    assert used and used[0] is not None  # the batched path applied
-    monkeypatch.setattr(lorahooks, "_through_head", lambda *a: None)
-    slow = label_gradients(view.model, factors, row, labels)
-    for f, g in zip(fast, slow):
-        for n in names:
-            for a, b in zip(f[n], g[n]):
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
-    assert not torch.allclose(fast[0][names[-1]][1], fast[1][names[-1]][1])  # labels differ
+    for factors in ({n: view.prev[n] for n in names},  # a later round's start, and round 1's B = 0
+                    {n: replace(view.prev[n], B=torch.zeros_like(view.prev[n].B)) for n in names}):
+        used = []
+        monkeypatch.setattr(lorahooks, "_through_head", lambda *a, used=used: used.append(head(*a)) or used[-1])
+        fast = label_gradients(view.model, factors, row, labels, chunk=3)
+        assert used and used[0] is not None  # the batched path applied
+        monkeypatch.setattr(lorahooks, "_through_head", lambda *a: None)
+        slow = label_gradients(view.model, factors, row, labels)
+        for f, g in zip(fast, slow):
+            for n in names:
+                for a, b in zip(f[n], g[n]):
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+        assert not torch.allclose(fast[0][names[-1]][1], fast[1][names[-1]][1])  # labels differ

@@ -209,16 +209,17 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
     finally:
         for h in handles:
             h.remove()
-    out = []
-    for gs in grads:
-        per = {}
-        for name, g in zip(names, gs):
-            g = torch.zeros_like(probes[name]) if g is None else g
-            f = factors[name]
-            A, B, x = f.A.to(g), f.B.to(g), xs[name].to(g)
-            per[name] = (f.scale * (g[0] @ B).T @ x[0], f.scale * g[0].T @ (x[0] @ A.T))
-        out.append(per)
-    return out
+    per: dict[str, tuple[Tensor, Tensor]] = {}
+    for i, name in enumerate(names):  # all labels at once: G (K, L, m), x (L, n)
+        G = torch.stack([torch.zeros_like(probes[name][0]) if gs[i] is None else gs[i][0] for gs in grads])
+        f = factors[name]
+        A, B, x = f.A.to(G), f.B.to(G), xs[name][0].to(G)
+        if bool(B.any()):
+            dA = f.scale * torch.einsum("klr,ln->krn", G @ B, x)
+        else:  # round 1's B = 0: dL/dA is exactly zero
+            dA = G.new_zeros((len(grads),) + tuple(A.shape))
+        per[name] = (dA, f.scale * torch.einsum("klm,lr->kmr", G, x @ A.T))
+    return [{n: (dA[k], dB[k]) for n, (dA, dB) in per.items()} for k in range(len(grads))]
 
 
 def _through_head(head: nn.Module | None, head_in: list[Tensor], logits: Tensor, labels: Sequence[int],
