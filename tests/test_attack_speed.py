@@ -220,3 +220,26 @@ def test_label_gradients_through_the_head_equal_one_backward_per_label(view, mon
                 for a, b in zip(f[n], g[n]):
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
         assert not torch.allclose(fast[0][names[-1]][1], fast[1][names[-1]][1])  # labels differ
+
+
+def test_extensions_side_by_side_equal_their_own_forwards(tok, base, monkeypatch):
+    """Prefixes with different numbers of candidate extensions, over several passes (small chunk):
+    each candidate's layer-1 input is the one its own forward pass gives. A model that ignored the
+    isolating mask (candidates seeing each other) is caught and sent down the plain path."""
+    from attacks.toolkit import probing
+
+    mods = _modules(base, 1)
+    g = torch.Generator().manual_seed(1)
+    prefixes = torch.randint(0, len(tok), (3, 6), generator=g)
+    counts = [5, 1, 9]
+    seqs = torch.cat([torch.cat([prefixes[i].repeat(c, 1), torch.randint(0, len(tok), (c, 1), generator=g)], 1)
+                      for i, c in enumerate(counts)])
+    seqs = seqs[torch.randperm(len(seqs), generator=g)]
+    alone = [torch.cat([capture_inputs(base, mods, seqs[i : i + 1])[j][:, -1] for i in range(len(seqs))]) for j in range(2)]
+    side = probing._cached_last_inputs(base, mods, seqs, chunk=10)
+    for a, b in zip(side, alone):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(probing, "_isolating_mask", lambda rows, width, length: torch.zeros(rows, 1, width, length + width))
+    assert probing._cached_last_inputs(base, mods, seqs) is None
+    for a, b in zip(probing.last_position_inputs(base, mods, seqs), alone):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -160,8 +160,9 @@ def last_position_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: T
     """Each module's input at the last position of every sequence in ``seqs`` (N, L) -> (N, d).
 
     Decoders score many one-token extensions of few prefixes; there each distinct prefix runs once
-    with a key/value cache and only the last tokens run after it (the inputs are the same up to
-    float rounding, at a fraction of the cost). Models without a usable cache take the plain path."""
+    with a key/value cache and only the last tokens run after it, side by side (the inputs are the
+    same up to float rounding, at a fraction of the cost). Models without a usable cache take the
+    plain path."""
     tick("scoring extensions")  # once per decoding step of every span attack
     if seqs.shape[1] >= 2 and is_decoder(model):
         got = _cached_last_inputs(model, modules, seqs)
@@ -176,29 +177,55 @@ def last_position_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: T
 
 
 def _cached_last_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: Tensor, chunk: int = 2048) -> list[Tensor] | None:
+    """The extensions of each distinct prefix run as one row: the prefix once (its key/value cache),
+    then all its candidate last tokens side by side at the same position, each masked to see the
+    prefix and itself only, so each gets exactly the input it would get alone. No per-candidate copy
+    of the prefix's cache is made. Checked per call on one candidate of the widest row against its own
+    forward pass; None (the caller's plain path) where the model does not take the cache or the mask."""
     try:
         from transformers import DynamicCache
     except ImportError:
         return None
     prefixes, inverse = torch.unique(seqs[:, :-1], dim=0, return_inverse=True)
-    cache = DynamicCache()
-    try:
-        capture_inputs(model, modules, prefixes, past_key_values=cache)
-        layers = [(layer.keys, layer.values) for layer in cache.layers if getattr(layer, "keys", None) is not None]
-    except (TypeError, AttributeError, ValueError):
-        return None
-    if not layers:
-        return None
-    dev = layers[0][0].device
-    outs: list[list[Tensor]] = [[] for _ in modules]
-    for start in range(0, seqs.shape[0], chunk):
-        idx = inverse[start : start + chunk].to(dev)
-        part = DynamicCache(ddp_cache_data=[(k[idx], v[idx]) for k, v in layers])
-        got = capture_inputs(model, modules, seqs[start : start + chunk, -1:],
-                             position_ids=torch.full((len(idx), 1), seqs.shape[1] - 1), past_key_values=part)
-        for i, g in enumerate(got):
-            outs[i].append(g[:, -1, :].cpu())
-    return [torch.cat(o) for o in outs]
+    counts = torch.bincount(inverse, minlength=len(prefixes))
+    order = torch.argsort(inverse, stable=True)
+    slot = torch.empty_like(inverse)
+    slot[order] = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[inverse[order]]
+    width, length = int(counts.max()), prefixes.shape[1]
+    outs: list[Tensor] = []
+    per = max(1, chunk // width)  # prefixes per pass
+    for p0 in range(0, len(prefixes), per):
+        rows = torch.nonzero((inverse >= p0) & (inverse < p0 + per)).flatten()
+        group, at = inverse[rows] - p0, slot[rows]
+        n_pre = min(per, len(prefixes) - p0)
+        tokens = torch.zeros(n_pre, width, dtype=seqs.dtype)
+        tokens[group, at] = seqs[rows, -1]
+        cache = DynamicCache()
+        try:
+            capture_inputs(model, modules, prefixes[p0 : p0 + n_pre], past_key_values=cache)
+            got = capture_inputs(model, modules, tokens, position_ids=torch.full((n_pre, width), length),
+                                 attention_mask=_isolating_mask(n_pre, width, length), past_key_values=cache)
+        except (TypeError, AttributeError, ValueError, RuntimeError):
+            return None
+        if not outs:
+            outs = [g.new_empty((seqs.shape[0], g.shape[-1])).cpu() for g in got]
+        for out, g in zip(outs, got):
+            out[rows] = g[group, at].cpu()
+    probe = int(torch.nonzero(inverse == int(torch.argmax(counts)))[-1])  # in the widest row: isolation matters
+    alone = capture_inputs(model, modules, seqs[probe : probe + 1])
+    for out, g in zip(outs, alone):
+        if not torch.allclose(out[probe], g[0, -1].cpu(), rtol=1e-4, atol=1e-5 * float(g.abs().max().clamp_min(1.0))):
+            return None
+    return outs
+
+
+def _isolating_mask(rows: int, width: int, length: int) -> Tensor:
+    """(rows, 1, width, length + width) additive mask: query j sees the ``length`` cached positions
+    and key ``length + j`` (itself), none of the other new tokens."""
+    mask = torch.full((width, length + width), float("-inf"))
+    mask[:, :length] = 0.0
+    mask[torch.arange(width), length + torch.arange(width)] = 0.0
+    return mask.expand(rows, 1, width, length + width)
 
 
 _VOCAB_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
