@@ -180,6 +180,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
                 if cell.attack is not None:
                     try:
                         shown = f"{label} {cell.attack.label}/{cell.mode}"
+                        bar.set_postfix_str(shown)
                         row.update(run_attack(cell.attack, cell.mode, sim, cell.probe, memo,
                                               lambda msg, shown=shown: bar.set_postfix_str(f"{shown}: {msg}")))
                     except Exception as exc:
