@@ -239,7 +239,7 @@ def test_extensions_side_by_side_equal_their_own_forwards(tok, base, monkeypatch
     side = probing._cached_last_inputs(base, mods, seqs, chunk=10)
     for a, b in zip(side, alone):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    monkeypatch.setattr(probing, "_isolating_mask", lambda rows, width, length: torch.zeros(rows, 1, width, length + width))
+    monkeypatch.setattr(probing, "_isolating_mask", lambda rows, width, length, dtype: torch.zeros(rows, 1, width, length + width))
     assert probing._cached_last_inputs(base, mods, seqs) is None
     for a, b in zip(probing.last_position_inputs(base, mods, seqs), alone):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -203,8 +203,9 @@ def _cached_last_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: Te
         cache = DynamicCache()
         try:
             capture_inputs(model, modules, prefixes[p0 : p0 + n_pre], past_key_values=cache)
+            mask = _isolating_mask(n_pre, width, length, next(model.parameters()).dtype)
             got = capture_inputs(model, modules, tokens, position_ids=torch.full((n_pre, width), length),
-                                 attention_mask=_isolating_mask(n_pre, width, length), past_key_values=cache)
+                                 attention_mask=mask, past_key_values=cache)
         except (TypeError, AttributeError, ValueError, RuntimeError):
             return None
         if not outs:
@@ -219,10 +220,10 @@ def _cached_last_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: Te
     return outs
 
 
-def _isolating_mask(rows: int, width: int, length: int) -> Tensor:
+def _isolating_mask(rows: int, width: int, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """(rows, 1, width, length + width) additive mask: query j sees the ``length`` cached positions
     and key ``length + j`` (itself), none of the other new tokens."""
-    mask = torch.full((width, length + width), float("-inf"))
+    mask = torch.full((width, length + width), torch.finfo(dtype).min, dtype=dtype)
     mask[:, :length] = 0.0
     mask[torch.arange(width), length + torch.arange(width)] = 0.0
     return mask.expand(rows, 1, width, length + width)
