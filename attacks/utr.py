@@ -169,21 +169,26 @@ class UTR(Attack):
             seeds = self._step(prior, check, [_Hyp(start, 0.0)], vocab, len(start), stop, keep=n_seqs)[0]
         else:  # no known first token: the bag's own best tokens open the sentences
             seeds = [_Hyp([t], 0.0) for t in bag[:n_seqs]]
-        finished: list[_Hyp] = []
-        for seed in seeds[:n_seqs]:
-            beam = [seed]
-            for _ in range(p.max_len - 1):
-                live = [h for h in beam if not h.done]
-                if not live:
-                    break
-                grown = [h for hs in self._step(prior, check, live, vocab, len(start), stop, p.beams) for h in hs]
+        # Each sentence keeps its own beam; the beams advance in lockstep so that one step scores every
+        # sentence's live hypotheses in one batch (they all have the same length).
+        beams = [[seed] for seed in seeds[:n_seqs]]
+        for _ in range(p.max_len - 1):
+            live = [[h for h in beam if not h.done] for beam in beams]
+            flat = [h for hs in live for h in hs]
+            if not flat:
+                break
+            steps = iter(self._step(prior, check, flat, vocab, len(start), stop, p.beams))
+            for b, hs in enumerate(live):
+                grown = [h for _ in hs for h in next(steps)]
+                if not hs:
+                    continue
                 if not grown:  # every bag token is used up: the live hypotheses end here
-                    for h in live:
+                    for h in hs:
                         h.done = True
                     continue
-                beam = sorted([h for h in beam if h.done] + grown, key=lambda h: h.score / _length(h, len(start)))[: p.beams]
-            finished.append(min(beam, key=lambda h: h.score / _length(h, len(start))))
-        return [h.ids for h in finished]
+                beams[b] = sorted([h for h in beams[b] if h.done] + grown,
+                                  key=lambda h: h.score / _length(h, len(start)))[: p.beams]
+        return [min(beam, key=lambda h: h.score / _length(h, len(start))).ids for beam in beams]
 
     @torch.no_grad()
     def _step(self, prior: PrefixPrior, check: LayerCheck, hyps: list[_Hyp], vocab: Tensor, lo: int, stop: list[int],

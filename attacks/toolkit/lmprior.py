@@ -51,6 +51,6 @@ class PrefixPrior:
         for i, p in enumerate(prefixes):
             self._store[tuple(p)] = [(layer.keys[i : i + 1], layer.values[i : i + 1]) for layer in cache.layers]
             self._store.move_to_end(tuple(p))
-        while len(self._store) > self.keep:
+        while len(self._store) > max(self.keep, 2 * len(prefixes)):  # a step's parents survive to the next step
             self._store.popitem(last=False)
         return F.log_softmax(out.logits[:, -1].float(), -1).cpu()

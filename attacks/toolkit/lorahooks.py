@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.toolkit.probing import device_of, last_logits, locate
+from attacks.toolkit.probing import FromLayer, device_of, last_logits, locate
 from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 
 
@@ -96,10 +96,15 @@ def flatten_grads(grads: Mapping[str, tuple[Tensor, Tensor]], masks: Mapping[str
     for name, (ka, kb) in masks.items():
         gA, gB = grads[name]
         if ka is not None:
-            parts.append(gA[ka.to(gA.device)])
+            parts.append(_select(gA, ka))
         if kb is not None:
-            parts.append(gB[kb.to(gB.device)])
+            parts.append(_select(gB, kb))
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _select(g: Tensor, keep: Tensor) -> Tensor:
+    """``g[keep]`` (row-major order); a full mask is a reshape, not a masked gather."""
+    return g.reshape(-1) if bool(keep.all()) else g[keep.to(g.device)]
 
 
 def unflatten(flat: Tensor, masks: Mapping[str, tuple[Tensor | None, Tensor | None]],
@@ -160,10 +165,19 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
 
 
 def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
-                    labels: Sequence[int]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+                    labels: Sequence[int], runner: FromLayer | None = None,
+                    chunk: int = 64) -> list[dict[str, tuple[Tensor, Tensor]]]:
     """LoRA gradients of the loss -log p(label | ids) for each candidate label, from ONE forward pass:
     the label only changes the loss target, so each candidate costs a backward pass down to the
-    hooked modules alone (cheap when they sit in the last layers)."""
+    hooked modules alone (cheap when they sit in the last layers). ``runner`` (starting at or below
+    the first hooked layer) skips the blocks below it, whose output it keeps per sequence, so a
+    sequence scored again costs the hooked blocks alone.
+
+    The label enters only at the head: for the head's input x and weight W, d(-log p_l)/dx =
+    p W - W_l. Where the head is a plain linear map (checked against this pass's logits), each label's
+    cotangent at x is formed directly, skipping the backward through the vocabulary-sized head, and
+    ``chunk`` labels go back through the hooked blocks as one batched backward. Otherwise (or where
+    the batched backward is not supported) each label gets its own backward from the log-probabilities."""
     found = locate(model, list(factors))
     xs: dict[str, Tensor] = {}
     probes: dict[str, Tensor] = {}
@@ -176,24 +190,60 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
 
         return hook
 
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_in: list[Tensor] = []
     handles = [am.module.register_forward_hook(make(n)) for n, am in found.items()]
+    if isinstance(head, nn.Linear):
+        handles.append(head.register_forward_pre_hook(lambda _m, args: head_in.append(args[0])))
     try:
         with torch.enable_grad():
-            logits = last_logits(model, torch.tensor([list(ids)]))[0].float()
-            logp = F.log_softmax(logits, -1)
+            seq = torch.tensor([list(ids)])
+            logits = (runner.last_logits(seq) if runner is not None else last_logits(model, seq))[0].float()
             names = [n for n in found if n in probes]
-            out = []
-            for j, label in enumerate(labels):
-                gs = torch.autograd.grad(-logp[label], [probes[n] for n in names], retain_graph=j < len(labels) - 1,
-                                         allow_unused=True)
-                per = {}
-                for name, g in zip(names, gs):
-                    g = torch.zeros_like(probes[name]) if g is None else g
-                    f = factors[name]
-                    A, B, x = f.A.to(g), f.B.to(g), xs[name].to(g)
-                    per[name] = (f.scale * (g[0] @ B).T @ x[0], f.scale * g[0].T @ (x[0] @ A.T))
-                out.append(per)
+            targets = [probes[n] for n in names]
+            grads = _through_head(head, head_in, logits, labels, targets, chunk)
+            if grads is None:
+                logp = F.log_softmax(logits, -1)
+                grads = [torch.autograd.grad(-logp[label], targets, retain_graph=j < len(labels) - 1, allow_unused=True)
+                         for j, label in enumerate(labels)]
     finally:
         for h in handles:
             h.remove()
+    per: dict[str, tuple[Tensor, Tensor]] = {}
+    for i, name in enumerate(names):  # all labels at once: G (K, L, m), x (L, n)
+        G = torch.stack([torch.zeros_like(probes[name][0]) if gs[i] is None else gs[i][0] for gs in grads])
+        f = factors[name]
+        A, B, x = f.A.to(G), f.B.to(G), xs[name][0].to(G)
+        if bool(B.any()):
+            dA = f.scale * torch.einsum("klr,ln->krn", G @ B, x)
+        else:  # round 1's B = 0: dL/dA is exactly zero
+            dA = G.new_zeros((len(grads),) + tuple(A.shape))
+        per[name] = (dA, f.scale * torch.einsum("klm,lr->kmr", G, x @ A.T))
+    return [{n: (dA[k], dB[k]) for n, (dA, dB) in per.items()} for k in range(len(grads))]
+
+
+def _through_head(head: nn.Module | None, head_in: list[Tensor], logits: Tensor, labels: Sequence[int],
+                  targets: list[Tensor], chunk: int) -> list[tuple[Tensor | None, ...]] | None:
+    """Each label's gradient of -log p(label) at ``targets``, from cotangents formed at the head's
+    input and one batched backward per ``chunk`` labels; None where that does not apply."""
+    if not isinstance(head, nn.Linear) or len(head_in) != 1 or not head_in[0].requires_grad:
+        return None
+    x = head_in[0]
+    W = head.weight.detach()
+    with torch.no_grad():
+        again = F.linear(x[0, -1], W, None if head.bias is None else head.bias.detach()).float()
+        if not torch.allclose(again, logits, rtol=1e-5, atol=1e-5 * float(logits.abs().max().clamp_min(1.0))):
+            return None  # something (soft-capping, scaling) stands between the head and the logits
+        base = torch.softmax(logits, -1) @ W.float()
+    out: list[tuple[Tensor | None, ...]] = []
+    for start in range(0, len(labels), chunk):
+        lab = torch.tensor(list(labels[start : start + chunk]), device=W.device)
+        cot = x.new_zeros((len(lab),) + tuple(x.shape))
+        cot[:, 0, -1] = (base - W[lab].float()).to(x.dtype)
+        try:
+            gs = torch.autograd.grad(x, targets, grad_outputs=cot, retain_graph=True, allow_unused=True,
+                                     is_grads_batched=True)
+        except RuntimeError:  # an operation without a batching rule: one backward per label
+            return None
+        out += [tuple(None if g is None else g[k] for g in gs) for k in range(len(lab))]
     return out

@@ -12,11 +12,15 @@ from __future__ import annotations
 import inspect
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from benchmark.contract.progress import tick
 
 # Module leaf names whose input is the attention block's (normalized) input.
 ATTN_INPUT_LEAVES = frozenset({"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj", "Wqkv"})
@@ -156,8 +160,10 @@ def last_position_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: T
     """Each module's input at the last position of every sequence in ``seqs`` (N, L) -> (N, d).
 
     Decoders score many one-token extensions of few prefixes; there each distinct prefix runs once
-    with a key/value cache and only the last tokens run after it (the inputs are the same up to
-    float rounding, at a fraction of the cost). Models without a usable cache take the plain path."""
+    with a key/value cache and only the last tokens run after it, side by side (the inputs are the
+    same up to float rounding, at a fraction of the cost). Models without a usable cache take the
+    plain path."""
+    tick("scoring extensions")  # once per decoding step of every span attack
     if seqs.shape[1] >= 2 and is_decoder(model):
         got = _cached_last_inputs(model, modules, seqs)
         if got is not None:
@@ -171,29 +177,56 @@ def last_position_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: T
 
 
 def _cached_last_inputs(model: nn.Module, modules: Sequence[nn.Module], seqs: Tensor, chunk: int = 2048) -> list[Tensor] | None:
+    """The extensions of each distinct prefix run as one row: the prefix once (its key/value cache),
+    then all its candidate last tokens side by side at the same position, each masked to see the
+    prefix and itself only, so each gets exactly the input it would get alone. No per-candidate copy
+    of the prefix's cache is made. Checked per call on one candidate of the widest row against its own
+    forward pass; None (the caller's plain path) where the model does not take the cache or the mask."""
     try:
         from transformers import DynamicCache
     except ImportError:
         return None
     prefixes, inverse = torch.unique(seqs[:, :-1], dim=0, return_inverse=True)
-    cache = DynamicCache()
-    try:
-        capture_inputs(model, modules, prefixes, past_key_values=cache)
-        layers = [(layer.keys, layer.values) for layer in cache.layers if getattr(layer, "keys", None) is not None]
-    except (TypeError, AttributeError, ValueError):
-        return None
-    if not layers:
-        return None
-    dev = layers[0][0].device
-    outs: list[list[Tensor]] = [[] for _ in modules]
-    for start in range(0, seqs.shape[0], chunk):
-        idx = inverse[start : start + chunk].to(dev)
-        part = DynamicCache(ddp_cache_data=[(k[idx], v[idx]) for k, v in layers])
-        got = capture_inputs(model, modules, seqs[start : start + chunk, -1:],
-                             position_ids=torch.full((len(idx), 1), seqs.shape[1] - 1), past_key_values=part)
-        for i, g in enumerate(got):
-            outs[i].append(g[:, -1, :].cpu())
-    return [torch.cat(o) for o in outs]
+    counts = torch.bincount(inverse, minlength=len(prefixes))
+    order = torch.argsort(inverse, stable=True)
+    slot = torch.empty_like(inverse)
+    slot[order] = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[inverse[order]]
+    width, length = int(counts.max()), prefixes.shape[1]
+    outs: list[Tensor] = []
+    per = max(1, chunk // width)  # prefixes per pass
+    for p0 in range(0, len(prefixes), per):
+        rows = torch.nonzero((inverse >= p0) & (inverse < p0 + per)).flatten()
+        group, at = inverse[rows] - p0, slot[rows]
+        n_pre = min(per, len(prefixes) - p0)
+        tokens = torch.zeros(n_pre, width, dtype=seqs.dtype)
+        tokens[group, at] = seqs[rows, -1]
+        cache = DynamicCache()
+        try:
+            capture_inputs(model, modules, prefixes[p0 : p0 + n_pre], past_key_values=cache)
+            mask = _isolating_mask(n_pre, width, length, next(model.parameters()).dtype)
+            got = capture_inputs(model, modules, tokens, position_ids=torch.full((n_pre, width), length),
+                                 attention_mask=mask, past_key_values=cache)
+        except (TypeError, AttributeError, ValueError, RuntimeError):
+            return None
+        if not outs:
+            outs = [g.new_empty((seqs.shape[0], g.shape[-1])).cpu() for g in got]
+        for out, g in zip(outs, got):
+            out[rows] = g[group, at].cpu()
+    probe = int(torch.nonzero(inverse == int(torch.argmax(counts)))[-1])  # in the widest row: isolation matters
+    alone = capture_inputs(model, modules, seqs[probe : probe + 1])
+    for out, g in zip(outs, alone):
+        if not torch.allclose(out[probe], g[0, -1].cpu(), rtol=1e-4, atol=1e-5 * float(g.abs().max().clamp_min(1.0))):
+            return None
+    return outs
+
+
+def _isolating_mask(rows: int, width: int, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(rows, 1, width, length + width) additive mask: query j sees the ``length`` cached positions
+    and key ``length + j`` (itself), none of the other new tokens."""
+    mask = torch.full((width, length + width), torch.finfo(dtype).min, dtype=dtype)
+    mask[:, :length] = 0.0
+    mask[torch.arange(width), length + torch.arange(width)] = 0.0
+    return mask.expand(rows, 1, width, length + width)
 
 
 _VOCAB_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
@@ -220,6 +253,7 @@ def vocab_inputs(model: nn.Module, modules: Sequence[nn.Module], position: int =
     if key in cache:
         return cache[key]
     V = vocab_size(model)
+    tick("vocabulary pass")
     parts: list[list[Tensor]] = [[] for _ in modules]
     for start in range(0, V, chunk):
         ids = torch.arange(start, min(V, start + chunk)).unsqueeze(1)
@@ -240,3 +274,89 @@ def position_free(model: nn.Module, module: nn.Module) -> bool:
     a = capture_inputs(model, [module], ids, position_ids=torch.zeros_like(ids))[0]
     b = capture_inputs(model, [module], ids, position_ids=torch.full_like(ids, 3))[0]
     return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+def decoder_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+    """The module list holding a decoder's blocks (its parent, attribute name and the list): the
+    longest ``ModuleList`` named like ``layers``/``h``/``blocks``; None when there is none."""
+    best = None
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, nn.ModuleList) and leaf in ("layers", "layer", "h", "blocks") and len(mod) > 0:
+            if best is None or len(mod) > len(best[2]):
+                parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+                best = (parent, leaf, mod)
+    return best
+
+
+class FromLayer:
+    """Forward passes of a decoder that skip the blocks below ``start``.
+
+    Label completion recomputes a sequence's logits and gradients many times with hooks only on the
+    last adapted layers; everything below ``start`` is the same every time. Here a sequence's residual
+    stream entering block ``start`` is computed once (kept for the last ``keep`` sequences) and later
+    passes feed it as ``inputs_embeds`` through the blocks from ``start`` on. Whether that reproduces
+    the full forward (no embedding scaling or absolute positions applied to ``inputs_embeds``) is
+    checked once on a short input; where it does not, every pass is a plain full forward. Hooks on
+    blocks below ``start`` would not fire on a resumed pass: callers hook only blocks from ``start``.
+    """
+
+    def __init__(self, model: nn.Module, start: int, keep: int = 64) -> None:
+        self.model = model
+        self.start = start
+        self.keep = keep
+        self._store: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
+        self._blocks = decoder_blocks(model) if start > 0 and "inputs_embeds" in forward_params(model) else None
+        self.resumes = self._blocks is not None and start < len(self._blocks[2]) and self._agrees()
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        """The residual stream entering block ``start`` for each row of ``ids`` (N, L) -> (N, L, d)."""
+        rows = [tuple(r) for r in ids.tolist()]
+        todo = list({r: i for i, r in enumerate(rows) if r not in self._store}.values())  # each new row once
+        if todo:
+            block = self._blocks[2][self.start]
+            got = capture_inputs(self.model, [block], ids[todo])[0]
+            for j, i in enumerate(todo):
+                self._store[rows[i]] = got[j]
+        for r in rows:
+            self._store.move_to_end(r)
+        out = torch.stack([self._store[r] for r in rows])
+        while len(self._store) > max(self.keep, len(rows)):
+            self._store.popitem(last=False)
+        return out
+
+    def __call__(self, ids: Tensor, **kwargs: object) -> object:
+        """``model(input_ids=ids, **kwargs)``, skipping the blocks below ``start`` where that is exact."""
+        ids = ids.to(device_of(self.model))
+        if not self.resumes:
+            return self.model(input_ids=ids, **kwargs)
+        h = self.hidden(ids).to(next(self.model.parameters()).dtype)
+        with self._skipping():
+            return self.model(inputs_embeds=h, use_cache=False, **kwargs)
+
+    def last_logits(self, ids: Tensor) -> Tensor:
+        """Logits at the last position (N, V), as ``last_logits`` computes them."""
+        kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(self.model) else {}
+        return self(ids, **kwargs).logits[:, -1]
+
+    @contextmanager
+    def _skipping(self) -> Iterator[None]:
+        parent, attr, blocks = self._blocks
+        setattr(parent, attr, nn.ModuleList(list(blocks)[self.start :]))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, blocks)
+
+    @torch.no_grad()
+    def _agrees(self) -> bool:
+        ids = (torch.arange(3).unsqueeze(0) * 7 + 5) % vocab_size(self.model)
+        try:
+            full = last_logits(self.model, ids.to(device_of(self.model)))
+            self.resumes = True
+            fast = self.last_logits(ids)
+        except Exception:  # any model this trick does not fit: plain forwards
+            return False
+        finally:
+            self._store.clear()
+        return bool(torch.allclose(full, fast, rtol=1e-4, atol=1e-5 * float(full.abs().max().clamp_min(1.0))))

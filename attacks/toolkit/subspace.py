@@ -100,19 +100,73 @@ def _plain_distance(F: Tensor, R: Tensor) -> Tensor:
     return torch.where(norms.squeeze(1) > 1e-12, d, torch.ones_like(d))  # a zero input (padding) is never a member
 
 
-def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 5) -> Tensor:
-    """Residual after refitting each row on all but its ``trim`` worst coordinates."""
-    Fn = F / F.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    res = Fn - (Fn @ R) @ R.T
+def _trimmed_distance(F: Tensor, R: Tensor, trim: int, iters: int = 5, chunk: int = 256) -> Tensor:
+    """Residual after refitting each row on all but its ``trim`` worst coordinates.
+
+    Rows are refit in chunks through ``_trimmed_refit`` (a solve of size min(trim, k) per row, not a
+    k x k system assembled from a (rows, c, k) product). A zero row (padding) is never a member
+    (distance 1, as in ``_plain_distance``). Raises ``ValueError`` on input no fit can use: non-finite
+    values, or a trim that leaves no more coordinates than the span has directions."""
+    _check_trim(F, R, trim)
+    out = []
+    for i in range(0, F.shape[0], chunk):
+        Fn, norms = _unit_rows(F[i : i + chunk].to(R.dtype))
+        res, mask = _trimmed_refit(Fn, R, trim, iters)
+        kept = (Fn * mask).norm(dim=1)
+        d = (res * mask).norm(dim=1) / kept.clamp_min(1e-30)
+        out.append(torch.where((norms > 1e-12) & (kept > 1e-12), d, torch.ones_like(d)))
+    return torch.cat(out) if out else torch.zeros(0, dtype=R.dtype)
+
+
+def _check_trim(F: Tensor, R: Tensor, trim: int) -> None:
+    """The trimmed fit's preconditions, as one-line errors instead of a LAPACK failure downstream."""
+    c, k = R.shape
+    if F.dim() != 2 or F.shape[1] != c:
+        raise ValueError(f"trimmed distance: candidates of shape {tuple(F.shape)} do not match a basis over {c} coordinates")
+    if not (0 < trim < c - k):
+        raise ValueError(f"trimmed distance: trim {trim} must lie in (0, {c - k}): the {c} coordinates less the trimmed "
+                         f"ones must outnumber the span's rank {k}")
+    if not bool(torch.isfinite(R).all()):
+        raise ValueError("trimmed distance: the span basis has non-finite entries")
+    if not bool(torch.isfinite(F).all()):
+        raise ValueError(f"trimmed distance: {int((~torch.isfinite(F)).any(1).sum())} candidate rows have non-finite entries")
+
+
+def _unit_rows(F: Tensor) -> tuple[Tensor, Tensor]:
+    norms = F.norm(dim=1)
+    return F / norms.clamp_min(1e-30).unsqueeze(1), norms
+
+
+def _trimmed_refit(Fn: Tensor, R: Tensor, trim: int, iters: int, ridge: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """Each row's residual (all coordinates) after ``iters`` rounds of: mark its ``trim`` largest
+    residual coordinates, refit its coefficients on the others. Returns the last residual and the
+    last mask (1 on kept coordinates).
+
+    With R orthonormal and W = R[worst] (trim x k) per row, the kept coordinates' normal matrix is
+    I_k - W^T W. When trim < k the fit goes through the trim x trim system instead: with r the plain
+    residual, y = (I_t - W W^T)^{-1} r[worst] and the refit residual is r + R W^T y (Woodbury). Either
+    way the work per row is min(trim, k)^2 * max(trim, k), not c * k^2. The batched solves run on one
+    thread: MKL's batched LU fails with several threads from k ~ 150 ("Parameter 6 was incorrect on
+    entry to DLASWP", pytorch issue 142815)."""
     k = R.shape[1]
+    r = Fn - (Fn @ R) @ R.T
+    res = r
+    mask = torch.ones_like(Fn)
     for _ in range(iters):
         worst = torch.topk(res.abs(), trim, dim=1).indices
         mask = torch.ones_like(Fn).scatter_(1, worst, 0.0)
-        RtR = torch.einsum("ck,nc,cj->nkj", R, mask, R) + 1e-10 * torch.eye(k, dtype=R.dtype)
-        coef = torch.linalg.solve(RtR, ((Fn * mask) @ R).unsqueeze(-1)).squeeze(-1)
-        res = Fn - coef @ R.T
-    kept = (Fn * mask).norm(dim=1).clamp_min(1e-30)
-    return (res * mask).norm(dim=1) / kept
+        W = R[worst]  # (n, t, k)
+        with single_thread():
+            if trim < k:
+                eye = torch.eye(trim, dtype=R.dtype)
+                y = torch.linalg.solve(eye - W @ W.transpose(1, 2) + ridge * eye, r.gather(1, worst).unsqueeze(-1))
+                res = r + (W.transpose(1, 2) @ y).squeeze(-1) @ R.T
+            else:
+                eye = torch.eye(k, dtype=R.dtype)
+                rhs = Fn @ R - (W.transpose(1, 2) @ Fn.gather(1, worst).unsqueeze(-1)).squeeze(-1)
+                coef = torch.linalg.solve(eye - W.transpose(1, 2) @ W + ridge * eye, rhs.unsqueeze(-1)).squeeze(-1)
+                res = Fn - coef @ R.T
+    return res, mask
 
 
 @dataclass(frozen=True)
@@ -302,15 +356,9 @@ def refine(span: Span, members: Tensor, rank_tol: float) -> Span:
     if span.trim == 0 or span.matrix is None or members.shape[0] == 0:
         return span
     Fn = span.features(members)
-    Fn = Fn / Fn.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    R = span.basis
-    res = Fn - (Fn @ R) @ R.T
-    for _ in range(2):
-        worst = torch.topk(res.abs(), span.trim, dim=1).indices
-        mask = torch.ones_like(Fn).scatter_(1, worst, 0.0)
-        RtR = torch.einsum("ck,nc,cj->nkj", R, mask, R) + 1e-10 * torch.eye(R.shape[1], dtype=R.dtype)
-        coef = torch.linalg.solve(RtR, ((Fn * mask) @ R).unsqueeze(-1)).squeeze(-1)
-        res = Fn - coef @ R.T
+    _check_trim(Fn, span.basis, span.trim)
+    Fn = _unit_rows(Fn)[0]
+    res = torch.cat([_trimmed_refit(Fn[i : i + 256], span.basis, span.trim, 2)[0] for i in range(0, Fn.shape[0], 256)])
     flagged = torch.zeros(Fn.shape[1], dtype=torch.float64)
     for row in res.abs():
         top = torch.topk(row, span.trim).indices

@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from benchmark.config import (
     to_dict,
 )
 from benchmark.contract import Defense, view_lacks
+from benchmark.contract.progress import reporting
 from benchmark.running.planning import Cell, Group, _component, defense_stack
 from benchmark.running.provenance import provenance
 from benchmark.running.results import (
@@ -39,7 +41,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] | None = None,
-               memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+               memo: dict[Any, Any] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one attack on a view of a finished simulation (the probe ``case``'s, or the round's);
     score it against the private truth.
 
@@ -67,7 +69,8 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
         rec = dataclasses.replace(rec, note="; ".join(x for x in (rec.note, "same as the other mode: the view hides and "
                                                                  "permutes nothing (computed once)") if x))
     else:
-        rec = cls(params).reconstruct(view)
+        with reporting(progress) if progress else nullcontext():  # the attack's ticks: decoding steps, labels
+            rec = cls(params).reconstruct(view)
         row["attack_s"] = time.perf_counter() - t0
         if shared:
             memo[key] = (rec, row["attack_s"])
@@ -176,7 +179,10 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
                 row["status"] = "ok"
                 if cell.attack is not None:
                     try:
-                        row.update(run_attack(cell.attack, cell.mode, sim, cell.probe, memo))
+                        shown = f"{label} {cell.attack.label}/{cell.mode}"
+                        bar.set_postfix_str(shown)
+                        row.update(run_attack(cell.attack, cell.mode, sim, cell.probe, memo,
+                                              lambda msg, shown=shown: bar.set_postfix_str(f"{shown}: {msg}")))
                     except Exception as exc:
                         if fail_fast:
                             raise
