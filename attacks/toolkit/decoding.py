@@ -13,6 +13,7 @@ instead of dying, as the original DAGER does.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import random
@@ -346,9 +347,14 @@ def _round_robin(children: list[list[_Beam]], limit: int) -> list[_Beam]:
 
 
 def _similar(a: Sequence[int], b: Sequence[int], share: float) -> bool:
-    """``a`` and ``b`` agree at ``share`` or more of the positions of the shorter one."""
+    """The longest matching subsequence of ``a`` and ``b`` covers ``share`` or more of the shorter
+    one. The original compares position by position, which calls a sentence with one token inserted
+    distinct from itself (every later position shifts); a truncated copy still counts as similar."""
     n = min(len(a), len(b))
-    return n > 0 and sum(x == y for x, y in zip(a[:n], b[:n])) >= share * n
+    if n == 0:
+        return False
+    blocks = difflib.SequenceMatcher(None, list(a), list(b), autojunk=False).get_matching_blocks()
+    return sum(m.size for m in blocks) >= share * n
 
 
 def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: float = 0.7,
