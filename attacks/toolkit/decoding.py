@@ -74,14 +74,17 @@ class LayerCheck:
         return max(self.spans[i].noise for i in self._useful())
 
     def _useful(self) -> list[int]:
-        """The non-vacuous spans; if one of them is clean (its member-distance bound under its rules'
-        ``clean_error``), only the clean ones: a span of the same layer whose rank the noise edge
-        could not separate from float rounding (SmolLM2's round-2 q_proj, its rounding tail a single
-        decade under the signal) would pass non-members that the clean span rejects."""
+        """The non-vacuous spans, less the blurred ones when one of them is clean (member-distance
+        bound under its rules' ``clean_error``). Blurred: no noise above float rounding, yet a bound
+        over ``clean_error``, as a span whose rank the noise edge could not separate from a rounding
+        tail (SmolLM2's round-2 q_proj, its tail one decade under the signal): it would pass
+        non-members that the clean span rejects. A noisy span stays (it sets the noise-tolerant mode)."""
         keep = [i for i, s in enumerate(self.spans) if not s.vacuous]
-        clean = [i for i in keep if self.spans[i].rules is not None
-                 and self.spans[i].member_error <= self.spans[i].rules.clean_error]
-        return clean or keep or list(range(len(self.spans)))
+        rules = [s.rules for s in self.spans]
+        clean = [i for i in keep if rules[i] is not None and self.spans[i].member_error <= rules[i].clean_error]
+        if clean:
+            keep = [i for i in keep if i in clean or self.spans[i].noisy]
+        return keep or list(range(len(self.spans)))
 
     def distance(self, inputs: Sequence[Tensor]) -> Tensor:
         keep = self._useful()
