@@ -221,9 +221,10 @@ class DAGER(Attack):
         best remaining candidates, and as a last resort the soft decode's best-effort sentences."""
         p = self.params
         beams = max(p.max_beams, 2 * n_seqs)
+        clean = not second.noisy
         found = beam_decode(model, second, bag, starts, p.layer1_tau, p.max_len, beams, near_misses=n_seqs,
-                            stops=stops, patience=p.patience, row_z=0.0 if second.noisy else p.step_z)
-        seqs = fill_batch(found, len(start), n_seqs, stops=stops)
+                            stops=stops, patience=p.patience, row_z=p.step_z if clean else 0.0, clean=clean)
+        seqs = fill_batch(found, len(start), n_seqs, stops=stops, clean=clean)
         if len(seqs) < n_seqs:
             seqs += [s for s in soft_decode(model, second, bag, start, n_seqs, p.max_len, stops) if s not in seqs]
             seqs = seqs[:n_seqs]

@@ -176,3 +176,56 @@ def test_strict_is_version_two_and_a_suite_can_name_it():
     assert DAGER.version == "3"
     with pytest.raises(ValueError, match="noise_mode"):
         DAGERParams(noise_mode="sometimes")
+
+
+def test_rank_stops_at_a_drop_onto_float_rounding():
+    """An SGD step's difference from an exact float32 start: 29 signal values over four decades, then a
+    drop of 150 onto a slowly decaying rounding tail (SmolLM2's round-2 v_proj), which the noise law
+    fitted to the tail counts a hundred deep."""
+    signal = torch.logspace(0, -3.6, 29, dtype=torch.float64)
+    s = torch.cat([signal, torch.logspace(-5.8, -6.7, 227, dtype=torch.float64)])
+    est = noise_rank(s, 576)
+    assert est.rank == 29 and est.noise < 1e-5 and est.member_error(s) < 1e-2
+    assert noise_rank(s, 576, rounding=0.0).rank > 60  # version 3's first reading of it
+    noisy = torch.cat([signal[:20], torch.logspace(-3.3, -4.2, 236, dtype=torch.float64)])  # a drop onto noise
+    assert noise_rank(noisy, 576).rank == noise_rank(noisy, 576, rounding=0.0).rank
+
+
+def test_a_clean_span_of_a_layer_outvotes_a_blurred_one(tok, base):
+    view = sgd_view(tok, base)
+    first = layer_checks(view, False, 1e-7, rules=SpanRules())[0]
+    clean = first.spans[0]
+    blurred = replace(clean, rank=3 * clean.rank, member_error=50.0)
+    check = replace(first, spans=[blurred, clean])
+    assert check.rank == clean.rank and check._useful() == [1]
+    assert replace(first, spans=[blurred, replace(clean, member_error=50.0)]).rank == 3 * clean.rank
+
+
+def test_fill_batch_keeps_an_exact_truncated_sentence_on_a_clean_span():
+    exact = Decoded([1, 5, 6, 7], 0.004)
+    grown = Decoded([1, 5, 6, 7, 8, 3, 2], 0.03, misses=2)  # near-misses that reach the ending [3, 2]
+    assert fill_batch([exact, grown], 1, 1, stops=[[3, 2]]) == [grown.ids]  # noisy span: the ending wins
+    assert fill_batch([exact, grown], 1, 1, stops=[[3, 2]], clean=True) == [exact.ids]
+
+
+def sgd_view(tok, base, text=TEXTS[0] + " and the battery lasts all day"):
+    """One SGD step from an exact round-2 start (B != 0) on a tweet the client's sequence length cut
+    before the template's ending (the batch never reaches it); observed minus start carries float32
+    rounding decades under the signal."""
+    pm = toy.lora_wrap(copy.deepcopy(base), r=64)
+    view = toy.client_view(pm, copy.deepcopy(base), tok, [text], "Tweet: {text}", kind="sgd", lr=0.05, label="")
+    return replace(view, template=T)
+
+
+def test_v3_returns_a_truncated_sentence_exactly(tok, base):
+    view = sgd_view(tok, base)
+    want = tok("Tweet: " + TEXTS[0] + " and the battery lasts all day", add_special_tokens=False)["input_ids"]
+    first, second = layer_checks(view, False, 1e-7, rules=SpanRules())[:2]
+    assert not first.noisy and not second.noisy and first.rank <= len(set(want)) + 1
+    tpl = harness_ids(tok, T, True)
+    found = beam_decode(view.model, second, sorted(set(want)), [list(tpl.start)], 0.05, 30, 16, near_misses=1,
+                        stops=[list(tpl.suffix)], row_z=3.0, clean=True)
+    assert all(f.misses == 0 for f in found)  # the exact sentence ended: nothing grows past it by near-misses
+    rec = DAGER().reconstruct(view)
+    assert len(rec.token_ids) == 1 and rec.token_ids[0][: len(want)] == want
+    assert len(rec.token_ids[0]) <= len(want) + 1  # the label completion may add one token

@@ -62,7 +62,7 @@ class LayerCheck:
 
     @property
     def rank(self) -> int:
-        return max(s.rank for s in self.spans)
+        return max(self.spans[i].rank for i in self._useful())
 
     @property
     def noisy(self) -> bool:
@@ -71,10 +71,19 @@ class LayerCheck:
 
     @property
     def noise(self) -> float:
-        return max(s.noise for s in self.spans)
+        return max(self.spans[i].noise for i in self._useful())
 
     def _useful(self) -> list[int]:
+        """The non-vacuous spans, less the blurred ones when one of them is clean (member-distance
+        bound under its rules' ``clean_error``). Blurred: no noise above float rounding, yet a bound
+        over ``clean_error``, as a span whose rank the noise edge could not separate from a rounding
+        tail (SmolLM2's round-2 q_proj, its tail one decade under the signal): it would pass
+        non-members that the clean span rejects. A noisy span stays (it sets the noise-tolerant mode)."""
         keep = [i for i, s in enumerate(self.spans) if not s.vacuous]
+        rules = [s.rules for s in self.spans]
+        clean = [i for i in keep if rules[i] is not None and self.spans[i].member_error <= rules[i].clean_error]
+        if clean:
+            keep = [i for i in keep if i in clean or self.spans[i].noisy]
         return keep or list(range(len(self.spans)))
 
     def distance(self, inputs: Sequence[Tensor]) -> Tensor:
@@ -241,6 +250,7 @@ def beam_decode(
     patience: int = 3,
     distinct: float = 0.7,
     row_z: float = 0.0,
+    clean: bool = False,
 ) -> list[Decoded]:
     """``greedy_decode`` with the original DAGER's near-miss continuation.
 
@@ -254,9 +264,14 @@ def beam_decode(
     the rest of the search. A near-miss beam that misses ``patience`` times in a row is dropped; any
     beam ending with a stop sequence is finished. ``row_z > 0``: an extension passes only if it also
     stands ``row_z`` robust standard deviations below its prefix's other extensions (``null_z`` of
-    the row; needs 8 or more bag tokens), which a loose ``tau`` on a crowded span cannot ensure."""
+    the row; needs 8 or more bag tokens), which a loose ``tau`` on a crowded span cannot ensure.
+    ``clean`` (a span perturbed by float rounding only): every true step passes, so a near-miss beam
+    comes only from a prefix with no passing extension and only while fewer than ``near_misses``
+    exact sentences have ended; an exact sentence is never extended by near-misses once the batch
+    is full (a sentence truncated by the client's sequence length would otherwise grow)."""
     bag_t = torch.tensor(list(bag), dtype=torch.long)
     active = [_Beam(list(s)) for s in starts]
+    shortest = min((len(s) for s in starts), default=0)
     done: list[Decoded] = []
     stop_lists = [list(s) for s in stops if s]
     stopped: list[Decoded] = []  # exact beams that reached a stop sequence
@@ -270,6 +285,9 @@ def beam_decode(
         if row_z > 0 and len(bag_t) >= 8:
             passes &= torch.stack([null_z(row) for row in d]) < -row_z
         children, missed = _extend(active, d, passes, bag_t, patience if near_misses > 0 else 0, done)
+        if clean:
+            ended = {tuple(f.ids) for f in done if f.misses == 0 and len(f.ids) > shortest}
+            missed = [m for m in missed if m.dying] if len(ended) < near_misses else []
         grown = _round_robin(children, max_beams) + _pick_distinct(missed, near_misses - len(stopped), distinct)
         active = []
         for b in grown:
@@ -358,14 +376,17 @@ def _similar(a: Sequence[int], b: Sequence[int], share: float) -> bool:
 
 
 def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: float = 0.7,
-               stops: Sequence[Sequence[int]] = ()) -> list[list[int]]:
+               stops: Sequence[Sequence[int]] = (), clean: bool = False) -> list[list[int]]:
     """``n_seqs`` sequences as the original DAGER picks them: the exact candidates first (none that a
     longer exact result extends, lowest mean distance first), then the near-misses, each taken only
     when it shares under ``distinct`` of its new positions with every sequence already chosen (a loose
     threshold passes variants of one sentence), then the best of what is left; fewer only when fewer
     candidates exist. With ``stops`` (the template's known ending), sequences that reached one come
     before those that did not: an exact sequence that stopped short of the ending is truncated,
-    where a near-miss that reached it has the true sentence's shape."""
+    where a near-miss that reached it has the true sentence's shape. ``clean`` (a span perturbed by
+    float rounding only): a near-miss that extends an exact sequence is no candidate, since every
+    true step of a clean span passes (the exact one is a sentence the client's sequence length cut
+    before the ending)."""
     seqs: dict[tuple[int, ...], Decoded] = {}
     for f in sorted(found, key=lambda f: (f.misses > 0, f.score)):
         if len(f.ids) > start_len:
@@ -375,6 +396,10 @@ def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: 
         n = len(f.ids)
         return any(len(o) > n and list(o[:n]) == f.ids and (g.misses == 0 or f.misses > 0) for o, g in seqs.items())
 
+    def overgrown(f: Decoded) -> bool:  # a near-miss extension of an exact sequence, on a clean span
+        return clean and f.misses > 0 and any(
+            g.misses == 0 and len(o) < len(f.ids) and f.ids[: len(o)] == list(o) for o, g in seqs.items())
+
     ends = [list(s) for s in stops if s]
 
     def order(f: Decoded) -> tuple[bool, bool, float]:
@@ -382,12 +407,12 @@ def fill_batch(found: Sequence[Decoded], start_len: int, n_seqs: int, distinct: 
         return not complete, f.misses > 0, f.score
 
     chosen: list[list[int]] = []
-    for f in sorted((f for f in seqs.values() if not extended(f)), key=order):
+    for f in sorted((f for f in seqs.values() if not extended(f) and not overgrown(f)), key=order):
         if len(chosen) >= n_seqs:
             break
         if not any(_similar(f.ids[start_len:], c[start_len:], distinct) for c in chosen):
             chosen.append(f.ids)
-    rest = sorted((f for f in seqs.values() if f.ids not in chosen), key=order)
+    rest = sorted((f for f in seqs.values() if f.ids not in chosen and not overgrown(f)), key=order)
     chosen += [f.ids for f in rest[: max(0, n_seqs - len(chosen))]]
     return chosen
 

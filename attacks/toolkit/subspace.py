@@ -235,7 +235,8 @@ def mp_singular_values(p: int, q: int, grid: int = 4096) -> Tensor:
 
 
 def noise_rank(s: Tensor, n_cols: int, rank_tol: float = 1e-7, margin: float = 0.1, iters: int = 20,
-               min_tail: int = 6, max_spread: float = 2.5) -> RankEstimate:
+               min_tail: int = 6, max_spread: float = 2.5, min_gap: float = 20.0,
+               rounding: float = 1e-4) -> RankEstimate:
     """Rank of ``s`` (descending singular values of a matrix with ``n_cols`` columns) as the count
     above the top of an estimated noise bulk, so that additive noise is not counted as signal.
 
@@ -249,7 +250,15 @@ def noise_rank(s: Tensor, n_cols: int, rank_tol: float = 1e-7, margin: float = 0
     A tail that does not look like noise (fewer than ``min_tail`` values in its middle half, or
     ratios to the law spread over more than ``max_spread``, as a signal decaying over decades does)
     is not read as noise: the rank is then ``estimate_rank``'s and no noise is reported, so a clean
-    but saturated span is not mistaken for a noisy one."""
+    but saturated span is not mistaken for a noisy one.
+
+    A drop of ``min_gap`` or more between two values above the edge, onto values under ``rounding``
+    x the largest (float rounding, not noise: ``SpanRules.noisy_above``), ends the signal there (the
+    largest such drop, as ``estimate_rank``): float32 rounding of observed weights minus their exact
+    start (an SGD step's difference) is no iid bulk, so the law fitted to its tail sets the edge too
+    low and counts rounding directions (SmolLM2's round-2 v_proj: 29 signal values over four decades,
+    then a drop of 190 to 400 onto a slowly decaying tail near 1e-6 that the law counts 60 deep). The
+    edge is then the largest value below the drop. A noisy span's drops lie above ``rounding``."""
     if s.numel() == 0 or float(s[0]) == 0.0:
         return RankEstimate(0, False)
     top = float(s[0])
@@ -269,10 +278,25 @@ def noise_rank(s: Tensor, n_cols: int, rank_tol: float = 1e-7, margin: float = 0
         if new == k or new in seen:
             if float(ratios.max() / ratios.min().clamp_min(1e-300)) > max_spread:
                 return legacy
+            cut = _rounding_gap(s, new, min_gap, rounding)
+            if cut:
+                return RankEstimate(cut, False, float(s[cut]), top)
             return RankEstimate(new, False, edge, top)
         seen.add(k)
         k = new
     return legacy
+
+
+def _rounding_gap(s: Tensor, above: int, min_gap: float, rounding: float) -> int:
+    """The count of values before the largest drop among the first ``above`` values (all above the
+    noise edge), if that drop is ``min_gap`` or more and lands under ``rounding`` x the largest
+    value; 0 otherwise."""
+    if above < 2:
+        return 0
+    head = s[:above].clamp_min(1e-300)
+    ratios = head[:-1] / head[1:]
+    i = int(torch.argmax(ratios))
+    return i + 1 if float(ratios[i]) >= min_gap and float(head[i + 1] / head[0]) <= rounding else 0
 
 
 def estimate_rank(s: Tensor, rank_tol: float = 1e-7, gap: float = 20.0) -> tuple[int, bool]:
@@ -314,7 +338,7 @@ def fit_span(
         return None
     s, vh = right_svd(sub)
     if rules.noise_rank:
-        est = noise_rank(s, sub.shape[1], rank_tol)
+        est = noise_rank(s, sub.shape[1], rank_tol, rounding=rules.noisy_above)
     else:
         est = RankEstimate(*estimate_rank(s, rank_tol), top=float(s[0]))
     k = est.rank if dim is None else max(1, min(dim, int(s.numel())))
