@@ -169,8 +169,8 @@ def test_label_search_finds_a_planted_combination():
         blocks = [torch.randn(5, 50, generator=g) for _ in range(n)]
         cands.target = sum(b[p] for b, p in zip(blocks, pick))
         for i, b in enumerate(blocks):
-            cands.add(i, list(b[:2]))  # in two blocks, as the search adds them
-            cands.add(i, list(b[2:]))
+            cands.add(i, b[:2])  # in two blocks, as the search adds them
+            cands.add(i, b[2:])
         choice, cos = labels._best_combination(cands)
         assert cos > 0.9999
         assert choice == pick
@@ -243,3 +243,18 @@ def test_extensions_side_by_side_equal_their_own_forwards(tok, base, monkeypatch
     assert probing._cached_last_inputs(base, mods, seqs) is None
     for a, b in zip(probing.last_position_inputs(base, mods, seqs), alone):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_flattened_batches_equal_each_example_flattened(view):
+    """All candidates' gradients flattened in one copy, over a partial mask (adaptive mode's hidden
+    coordinates), equal each candidate's own ``flatten_grads`` stacked."""
+    from attacks.toolkit.lorahooks import flatten_batches, flatten_grads, label_gradient_batches
+
+    names = [n for n in view.modules if ".layers.3." in n]
+    factors = {n: view.prev[n] for n in names}
+    g = torch.Generator().manual_seed(0)
+    masks = {n: (torch.rand(view.prev[n].A.shape, generator=g) > 0.3, torch.ones_like(view.prev[n].B, dtype=torch.bool))
+             for n in names}
+    batches = label_gradient_batches(view.model, factors, [101, 2023, 2003], [7, 11, 13])
+    each = torch.stack([flatten_grads({n: (a[k], b[k]) for n, (a, b) in batches.items()}, masks) for k in range(3)])
+    assert torch.equal(flatten_batches(batches, masks), each)

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.toolkit.lorahooks import attached, flatten_grads, label_gradients, observed_target, unflatten
+from attacks.toolkit.lorahooks import (
+    attached,
+    flatten_batches,
+    label_gradient_batches,
+    observed_target,
+    unflatten,
+)
 from attacks.toolkit.probing import FromLayer, device_of, locate
 from benchmark.contract import AttackerView
 from benchmark.contract.progress import tick
@@ -86,10 +92,9 @@ def _rankings(view: AttackerView, factors: dict, seq: list[int], target: Tensor,
 
 
 def _label_grads(view: AttackerView, factors: dict, seq: list[int], labels: list[int], masks: dict,
-                 runner: FromLayer) -> list[Tensor]:
-    """Exact flattened gradient of the label loss for each candidate label (one forward pass)."""
-    per = label_gradients(view.model, factors, seq, labels, runner)
-    return [flatten_grads(g, masks).float().cpu() for g in per]
+                 runner: FromLayer) -> Tensor:
+    """Exact flattened gradient of the label loss for each candidate label (one forward pass): (K, D)."""
+    return flatten_batches(label_gradient_batches(view.model, factors, seq, labels, runner), masks).float().cpu()
 
 
 @torch.no_grad()
@@ -130,8 +135,7 @@ class _Candidates:
         self.dots = [target.new_zeros(0) for _ in range(n)]
         self.sq = [target.new_zeros(0) for _ in range(n)]
 
-    def add(self, i: int, rows: list[Tensor]) -> None:
-        block = torch.stack(rows)
+    def add(self, i: int, block: Tensor) -> None:
         self.blocks[i].append(block)
         self.dots[i] = torch.cat([self.dots[i], block @ self.target])
         self.sq[i] = torch.cat([self.sq[i], torch.einsum("kd,kd->k", block, block)])

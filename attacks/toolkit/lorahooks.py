@@ -167,9 +167,17 @@ def per_example_grads(model: nn.Module, factors: Mapping[str, LoRAFactors], inpu
 def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
                     labels: Sequence[int], runner: FromLayer | None = None,
                     chunk: int = 64) -> list[dict[str, tuple[Tensor, Tensor]]]:
-    """LoRA gradients of the loss -log p(label | ids) for each candidate label, from ONE forward pass:
-    the label only changes the loss target, so each candidate costs a backward pass down to the
-    hooked modules alone (cheap when they sit in the last layers). ``runner`` (starting at or below
+    """``label_gradient_batches`` as one dict of (dA, dB) per label."""
+    per = label_gradient_batches(model, factors, ids, labels, runner, chunk)
+    return [{n: (dA[k], dB[k]) for n, (dA, dB) in per.items()} for k in range(len(labels))]
+
+
+def label_gradient_batches(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: Sequence[int],
+                           labels: Sequence[int], runner: FromLayer | None = None,
+                           chunk: int = 64) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per module, the LoRA gradients (K, r, n) and (K, m, r) of the loss -log p(label | ids) for each
+    of the K candidate labels, from ONE forward pass: the label only changes the loss target, so each
+    candidate costs a backward pass down to the hooked modules alone (cheap when they sit in the last layers). ``runner`` (starting at or below
     the first hooked layer) skips the blocks below it, whose output it keeps per sequence, so a
     sequence scored again costs the hooked blocks alone.
 
@@ -219,7 +227,19 @@ def label_gradients(model: nn.Module, factors: Mapping[str, LoRAFactors], ids: S
         else:  # round 1's B = 0: dL/dA is exactly zero
             dA = G.new_zeros((len(grads),) + tuple(A.shape))
         per[name] = (dA, f.scale * torch.einsum("klm,lr->kmr", G, x @ A.T))
-    return [{n: (dA[k], dB[k]) for n, (dA, dB) in per.items()} for k in range(len(grads))]
+    return per
+
+
+def flatten_batches(batches: Mapping[str, tuple[Tensor, Tensor]], masks: Mapping[str, tuple[Tensor | None, Tensor | None]]) -> Tensor:
+    """``flatten_grads`` of every example at once: (K, n_coords) from per-module (K, ...) gradients,
+    in one copy (no per-example vectors to stack)."""
+    parts = []
+    for name, (ka, kb) in masks.items():
+        for g, keep in zip(batches[name], (ka, kb)):
+            if keep is not None:
+                flat = g.reshape(g.shape[0], -1)
+                parts.append(flat if bool(keep.all()) else flat[:, keep.to(g.device).reshape(-1)])
+    return torch.cat(parts, 1) if parts else torch.zeros(0, 0)
 
 
 def _through_head(head: nn.Module | None, head_in: list[Tensor], logits: Tensor, labels: Sequence[int],
