@@ -5,9 +5,24 @@ sees the client's trained factors, minus whatever the defense hides. It rebuilds
 adding the visible update, then scores each candidate text: LOSS (mean token log-likelihood), zlib
 (log-likelihood over compressed length), Min-K% (mean of the lowest k% token log-probabilities), and
 reference difference (likelihood gain from the client's update over the starting model, the natural
-reference in federated learning), all four from the same two batched forward passes. Higher scores mean "more likely a member". A decoder classifier
-trains only the label token after the prompt, so for classification the per-token log-probabilities
-are replaced by the model's confidence in its top next token there (candidates carry no label).
+reference in federated learning), all four from the same two batched forward passes. Higher scores
+mean "more likely a member". A decoder classifier trains only the label token after the prompt, so
+for classification the per-token log-probabilities are replaced by the model's confidence in its top
+next token there (candidates carry no label).
+
+The primary score (``score``, reported as ``mia_auc``) is fixed before any run; the default ``auto``
+fixes it by a rule on the view, never by which score did best. A reference score removes each
+candidate's own difficulty only when the reference models the task without the candidate
+(difficulty calibration: Watson et al. 2022; Carlini et al. 2022 use reference models trained on the
+same distribution). The server's reference is the public model, the client's start. Once the
+federation has trained (the start carries a non-zero global delta, a fact of the server's own
+broadcast) that start is a classifier of the same task that has not seen this round's members: an
+ideal reference, so ``auto`` means ``ref``. Before any training (round 1, or no start known) the
+public model is the bare base model, which was never taught the task's label format: its confidence
+at the label position says nothing about how hard a tweet is for a classifier, subtracting it only
+adds noise (measured on ``mia_overfit``, round 1: ``ref`` 0.52 against LOSS 0.74 in the same row),
+so ``auto`` means ``loss``, the score of Yeom et al. 2018. The row records the score used as
+``mia_primary``, and the note says why.
 
 Naive mode applies the observed factors as shown (hidden entries as zeros); adaptive mode fills hidden
 entries with the starting factors and restores the column order when the defense leaks it, so that
@@ -39,6 +54,7 @@ from benchmark.contract import (
 )
 
 SCORES = ("loss", "zlib", "mink", "ref")
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -46,9 +62,11 @@ class MIAParams(AttackParams):
     """The primary score, chosen before any run (never the best in hindsight), and how tokens are read."""
 
     attack: ClassVar[str] = "mia"
-    score: str = field(default="ref", metadata={"help": "the primary score, reported as mia_auc (every other "
-                                                        "score is reported beside it from the same passes); "
-                                                        "one of loss, zlib, mink, ref"})
+    score: str = field(default=AUTO, metadata={"help": "the primary score, reported as mia_auc (every other "
+                                                       "score is reported beside it from the same passes); "
+                                                       "one of loss, zlib, mink, ref, or auto: ref when the "
+                                                       "public model (the client's start) carries a trained "
+                                                       "global delta, else loss"})
     mink_k: float = field(default=0.2, metadata={"help": "Min-K%: the fraction of lowest token log-probabilities "
                                                          "averaged; in (0, 1]"})
     tokens: str = field(default="auto", metadata={"help": "all: every token's log-probability; label: the "
@@ -62,14 +80,14 @@ class MIAParams(AttackParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_choice("tokens", ("auto", "all", "label"))
-        self.require_choice("score", SCORES)
+        self.require_choice("score", (*SCORES, AUTO))
         self.require_fraction("mink_k")
         self.require_at_least(1, "max_length", "batch_size")
 
 
 class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "3"
+    version: ClassVar[str] = "4"  # 4: score=auto by default
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
@@ -78,9 +96,9 @@ class MembershipInference(Attack):
         scenario="mia_overfit",
         overrides={},
         metric="mia_auc", floor=0.75,
-        why="LOSS and reference scores (Yeom et al. 2018; Carlini et al. 2022) separate the members of a model that "
-            "overfits: mia_overfit trains the target alone, 40 tweets for 10 epochs, and scores them against 40 of "
-            "its held-out tweets. Test scale: tiny_llama on 32 synthetic sentences for about 19 epochs, 16 + 16 "
+        why="The LOSS score (Yeom et al. 2018), primary under score=auto in a round-1 probe, separates the members "
+            "of a model that overfits: mia_overfit trains the target alone, 30 tweets for 13 epochs (training loss "
+            "near zero), and scores them against 30 of its held-out tweets. Test scale: tiny_llama on 32 synthetic sentences for about 19 epochs, 16 + 16 "
             "candidates (synthetic labels follow their words, so the model also generalizes: the gap is smaller)",
         tiny={"rounds": 1, "n_clients": 2, "clients_per_round": 1, "partition": {"kind": "iid"},
               "data": {"max_examples": 96}, "train": {"local_steps": 150}, "probe": {"members": 16}},
@@ -109,8 +127,10 @@ class MembershipInference(Attack):
             target = self._token_logprobs(view, cands)
         ref = self._token_logprobs(view, cands) if deltas else target
         by_score = {s: [self._score(s, lp, text, r) for lp, text, r in zip(target, cands, ref)] for s in SCORES}
-        extra = {"modules_applied": float(len(deltas))}
-        return Reconstruction(membership_scores=by_score[p.score], membership_scores_by=by_score, extra=extra,
+        primary, why = primary_score(p.score, view)
+        notes.append(f"primary score: {primary} ({why})")
+        extra = {"modules_applied": float(len(deltas)), "mia_primary": primary}
+        return Reconstruction(membership_scores=by_score[primary], membership_scores_by=by_score, extra=extra,
                               note="; ".join(notes))
 
     def _label_only(self, view: AttackerView) -> bool:
@@ -165,6 +185,22 @@ class MembershipInference(Attack):
             for i, row in zip(idx, rows):
                 out[i] = row.cpu()
         return out
+
+
+def start_is_trained(view: AttackerView) -> bool:
+    """Whether the public model carries a trained global delta: the start the server knows for the
+    client (which the public model merges) changes some weight, i.e. the federation has trained."""
+    return any(bool(torch.count_nonzero(f.delta())) for f in (view.prev or {}).values())
+
+
+def primary_score(score: str, view: AttackerView) -> tuple[str, str]:
+    """The primary score for ``view`` and why: an explicit choice as given; ``auto`` by the rule in
+    the module docstring (``ref`` against a trained start, ``loss`` otherwise)."""
+    if score != AUTO:
+        return score, "chosen in the attack's parameters"
+    if start_is_trained(view):
+        return "ref", "auto: the public model carries a trained global delta, a reference for the task"
+    return "loss", "auto: the public model is the untrained base (no global delta yet), no reference for the task"
 
 
 def _label_only_for(tokens: str, task: str) -> bool:

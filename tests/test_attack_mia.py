@@ -8,8 +8,8 @@ import pytest
 import torch
 import toy
 
-from attacks.mia import SCORES, MembershipInference, MIAParams, applied, visible_deltas
-from benchmark.contract import AttackerView, ObservedModule
+from attacks.mia import SCORES, MembershipInference, MIAParams, applied, primary_score, visible_deltas
+from benchmark.contract import AttackerView, LoRAFactors, ObservedModule
 from benchmark.federation.sampling import reserve_holdout
 from benchmark.running.metrics import membership_auc, membership_row
 
@@ -137,3 +137,24 @@ def test_label_only_confidence_matches_the_full_logits(round_view):
         with torch.no_grad():
             logits = view.model(input_ids=ids).logits[0, -1].float()
         assert score == pytest.approx(float(torch.log_softmax(logits, -1).max()), abs=1e-5)
+
+
+def test_auto_scores_against_a_trained_start_by_reference_and_otherwise_by_loss(round_view):
+    """``auto`` is a rule on the view, not on the result: the fixture's start carries a non-zero B (a later
+    round: the public model holds a trained global delta), so the reference score is primary; a start
+    whose B is zero (round 1 with the server's init) or no known start leaves the public model the bare
+    base, and LOSS is primary. An explicit choice is kept whatever the start. The row gets the choice."""
+    view, _ = round_view
+    assert MIAParams().score == "auto"
+    later = MembershipInference(MIAParams()).reconstruct(view)
+    assert later.extra["mia_primary"] == "ref" and later.membership_scores == later.membership_scores_by["ref"]
+    assert "primary score: ref (auto" in later.note
+    fresh = {n: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for n, f in view.prev.items()}
+    for prev in (fresh, None):
+        first = replace(view, prev=prev)
+        assert primary_score("auto", first)[0] == "loss"
+        rec = MembershipInference(MIAParams()).reconstruct(first)
+        assert rec.extra["mia_primary"] == "loss" and rec.membership_scores == rec.membership_scores_by["loss"]
+    for score in SCORES:
+        rec = MembershipInference(MIAParams(score=score)).reconstruct(replace(view, prev=fresh))
+        assert rec.extra["mia_primary"] == score and rec.membership_scores == rec.membership_scores_by[score]

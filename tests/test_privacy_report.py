@@ -93,6 +93,10 @@ def test_mia_table_says_when_the_interval_includes_chance():
     assert table.loc["plain_lora", "signal"] == "detected"
     assert table.loc["she_lora", "signal"].startswith("none detectable")
     assert table.loc["plain_lora", "members / non-members"] == "200 / 200"
+    assert table.loc["plain_lora", "score"] == "loss"  # the parameter, for rows that predate mia_primary
+    auto = {**base, "defense": "plain_lora", "attack_params": {"score": "auto"}, "mia_primary": "ref",
+            "mia_auc": 0.62, "mia_auc_lo": 0.57, "mia_auc_hi": 0.67}
+    assert mia_table(pd.DataFrame([auto])).loc[0, "score"] == "ref"  # what score=auto chose, not "auto"
 
 
 def test_sections_cope_with_runs_that_have_no_batch_4(tmp_path):

@@ -151,7 +151,8 @@ class Reconstruction:
     """An attack's output. ``texts`` are reconstructed inputs (one per recovered sequence);
     ``membership_scores`` align with ``AttackerView.candidates`` (higher = more likely member);
     ``membership_scores_by`` holds every score an attack computed, by name (the primary one included),
-    each reported with its own AUC and TPR columns.
+    each reported with its own AUC and TPR columns. ``extra`` holds the attack's own facts for its row
+    (numbers, or a short text such as which score was primary), each its own column.
 
     ``status`` is ``abstained`` when the attack gave up (no usable input, a precondition unmet):
     ``note`` says why, and the cell is reported apart, never as a defense win."""
@@ -160,7 +161,7 @@ class Reconstruction:
     token_ids: list[list[int]] | None = None
     membership_scores: list[float] | None = None
     membership_scores_by: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float | str] = field(default_factory=dict)
     note: str = ""
     status: str = "ok"
 

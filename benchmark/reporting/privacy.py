@@ -206,7 +206,7 @@ def mia_table(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.Da
         chance = math.isfinite(auc.lo) and auc.lo <= 0.5 <= auc.hi
         params = r.get("attack_params") if isinstance(r.get("attack_params"), Mapping) else {}
         records.append({"scenario": r["scenario"], "defense": r["defense"], "mode": r["attack_mode"], "seed": r["seed"],
-                        "score": params.get("score", ""),
+                        "score": r.get("mia_primary") if isinstance(r.get("mia_primary"), str) else params.get("score", ""),
                         "AUC [95% CI]": f"{auc.value:.3f} [{auc.lo:.3f}, {auc.hi:.3f}]",
                         "TPR@1%FPR [95% CI]": f"{tpr.value:.3f} [{tpr.lo:.3f}, {tpr.hi:.3f}]",
                         "members / non-members": f"{int(r.get('n_members') or 0)} / {int(r.get('n_nonmembers') or 0)}",
