@@ -8,7 +8,10 @@ reference difference (likelihood gain from the client's update over the starting
 reference in federated learning), all four from the same two batched forward passes. Higher scores
 mean "more likely a member". A decoder classifier trains only the label token after the prompt, so
 for classification the per-token log-probabilities are replaced by the model's confidence in its top
-next token there (candidates carry no label).
+next token there (candidates carry no label). The model is read where it was trained: a prompt longer
+than the task format keeps (``view.prompt_tokens``, public) is cut there first, since training put a
+long member's label after its cut prompt; read after the whole text, half of the ``mia_overfit``
+members (53% of its tweets run past 39 tokens) looked like never-trained texts.
 
 The primary score (``score``, reported as ``mia_auc``) is fixed before any run; the default ``auto``
 fixes it by a rule on the view, never by which score did best. A reference score removes each
@@ -73,7 +76,9 @@ class MIAParams(AttackParams):
                                                           "confidence of the next token after the prompt (what a "
                                                           "classifier's label-only loss trains); auto: label for "
                                                           "classification, else all"})
-    max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens; >= 1"})
+    max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens, and to "
+                                                           "the prompt tokens training keeps where the view "
+                                                           "says; >= 1"})
     batch_size: int = field(default=32, metadata={"help": "candidates per forward pass (scores do not depend on "
                                                           "it); >= 1"})
 
@@ -87,7 +92,7 @@ class MIAParams(AttackParams):
 
 class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "4"  # 4: score=auto by default
+    version: ClassVar[str] = "4"  # 4: score=auto by default; prompts cut where training cut them
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
@@ -165,7 +170,7 @@ class MembershipInference(Attack):
             idx = order[start : start + p.batch_size]
             chunk = [texts[i] for i in idx]
             enc = tok(chunk, add_special_tokens=not decoder, padding=True, truncation=True,
-                      max_length=p.max_length, return_tensors="pt")
+                      max_length=min(p.max_length, view.prompt_tokens or p.max_length), return_tensors="pt")
             enc = {k: v.to(device_of(model)) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             last = enc["attention_mask"].sum(1) - 1
             if decoder and label_only and keeps:  # project only each prompt's last position onto the vocabulary
