@@ -19,12 +19,12 @@ candidate's own difficulty only when the reference models the task without the c
 (difficulty calibration: Watson et al. 2022; Carlini et al. 2022 use reference models trained on the
 same distribution). The server's reference is the public model, the client's start. Once the
 federation has trained (the start carries a non-zero global delta, a fact of the server's own
-broadcast) that start is a classifier of the same task that has not seen this round's members: an
-ideal reference, so ``auto`` means ``ref``. Before any training (round 1, or no start known) the
-public model is the bare base model, which was never taught the task's label format: its confidence
-at the label position says nothing about how hard a tweet is for a classifier, subtracting it only
-adds noise (measured on ``mia_overfit``, round 1: ``ref`` 0.52 against LOSS 0.74 in the same row),
-so ``auto`` means ``loss``, the score of Yeom et al. 2018. The row records the score used as
+broadcast) that start is a classifier of the same task without this round's update: the natural
+reference, so ``auto`` means ``ref``. Before any training (round 1, or no start known) the public
+model is the bare base model, which was never taught the task's label format: its confidence at the
+label position says nothing about how hard a tweet is for a classifier, and subtracting it only adds
+noise (``mia_overfit``, round 1, seed 0: ``ref`` 0.33 against LOSS 0.73 in the same row; 0.52 against
+0.74 in an earlier setting), so ``auto`` means ``loss``, the score of Yeom et al. 2018. The row records the score used as
 ``mia_primary``, and the note says why.
 
 Naive mode applies the observed factors as shown (hidden entries as zeros); adaptive mode fills hidden
@@ -102,7 +102,7 @@ class MembershipInference(Attack):
         overrides={},
         metric="mia_auc", floor=0.75,
         why="The LOSS score (Yeom et al. 2018), primary under score=auto in a round-1 probe, separates the members "
-            "of a model that overfits: mia_overfit trains the target alone, 30 tweets for 13 epochs (training loss "
+            "of a model that overfits: mia_overfit trains the target alone, 30 tweets for 20 epochs (training loss "
             "near zero), and scores them against 30 of its held-out tweets. Test scale: tiny_llama on 32 synthetic sentences for about 19 epochs, 16 + 16 "
             "candidates (synthetic labels follow their words, so the model also generalizes: the gap is smaller)",
         tiny={"rounds": 1, "n_clients": 2, "clients_per_round": 1, "partition": {"kind": "iid"},
