@@ -92,7 +92,7 @@ class MIAParams(AttackParams):
 
 class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "4"  # 4: score=auto by default; prompts cut where training cut them
+    version: ClassVar[str] = "5"  # 4: score=auto by default; 5: prompts cut where training cut them
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
