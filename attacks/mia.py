@@ -8,7 +8,10 @@ reference difference (likelihood gain from the client's update over the starting
 reference in federated learning), all four from the same two batched forward passes. Higher scores
 mean "more likely a member". A decoder classifier trains only the label token after the prompt, so
 for classification the per-token log-probabilities are replaced by the model's confidence in its top
-next token there (candidates carry no label).
+next token there (candidates carry no label). The model is read where it was trained: a prompt longer
+than the task format keeps (``view.prompt_tokens``, public) is cut there first, since training put a
+long member's label after its cut prompt; read after the whole text, half of the ``mia_overfit``
+members (53% of its tweets run past 39 tokens) looked like never-trained texts.
 
 The primary score (``score``, reported as ``mia_auc``) is fixed before any run; the default ``auto``
 fixes it by a rule on the view, never by which score did best. A reference score removes each
@@ -16,12 +19,12 @@ candidate's own difficulty only when the reference models the task without the c
 (difficulty calibration: Watson et al. 2022; Carlini et al. 2022 use reference models trained on the
 same distribution). The server's reference is the public model, the client's start. Once the
 federation has trained (the start carries a non-zero global delta, a fact of the server's own
-broadcast) that start is a classifier of the same task that has not seen this round's members: an
-ideal reference, so ``auto`` means ``ref``. Before any training (round 1, or no start known) the
-public model is the bare base model, which was never taught the task's label format: its confidence
-at the label position says nothing about how hard a tweet is for a classifier, subtracting it only
-adds noise (measured on ``mia_overfit``, round 1: ``ref`` 0.52 against LOSS 0.74 in the same row),
-so ``auto`` means ``loss``, the score of Yeom et al. 2018. The row records the score used as
+broadcast) that start is a classifier of the same task without this round's update: the natural
+reference, so ``auto`` means ``ref``. Before any training (round 1, or no start known) the public
+model is the bare base model, which was never taught the task's label format: its confidence at the
+label position says nothing about how hard a tweet is for a classifier, and subtracting it only adds
+noise (``mia_overfit``, round 1, seed 0: ``ref`` 0.33 against LOSS 0.73 in the same row; 0.52 against
+0.74 in an earlier setting), so ``auto`` means ``loss``, the score of Yeom et al. 2018. The row records the score used as
 ``mia_primary``, and the note says why.
 
 Naive mode applies the observed factors as shown (hidden entries as zeros); adaptive mode fills hidden
@@ -73,7 +76,9 @@ class MIAParams(AttackParams):
                                                           "confidence of the next token after the prompt (what a "
                                                           "classifier's label-only loss trains); auto: label for "
                                                           "classification, else all"})
-    max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens; >= 1"})
+    max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens, and to "
+                                                           "the prompt tokens training keeps where the view "
+                                                           "says; >= 1"})
     batch_size: int = field(default=32, metadata={"help": "candidates per forward pass (scores do not depend on "
                                                           "it); >= 1"})
 
@@ -87,7 +92,7 @@ class MIAParams(AttackParams):
 
 class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "4"  # 4: score=auto by default
+    version: ClassVar[str] = "5"  # 4: score=auto by default; 5: prompts cut where training cut them
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
@@ -97,7 +102,7 @@ class MembershipInference(Attack):
         overrides={},
         metric="mia_auc", floor=0.75,
         why="The LOSS score (Yeom et al. 2018), primary under score=auto in a round-1 probe, separates the members "
-            "of a model that overfits: mia_overfit trains the target alone, 30 tweets for 13 epochs (training loss "
+            "of a model that overfits: mia_overfit trains the target alone, 30 tweets for 20 epochs (training loss "
             "near zero), and scores them against 30 of its held-out tweets. Test scale: tiny_llama on 32 synthetic sentences for about 19 epochs, 16 + 16 "
             "candidates (synthetic labels follow their words, so the model also generalizes: the gap is smaller)",
         tiny={"rounds": 1, "n_clients": 2, "clients_per_round": 1, "partition": {"kind": "iid"},
@@ -165,7 +170,7 @@ class MembershipInference(Attack):
             idx = order[start : start + p.batch_size]
             chunk = [texts[i] for i in idx]
             enc = tok(chunk, add_special_tokens=not decoder, padding=True, truncation=True,
-                      max_length=p.max_length, return_tensors="pt")
+                      max_length=min(p.max_length, view.prompt_tokens or p.max_length), return_tensors="pt")
             enc = {k: v.to(device_of(model)) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             last = enc["attention_mask"].sum(1) - 1
             if decoder and label_only and keeps:  # project only each prompt's last position onto the vocabulary

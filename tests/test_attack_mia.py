@@ -158,3 +158,27 @@ def test_auto_scores_against_a_trained_start_by_reference_and_otherwise_by_loss(
     for score in SCORES:
         rec = MembershipInference(MIAParams(score=score)).reconstruct(replace(view, prev=fresh))
         assert rec.extra["mia_primary"] == score and rec.membership_scores == rec.membership_scores_by[score]
+
+
+def test_a_long_prompt_is_read_where_training_put_its_label(round_view):
+    """Training cuts a prompt at ``TaskSpec.prompt_tokens`` and puts the label right after the cut; the
+    view carries that number and the attack reads the model there, not after the whole text (where a
+    long member's label was never trained). Checked against the harness's own ``encode``."""
+    from benchmark.federation.data import Example
+    from benchmark.federation.train import TaskSpec, encode
+
+    view, _ = round_view
+    tok = view.tokenizer
+    spec = TaskSpec("classification", "decoder", T, ("negative", "positive"), seq_len=8)
+    text = MEMBERS[0] + " " + OTHERS[0]  # its prompt runs well past 7 tokens
+    row = encode(tok, spec, [Example(text, 1)])
+    at = int((row["labels"][0] != -100).nonzero()[0])  # where the label sits in the training row
+    assert at == spec.prompt_tokens == 7 < len(tok(spec.prompt(Example(text)), add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        logits = view.model(input_ids=row["input_ids"][:, :at]).logits[0, -1].float()
+    trained_position = float(torch.log_softmax(logits, -1).max())
+    bare = replace(view, modules={}, candidates=[spec.prompt(Example(text))])
+    cut = MembershipInference(MIAParams(score="loss")).reconstruct(replace(bare, prompt_tokens=spec.prompt_tokens))
+    whole = MembershipInference(MIAParams(score="loss")).reconstruct(bare)
+    assert cut.membership_scores[0] == pytest.approx(trained_position, abs=1e-5)
+    assert whole.membership_scores[0] != pytest.approx(trained_position, abs=1e-3)

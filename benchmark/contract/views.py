@@ -101,8 +101,10 @@ class AttackerView:
     factors (``start_known`` says exact, estimate or none) and ``start_space`` the spaces an
     estimated start lies in (``StartSpace`` per module); ``model`` a public copy of the base model
     with the global delta the server can compute merged (never the client's adapter); ``lr``,
-    ``local_steps``, ``batch_size`` are hyperparameters the server set; ``candidates`` texts whose
-    membership an inference attack scores.
+    ``local_steps``, ``batch_size`` are hyperparameters the server set; ``prompt_tokens`` the most
+    tokens of a prompt a training example keeps (the public task format cuts longer prompts there and
+    trains what follows, so a model fits a long member's label after its cut prompt, not after the
+    whole text; ``None``: not known); ``candidates`` texts whose membership an inference attack scores.
     """
 
     defense: str
@@ -120,6 +122,7 @@ class AttackerView:
     tokenizer: Any = None
     task: str = "classification"
     template: str = "{text}"
+    prompt_tokens: int | None = None
     candidates: Sequence[str] | None = None
     note: str = ""
 

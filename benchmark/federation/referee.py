@@ -52,7 +52,8 @@ class ModelReferee:
         self.assets = assets
         self.tokenizer = assets.loaded.tokenizer
         s = assets.scenario
-        self.public = PublicFacts(PublicModels(assets.host), self.tokenizer, s.task, s.data.template, assets.device)
+        self.public = PublicFacts(PublicModels(assets.host), self.tokenizer, s.task, s.data.template, assets.device,
+                                  assets.spec.prompt_tokens)
 
     def initial_head(self) -> dict[str, Tensor]:
         return self.assets.initial_head()

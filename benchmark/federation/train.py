@@ -35,6 +35,16 @@ class TaskSpec:
     def prompt(self, ex: Example) -> str:
         return self.template.format(text=ex.text)
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The most tokens of a prompt a training example keeps (``encode`` cuts longer prompts there and
+        trains what follows): a decoder classifier's label comes after at most ``seq_len - 1`` prompt
+        tokens, an instruction's response after at most half the sequence; an encoder reads ``seq_len``
+        tokens, its special tokens included."""
+        if self.arch == "encoder":
+            return self.seq_len
+        return self.seq_len - 1 if self.task == "classification" else max(1, self.seq_len // 2)
+
     def private_format(self) -> tuple[str, tuple[str, ...]]:
         """The template and label words around private text in the model's input (encoders see the
         bare text; decoders the template, and for classification the label word after it)."""
@@ -55,7 +65,7 @@ def encode(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> dict[str, 
     """A right-padded batch with ``labels`` (-100 where no loss applies); padding never leaks into
     the loss or into earlier positions (causal attention), so the update depends on real tokens only."""
     if spec.arch == "encoder":
-        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=spec.seq_len, padding=True,
+        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=spec.prompt_tokens, padding=True,
                         return_tensors="pt")
         enc["labels"] = torch.tensor([ex.label for ex in examples])
         return dict(enc)
@@ -63,14 +73,13 @@ def encode(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> dict[str, 
     label_ids = label_token_ids(tokenizer, spec.label_names) if spec.task == "classification" else []
     for ex in examples:
         prompt = tokenizer(spec.prompt(ex), add_special_tokens=False).input_ids
+        prompt = prompt[: spec.prompt_tokens]
         if spec.task == "classification":
-            prompt = prompt[: spec.seq_len - 1]
             answer = [label_ids[ex.label]]
         else:
             answer = tokenizer(" " + ex.response, add_special_tokens=False).input_ids
             if tokenizer.eos_token_id is not None:
                 answer = answer + [tokenizer.eos_token_id]
-            prompt = prompt[: max(1, spec.seq_len // 2)]
             answer = answer[: spec.seq_len - len(prompt)]
         rows.append(prompt + answer)
         targets.append([-100] * len(prompt) + answer)

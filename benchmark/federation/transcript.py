@@ -133,13 +133,15 @@ def start_knowledge(server: ServerRole, transcript: Transcript, client: ClientIn
 @dataclass(frozen=True)
 class PublicFacts:
     """What the server knows without any message: the base model (as a builder of public copies with
-    a delta merged), tokenizer, task format, and the hyperparameters it set."""
+    a delta merged), tokenizer, task format (with how many prompt tokens training keeps), and the
+    hyperparameters it set."""
 
     build_model: Callable[[dict[str, Any]], Any]  # module deltas (original column order) -> model copy
     tokenizer: Any
     task: str
     template: str
     device: str = "cpu"
+    prompt_tokens: int | None = None
 
 
 def attacker_view(server: ServerRole, transcript: Transcript, client: ClientInfo, rnd: int, kind: str,
@@ -157,7 +159,8 @@ def attacker_view(server: ServerRole, transcript: Transcript, client: ClientInfo
     note = "; ".join(x for x in (view.note, f"start: {start.known} ({start.note})" if start.note else "") if x)
     view = replace(view, prev=start.factors, start_known=start.known, start_space=start.spaces,
                    model=public.build_model(deltas),
-                   tokenizer=public.tokenizer, task=public.task, template=public.template, note=note, **hyper)
+                   tokenizer=public.tokenizer, task=public.task, template=public.template,
+                   prompt_tokens=public.prompt_tokens, note=note, **hyper)
     return on_device(view, public.device)
 
 
