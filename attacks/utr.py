@@ -62,6 +62,7 @@ from benchmark.contract import (
     AttackParams,
     Control,
     Reconstruction,
+    gradient_probe,
 )
 
 VARIANT_NOTE = ("utr variant: token presence from the layer-0 adapter subspace (no embedding gradient in a "
@@ -112,16 +113,14 @@ class UTR(Attack):
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     control: ClassVar[Control] = Control(
         scenario="paper",
-        overrides={"rounds": 1, "probe": {"batches": 3},
-                   "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1, 2]}},
+        overrides=gradient_probe([1, 2]),
         metric="rouge1", floor=0.8,
         why="UTR (arXiv 2601.17533) inverts single sentences and small batches once its word bag is exact: the "
             "paper scenario's rank-256 client, a round-1 gradient at factors the server drew, 1 and 2 tweets, "
             "where the layer-0 span holds every token (this variant scored 0.27-0.61 at batch 4 in the paper "
             "suite, hence no batch 4 here; batch 1 and 2 are not yet measured at this scale). Test scale: "
             "tiny_llama4 at rank 32, batch 1",
-        tiny={"model": {"name": "tiny_llama4"}, "rounds": 1, "tiers": [{"name": "high", "fraction": 1.0, "rank": 32, "budget": 0.1}],
-              "probe": {"batches": 3}, "threat": {"init": "server", "observation": "grad", "round": 1, "batch_sizes": [1]}},
+        tiny=gradient_probe([1], rank=32, model={"name": "tiny_llama4"}),
         tiny_floor=0.8,
     )
     Params = UTRParams

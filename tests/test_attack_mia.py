@@ -182,3 +182,26 @@ def test_a_long_prompt_is_read_where_training_put_its_label(round_view):
     whole = MembershipInference(MIAParams(score="loss")).reconstruct(bare)
     assert cut.membership_scores[0] == pytest.approx(trained_position, abs=1e-5)
     assert whole.membership_scores[0] != pytest.approx(trained_position, abs=1e-3)
+
+
+def test_labelled_candidates_are_scored_by_their_own_label(round_view):
+    """With labels (Yeom's LOSS on the (text, label) record) each score is the log-probability of the
+    candidate's label word after the prompt; members scored with the label they trained on rank above
+    the same members scored with the other label, which confidence alone cannot tell apart."""
+    view, truth = round_view
+    vocab = [view.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" positive", " negative")]
+    labels = [i % 2 for i in range(len(view.candidates))]  # members trained " positive", " negative", ...
+    labelled = replace(view, candidate_labels=labels, label_token_ids=vocab)
+    attack = MembershipInference(MIAParams(score="loss", batch_size=4))
+    got = attack.reconstruct(labelled).membership_scores
+    flipped = attack.reconstruct(replace(labelled, candidate_labels=[1 - y for y in labels])).membership_scores
+    with applied(view.model, visible_deltas(view, False)):
+        for text, y, score in zip(view.candidates[:3], labels, got):
+            ids = view.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            with torch.no_grad():
+                logits = view.model(input_ids=ids).logits[0, -1].float()
+            assert score == pytest.approx(float(torch.log_softmax(logits, -1)[vocab[y]]), abs=1e-5)
+    members = [i for i, m in enumerate(truth) if m]
+    assert all(got[i] > flipped[i] for i in members)
+    confidence = attack.reconstruct(view).membership_scores
+    assert all(c >= g - 1e-6 for c, g in zip(confidence, got))  # the top prediction bounds any label's

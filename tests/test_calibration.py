@@ -95,6 +95,8 @@ def test_each_attack_reaches_its_floor_on_its_control_at_test_scale(name, tmp_pa
     assert all(v is not None and math.isfinite(v) for v in values)
     mean = sum(values) / len(values)
     assert mean >= control.tiny_floor, f"{name}: {control.metric} {values} (mean {mean:.3f}) < {control.tiny_floor}"
+    if name == "mia":  # classification candidates reach the attack with their labels, scored by them
+        assert {r["mia_reads"] for r in rows} == {"label"}
 
 
 # ---- the report --------------------------------------------------------------------------------

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from benchmark.running.metrics import match, membership_auc, private_text, score_reconstruction
+from benchmark.running.metrics import (
+    match,
+    membership_auc,
+    private_text,
+    score_reconstruction,
+    token_set_recall,
+)
 
 
 def test_perfect_reconstruction_in_any_order_scores_one():
@@ -101,3 +107,25 @@ def test_private_text_strips_template_and_label_from_both_sides():
     assert private_text("secret words", "{text} ->", ()) == "secret words"
     echo = private_text("Tweet:\nSentiment: positive", t, labels)
     assert score_reconstruction(["secret words here"], [echo])["rouge1"] == 0.0
+
+
+def test_token_set_recall_counts_distinct_ids_once():
+    assert token_set_recall([[5, 6, 6, 7]], [[7, 6]]) == pytest.approx(2 / 3)  # a bag with each token once
+    assert token_set_recall([[5, 6], [6, 8]], [[8], [5, 6, 9]]) == 1.0
+    assert token_set_recall([[5]], []) == 0.0 and token_set_recall([], [[1]]) == 0.0
+
+
+def test_private_ids_are_the_prompt_ids_without_template_or_label():
+    """The truth of a bag of ids: what the model read of the private text, as ids; the template's head
+    and tail go (their own ids match even where the head's trailing space merges into the first word)
+    and so does the label, while a prompt cut by truncation keeps what was read."""
+    from benchmark.federation.data import Example
+    from benchmark.federation.models import tiny_tokenizer
+    from benchmark.federation.train import TaskSpec, seen_private_ids
+
+    tok = tiny_tokenizer()
+    spec = TaskSpec("classification", "decoder", "Tweet: {text}\nSentiment:", ("negative", "positive"), 12)
+    short, long = seen_private_ids(tok, spec, [Example("my cat sleeps all day", 1), Example("a " * 40, 0)])
+    assert short == tok("my cat sleeps all day", add_special_tokens=False).input_ids
+    head = len(tok("Tweet:", add_special_tokens=False).input_ids)
+    assert long == tok("a", add_special_tokens=False).input_ids * (spec.prompt_tokens - head)

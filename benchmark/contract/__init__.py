@@ -22,6 +22,7 @@ from benchmark.contract.attack import (
     AttackParams,
     Control,
     control_label,
+    gradient_probe,
     view_lacks,
 )
 from benchmark.contract.defense import ENCRYPTS, ClientRole, Defense, ServerRole, TierFacts
@@ -49,5 +50,5 @@ __all__ = [
     "RECONSTRUCTION_STATUS", "START_KNOWN", "VIEW_OFFERS", "Abstain", "Attack", "AttackParams", "AttackerView",
     "ClientInfo", "ClientRole", "ClientUpdate", "Control", "Defense", "FederationInfo", "LoRAFactors", "ObservedModule",
     "Reconstruction", "ServerRole", "Stacked", "StartKnowledge", "StartSpace", "TierFacts", "WirePayload", "Wrapper",
-    "WrapperClient", "WrapperServer", "control_label", "json_default", "view_lacks",
+    "WrapperClient", "WrapperServer", "control_label", "gradient_probe", "json_default", "view_lacks",
 ]

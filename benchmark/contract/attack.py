@@ -98,6 +98,17 @@ def control_label(attack: str) -> str:
     return f"{CONTROL_PREFIX}{attack}"
 
 
+def gradient_probe(batch_sizes: Sequence[int], batches: int = 3, rnd: int = 1, rank: int | None = None,
+                   **more: Any) -> dict[str, Any]:
+    """Control overrides for the gradient a client computes at factors the server drew (``threat.init =
+    server``), probed in round ``rnd`` with ``batches`` private batches of each size: in round 1 B = 0
+    and the server knows A0 exactly, the setting where span attacks are published to work. ``rank``
+    puts every client in one tier of that rank (test-scale controls); ``more`` adds entries (a model)."""
+    tiers = {"tiers": [{"name": "high", "fraction": 1.0, "rank": rank, "budget": 0.1}]} if rank else {}
+    return {**more, "rounds": rnd, **tiers, "probe": {"batches": batches},
+            "threat": {"init": "server", "observation": "grad", "round": rnd, "batch_sizes": list(batch_sizes)}}
+
+
 @dataclass(frozen=True)
 class Control:
     """A positive control: a setting where the attack's published method is known to work against
@@ -234,6 +245,7 @@ class Attack:
 
 RECONSTRUCTION_METRICS: Mapping[str, bool] = {
     "rouge1": True, "rouge2": True, "rougeL": True, "token_recall": True, "token_precision": True, "exact_match": True,
+    "token_set_recall": True,
 }
 # ``mia_auc``/``tpr_at_*`` are the attack's primary score (chosen in its params before any run, never the
 # best in hindsight); ``*_lo``/``*_hi`` bound a stratified bootstrap 95% interval; per-score columns

@@ -104,7 +104,11 @@ class AttackerView:
     ``local_steps``, ``batch_size`` are hyperparameters the server set; ``prompt_tokens`` the most
     tokens of a prompt a training example keeps (the public task format cuts longer prompts there and
     trains what follows, so a model fits a long member's label after its cut prompt, not after the
-    whole text; ``None``: not known); ``candidates`` texts whose membership an inference attack scores.
+    whole text; ``None``: not known); ``candidates`` texts whose membership an inference attack scores,
+    ``candidate_labels`` their labels (a classification record is a text with its label: the record
+    whose membership is asked, as in Yeom et al. 2018; ``None``: unlabelled) and ``label_token_ids``
+    the public verbalizer (a decoder classifier's vocabulary id per label; empty for encoders, whose
+    class index is the logit index).
     """
 
     defense: str
@@ -124,6 +128,8 @@ class AttackerView:
     template: str = "{text}"
     prompt_tokens: int | None = None
     candidates: Sequence[str] | None = None
+    candidate_labels: Sequence[int] | None = None
+    label_token_ids: Sequence[int] = ()
     note: str = ""
 
     @property

@@ -10,7 +10,7 @@ never leaves the referee.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from benchmark.config import ScenarioConfig
 from benchmark.contract import AttackerView, ClientInfo
@@ -18,7 +18,7 @@ from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import Factors
 from benchmark.federation.protocol import Parties, upload
 from benchmark.federation.seeding import rng
-from benchmark.federation.train import LocalResult, seen_private_texts
+from benchmark.federation.train import LocalResult, seen_private_ids, seen_private_texts
 from benchmark.federation.transcript import Channel, PublicFacts, attacker_view
 
 ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
@@ -27,10 +27,11 @@ ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
 @dataclass
 class ProbeCase:
     """One observed probe message: the attacker's view of it, and the truth only the harness keeps
-    (the private texts of the batch, no template, no label)."""
+    (the private texts of the batch, no template, no label, and their input ids)."""
 
     view: AttackerView | None
     references: list[str]
+    reference_ids: list[list[int]] = field(default_factory=list)  # the same, as the input ids the model saw
 
 
 @dataclass
@@ -99,7 +100,7 @@ def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[
         references = seen_private_texts(a.loaded.tokenizer, a.spec, pr.results[pr.client.client_id].examples)
         view = attacker_view(pr.parties.server, transcript, pr.client, pr.rnd, "upload", public,
                              lr=train.lr, local_steps=train.local_steps, batch_size=train.batch_size)
-        cases[probe_keys(a.scenario)[0]] = ProbeCase(view, references)
+        cases[probe_keys(a.scenario)[0]] = ProbeCase(view, references, seen_private_ids(a.loaded.tokenizer, a.spec, pr.results[pr.client.client_id].examples))
     else:
         examples = a.examples(pr.client.client_id)
         order = rng(a.seed, "probe").permutation(len(examples)).tolist()
@@ -113,31 +114,35 @@ def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[
             view = attacker_view(pr.parties.server, transcript, pr.client, pr.rnd, "probe", public,
                                  lr=th.lr, local_steps=1 if th.observation == "grad" else th.steps,
                                  batch_size=len(batch_ex))
-            cases[(size, index)] = ProbeCase(view, seen_private_texts(a.loaded.tokenizer, a.spec, batch_ex))
+            cases[(size, index)] = ProbeCase(view, seen_private_texts(a.loaded.tokenizer, a.spec, batch_ex),
+                                         seen_private_ids(a.loaded.tokenizer, a.spec, batch_ex))
     round_view, is_member = membership_view(a, public, pr)
     return ProbeResult(cases, round_view, is_member, *a.spec.private_format())
 
 
 def membership_view(a: Assets, public: PublicFacts, pr: ProbeRound) -> tuple[AttackerView | None, list[bool]]:
-    """The target's real upload of the probe round, with membership candidates: members are
-    distinct texts it trained on in this round (its upload's change over the start reflects this
+    """The target's real upload of the probe round, with membership candidates (a classification
+    record carries its label): members are distinct records it trained on in this round (its upload's change over the start reflects this
     round only), non-members its held-out examples (same client, same label mix, never trained
     on by it, nor by anyone if the text recurs elsewhere in the training set), equally many."""
     result = pr.results.get(pr.client.client_id)
     if result is None:
         return None, []
-    trained = list(dict.fromkeys(result.texts))
+    trained = list(dict.fromkeys(zip(result.texts, (ex.label for ex in result.examples))))
     reserved = set(a.holdout)
     everyone = {a.spec.prompt(ex) for i, ex in enumerate(a.data.train) if i not in reserved}
-    held = list(dict.fromkeys(t for t in (a.spec.prompt(a.data.train[i]) for i in a.holdout) if t not in everyone))
+    held_ex = (a.data.train[i] for i in a.holdout)
+    held = list(dict.fromkeys((t, ex.label) for ex in held_ex if (t := a.spec.prompt(ex)) not in everyone))
     k = min(a.scenario.probe.members, len(trained), len(held))
     gen = rng(a.seed, "members")
     members = [trained[i] for i in gen.permutation(len(trained))[:k]]
     outsiders = [held[i] for i in gen.permutation(len(held))[:k]]
-    pool = [(t, True) for t in members] + [(t, False) for t in outsiders]
+    pool = [(r, True) for r in members] + [(r, False) for r in outsiders]
     pool = [pool[i] for i in gen.permutation(len(pool))]
+    labelled = a.spec.task == "classification"
     train = a.scenario.train
     view = attacker_view(pr.parties.server, pr.channel.transcript, pr.client, pr.rnd, "upload", public,
-                         candidates=[t for t, _ in pool], local_steps=train.local_steps, lr=train.lr,
-                         batch_size=train.batch_size)
+                         candidates=[t for (t, _), _ in pool],
+                         candidate_labels=[y for (_, y), _ in pool] if labelled else None,
+                         local_steps=train.local_steps, lr=train.lr, batch_size=train.batch_size)
     return view, [m for _, m in pool]

@@ -22,7 +22,7 @@ from benchmark.federation.lora import LoRAHost, is_head
 from benchmark.federation.models import shared_copy
 from benchmark.federation.probe import ProbeResult, ProbeRound, observe
 from benchmark.federation.seeding import torch_generator
-from benchmark.federation.train import evaluate
+from benchmark.federation.train import evaluate, verbalizer
 from benchmark.federation.transcript import PublicFacts
 
 
@@ -53,7 +53,7 @@ class ModelReferee:
         self.tokenizer = assets.loaded.tokenizer
         s = assets.scenario
         self.public = PublicFacts(PublicModels(assets.host), self.tokenizer, s.task, s.data.template, assets.device,
-                                  assets.spec.prompt_tokens)
+                                  assets.spec.prompt_tokens, verbalizer(self.tokenizer, assets.spec))
 
     def initial_head(self) -> dict[str, Tensor]:
         return self.assets.initial_head()

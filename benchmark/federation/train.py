@@ -61,6 +61,13 @@ def label_token_ids(tokenizer, label_names: Sequence[str]) -> list[int]:
     return ids
 
 
+def verbalizer(tokenizer, spec: TaskSpec) -> tuple[int, ...]:
+    """A decoder classifier's label token ids (the public task format); empty for other tasks."""
+    if spec.task != "classification" or spec.arch != "decoder":
+        return ()
+    return tuple(label_token_ids(tokenizer, spec.label_names))
+
+
 def encode(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> dict[str, Tensor]:
     """A right-padded batch with ``labels`` (-100 where no loss applies); padding never leaks into
     the loss or into earlier positions (causal attention), so the update depends on real tokens only."""
@@ -219,6 +226,29 @@ def seen_private_texts(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -
             keep &= batch["labels"][i] == -100
         text = tokenizer.decode(batch["input_ids"][i][keep], skip_special_tokens=True)
         out.append(private_text(text, *spec.private_format()))
+    return out
+
+
+def seen_private_ids(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> list[list[int]]:
+    """The input ids of each example's private text as the model saw them (``seen_private_texts`` as
+    ids): special tokens dropped, and the template's literal head and tail where their own ids begin
+    and end the prompt (a tail cut off by truncation is simply absent)."""
+    batch = encode(tokenizer, spec, examples)
+    template, _ = spec.private_format()
+    head, _, tail = template.partition("{text}")
+    # a head's trailing space merges into the first private word (" my"), so its own ids may end early
+    heads = [tokenizer(h, add_special_tokens=False).input_ids for h in dict.fromkeys((head, head.rstrip())) if h.strip()]
+    tails = [tokenizer(t, add_special_tokens=False).input_ids for t in dict.fromkeys((tail, tail.lstrip(" "))) if t.strip()]
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for i in range(len(examples)):
+        keep = batch["attention_mask"][i].bool()
+        if spec.arch == "decoder":
+            keep &= batch["labels"][i] == -100
+        ids = [t for t in batch["input_ids"][i][keep].tolist() if t not in special]
+        ids = ids[next((len(h) for h in heads if ids[: len(h)] == h), 0):]
+        ids = ids[: len(ids) - next((len(t) for t in tails if ids[len(ids) - len(t):] == t), 0)]
+        out.append(ids)
     return out
 
 

@@ -133,8 +133,8 @@ def start_knowledge(server: ServerRole, transcript: Transcript, client: ClientIn
 @dataclass(frozen=True)
 class PublicFacts:
     """What the server knows without any message: the base model (as a builder of public copies with
-    a delta merged), tokenizer, task format (with how many prompt tokens training keeps), and the
-    hyperparameters it set."""
+    a delta merged), tokenizer, task format (how many prompt tokens training keeps; a decoder
+    classifier's verbalizer, the vocabulary id of each label word), and the hyperparameters it set."""
 
     build_model: Callable[[dict[str, Any]], Any]  # module deltas (original column order) -> model copy
     tokenizer: Any
@@ -142,13 +142,14 @@ class PublicFacts:
     template: str
     device: str = "cpu"
     prompt_tokens: int | None = None
+    label_token_ids: tuple[int, ...] = ()
 
 
 def attacker_view(server: ServerRole, transcript: Transcript, client: ClientInfo, rnd: int, kind: str,
                   public: PublicFacts, **hyper: Any) -> AttackerView | None:
     """The attacker's view of ``client``'s ``kind`` message (``upload`` or ``probe``) in round ``rnd``:
     the server role's reading of the message, what it knows of the start, and a public model with
-    the global delta it can compute. ``hyper``: lr, local_steps, batch_size, candidates."""
+    the global delta it can compute. ``hyper``: lr, local_steps, batch_size, candidates, candidate_labels."""
     found = transcript.find(kind, client.client_id, rnd)
     if found is None:
         return None
@@ -160,7 +161,8 @@ def attacker_view(server: ServerRole, transcript: Transcript, client: ClientInfo
     view = replace(view, prev=start.factors, start_known=start.known, start_space=start.spaces,
                    model=public.build_model(deltas),
                    tokenizer=public.tokenizer, task=public.task, template=public.template,
-                   prompt_tokens=public.prompt_tokens, note=note, **hyper)
+                   prompt_tokens=public.prompt_tokens,
+                   label_token_ids=public.label_token_ids, note=note, **hyper)
     return on_device(view, public.device)
 
 

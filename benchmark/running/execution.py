@@ -87,6 +87,9 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
     else:
         texts = [metrics.private_text(t, probe.template, probe.label_names) for t in rec.texts]
         row.update(metrics.score_reconstruction(chosen.references, texts, sim.tokenizer))
+        if chosen.reference_ids:
+            ids = rec.token_ids or [sim.tokenizer(t, add_special_tokens=False).input_ids for t in rec.texts]
+            row["token_set_recall"] = metrics.token_set_recall(chosen.reference_ids, ids)
         row["n_reconstructed"] = len(rec.texts)
     row["status"] = "ok"
     return row

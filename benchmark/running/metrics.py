@@ -93,6 +93,15 @@ def score_reconstruction(
     return out
 
 
+def token_set_recall(reference_ids: Sequence[Sequence[int]], recovered: Sequence[Sequence[int]]) -> float:
+    """The share of the batch's distinct private token ids that the reconstruction holds. A bag of
+    tokens answers each token once, which a multiset recall caps by the batch's repeats; and scoring
+    ids directly avoids re-tokenizing a bag's decoded text, which merges neighbouring pieces."""
+    truth = {t for ids in reference_ids for t in ids}
+    found = {t for ids in recovered for t in ids}
+    return len(truth & found) / len(truth) if truth else 0.0
+
+
 def membership_auc(scores: Sequence[float], is_member: Sequence[bool]) -> dict[str, float]:
     """ROC AUC (ties count one half) and the best TPR at FPR <= 1% and <= 5%; higher score = member.
 
