@@ -16,8 +16,12 @@ DP mode). Two things go beyond the original, because its loose 0.05 passes most 
 bag at layer 1 (SmolLM2's B path: 256 coordinates, a shared residual direction): on a clean layer-1
 span an extension must also stand out from its prefix's other extensions (``step_z``), and the beam
 cap keeps every prefix's best child before any prefix's second (the original keeps every passing
-prefix, which a small model's false passes would make exponential). ``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank,
-beams that die, no fill) so the two can run side by side under two labels.
+prefix, which a small model's false passes would make exponential). Version 4 adds a third: a
+clean layer-0 span's bag ends at the step in its sorted distances (``select_tokens``), since 0.05
+also admits SmolLM2's cluster of untrained tokens a few times farther than the batch's own, and the
+decoder wandered through them (r256 plain LoRA, batch 2: 0.55 -> 1.00 on the case that showed it).
+``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank, beams that
+die, no fill) so the two can run side by side under two labels.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ class DAGERParams(AttackParams):
 
 class DAGER(Attack):
     name: ClassVar[str] = "dager"
-    version: ClassVar[str] = "3"
+    version: ClassVar[str] = "4"  # 3: the original's strength; 4: a clean span's bag ends at its step
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
@@ -189,7 +193,8 @@ class DAGER(Attack):
                  z: float) -> tuple[list[list[int]], list[str]]:
         p, model = self.params, view.model
         cap = min(p.max_bag, 2 * first.rank + 8)  # distinct visible tokens cannot exceed the rank
-        bag, first = token_bag(model, first, p.layer0_tau, cap, p.rank_tol, z)
+        least = 0 if p.strict or z or first.noisy else max(1, first.rank // 2)  # a clean span: cut at its step
+        bag, first = token_bag(model, first, p.layer0_tau, cap, p.rank_tol, z, least)
         if not bag:
             return [], ["no vocabulary token lies in the layer-0 span"]
         if second is None:

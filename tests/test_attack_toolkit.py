@@ -140,3 +140,22 @@ def test_prefix_prior_matches_full_forwards(tok, setup):
         assert torch.allclose(got, want, atol=1e-4), step
         hyps = [h + [int(torch.argmax(got[i]))] for i, h in enumerate(hyps)]
     assert len(prior._store) > 0 and all(len(k) >= 3 for k in prior._store)
+
+
+def test_a_clean_span_bag_ends_at_its_step_not_at_a_lenient_threshold():
+    """SmolLM2's r256 batch-2 case: 45 batch tokens at 7e-5..5e-3, then a cluster of untrained tokens at
+    0.016-0.019, all under the original's 0.05. With ``least`` (a clean span) the bag stops at the step;
+    without it, or when no step of CLEAN_GAP exists past ``least``, the threshold decides."""
+    from attacks.toolkit.decoding import select_tokens
+
+    g = torch.Generator().manual_seed(0)
+    members = torch.logspace(-4.2, -2.3, 45)
+    junk = 0.016 + 0.003 * torch.rand(300, generator=g)
+    rest = 0.5 + 0.5 * torch.rand(2000, generator=g)
+    d = torch.cat([members, junk, rest])[torch.randperm(2345, generator=g)]
+    truth = set(torch.nonzero(d < 0.01).flatten().tolist())
+    assert set(select_tokens(d, 0.05, cap=130, least=30).tolist()) == truth
+    assert len(select_tokens(d, 0.05, cap=130)) == 130  # lenient threshold: junk fills the cap
+    smooth = torch.logspace(-4.0, -1.5, 120)  # no step anywhere: nothing to cut at
+    assert len(select_tokens(smooth, 0.05, cap=130, least=30)) == int((smooth < 0.05).sum())
+    assert set(select_tokens(d, 0.05, cap=40, least=30).tolist()) < truth  # the cap still bounds it

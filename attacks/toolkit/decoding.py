@@ -149,26 +149,47 @@ def null_z(d: Tensor) -> Tensor:
     return (lo - med) / mad.clamp_min(1e-12)
 
 
-def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0) -> Tensor:
+CLEAN_GAP = 2.5  # a clean span's members end at a step this large in the sorted distances
+
+
+def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0, least: int = 0) -> Tensor:
     """Indices of the member tokens among distances ``d``, nearest first, at most ``cap``: the clearly
     small distances (``split_by_gap``), or with ``z > 0`` (noise-tolerant mode) those at least ``z``
-    robust standard deviations below the vocabulary (``null_z``)."""
+    robust standard deviations below the vocabulary (``null_z``).
+
+    ``least > 0`` marks a clean span expected to hold at least ``least`` members: there the members end
+    at the largest step (``CLEAN_GAP`` or more) between the ``least``-th and ``cap``-th nearest
+    distance, when one lies under ``tau``. A lenient ``tau`` (the original DAGER's 0.05) otherwise
+    admits a vocabulary's cluster of untrained tokens (SmolLM2's special and byte tokens share nearly
+    one embedding, about 0.017 from a span holding the mean direction) that lies a few times farther
+    than the batch's own tokens, and the decoder then wanders through them."""
     if z <= 0:
-        return split_by_gap(d, tau)[:cap]
+        got = split_by_gap(d, tau)[:cap]
+        return _clean_cut(d, got, least) if least > 0 else got
     scores = null_z(d)
     order = torch.argsort(scores)
     return order[scores[order] < -z][:cap]
 
 
+def _clean_cut(d: Tensor, got: Tensor, least: int) -> Tensor:
+    if got.numel() <= least + 1:
+        return got
+    vals = d[got].clamp_min(1e-12)
+    steps = vals[least:] / vals[least - 1 : -1]  # steps[j]: from the (least + j)-th nearest to the next
+    i = int(torch.argmax(steps))
+    return got[: least + i] if float(steps[i]) >= CLEAN_GAP else got
+
+
 def token_bag(model: nn.Module, first: LayerCheck, tau: float, cap: int, rank_tol: float,
-              z: float = 0.0) -> tuple[list[int], LayerCheck]:
-    """Vocabulary tokens in the first layer's span (at most ``cap``; ``z`` as in ``select_tokens``),
-    and the check used. When a secret column permutation forces trimmed distances, the first bag
-    teaches which coordinates are displaced, the check is refit without them and the bag recomputed."""
-    bag = select_tokens(vocab_distances(model, first), tau, cap, z).tolist()
+              z: float = 0.0, least: int = 0) -> tuple[list[int], LayerCheck]:
+    """Vocabulary tokens in the first layer's span (at most ``cap``; ``z`` and ``least`` as in
+    ``select_tokens``), and the check used. When a secret column permutation forces trimmed distances,
+    the first bag teaches which coordinates are displaced, the check is refit without them and the bag
+    recomputed."""
+    bag = select_tokens(vocab_distances(model, first), tau, cap, z, least).tolist()
     if bag and any(s.trim > 0 for s in first.spans):
         first = first.refined([x[bag] for x in vocab_inputs(model, first.nn_modules())], rank_tol)
-        bag = select_tokens(vocab_distances(model, first), tau, cap, z).tolist()
+        bag = select_tokens(vocab_distances(model, first), tau, cap, z, least).tolist()
     return bag, first
 
 
