@@ -105,10 +105,13 @@ class MembershipInference(Attack):
         scenario="mia_overfit",
         overrides={},
         metric="mia_auc", floor=0.75,
-        why="The LOSS score (Yeom et al. 2018), primary under score=auto in a round-1 probe, separates the members "
-            "of a model that overfits: mia_overfit trains the target alone, 30 tweets for 20 epochs (training loss "
-            "near zero), and scores them against 30 of its held-out tweets. Test scale: tiny_llama on 32 synthetic sentences for about 19 epochs, 16 + 16 "
-            "candidates (synthetic labels follow their words, so the model also generalizes: the gap is smaller)",
+        why="The LOSS score (Yeom et al. 2018: the loss of each (text, label) record), primary under score=auto in "
+            "a round-1 probe, separates the members of a model that overfits: mia_overfit trains the target alone, "
+            "30 tweets for 20 epochs (training loss near zero), and scores them against 30 of its held-out tweets. "
+            "One run's AUC moves by about +-0.08 with the training's randomness (60 candidates), so the floor is "
+            "met in expectation, not with margin. Test scale: tiny_llama on 32 synthetic sentences for about 19 "
+            "epochs, 16 + 16 candidates (synthetic labels follow their words, so the model also generalizes: the "
+            "gap is smaller)",
         tiny={"rounds": 1, "n_clients": 2, "clients_per_round": 1, "partition": {"kind": "iid"},
               "data": {"max_examples": 96}, "train": {"local_steps": 150}, "probe": {"members": 16}},
         tiny_floor=0.7,
