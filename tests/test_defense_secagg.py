@@ -194,3 +194,43 @@ def test_the_harness_refuses_a_threshold_above_the_tiny_scenarios_clients():
     stack = Stack((Layer("secagg", SecAgg, SecAggParams(reconstruction_threshold=3)),))
     with pytest.raises(ConfigError, match=r"defense\.secagg\.reconstruction_threshold=3 is above the 2 shares"):
         check_defenses(resolve_scenario("tiny"), "secagg", stack)
+
+
+def test_a_survivor_silent_at_unmasking_is_covered_by_the_others_shares():
+    fed = _fed()
+    updates = _updates(fed)
+    d = SecAgg()  # threshold 3 of 4: three answers rebuild every secret
+    answer = d.client.answer
+
+    def silent_3(message, client):
+        if client.client_id == 3 and message.meta["stage"] == "unmask":
+            return None
+        return answer(message, client)
+
+    d.client.answer = silent_3
+    _, uploads, message = _round(d, fed, updates)
+    assert len(uploads) == 4 and message.meta["survivors"] == [0, 1, 2, 3]
+    assert _agg_rel_err(d, message, updates, fed.clients) < 1e-4
+
+
+def test_fresh_keys_and_masks_give_the_same_sum():
+    fed = _fed()
+    updates = _updates(fed)
+    (_, up1, m1), (_, up2, m2) = _round(SecAgg(), fed, updates), _round(SecAgg(), fed, updates)
+    assert up1[0].payload.cipher["masked"] != up2[0].payload.cipher["masked"]  # masks differ run to run
+    assert all(torch.equal(m1.plain[k], m2.plain[k]) for k in m1.plain)  # quantization is seeded, masks cancel
+
+
+def test_the_tiny_federation_runs_secagg_in_process():
+    from benchmark.engines import inproc
+    from benchmark.running.catalog import resolve_scenario
+
+    torch.set_num_threads(1)
+    driver = inproc.build_driver(resolve_scenario("tiny", {"rounds": 1}), SecAgg(), 0)
+    metrics = driver.run().metrics
+    assert metrics["agg_rel_err"] < 1e-4
+    values = 1 + sum(m * n for m, n in driver.fed.module_shapes.values())
+    assert metrics["bytes_up_per_client_round"] >= 8 * values  # the masked dense deltas
+    assert metrics["negotiation_bytes"] > 0  # keys, encrypted shares and unmask shares
+    stages = {m.payload.meta.get("stage") for m in driver.channel.transcript.messages}
+    assert {"advertise_keys", "share_keys", "forward_shares", "unmask", "masked_vector"} <= stages
