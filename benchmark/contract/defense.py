@@ -36,6 +36,11 @@ class ClientRole:
     def accept(self, reply: WirePayload) -> None:
         """The server's negotiation reply, delivered to every participant of the round."""
 
+    def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
+        """``client``'s reply to a message the server's ``exchange`` addressed to it alone (None: no
+        reply, e.g. it only had to store what it received)."""
+        return None
+
     def wrap_training(self, model: Any, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[Any, Any, Any]:
         """Change local training itself (e.g. DP-SGD); the engine trains with what this returns."""
         return model, optimizer, loader
@@ -69,6 +74,13 @@ class ServerRole:
     def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
         """The reply to a round's ``ClientRole.propose`` messages (None when there were none)."""
         return None
+
+    def exchange(self, received: Sequence[WirePayload]) -> Mapping[int, WirePayload]:
+        """Messages for single participants of the round (client id -> message) beyond the negotiation,
+        e.g. SecAgg+'s key forwarding and unmasking. The round asks after the negotiation (``received``
+        empty) and again right after the uploads (``received``: the uploads), each time again with the
+        answers to what it sent until this returns nothing. Default: nothing to exchange."""
+        return {}
 
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         raise NotImplementedError

@@ -38,6 +38,9 @@ class WrapperClient(ClientRole):
     def accept(self, reply: WirePayload) -> None:
         self.inner.accept(reply)
 
+    def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
+        return self.inner.answer(message, client)
+
     def wrap_training(self, model: Any, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[Any, Any, Any]:
         return self.inner.wrap_training(model, optimizer, loader, client)
 
@@ -72,6 +75,9 @@ class WrapperServer(ServerRole):
 
     def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
         return self.inner.negotiate(proposals)
+
+    def exchange(self, received: Sequence[WirePayload]) -> Mapping[int, WirePayload]:
+        return self.inner.exchange(received)
 
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         return self.transform_aggregate(self.inner.aggregate(payloads))

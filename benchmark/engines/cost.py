@@ -87,6 +87,9 @@ class RandomClients:
     def accept(self, reply: WirePayload) -> None:
         self.role.accept(reply)
 
+    def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
+        return self.role.answer(message, client)
+
     def protect(self, update: ClientUpdate) -> WirePayload:
         return self.role.protect(update)
 

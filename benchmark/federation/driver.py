@@ -21,7 +21,15 @@ from torch import Tensor
 from benchmark.contract import ClientInfo, FederationInfo, ServerRole, WirePayload
 from benchmark.federation.endpoint import ClientEndpoint, Factors
 from benchmark.federation.probe import ProbeResult, ProbeRound
-from benchmark.federation.protocol import Parties, aggregate, mean_or_none, negotiate, setup_roles, upload
+from benchmark.federation.protocol import (
+    Parties,
+    aggregate,
+    exchange,
+    mean_or_none,
+    negotiate,
+    setup_roles,
+    upload,
+)
 from benchmark.federation.referee import Referee
 from benchmark.federation.reference import aggregation_error, reference_aggregate
 from benchmark.federation.sampling import Schedule
@@ -104,6 +112,8 @@ class RoundDriver:
         results = {cid: self.train(clients[cid], rnd) for cid in picks}
         updates = [results[cid].update for cid in picks]
         negotiate(self.parties, updates, rnd, self.channel)
+        participants = [clients[cid] for cid in picks]
+        exchange(self.parties, participants, [], rnd, self.channel)
         uploads = []
         for u in updates:
             sent = upload(self.parties, u, rnd, self.channel)
@@ -114,6 +124,7 @@ class RoundDriver:
             tier["cipher_bytes_up"].append(sent.cipher_bytes)
             tier["enc_s"].append(sent.enc_s)
             uploads.append(sent)
+        exchange(self.parties, participants, [u.payload for u in uploads], rnd, self.channel)
         message, agg_s = aggregate(self.parties, uploads)
         self.timings["agg_s"].append(agg_s)
         self._average_head([results[cid] for cid in picks])

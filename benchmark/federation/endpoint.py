@@ -48,6 +48,9 @@ class ClientEndpoint(Protocol):
     def accept(self, reply: WirePayload) -> None:
         """The server's negotiation reply, for every client that proposed this round."""
 
+    def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
+        """``client``'s reply to a message the server sent it alone (``ServerRole.exchange``)."""
+
     def protect(self, update: ClientUpdate) -> WirePayload:
         """The upload; its ``timings`` carry the client's own protect and encryption times."""
 

@@ -52,6 +52,9 @@ class ClientNode:
     def accept(self, reply: WirePayload) -> None:
         self.role.accept(reply)
 
+    def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
+        return self.role.answer(message, client)
+
     def protect(self, update: ClientUpdate) -> WirePayload:
         t0 = time.perf_counter()
         sent = self.role.protect(update)

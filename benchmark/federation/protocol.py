@@ -3,7 +3,8 @@
 Each step hands the client side's message to the ``Channel`` (metered, recorded in the server's
 transcript, copied) and the server role only ever receives the copies. The round driver
 (``benchmark.federation.driver``, for every engine) and the tests call these functions, so the order
-of the protocol lives in one place: setup, negotiation, upload, aggregation, broadcast.
+of the protocol lives in one place: setup, negotiation, exchanges, upload, exchanges, aggregation,
+broadcast.
 
 ``parties`` is anything with a ``client`` and a ``server``: a ``Defense`` (its two roles side by side,
 as the tests use them) or ``Parties`` (the driver's: the clients' endpoint and the server role).
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.contract import ClientUpdate, Defense, FederationInfo, ServerRole, WirePayload
+from benchmark.contract import ClientInfo, ClientUpdate, Defense, FederationInfo, ServerRole, WirePayload
 from benchmark.federation.transcript import Channel
 
 
@@ -48,6 +49,26 @@ def negotiate(parties: Parties | Defense, updates: Sequence[ClientUpdate], rnd: 
     reply = parties.server.negotiate(proposals)
     if reply is not None:
         parties.client.accept(channel.down(reply, rnd, [u.client.client_id for u in updates], "negotiation"))
+
+
+MAX_EXCHANGES = 16  # a server role that keeps asking past this is a bug, not a protocol
+
+
+def exchange(parties: Parties | Defense, clients: Sequence[ClientInfo], received: Sequence[WirePayload], rnd: int,
+             channel: Channel) -> None:
+    """The server's messages to single participants and their answers (``ServerRole.exchange``), one
+    message each way per client and step, until the server asks nothing; metered as negotiation."""
+    by_id = {c.client_id: c for c in clients}
+    for _ in range(MAX_EXCHANGES):
+        asks = parties.server.exchange(received)
+        if not asks:
+            return
+        received = []
+        for cid, ask in asks.items():
+            reply = parties.client.answer(channel.down(ask, rnd, [cid], "negotiation"), by_id[cid])
+            if reply is not None:
+                received.append(channel.up(reply, rnd, cid, "negotiation"))
+    raise RuntimeError(f"round {rnd}: the server role asked for more than {MAX_EXCHANGES} exchanges")
 
 
 @dataclass
