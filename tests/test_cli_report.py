@@ -56,3 +56,18 @@ def test_attack_flag_narrows_scenario_entries_that_name_attacks(capsys, tmp_path
     assert main([*args, "--attack", "none"]) == 0  # the entry's own attacks no longer block 'none'
     lines = [ln for ln in capsys.readouterr().out.splitlines() if " r1_new_attacks " in ln]
     assert len(lines) == 3 and all(" none " in ln for ln in lines)  # one simulation per defense, no attack
+
+
+def test_a_case_planned_again_under_a_new_key_keeps_only_its_last_row():
+    """An attack version bump re-plans the same case under a new cell key; the manifest keeps both keys,
+    so the report must drop the older row of the case, not show both."""
+    from benchmark.reporting.report import latest_per_case
+
+    case = {"scenario": "r256", "defense": "plain_lora", "attack": "dager", "attack_mode": "naive", "seed": 0,
+            "probe_batch_size": 2, "probe_batch": 1}
+    old = {**case, "cell_id": "a", "finished_at": "2026-12-07T00:10:00", "rouge1": 0.55}
+    new = {**case, "cell_id": "b", "finished_at": "2026-12-07T01:10:00", "rouge1": 1.0}
+    other = {**case, "probe_batch": 2, "cell_id": "c", "finished_at": "2026-12-07T00:05:00", "rouge1": 0.9}
+    kept, dropped = latest_per_case([new, old, other])
+    assert [r["cell_id"] for r in kept] == ["b", "c"] and dropped == 1
+    assert latest_per_case([{**case, "attack": "dager_strict", "cell_id": "d"}, new])[1] == 0  # another label

@@ -101,6 +101,22 @@ def _identify(row: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     return {**row, **extra}
 
 
+CASE_FIELDS = ("scenario", "defense", "attack", "attack_mode", "seed", "probe_batch_size", "probe_batch")
+
+
+def latest_per_case(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """One row per case of a run (``CASE_FIELDS``), the last finished, and how many were dropped. A
+    resumed run whose settings or attack version changed plans the same case under a new cell key;
+    its manifest keeps both keys (a resume of a subset must not forget the rest), so without this the
+    old row would stand beside the new one."""
+    last: dict[tuple, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: str(r.get("finished_at") or "")):
+        last[tuple(str(r.get(k)) for k in CASE_FIELDS)] = r
+    chosen = {id(r) for r in last.values()}
+    kept = [r for r in rows if id(r) in chosen]
+    return kept, len(rows) - len(kept)
+
+
 def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd.DataFrame:
     """The latest row per cell of each run. Rows computed with code or data the run has since moved on
     from (stale: their cell key now maps to another cell id) are left out and counted in ``problems``."""
@@ -115,7 +131,11 @@ def load_runs(run_dirs: Sequence[Path], problems: list[str] | None = None) -> pd
         if stale and problems is not None:
             problems.append(f"{run / 'rows.jsonl'}: {len(stale)} rows were computed with older code or data and are "
                             "left out; re-run the run's command to recompute them")
-        kept = [r for r in latest if not any(r is s for s in stale)]
+        kept, superseded = latest_per_case([r for r in latest if not any(r is s for s in stale)])
+        if superseded and problems is not None:
+            problems.append(f"{run / 'rows.jsonl'}: {superseded} rows are superseded by a later row of the same case "
+                            "(scenario, defense, attack, mode, seed, probe batch) whose settings or versions changed; "
+                            "left out")
         moved = run_staleness(kept, manifest)
         if moved.stale and problems is not None:
             problems.append(moved.describe(run / "rows.jsonl", len(kept)))
