@@ -34,6 +34,12 @@ An upload outside a round's key agreement (an attack probe) is masked under a fr
 holds a share of. In-process engines only: the Flower engines would run ``SecAggPlusWorkflow`` and
 ``secaggplus_mod`` themselves (not built yet), and the attack on the round's sum (a batch of every
 participant's examples) is left for later: per-client attacks find nothing here.
+
+Under ``dp`` (``dp+secagg``) this is distributed DP: ``privatize_sum`` lets the DP layer clip each
+client's weighted dense change and add its noise share after the weighting and before clipping to
+``clipping_range``, quantization and masking; ``secret_sum`` tells it, before any work, the fewest
+uploads a released sum holds (the reconstruction threshold) and the range an entry must fit
+(``defenses.dp_distributed``).
 """
 
 from __future__ import annotations
