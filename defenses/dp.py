@@ -24,6 +24,7 @@ import torch
 
 from benchmark.contract import (
     ClientUpdate,
+    Defense,
     FederationInfo,
     LoRAFactors,
     WirePayload,
@@ -31,6 +32,7 @@ from benchmark.contract import (
     WrapperClient,
     WrapperServer,
 )
+from defenses.dp_distributed import NoiseShare, range_problem, share_std
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -167,13 +169,32 @@ def resolve_sigma(params: ClientLevelDPParams, fed: FederationInfo) -> tuple[flo
 
 class DPClient(WrapperClient):
     """Clips its delta from the start to norm C and adds N(0, (sigma C)^2); the inner defense gets
-    start + noisy delta (a gradient probe: the noisy gradient)."""
+    start + noisy delta (a gradient probe: the noisy gradient). Over a defense whose server sees only
+    the sum (``privatize_sum``), the inner defense gets the update as is and each client adds only
+    its share of the noise inside it (``defenses.dp_distributed``)."""
 
     def setup(self, fed: FederationInfo) -> WirePayload | None:
         self.sigma = resolve_sigma(self.params, fed)[0]
+        self.share = NoiseShare(self.params.clip, self.sigma)
+        self.min_summands: int | None = None
+        self.distributed = self.inner.privatize_sum(self._noise_share)
         return super().setup(fed)
 
+    def _noise_share(self, update: ClientUpdate, vectors: list[Any], weight: float, min_summands: int) -> list[Any]:
+        self.min_summands = min(min_summands, self.min_summands or min_summands)
+        gen = stream(self.fed.seed if self.fed else 0, "dp", update.client.client_id, update.round, update.kind)
+        return self.share.apply(update, vectors, weight, min_summands, gen)
+
+    def privacy_params(self) -> dict[str, Any]:
+        if not self.distributed:
+            return self.inner.privacy_params()
+        shares = {"sigma_share": share_std(1.0, self.sigma, self.min_summands), "min_summands": self.min_summands} \
+            if self.min_summands else {}
+        return {**self.inner.privacy_params(), "level": "distributed", **shares}
+
     def transform(self, update: ClientUpdate) -> ClientUpdate:
+        if self.distributed:
+            return update
         seed = self.fed.seed if self.fed else 0
         gen = stream(seed, "dp", update.client.client_id, update.round, update.kind)
         noisy, _ = clip_and_noise(update_delta(update), self.params.clip, self.sigma, gen)
@@ -214,6 +235,12 @@ class ClientLevelDP(Wrapper):
     noisy gradient). Epsilon is that of ``rounds`` compositions of the sampled Gaussian mechanism with
     q = clients_per_round / n_clients (``amplification=False``: q = 1), from opacus' RDP or PRV
     accountant. Noise streams derive from the federation seed, the client, the round and the update kind.
+
+    Over a defense whose server sees only the round's sum (``dp+secagg``) this is distributed DP:
+    the clip applies to the client's dense change in the summed space and each client adds only
+    sigma*C/sqrt(m) there, m the fewest uploads a released sum holds, so the sum carries at least
+    sigma*C; same accountant and sigma, but the guarantee is on the sum, not on each upload (rows:
+    ``level = distributed``). Why and how the two differ: ``defenses.dp_distributed``.
     """
 
     name: ClassVar[str] = "dp"
@@ -227,6 +254,14 @@ class ClientLevelDP(Wrapper):
     @classmethod
     def paper_method(cls, inner: str | None) -> str | None:
         return f"{inner}-DP" if inner else None
+
+    @classmethod
+    def check_inner(cls, params: ClientLevelDPParams, inner: Defense, fed: FederationInfo) -> str | None:
+        """Over a defense that sums in secret, its entry range must hold a clipped change plus a noise share."""
+        secret = inner.secret_sum(fed.clients_per_round)
+        if secret is None:
+            return None
+        return range_problem(params.clip, resolve_sigma(params, fed)[0], secret)
 
     @classmethod
     def check(cls, params: ClientLevelDPParams, fed: FederationInfo) -> str | None:

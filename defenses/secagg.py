@@ -34,6 +34,12 @@ An upload outside a round's key agreement (an attack probe) is masked under a fr
 holds a share of. In-process engines only: the Flower engines would run ``SecAggPlusWorkflow`` and
 ``secaggplus_mod`` themselves (not built yet), and the attack on the round's sum (a batch of every
 participant's examples) is left for later: per-client attacks find nothing here.
+
+Under ``dp`` (``dp+secagg``) this is distributed DP: ``privatize_sum`` lets the DP layer clip each
+client's weighted dense change and add its noise share after the weighting and before clipping to
+``clipping_range``, quantization and masking; ``secret_sum`` tells it, before any work, the fewest
+uploads a released sum holds (the reconstruction threshold) and the range an entry must fit
+(``defenses.dp_distributed``).
 """
 
 from __future__ import annotations
@@ -56,8 +62,10 @@ from benchmark.contract import (
     Defense,
     FederationInfo,
     LoRAFactors,
+    SecretSum,
     ServerRole,
     StartKnowledge,
+    SumPrivatizer,
     WirePayload,
 )
 from defenses import secagg_protocol as sa
@@ -155,10 +163,17 @@ class SecAggClient(ClientRole):
         self.params = params
         self.fed: FederationInfo | None = None
         self.sessions: dict[int, sa.ClientSession] = {}
+        self.privatizer: SumPrivatizer | None = None
 
     def setup(self, fed: FederationInfo) -> WirePayload | None:
         self.fed = fed
         return None
+
+    def privatize_sum(self, privatizer: SumPrivatizer) -> bool:
+        """Distributed DP (``dp+secagg``): the weighted dense deltas go through ``privatizer`` before
+        clipping, quantization and masking; a released sum holds at least the threshold's uploads."""
+        self.privatizer = privatizer
+        return True
 
     def propose(self, update: ClientUpdate) -> WirePayload:
         """Stage 0: advertise two fresh public keys for this round."""
@@ -193,7 +208,14 @@ class SecAggClient(ClientRole):
         s = self.sessions.get(cid)
         cfg = s.cfg if s is not None else self.params.round_config(self.fed.clients_per_round if self.fed else 2)
         seed = seed_of(self.fed.seed if self.fed else 0, update.round, cid, 0 if s is not None and not s.masked else 1)
-        quantized = sa.quantize_weighted(dense_vectors(update.factors, names), float(update.n_samples), cfg, seed)
+        privatize = None
+        if self.privatizer is not None:
+            privatizer = self.privatizer
+
+            def privatize(weighted: list[np.ndarray], weight: float) -> list[np.ndarray]:
+                return privatizer(update, weighted, weight, cfg.threshold)
+        quantized = sa.quantize_weighted(dense_vectors(update.factors, names), float(update.n_samples), cfg, seed,
+                                         privatize)
         session_ready = s is not None and not s.masked and bool(s.rd_seed)
         masked = sa.mask(s, quantized) if session_ready else sa.one_time_mask(quantized, cfg)
         meta = {"client_id": cid, "rank": update.client.rank, "scale": update.client.scale, "kind": update.kind,
@@ -333,3 +355,9 @@ class SecAgg(Defense):
     @classmethod
     def check(cls, params: SecAggParams, fed: FederationInfo) -> str | None:
         return problem(params, fed.clients_per_round)
+
+    def secret_sum(self, clients_per_round: int) -> SecretSum:
+        """A released sum holds at least the reconstruction threshold's uploads (the server refuses
+        to unmask fewer); an entry beyond ``clipping_range`` is clipped by the quantizer."""
+        return SecretSum(self.params.round_config(clients_per_round).threshold, float(self.params.clipping_range),
+                         f"{self.name}.clipping_range")

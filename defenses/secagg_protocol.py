@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,17 +147,22 @@ def quantize_seeded(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def quantize_weighted(vectors: Arrays, weight: float, cfg: RoundConfig, seed: int) -> Arrays:
+def quantize_weighted(vectors: Arrays, weight: float, cfg: RoundConfig, seed: int,
+                      privatize: Callable[[Arrays, float], Arrays] | None = None) -> Arrays:
     """``vectors`` scaled by weight / max_weight, clipped and quantized, the integer weight first
-    (flwr's client-side weighting: the server divides the sum by the summed weights)."""
+    (flwr's client-side weighting: the server divides the sum by the summed weights). ``privatize``
+    (distributed DP) turns the weighted vectors, given their multiplier, into noisy ones before the
+    clipping and quantization, so that the noise is summed under the masks like the update."""
     ratio = weight / cfg.max_weight
     if ratio > 1:
         raise ValueError(f"secagg.max_weight={cfg.max_weight:g} is below a client's sample count {weight:g}: the "
                          f"weighted sum could wrap around the modulus; use max_weight >= {weight:g}")
     q_ratio = round(ratio * cfg.quantization_range)
+    weighted = parameters_multiply(vectors, q_ratio / cfg.quantization_range)
+    if privatize is not None:
+        weighted = privatize(weighted, q_ratio / cfg.quantization_range)
     with quantize_seeded(seed):
-        quantized = quantize(parameters_multiply(vectors, q_ratio / cfg.quantization_range), cfg.clipping_range,
-                             cfg.quantization_range)
+        quantized = quantize(weighted, cfg.clipping_range, cfg.quantization_range)
     return factor_combine(q_ratio, [q.astype(np.int64) for q in quantized])
 
 

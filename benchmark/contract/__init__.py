@@ -25,7 +25,15 @@ from benchmark.contract.attack import (
     gradient_probe,
     view_lacks,
 )
-from benchmark.contract.defense import ENCRYPTS, ClientRole, Defense, ServerRole, TierFacts
+from benchmark.contract.defense import (
+    ENCRYPTS,
+    ClientRole,
+    Defense,
+    SecretSum,
+    ServerRole,
+    SumPrivatizer,
+    TierFacts,
+)
 from benchmark.contract.messages import (
     ClientInfo,
     ClientUpdate,
@@ -49,6 +57,6 @@ __all__ = [
     "ATTACK_MODES", "ATTACK_TARGETS", "CONTROL_DEFENSE", "CONTROL_TEST_SCENARIO", "ENCRYPTS", "MEMBERSHIP_METRICS", "RECONSTRUCTION_METRICS",
     "RECONSTRUCTION_STATUS", "START_KNOWN", "VIEW_OFFERS", "Abstain", "Attack", "AttackParams", "AttackerView",
     "ClientInfo", "ClientRole", "ClientUpdate", "Control", "Defense", "FederationInfo", "LoRAFactors", "ObservedModule",
-    "Reconstruction", "ServerRole", "Stacked", "StartKnowledge", "StartSpace", "TierFacts", "WirePayload", "Wrapper",
+    "Reconstruction", "SecretSum", "ServerRole", "Stacked", "StartKnowledge", "StartSpace", "SumPrivatizer", "TierFacts", "WirePayload", "Wrapper",
     "WrapperClient", "WrapperServer", "control_label", "gradient_probe", "json_default", "view_lacks",
 ]

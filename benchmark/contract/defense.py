@@ -7,10 +7,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from benchmark.contract.messages import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
 from benchmark.contract.views import AttackerView, StartKnowledge
+
+
+class SumPrivatizer(Protocol):
+    """Distributed DP's step inside a defense that shows the server only the round's sum: turns one
+    client's summands (``vectors``: one per module of ``sorted(update.factors)``, already multiplied by
+    the client's aggregation ``weight``) into the noisy ones it uploads, knowing that a released sum
+    holds at least ``min_summands`` uploads."""
+
+    def __call__(self, update: ClientUpdate, vectors: list[Any], weight: float, min_summands: int) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class SecretSum:
+    """What a defense whose server sees only the round's sum tells a distributed-DP layer before any
+    work: the fewest uploads a released sum can hold (fewer and the round fails, nothing is released)
+    and the largest magnitude one entry of an upload can carry without being clipped, set by the
+    parameter ``bound_key`` (layer first: ``secagg.clipping_range``)."""
+
+    min_summands: int
+    entry_bound: float
+    bound_key: str
 
 
 class ClientRole:
@@ -58,6 +79,12 @@ class ClientRole:
     def privacy_params(self) -> dict[str, Any]:
         """Privacy facts only the clients can tell (e.g. a per-client DP accountant)."""
         return {}
+
+    def privatize_sum(self, privatizer: SumPrivatizer) -> bool:
+        """Apply ``privatizer`` to every upload's summands before they are encoded, if the server sees
+        only their sum (distributed DP); False (the default): uploads are seen one by one, and a DP
+        layer must noise each update in full itself."""
+        return False
 
 
 class ServerRole:
@@ -148,6 +175,11 @@ class Defense:
         """Why ``params`` cannot work in a federation of these public facts, starting with the parameter's
         name (None: they can). The harness asks before any work, so a setting the defense could only
         refuse mid-run fails early."""
+        return None
+
+    def secret_sum(self, clients_per_round: int) -> SecretSum | None:
+        """What a distributed-DP layer must know of the sum the server sees in rounds of this many
+        clients (None, the default: the server sees each upload)."""
         return None
 
     def applied_budget(self, tier: ClientInfo) -> float | None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from benchmark.contract.defense import ClientRole, Defense, ServerRole
+from benchmark.contract.defense import ClientRole, Defense, SecretSum, ServerRole, SumPrivatizer
 from benchmark.contract.messages import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
 from benchmark.contract.views import AttackerView, StartKnowledge
 
@@ -55,6 +55,9 @@ class WrapperClient(ClientRole):
 
     def privacy_params(self) -> dict[str, Any]:
         return self.inner.privacy_params()
+
+    def privatize_sum(self, privatizer: SumPrivatizer) -> bool:
+        return self.inner.privatize_sum(privatizer)
 
 
 class WrapperServer(ServerRole):
@@ -116,6 +119,12 @@ class Wrapper:
         return None
 
     @classmethod
+    def check_inner(cls, params: Any, inner: Defense, fed: FederationInfo) -> str | None:
+        """Why ``params`` cannot work over ``inner``'s settings in this federation, starting with the
+        parameter's name, layer first (``secagg.clipping_range=...``); asked before any work."""
+        return None
+
+    @classmethod
     def cannot_wrap(cls, inner: Defense) -> str | None:
         """Why this wrapper cannot sit on ``inner`` (None: it can)."""
         return None
@@ -165,6 +174,9 @@ class Stacked(Defense):
 
     def applied_budget(self, tier: ClientInfo) -> float | None:
         return self.inner.applied_budget(tier)
+
+    def secret_sum(self, clients_per_round: int) -> SecretSum | None:
+        return self.inner.secret_sum(clients_per_round)
 
     def paper_method(self) -> str | None:
         method = self.inner.paper_method()

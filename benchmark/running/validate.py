@@ -290,7 +290,7 @@ def check_shards(scenario: ScenarioConfig, seed: int, targets: set[str]) -> tupl
 def check_defenses(scenario: ScenarioConfig, label: str, stack: Any) -> None:
     """Each layer of a defense stack judges its own parameters against the federation's public facts
     (``Defense.check`` / ``Wrapper.check``: e.g. a DP target epsilon no noise can reach)."""
-    from benchmark.contract import FederationInfo
+    from benchmark.contract import FederationInfo, Stacked
     from benchmark.federation.sampling import make_clients
 
     fed = FederationInfo(make_clients(scenario, 0), {}, scenario.rounds, scenario.clients_per_round, 0)
@@ -298,3 +298,10 @@ def check_defenses(scenario: ScenarioConfig, label: str, stack: Any) -> None:
         why = layer.cls.check(layer.params, fed)
         if why:
             raise ConfigError(f"defense.{label}{'' if layer.name == label else '.' + layer.name}.{why}")
+    *wrappers, base = stack.layers
+    inner = base.cls(base.params)
+    for layer in reversed(wrappers):  # a wrapper against the settings of what it wraps (dp's noise in secagg's range)
+        why = layer.cls.check_inner(layer.params, inner, fed)
+        if why:
+            raise ConfigError(f"defense.{label}.{why}")
+        inner = Stacked([(layer.cls, layer.params)], inner)
