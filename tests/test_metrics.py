@@ -121,11 +121,11 @@ def test_private_ids_are_the_prompt_ids_without_template_or_label():
     and so does the label, while a prompt cut by truncation keeps what was read."""
     from benchmark.federation.data import Example
     from benchmark.federation.models import tiny_tokenizer
-    from benchmark.federation.train import TaskSpec, seen_private_ids
+    from benchmark.federation.train import TaskSpec, seen_private
 
     tok = tiny_tokenizer()
     spec = TaskSpec("classification", "decoder", "Tweet: {text}\nSentiment:", ("negative", "positive"), 12)
-    short, long = seen_private_ids(tok, spec, [Example("my cat sleeps all day", 1), Example("a " * 40, 0)])
+    short, long = seen_private(tok, spec, [Example("my cat sleeps all day", 1), Example("a " * 40, 0)])[1]
     assert short == tok("my cat sleeps all day", add_special_tokens=False).input_ids
     head = len(tok("Tweet:", add_special_tokens=False).input_ids)
     assert long == tok("a", add_special_tokens=False).input_ids * (spec.prompt_tokens - head)

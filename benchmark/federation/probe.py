@@ -18,7 +18,7 @@ from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import Factors
 from benchmark.federation.protocol import Parties, upload
 from benchmark.federation.seeding import rng
-from benchmark.federation.train import LocalResult, seen_private_ids, seen_private_texts
+from benchmark.federation.train import LocalResult, seen_private
 from benchmark.federation.transcript import Channel, PublicFacts, attacker_view
 
 ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
@@ -97,10 +97,10 @@ def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[
     cases: dict[ProbeKey, ProbeCase] = {}
     transcript = pr.channel.transcript
     if th.observation == "upload":
-        references = seen_private_texts(a.loaded.tokenizer, a.spec, pr.results[pr.client.client_id].examples)
+        references = seen_private(a.loaded.tokenizer, a.spec, pr.results[pr.client.client_id].examples)
         view = attacker_view(pr.parties.server, transcript, pr.client, pr.rnd, "upload", public,
                              lr=train.lr, local_steps=train.local_steps, batch_size=train.batch_size)
-        cases[probe_keys(a.scenario)[0]] = ProbeCase(view, references, seen_private_ids(a.loaded.tokenizer, a.spec, pr.results[pr.client.client_id].examples))
+        cases[probe_keys(a.scenario)[0]] = ProbeCase(view, *references)
     else:
         examples = a.examples(pr.client.client_id)
         order = rng(a.seed, "probe").permutation(len(examples)).tolist()
@@ -114,8 +114,7 @@ def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[
             view = attacker_view(pr.parties.server, transcript, pr.client, pr.rnd, "probe", public,
                                  lr=th.lr, local_steps=1 if th.observation == "grad" else th.steps,
                                  batch_size=len(batch_ex))
-            cases[(size, index)] = ProbeCase(view, seen_private_texts(a.loaded.tokenizer, a.spec, batch_ex),
-                                         seen_private_ids(a.loaded.tokenizer, a.spec, batch_ex))
+            cases[(size, index)] = ProbeCase(view, *seen_private(a.loaded.tokenizer, a.spec, batch_ex))
     round_view, is_member = membership_view(a, public, pr)
     return ProbeResult(cases, round_view, is_member, *a.spec.private_format())
 

@@ -212,44 +212,31 @@ def local_train(
     return LocalResult(update, head_state, sum(losses) / max(1, len(losses)), time.perf_counter() - t0, texts, seen)
 
 
-def seen_private_texts(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> list[str]:
-    """The private text of each example as the model saw it: its input tokens (truncated to
-    ``seq_len``; for decoders only the prompt, never the label or response) decoded, with the
-    template's literal pieces removed. The truth every reconstruction is scored against."""
+def seen_private(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> tuple[list[str], list[list[int]]]:
+    """The private part of each example as the model saw it, the truth every reconstruction is scored
+    against: its input tokens (truncated to ``seq_len``; for decoders only the prompt, never the label
+    or response), special tokens dropped, as text with the template's literal pieces removed, and as
+    ids with the template's literal head and tail removed where their own ids begin and end the prompt
+    (a tail cut off by truncation is simply absent)."""
     from benchmark.running.metrics import private_text
 
     batch = encode(tokenizer, spec, examples)
-    out = []
-    for i in range(len(examples)):
-        keep = batch["attention_mask"][i].bool()
-        if spec.arch == "decoder":
-            keep &= batch["labels"][i] == -100
-        text = tokenizer.decode(batch["input_ids"][i][keep], skip_special_tokens=True)
-        out.append(private_text(text, *spec.private_format()))
-    return out
-
-
-def seen_private_ids(tokenizer, spec: TaskSpec, examples: Sequence[Example]) -> list[list[int]]:
-    """The input ids of each example's private text as the model saw them (``seen_private_texts`` as
-    ids): special tokens dropped, and the template's literal head and tail where their own ids begin
-    and end the prompt (a tail cut off by truncation is simply absent)."""
-    batch = encode(tokenizer, spec, examples)
-    template, _ = spec.private_format()
+    template, labels = spec.private_format()
     head, _, tail = template.partition("{text}")
     # a head's trailing space merges into the first private word (" my"), so its own ids may end early
     heads = [tokenizer(h, add_special_tokens=False).input_ids for h in dict.fromkeys((head, head.rstrip())) if h.strip()]
     tails = [tokenizer(t, add_special_tokens=False).input_ids for t in dict.fromkeys((tail, tail.lstrip(" "))) if t.strip()]
     special = set(tokenizer.all_special_ids)
-    out = []
+    texts, ids = [], []
     for i in range(len(examples)):
         keep = batch["attention_mask"][i].bool()
         if spec.arch == "decoder":
             keep &= batch["labels"][i] == -100
-        ids = [t for t in batch["input_ids"][i][keep].tolist() if t not in special]
-        ids = ids[next((len(h) for h in heads if ids[: len(h)] == h), 0):]
-        ids = ids[: len(ids) - next((len(t) for t in tails if ids[len(ids) - len(t):] == t), 0)]
-        out.append(ids)
-    return out
+        seen = [t for t in batch["input_ids"][i][keep].tolist() if t not in special]
+        texts.append(private_text(tokenizer.decode(seen, skip_special_tokens=True), template, labels))
+        seen = seen[next((len(h) for h in heads if seen[: len(h)] == h), 0):]
+        ids.append(seen[: len(seen) - next((len(t) for t in tails if seen[len(seen) - len(t):] == t), 0)])
+    return texts, ids
 
 
 @torch.no_grad()
