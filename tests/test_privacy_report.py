@@ -8,6 +8,7 @@ import pytest
 from benchmark.reporting.privacy import (
     PAPER_DAGER,
     batch_table,
+    frontier_table,
     nominal_budget,
     paper_table,
     plot_batch,
@@ -130,3 +131,21 @@ def test_attacks_plot_needs_two_attacks_measured_at_two_sizes(tmp_path):
     other = [{**r, "attack": "utr", "rouge1": 0.7} for r in one]
     assert plot_attacks(pd.DataFrame(one + other), tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_frontier_joins_noise_levels_and_takes_the_strongest_mode(tmp_path):
+    data = rows("plain_lora", "plain_lora", {}, [1.0] * 3, 4)
+    for sigma, rouge in ((1e-3, 0.9), (0.1, 0.0)):
+        for mode, r in (("naive", rouge), ("adaptive", rouge / 2)):
+            data += [{**r_, "dp_sigma": sigma, "defense_stack": "dp+plain_lora", "utility": 0.7 - sigma, "epsilon": 1 / sigma,
+                      "utility_lo": 0.6 - sigma, "utility_hi": 0.8 - sigma, "utility_n": 512}
+                     for r_ in rows("dp", f"dp_sigma{sigma:g}", {}, [r] * 3, 4, mode=mode)]
+    df = pd.DataFrame([{**r, "seed": 0} for r in data])
+    table = frontier_table(df, attacks=("dager",))
+    got = {r["defense"]: r for _, r in table.iterrows()}
+    assert list(table["defense"]) == ["dp_sigma0.001", "dp_sigma0.1", "plain_lora"]  # curve ordered by noise
+    assert got["dp_sigma0.001"]["dager b4 ↓ (mode)"].startswith("0.900") and "(naive)" in got["dp_sigma0.001"]["dager b4 ↓ (mode)"]
+    # one seed: the Wilson interval over the 512 test examples, not a bootstrap over one value
+    assert got["dp_sigma0.1"]["utility ↑ [95% CI] (n)"] == "0.600 [0.500, 0.700] (n=512)"
+    assert got["plain_lora"]["utility ↑ [95% CI] (n)"] == "0.700 (no interval recorded)"  # an older row: says so
+    assert plot_frontier(df, tmp_path / "f.png") and (tmp_path / "f.png").stat().st_size > 1000

@@ -8,6 +8,7 @@ loss on the response tokens.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -269,4 +270,21 @@ def evaluate(model, tokenizer, spec: TaskSpec, examples: Sequence[Example], batc
             correct += int((logits.argmax(-1)[mask] == targets[mask]).sum())
             total += int(mask.sum())
     metric = "accuracy" if spec.task == "classification" else "response_token_acc"
-    return {"utility_metric": metric, "utility": correct / max(1, total), "eval_loss": loss_sum / max(1, len(examples))}
+    utility = correct / max(1, total)
+    lo, hi = wilson_interval(correct, total, len(examples))
+    return {"utility_metric": metric, "utility": utility, "utility_lo": lo, "utility_hi": hi, "utility_n": len(examples),
+            "eval_loss": loss_sum / max(1, len(examples))}
+
+
+def wilson_interval(successes: int, trials: int, units: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """95% Wilson score interval of ``successes / trials`` with ``units`` independent units.
+
+    Accuracy counts one trial per test example. Response-token accuracy counts tokens, which are not
+    independent within an example, so the interval is widened to ``units`` (examples) trials, the
+    count the data can vouch for (a design-effect bound: conservative, never narrower than per example)."""
+    if trials <= 0 or units <= 0:
+        return None, None
+    p, n = successes / trials, min(trials, units)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

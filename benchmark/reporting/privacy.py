@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,33 +357,113 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PAPE
     return True
 
 
-def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PAPER_ATTACK) -> bool:
-    """Utility (mean, 95% CI over seeds) against the strongest mode's ``attack`` ROUGE-1 at one batch size."""
+def utility_interval(sims: pd.DataFrame) -> Interval | None:
+    """A defense's utility with its 95% interval: over seeds (percentile bootstrap) when there are
+    several, else the one evaluation's Wilson interval over its test examples (``utility_lo/hi``)."""
+    util = pd.to_numeric(sims["utility"], errors="coerce").dropna()
+    if util.empty:
+        return None
+    if len(util) > 1 or "utility_lo" not in sims:
+        return bootstrap_ci(util.to_numpy())
+    row = sims.loc[util.index[0]]
+    lo, hi = _num(row.get("utility_lo")), _num(row.get("utility_hi"))
+    n = int(_num(row.get("utility_n"))) if not math.isnan(_num(row.get("utility_n"))) else 1
+    return Interval(float(util.iloc[0]), lo, hi, n)
+
+
+def _sim_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin(("ok", "abstained", "incompatible"))].drop_duplicates(["scenario", "defense", "seed"])
+
+
+def _strongest(df: pd.DataFrame, attack: str, batch: int) -> pd.DataFrame:
+    """Per scenario x defense, the attack mode with the highest mean ROUGE-1 at ``batch`` (a fielded
+    attacker takes the better mode), with its interval."""
     rows = probe_rows(df, attack)
-    if rows.empty or "utility" not in df:
-        return False
+    if rows.empty:
+        return rows
     rows = rows[rows["probe_batch_size"] == batch]
-    attack = summarize(rows, ["scenario", "defense", "attack_mode"]).dropna(subset=["mean"])
-    if attack.empty:
+    stats = summarize(rows, ["scenario", "defense", "attack_mode"]).dropna(subset=["mean"])
+    if stats.empty:
+        return stats
+    return stats.loc[stats.groupby(["scenario", "defense"])["mean"].idxmax()]
+
+
+def _family(sims: pd.DataFrame, defense: str) -> tuple[str, float]:
+    """A defense's curve (its stack, e.g. ``dp+plain_lora``) and its place on it (the noise)."""
+    row = sims[sims["defense"] == defense].iloc[0]
+    sigma = _num(row.get("dp_sigma"))
+    return (str(row.get("defense_stack") or defense), sigma) if not math.isnan(sigma) else (defense, math.nan)
+
+
+def frontier_table(df: pd.DataFrame, attacks: tuple[str, ...] = ("dager", "fedspy"), batch: int = 4) -> pd.DataFrame:
+    """Per scenario x defense: utility [95% CI] (n test examples or seeds), epsilon, and each attack's
+    strongest-mode ROUGE-1 [95% CI] (n cases) at ``batch``; ordered by curve and noise."""
+    sims = _sim_rows(df)
+    best = {a: _strongest(df, a, batch) for a in attacks}
+    if all(b.empty for b in best.values()) or "utility" not in sims:
+        return pd.DataFrame()
+    records = []
+    for (scenario, defense), group in sims.groupby(["scenario", "defense"], sort=False):
+        u = utility_interval(group)
+        family, sigma = _family(group, defense)
+        eps = pd.to_numeric(group.get("epsilon"), errors="coerce").dropna() if "epsilon" in group else pd.Series(dtype=float)
+        rec = {"scenario": scenario, "defense": defense, "curve": family, "sigma": "–" if math.isnan(sigma) else f"{sigma:.3g}",
+               "epsilon": f"{eps.max():.3g}" if not eps.empty else "–",
+               "utility ↑ [95% CI] (n)": "–" if u is None else fmt_interval(u) if math.isfinite(u.lo) else
+               f"{u.value:.3f} (no interval recorded)"}
+        for attack, b in best.items():
+            hit = b[(b["scenario"] == scenario) & (b["defense"] == defense)] if not b.empty else b
+            rec[f"{attack} b{batch} ↓ (mode)"] = (f"{fmt_interval(Interval(*hit.iloc[0][['mean', 'lo', 'hi']], int(hit.iloc[0]['n'])))}"
+                                                 f" ({hit.iloc[0]['attack_mode']})") if len(hit) else "–"
+        rec["_order"] = (family, 0.0 if math.isnan(sigma) else sigma)
+        records.append(rec)
+    out = pd.DataFrame(records).sort_values(["scenario", "_order"], kind="stable").drop(columns="_order")
+    return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    sigma: float  # nan for a defense without a noise level
+    utility: Interval
+    attack: Interval
+    label: str
+
+
+def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PAPER_ATTACK) -> bool:
+    """Utility [95% CI] against the strongest mode's ``attack`` ROUGE-1 [95% CI] at one batch size:
+    every defense a point, the noise levels of one DP stack joined into a curve (ordered by sigma)."""
+    worst = _strongest(df, attack, batch)
+    if worst.empty or "utility" not in df:
         return False
-    worst = attack.loc[attack.groupby(["scenario", "defense"])["mean"].idxmax()]
-    sims = df[df["status"].isin(("ok", "abstained", "incompatible"))].drop_duplicates(["scenario", "defense", "seed"])
+    sims = _sim_rows(df)
     scenarios = list(dict.fromkeys(worst["scenario"]))
     colors = plt.get_cmap("tab10").colors
-    palette = {d: colors[i % 10] for i, d in enumerate(dict.fromkeys(worst["defense"]))}
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
+        here = sims[sims["scenario"] == scenario]
+        curves: dict[str, list[FrontierPoint]] = {}
         for _, w in worst[worst["scenario"] == scenario].iterrows():
-            util = pd.to_numeric(sims[(sims["scenario"] == scenario) & (sims["defense"] == w["defense"])]["utility"],
-                                 errors="coerce").dropna()
-            if util.empty:
+            u = utility_interval(here[here["defense"] == w["defense"]])
+            if u is None:
                 continue
-            u = bootstrap_ci(util.to_numpy())
-            ax.errorbar([u.value], [w["mean"]], xerr=[[u.value - u.lo], [u.hi - u.value]],
-                        yerr=[[w["mean"] - w["lo"]], [w["hi"] - w["mean"]]], fmt="o", capsize=3,
-                        color=palette[w["defense"]], label=f"{w['defense']} ({w['attack_mode']})")
-        ax.set_xlabel("utility ↑ (mean, 95% CI over seeds)")
-        ax.set_ylabel(f"{attack} ROUGE-1 at batch {batch} ↓")
+            family, sigma = _family(here, w["defense"])
+            label = w["defense"] if math.isnan(sigma) else f"sigma {sigma:g}"
+            curves.setdefault(family, []).append(FrontierPoint(sigma, u, Interval(w["mean"], w["lo"], w["hi"], int(w["n"])),
+                                                               f"{label} ({w['attack_mode']})"))
+        for i, (family, pts) in enumerate(curves.items()):
+            pts.sort(key=lambda p: (math.isnan(p.sigma), p.sigma))
+            color = colors[i % 10]
+            ax.errorbar([p.utility.value for p in pts], [p.attack.value for p in pts],
+                        xerr=[[max(0.0, p.utility.value - p.utility.lo) for p in pts],
+                              [max(0.0, p.utility.hi - p.utility.value) for p in pts]],
+                        yerr=[[max(0.0, p.attack.value - p.attack.lo) for p in pts],
+                              [max(0.0, p.attack.hi - p.attack.value) for p in pts]],
+                        fmt="o-" if len(pts) > 1 else "o", capsize=3, color=color, label=family)
+            for p in pts if len(pts) > 1 else ():
+                ax.annotate(p.label, (p.utility.value, p.attack.value), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points", color=color)
+        ax.set_xlabel("utility ↑ (95% CI: test examples, or seeds)")
+        ax.set_ylabel(f"{attack} ROUGE-1 at batch {batch} ↓ (strongest mode, 95% CI)")
         _finish(ax, f"{scenario}: privacy-utility frontier\n(best corner: bottom right)")
     _save(fig, path)
     return True
@@ -401,6 +482,10 @@ def privacy_sections(df: pd.DataFrame, out_dir: Path, markdown: Any, calibration
         if not times.empty:
             lines += ["", "## Attack time per probe case (s, median [min, max] (n computed cases), wall under the run's load)",
                       "", markdown(times)]
+    frontier = frontier_table(df)
+    if not frontier.empty and frontier["curve"].duplicated().any():  # a curve: some defense at several noise levels
+        lines += ["", "## Privacy-utility frontier (strongest attack mode at batch 4; utility 95% Wilson interval over the "
+                  "test examples for one seed, bootstrap over seeds for several)", "", markdown(frontier)]
     mia = mia_table(df, calibration)
     if not mia.empty:
         lines += ["", "## Membership inference (AUC and TPR at 1% FPR, stratified bootstrap 95% CI)", "", markdown(mia)]

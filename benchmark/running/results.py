@@ -13,7 +13,7 @@ from typing import Any
 COLUMNS = (
     "run_id", "cell_id", "cell_key", "code_fp", "data_fp", "scenario", "defense", "defense_name", "defense_stack", "attack",
     "attack_mode", "seed", "status", "error",
-    "utility_metric", "utility", "eval_loss", "rouge1", "rouge2", "rougeL", "token_recall", "token_precision",
+    "utility_metric", "utility", "utility_lo", "utility_hi", "utility_n", "eval_loss", "rouge1", "rouge2", "rougeL", "token_recall", "token_precision",
     "token_set_recall", "exact_match", "mia_auc", "mia_auc_lo", "mia_auc_hi", "tpr_at_1fpr", "tpr_at_1fpr_lo", "tpr_at_1fpr_hi",
     "tpr_at_5fpr", "n_members", "n_nonmembers", "n_reconstructed", "attack_note", "metric_directions",
     "bytes_up_per_client_round", "bytes_down_per_client_round", "flexlora_broadcast_bytes", "cipher_bytes_up", "cipher_bytes_down",
