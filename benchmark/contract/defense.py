@@ -69,7 +69,8 @@ class ClientRole:
     def release(self) -> None:
         """Undo ``wrap_training``'s changes to the model once a client's training is over."""
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def protect(self, update: ClientUpdate) -> WirePayload | None:
+        """The upload of ``update``; None when the client drops out of the round and sends nothing."""
         raise NotImplementedError
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:

@@ -114,9 +114,12 @@ class RoundDriver:
         negotiate(self.parties, updates, rnd, self.channel)
         participants = [clients[cid] for cid in picks]
         exchange(self.parties, participants, [], rnd, self.channel)
-        uploads = []
+        uploads, survivors = [], []
         for u in updates:
             sent = upload(self.parties, u, rnd, self.channel)
+            if sent is None:  # the client dropped out after the negotiation
+                continue
+            survivors.append(u)
             self.timings["enc_s"].append(sent.enc_s)
             self.timings["protect_s"].append(sent.protect_s)
             tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
@@ -127,10 +130,10 @@ class RoundDriver:
         exchange(self.parties, participants, [u.payload for u in uploads], rnd, self.channel)
         message, agg_s = aggregate(self.parties, uploads)
         self.timings["agg_s"].append(agg_s)
-        self._average_head([results[cid] for cid in picks])
+        self._average_head([results[u.client.client_id] for u in survivors])
         self.global_msg, self.global_round = message, rnd
         self.latest = self.channel.down(message, rnd, picks, "broadcast")
-        reference = reference_aggregate(updates)
+        reference = reference_aggregate(survivors)  # what the server could aggregate: those that uploaded
         err = 0.0
         for cid in picks:  # each receiver decrypts its own copy: dec_s is one client's cost, never a cache hit
             self.start[cid] = self.finalize(wire_copy(self.latest), clients[cid])
@@ -140,7 +143,8 @@ class RoundDriver:
         losses = [r.loss for r in results.values() if r.loss is not None]
         return {"round": rnd, "clients": picks, "train_loss": sum(losses) / len(losses) if losses else None,
                 "agg_s": agg_s, "agg_rel_err": err, "bytes_up": sum(u.nbytes for u in uploads),
-                "bytes_down": message.nbytes() * len(picks)}
+                "bytes_down": message.nbytes() * len(picks),
+                "silent": sorted(set(picks) - {u.client.client_id for u in survivors})}  # dropped out
 
     def _average_head(self, results: list[LocalResult]) -> None:
         """Encoder heads are averaged in the clear (FedAvg) under every defense, as in the paper."""
