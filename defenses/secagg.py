@@ -38,8 +38,14 @@ aggregates only the survivors, and ``agg_rel_err`` compares with the survivors' 
 that leaves fewer than the threshold in every round is refused before any work (``problem``).
 An upload outside a round's key agreement (an attack probe) is masked under a fresh seed nobody
 holds a share of. In-process engines only: the Flower engines would run ``SecAggPlusWorkflow`` and
-``secaggplus_mod`` themselves (not built yet), and the attack on the round's sum (a batch of every
-participant's examples) is left for later: per-client attacks find nothing here.
+``secaggplus_mod`` themselves (not built yet).
+
+What an attacker on the server gets: per client, masked vectors (per-client attacks are
+``incompatible``); per round, the sum it unmasked (``unmasked_sum``). Because ``SecAgg`` declares
+``secret_sum``, the attack probe runs one secure round of every participant's probe update, each on
+a private batch of its own, and the span attacks (those that ``reads_sums``) read the sum as one batch
+of all their examples (``benchmark.federation.sum_view``). For that, a probe's update is summed as its
+dense change from its start, not as weights (``dense_vectors``).
 
 Under ``dp`` (``dp+secagg``) this is distributed DP: ``privatize_sum`` lets the DP layer clip each
 client's weighted dense change and add its noise share after the weighting and before clipping to
@@ -52,7 +58,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -192,9 +198,22 @@ def dropped_clients(seed: int, rnd: int, participants: Sequence[int], k: int) ->
                                              replace=False))
 
 
-def dense_vectors(factors: Mapping[str, LoRAFactors], names: Sequence[str]) -> list[np.ndarray]:
-    """Each module's dense delta ``s * B @ A`` (float64), in ``names`` order."""
-    return [factors[n].delta().detach().double().cpu().numpy() for n in names]
+def dense_vectors(update: ClientUpdate, names: Sequence[str]) -> list[np.ndarray]:
+    """What a client sums in secret, per module in ``names`` order (float64): its dense delta ``s * B @ A``
+    after a round; for an attack probe's observation, the dense change it would make from its start
+    (``prev``): ``s * (B A - B0 A0)`` after SGD steps, or, for a gradient (``factors`` hold dL/dA and
+    dL/dB), the first-order change ``s * (dL/dB A0 + B0 dL/dA)``, so that the sum is a sum of changes."""
+    out = []
+    for n in names:
+        f, start = update.factors[n], (update.prev or {}).get(n)
+        if update.kind == "weights" or start is None:
+            dense = f.delta()
+        elif update.kind == "grad":
+            dense = f.scale * (f.B @ start.A + start.B @ f.A)
+        else:
+            dense = f.delta() - start.delta()
+        out.append(dense.detach().double().cpu().numpy())
+    return out
 
 
 def seed_of(*parts: int) -> int:
@@ -285,7 +304,7 @@ class SecAggClient(ClientRole):
 
             def privatize(weighted: list[np.ndarray], weight: float) -> list[np.ndarray]:
                 return privatizer(update, weighted, weight, cfg.threshold)
-        quantized = sa.quantize_weighted(dense_vectors(update.factors, names), float(update.n_samples), cfg, seed,
+        quantized = sa.quantize_weighted(dense_vectors(update, names), float(update.n_samples), cfg, seed,
                                          privatize)
         session_ready = s is not None and not s.masked and bool(s.rd_seed)
         masked = sa.mask(s, quantized) if session_ready else sa.one_time_mask(quantized, cfg)
@@ -322,6 +341,7 @@ class SecAggServer(ServerRole):
         self.fed: FederationInfo | None = None
         self.round: ServerRound | None = None
         self._rounds = 0
+        self.last_sum: dict[str, torch.Tensor] | None = None  # the latest unmasked sum (the server holds it)
 
     def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
         """Stage 0's answers: the round's participants and their public keys; the ring is drawn here."""
@@ -393,8 +413,10 @@ class SecAggServer(ServerRole):
                   if int(p.meta["client_id"]) in r.active]
         mean = sa.unmask_sum(masked, r.shares, r.active, r.graph, r.keys, r.cfg)
         deltas = {}
-        for name, dense in zip(payloads[0].meta["modules"], mean):
-            u, s, vh = torch.linalg.svd(torch.from_numpy(np.asarray(dense, dtype=np.float64)), full_matrices=False)
+        self.last_sum = {name: torch.from_numpy(np.asarray(dense, dtype=np.float64))
+                         for name, dense in zip(payloads[0].meta["modules"], mean)}
+        for name, dense in self.last_sum.items():
+            u, s, vh = torch.linalg.svd(dense, full_matrices=False)
             deltas[name] = FactoredDelta(u.float(), s.float(), vh.float())
         message = broadcast(deltas, broadcast_rank(self.fed))
         message.meta.update(survivors=r.active)
@@ -408,6 +430,10 @@ class SecAggServer(ServerRole):
                             leaked={k: payload.meta[k] for k in ("rank",) if k in payload.meta},
                             cipher_bytes=payload.cipher_bytes(),
                             note="a SecAgg+ masked vector: the server learns only the round's sum")
+
+    def unmasked_sum(self) -> dict[str, torch.Tensor] | None:
+        """The weighted mean of the latest round's dense deltas, as the unmask stage left it."""
+        return self.last_sum
 
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
         factors = finalize_to_rank(read_broadcast(broadcast), client, self.fed.seed if self.fed else 0)

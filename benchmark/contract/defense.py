@@ -121,6 +121,12 @@ class ServerRole:
         """What the server can compute of ``client``'s start from a broadcast it sent it."""
         return StartKnowledge.nothing("the server cannot replay this defense's finalize")
 
+    def unmasked_sum(self) -> Mapping[str, Any] | None:
+        """For a server that sees only the round's sum (``Defense.secret_sum``): that sum as it last
+        unmasked it, per module the dense weighted mean of the uploads' deltas (m x n tensors), which
+        the attack probe reads as the server's observation. None (the default): no such sum."""
+        return None
+
     def privacy_params(self) -> dict[str, Any]:
         return {}
 

@@ -73,6 +73,7 @@ class RoundDriver:
         self.per_tier: dict[str, dict[str, list[float]]] = {}
         self.results: dict[int, LocalResult] = {}  # harness data: the latest round's local results
         self.probe_start: Factors = {}
+        self.round_starts: dict[int, Factors] = {}  # harness data: each participant's start this round
 
     @property
     def meter(self) -> WireMeter:
@@ -102,13 +103,15 @@ class RoundDriver:
     # ---- one round -------------------------------------------------------------------------
 
     def train(self, client: ClientInfo, rnd: int) -> LocalResult:
-        result = self.clients.train(client, rnd, self.start_factors(client, rnd), self.head)
+        self.round_starts[client.client_id] = start = self.start_factors(client, rnd)
+        result = self.clients.train(client, rnd, start, self.head)
         self.timings["train_s"].append(result.train_s)
         return result
 
     def run_round(self, rnd: int) -> dict[str, Any]:
         picks = self.schedule.picks(rnd)
         clients = self.fed.clients
+        self.round_starts = {}
         results = {cid: self.train(clients[cid], rnd) for cid in picks}
         updates = [results[cid].update for cid in picks]
         negotiate(self.parties, updates, rnd, self.channel)
@@ -169,7 +172,8 @@ class RoundDriver:
             rounds.append(self.run_round(rnd))
             if rnd == when:
                 t_probe = time.perf_counter()
-                pr = ProbeRound(self.parties, self.channel, target, rnd, self.probe_start, self.results)
+                pr = ProbeRound(self.parties, self.channel, target, rnd, self.probe_start, self.results,
+                                self.round_starts)
                 probe = self.referee.probe(pr, self.progress)
                 probe_s = time.perf_counter() - t_probe
         t_eval = time.perf_counter()
