@@ -2,7 +2,9 @@
 
 At the threat's round the target's attacked messages are its real upload (``observation=upload``) or
 one update per private probe batch from its real start (``sgd``/``grad``), each protected by the
-client role and recorded like any upload. The attacker's views are built from the server's
+client role and recorded like any upload. Where the server sees only the round's sum (a defense that
+declares ``secret_sum``), a probe case is instead the sum of every participant's probe update, each on
+a private batch of its own, unmasked by the defense's own protocol (``observe_sums``). The attacker's views are built from the server's
 transcript alone (``benchmark.federation.transcript.attacker_view``); the truth (private texts, membership)
 never leaves the referee.
 """
@@ -153,8 +155,8 @@ def observe_sums(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Calla
     for size, index in probe_keys(a.scenario):
         progress(f"probe sum of {len(who)} batches {index + 1}/{a.scenario.probe.batches} of size {size}")
         batches = {cid: [a.examples(cid)[i] for i in probe_batch(orders[cid], size, index)] for cid in who}
-        updates = [pr.parties.client.probe_update(clients[cid], pr.rnd, pr.starts.get(cid, pr.start), batches[cid])
-                   for cid in who]
+        updates = [pr.parties.client.probe_update(clients[cid], pr.rnd, pr.start if cid == pr.client.client_id
+                                                  else pr.starts[cid], batches[cid]) for cid in who]
         dense, masked = secure_sum(pr, updates)
         union = [ex for cid in who for ex in batches[cid]]
         view = None
