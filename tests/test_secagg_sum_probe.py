@@ -111,3 +111,21 @@ def test_only_the_span_attacks_read_sums():
     readers = {n for n in ATTACKS.names() if ATTACKS.get(n).reads_sums}
     assert readers == {"dager", "fedspy", "utr", "subspace_rank"}
     assert all("one_client" in ATTACKS.get(n).needs() for n in ATTACKS.names() if n not in readers)
+
+
+@pytest.mark.parametrize(("seed", "target_drops"), [(0, False), (2, True)])
+def test_with_a_dropout_the_sum_probe_covers_the_survivors(seed, target_drops):
+    from benchmark.engines import inproc
+    from benchmark.federation.sampling import probe_target
+    from benchmark.running.catalog import resolve_scenario
+    from benchmark.running.execution import run_attack
+    from defenses.secagg import SecAgg, SecAggParams
+
+    torch.set_num_threads(1)
+    scenario = resolve_scenario("tiny", {"rounds": 1, "clients_per_round": 3})
+    sim = inproc.simulate(scenario, SecAgg(SecAggParams(dropouts=1)), seed)
+    assert len(sim.rounds[0]["silent"]) == 1
+    assert (probe_target(scenario, seed) in sim.rounds[0]["silent"]) == target_drops
+    case = sim.probe.first
+    assert case.view.summed == 2 and len(case.references) == 2  # the two that uploaded, one batch each
+    assert run_attack(ComponentSpec("dager", "dager"), "naive", sim)["status"] == "ok"

@@ -150,7 +150,8 @@ def observe_sums(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Calla
     orders = {cid: rng(a.seed, "probe").permutation(len(a.examples(cid))).tolist() if cid == pr.client.client_id
               else rng(a.seed, "probe", cid).permutation(len(a.examples(cid))).tolist() for cid in who}
     starts = [start_knowledge(pr.parties.server, transcript, clients[cid], pr.rnd) for cid in who]
-    target_start = start_knowledge(pr.parties.server, transcript, pr.client, pr.rnd)
+    # the public model at the target's start (a dropped-out target: the first survivor's)
+    target_start = starts[who.index(pr.client.client_id)] if pr.client.client_id in who else starts[0]
     cases: dict[ProbeKey, ProbeCase] = {}
     for size, index in probe_keys(a.scenario):
         progress(f"probe sum of {len(who)} batches {index + 1}/{a.scenario.probe.batches} of size {size}")
@@ -172,8 +173,8 @@ def observe_sums(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Calla
 
 def secure_sum(pr: ProbeRound, updates: Sequence[ClientUpdate]) -> tuple[Mapping[str, Any] | None, AttackerView | None]:
     """One round of the defense's protocol over ``updates`` on a channel of its own (nothing metered,
-    nothing added to the run's transcript): the sum the server unmasked, and its reading of the probed
-    client's masked upload."""
+    nothing added to the run's transcript): the sum the server unmasked, and its reading of one masked
+    upload (what it is and its size)."""
     channel = Channel(WireMeter(), Transcript())
     clients = [u.client for u in updates]
     negotiate(pr.parties, updates, pr.rnd, channel)
@@ -182,8 +183,7 @@ def secure_sum(pr: ProbeRound, updates: Sequence[ClientUpdate]) -> tuple[Mapping
     uploads = [s for s in sent if s is not None]
     exchange(pr.parties, clients, [s.payload for s in uploads], pr.rnd, channel)
     aggregate(pr.parties, uploads)
-    mine = next((s.payload for u, s in zip(updates, sent) if s is not None and u.client == pr.client), None)
-    return pr.parties.server.unmasked_sum(), None if mine is None else pr.parties.server.observe(mine)
+    return pr.parties.server.unmasked_sum(), pr.parties.server.observe(uploads[0].payload) if uploads else None
 
 
 def membership_view(a: Assets, public: PublicFacts, pr: ProbeRound) -> tuple[AttackerView | None, list[bool]]:
