@@ -177,9 +177,10 @@ def dropout_problem(params: SecAggParams, clients_per_round: int) -> str | None:
         return None
     cfg = params.round_config(n)
     if n - k < cfg.threshold:
+        other = "a lower reconstruction_threshold" if n - k >= 2 else f"clients_per_round >= {k + 2}"
         return (f"dropouts={k} leaves {n - k} of clients_per_round={n} clients to upload, fewer than the reconstruction "
                 f"threshold {cfg.threshold}: every round would fail; use dropouts <= {max(0, n - cfg.threshold)} "
-                f"or a lower reconstruction_threshold")
+                f"or {other} (a threshold is at least 2)")
     if cfg.threshold >= cfg.num_shares:
         return (f"dropouts={k} with reconstruction_threshold={cfg.threshold} equal to the {cfg.num_shares} shares per "
                 f"client: a dropped client holds one of its own shares, so its secret can never be rebuilt; "
