@@ -135,6 +135,7 @@ class DAGER(Attack):
     version: ClassVar[str] = "4"  # 3: the original's strength; 4: a clean span's bag ends at its step
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    reads_sums: ClassVar[bool] = True  # a span holds every summed client's tokens: one batch of all
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     control: ClassVar[Control] = Control(

@@ -65,6 +65,7 @@ class SubspaceRank(Attack):
     version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    reads_sums: ClassVar[bool] = True  # a span holds every summed client's tokens: one batch of all
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     control: ClassVar[Control] = Control(
         scenario="paper",

@@ -109,6 +109,7 @@ class UTR(Attack):
     version: ClassVar[str] = "2"  # 2: spans read by SpanRules (path by signal, noise-edge rank, z-scored bag)
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
+    reads_sums: ClassVar[bool] = True  # a span holds every summed client's tokens: one batch of all
     metrics: ClassVar[Mapping[str, bool]] = RECONSTRUCTION_METRICS
     modes_differ_only_on_hidden: ClassVar[bool] = True  # adaptive only treats hidden/permuted coordinates
     control: ClassVar[Control] = Control(

@@ -29,11 +29,23 @@ keys and collects Shamir shares of each one's self-mask seed and mask key, encry
 (``exchange``/``answer``), and forwards them; ``protect`` uploads the masked vector; after the
 uploads the server asks each survivor for the shares that remove the masks (self masks of the
 survivors, pairwise masks of clients that dropped after sharing) and ``aggregate`` unmasks the sum.
-Fewer survivors than the reconstruction threshold end the round with a ``SecAggError`` saying so.
+Fewer survivors than the reconstruction threshold (or, in a SecAgg+ ring, a client whose surviving
+neighbours hold fewer shares than that) end the round with a ``SecAggError`` saying so; the harness
+records it as the row's error and goes on with the next cell. ``dropouts`` simulates them: that many
+participants per round, drawn from the seed and the round, send their shares and then vanish (no
+masked vector, no answer); the client role returns no upload for them, so the driver meters and
+aggregates only the survivors, and ``agg_rel_err`` compares with the survivors' aggregate. A count
+that leaves fewer than the threshold in every round is refused before any work (``problem``).
 An upload outside a round's key agreement (an attack probe) is masked under a fresh seed nobody
 holds a share of. In-process engines only: the Flower engines would run ``SecAggPlusWorkflow`` and
-``secaggplus_mod`` themselves (not built yet), and the attack on the round's sum (a batch of every
-participant's examples) is left for later: per-client attacks find nothing here.
+``secaggplus_mod`` themselves (not built yet).
+
+What an attacker on the server gets: per client, masked vectors (per-client attacks are
+``incompatible``); per round, the sum it unmasked (``unmasked_sum``). Because ``SecAgg`` declares
+``secret_sum``, the attack probe runs one secure round of every participant's probe update, each on
+a private batch of its own, and the span attacks (those that ``reads_sums``) read the sum as one batch
+of all their examples (``benchmark.federation.sum_view``). For that, a probe's update is summed as its
+dense change from its start, not as weights (``dense_vectors``).
 
 Under ``dp`` (``dp+secagg``) this is distributed DP: ``privatize_sum`` lets the DP layer clip each
 client's weighted dense change and add its noise share after the weighting and before clipping to
@@ -46,7 +58,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -73,6 +85,7 @@ from defenses.common import broadcast, broadcast_rank, finalize_to_rank, read_br
 from she_lora.lowrank import FactoredDelta
 
 MAX_MODULUS_BITS = 48  # masked values, plus one mask per neighbour, stay far inside int64
+DROPOUT_STREAM = 0xD809  # the simulated dropouts' own random stream, apart from quantization and the ring
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,11 @@ class SecAggParams:
     max_weight: float = field(default=1000.0, metadata={
         "help": "a client's sample count is divided by this before it weights the client's delta (Flower's "
                 "max_weight); at least the largest client's sample count (> 0)"})
+    dropouts: int = field(default=0, metadata={
+        "help": "simulated dropouts: this many participants of each round, drawn from the seed and the round, "
+                "vanish after the share-keys stage (their shares were sent; they upload no masked vector and "
+                "answer nothing more); the survivors' sum is still unmasked while enough shares remain, else "
+                "the round fails with the reason; 0 .. clients_per_round - reconstruction threshold"})
 
     def __post_init__(self) -> None:
         if self.num_shares != 0 and self.num_shares < 3:
@@ -118,6 +136,8 @@ class SecAggParams:
                              f"(above quantization_bits), got {self.modulus_bits}")
         if not (math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ValueError(f"secagg.max_weight must be a finite number > 0, got {self.max_weight}")
+        if self.dropouts < 0:
+            raise ValueError(f"secagg.dropouts must be >= 0, got {self.dropouts}")
 
     def round_config(self, participants: int) -> sa.RoundConfig:
         """The protocol settings of a round with this many participants."""
@@ -138,6 +158,9 @@ def problem(params: SecAggParams, clients_per_round: int) -> str | None:
     if params.reconstruction_threshold > shares:
         return (f"reconstruction_threshold={params.reconstruction_threshold} is above the {shares} shares per client "
                 f"(clients_per_round={n}, num_shares={params.num_shares}); use 2 .. {shares}")
+    why = dropout_problem(params, n)
+    if why:
+        return why
     need = params.quantization_bits + math.ceil(math.log2(n))
     if params.modulus_bits < need:
         return (f"modulus_bits={params.modulus_bits} cannot hold the sum of {n} values quantized to "
@@ -145,9 +168,53 @@ def problem(params: SecAggParams, clients_per_round: int) -> str | None:
     return None
 
 
-def dense_vectors(factors: Mapping[str, LoRAFactors], names: Sequence[str]) -> list[np.ndarray]:
-    """Each module's dense delta ``s * B @ A`` (float64), in ``names`` order."""
-    return [factors[n].delta().detach().double().cpu().numpy() for n in names]
+def dropout_problem(params: SecAggParams, clients_per_round: int) -> str | None:
+    """Why ``params.dropouts`` would fail every round (None: some or all rounds can survive). Known
+    before any work: fewer survivors than the threshold, or (SecAgg+ ring) a threshold equal to the
+    ring size, which a dropped client's own lost share leaves out of reach."""
+    k, n = params.dropouts, clients_per_round
+    if k == 0:
+        return None
+    cfg = params.round_config(n)
+    if n - k < cfg.threshold:
+        other = "a lower reconstruction_threshold" if n - k >= 2 else f"clients_per_round >= {k + 2}"
+        return (f"dropouts={k} leaves {n - k} of clients_per_round={n} clients to upload, fewer than the reconstruction "
+                f"threshold {cfg.threshold}: every round would fail; use dropouts <= {max(0, n - cfg.threshold)} "
+                f"or {other} (a threshold is at least 2)")
+    if cfg.threshold >= cfg.num_shares:
+        return (f"dropouts={k} with reconstruction_threshold={cfg.threshold} equal to the {cfg.num_shares} shares per "
+                f"client: a dropped client holds one of its own shares, so its secret can never be rebuilt; "
+                f"use a reconstruction_threshold below {cfg.num_shares} or dropouts=0")
+    return None
+
+
+def dropped_clients(seed: int, rnd: int, participants: Sequence[int], k: int) -> list[int]:
+    """The ``k`` participants of round ``rnd`` that vanish after sharing their keys (the simulated
+    dropouts): a draw from the seed and the round, the same in every process that knows the round's
+    participants."""
+    if k <= 0 or not participants:
+        return []
+    gen = np.random.default_rng(seed_of(seed, rnd, DROPOUT_STREAM))
+    return sorted(int(c) for c in gen.choice(sorted(int(p) for p in participants), min(k, len(participants)),
+                                             replace=False))
+
+
+def dense_vectors(update: ClientUpdate, names: Sequence[str]) -> list[np.ndarray]:
+    """What a client sums in secret, per module in ``names`` order (float64): its dense delta ``s * B @ A``
+    after a round; for an attack probe's observation, the dense change it would make from its start
+    (``prev``): ``s * (B A - B0 A0)`` after SGD steps, or, for a gradient (``factors`` hold dL/dA and
+    dL/dB), the first-order change ``s * (dL/dB A0 + B0 dL/dA)``, so that the sum is a sum of changes."""
+    out = []
+    for n in names:
+        f, start = update.factors[n], (update.prev or {}).get(n)
+        if update.kind == "weights" or start is None:
+            dense = f.delta()
+        elif update.kind == "grad":
+            dense = f.scale * (f.B @ start.A + start.B @ f.A)
+        else:
+            dense = f.delta() - start.delta()
+        out.append(dense.detach().double().cpu().numpy())
+    return out
 
 
 def seed_of(*parts: int) -> int:
@@ -164,6 +231,10 @@ class SecAggClient(ClientRole):
         self.fed: FederationInfo | None = None
         self.sessions: dict[int, sa.ClientSession] = {}
         self.privatizer: SumPrivatizer | None = None
+        # the simulated dropouts: each round's participants (round uploads only, never a probe's) and
+        # the clients that vanished after sharing in their latest round
+        self.members: dict[int, set[int]] = {}
+        self.vanished: set[int] = set()
 
     def setup(self, fed: FederationInfo) -> WirePayload | None:
         self.fed = fed
@@ -180,6 +251,11 @@ class SecAggClient(ClientRole):
         cid = update.client.client_id
         s = sa.advertise_keys(cid, self.params.round_config(self.fed.clients_per_round if self.fed else 2))
         self.sessions[cid] = s
+        self.vanished.discard(cid)
+        if update.kind == "weights":  # a round's upload; the probe's observations never drop out
+            self.members = {r: m for r, m in self.members.items() if r >= update.round}
+            self.members.setdefault(update.round, set()).add(cid)
+            s.round = update.round
         return WirePayload(f"client:{cid}", cipher={"pk1": s.pk1, "pk2": s.pk2},
                            meta={"stage": "advertise_keys", "client_id": cid, "round": update.round})
 
@@ -189,8 +265,13 @@ class SecAggClient(ClientRole):
             s.cfg = sa.RoundConfig(**meta["config"])
             keys = dict(zip(meta["ids"], zip(message.cipher["pk1"], message.cipher["pk2"])))
             dsts, cts = sa.share_keys(s, keys)
+            if self._drops_out(client.client_id, s):  # its shares go out, then nothing more
+                self.vanished.add(client.client_id)
+                s.masked = True  # its round masks are never used
             return WirePayload(f"client:{client.client_id}", cipher={"shares": cts},
                                meta={"stage": "share_keys", "client_id": client.client_id, "dsts": dsts})
+        if client.client_id in self.vanished:
+            return None
         if meta["stage"] == "forward_shares":
             sa.receive_shares(s, meta["srcs"], message.cipher["shares"])
             return None
@@ -200,10 +281,20 @@ class SecAggClient(ClientRole):
                                meta={"stage": "unmask", "client_id": client.client_id, "nids": nids})
         raise sa.SecAggError(f"client {client.client_id}: unknown SecAgg+ stage {meta['stage']!r}")
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def _drops_out(self, cid: int, s: sa.ClientSession) -> bool:
+        """Whether ``cid`` is one of its round's simulated dropouts (``SecAggParams.dropouts``)."""
+        if not self.params.dropouts or s.round not in self.members:
+            return False
+        return cid in dropped_clients(self.fed.seed if self.fed else 0, s.round, sorted(self.members[s.round]),
+                                      self.params.dropouts)
+
+    def protect(self, update: ClientUpdate) -> WirePayload | None:
         """Stage 2: the weighted dense deltas, quantized and masked. Outside a round's key agreement
-        (an extra upload such as an attack probe) the mask is a fresh one nobody can remove."""
+        (an extra upload such as an attack probe) the mask is a fresh one nobody can remove. A
+        simulated dropout sends nothing (None)."""
         cid, t0 = update.client.client_id, time.perf_counter()
+        if cid in self.vanished and update.kind == "weights":
+            return None
         names = sorted(update.factors)
         s = self.sessions.get(cid)
         cfg = s.cfg if s is not None else self.params.round_config(self.fed.clients_per_round if self.fed else 2)
@@ -214,7 +305,7 @@ class SecAggClient(ClientRole):
 
             def privatize(weighted: list[np.ndarray], weight: float) -> list[np.ndarray]:
                 return privatizer(update, weighted, weight, cfg.threshold)
-        quantized = sa.quantize_weighted(dense_vectors(update.factors, names), float(update.n_samples), cfg, seed,
+        quantized = sa.quantize_weighted(dense_vectors(update, names), float(update.n_samples), cfg, seed,
                                          privatize)
         session_ready = s is not None and not s.masked and bool(s.rd_seed)
         masked = sa.mask(s, quantized) if session_ready else sa.one_time_mask(quantized, cfg)
@@ -251,6 +342,7 @@ class SecAggServer(ServerRole):
         self.fed: FederationInfo | None = None
         self.round: ServerRound | None = None
         self._rounds = 0
+        self.last_sum: dict[str, torch.Tensor] | None = None  # the latest unmasked sum (the server holds it)
 
     def negotiate(self, proposals: Sequence[WirePayload]) -> WirePayload | None:
         """Stage 0's answers: the round's participants and their public keys; the ring is drawn here."""
@@ -301,6 +393,14 @@ class SecAggServer(ServerRole):
         if len(r.active) < r.cfg.threshold:
             raise sa.SecAggError(f"secagg: {len(r.active)} of {len(r.keys)} clients sent a masked vector, fewer than "
                                  f"the reconstruction threshold {r.cfg.threshold}: the round's sum cannot be unmasked")
+        short = [(nid, len(r.graph[nid] & set(r.active))) for nid in r.sharers
+                 if len(r.graph[nid] & set(r.active)) < r.cfg.threshold]
+        if short:  # SecAgg+ ring: a secret whose surviving neighbours hold too few shares stays masked
+            nid, left = short[0]
+            raise sa.SecAggError(f"secagg: client {nid}'s secret has {left} surviving holder(s) of its shares, fewer than "
+                                 f"the reconstruction threshold {r.cfg.threshold} ({len(r.active)} of {len(r.keys)} "
+                                 f"clients sent a masked vector; gone after sharing: {sorted(dead)}): the round's sum "
+                                 f"cannot be unmasked")
         r.stage = "unmask"
         return {nid: WirePayload("server", meta={"stage": "unmask", "active": sorted(r.graph[nid] & set(r.active)),
                                                  "dead": sorted(r.graph[nid] & dead)}) for nid in r.active}
@@ -314,8 +414,10 @@ class SecAggServer(ServerRole):
                   if int(p.meta["client_id"]) in r.active]
         mean = sa.unmask_sum(masked, r.shares, r.active, r.graph, r.keys, r.cfg)
         deltas = {}
-        for name, dense in zip(payloads[0].meta["modules"], mean):
-            u, s, vh = torch.linalg.svd(torch.from_numpy(np.asarray(dense, dtype=np.float64)), full_matrices=False)
+        self.last_sum = {name: torch.from_numpy(np.asarray(dense, dtype=np.float64))
+                         for name, dense in zip(payloads[0].meta["modules"], mean)}
+        for name, dense in self.last_sum.items():
+            u, s, vh = torch.linalg.svd(dense, full_matrices=False)
             deltas[name] = FactoredDelta(u.float(), s.float(), vh.float())
         message = broadcast(deltas, broadcast_rank(self.fed))
         message.meta.update(survivors=r.active)
@@ -329,6 +431,10 @@ class SecAggServer(ServerRole):
                             leaked={k: payload.meta[k] for k in ("rank",) if k in payload.meta},
                             cipher_bytes=payload.cipher_bytes(),
                             note="a SecAgg+ masked vector: the server learns only the round's sum")
+
+    def unmasked_sum(self) -> dict[str, torch.Tensor] | None:
+        """The weighted mean of the latest round's dense deltas, as the unmask stage left it."""
+        return self.last_sum
 
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
         factors = finalize_to_rank(read_broadcast(broadcast), client, self.fed.seed if self.fed else 0)

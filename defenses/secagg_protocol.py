@@ -85,6 +85,7 @@ class ClientSession:
     sk1_shares: dict[int, bytes] = field(default_factory=dict)
     available: list[int] = field(default_factory=list)  # neighbours whose shares arrived
     masked: bool = False
+    round: int = 0  # the round whose upload these keys mask (0: an observation outside the rounds)
 
 
 # ---- client stages ----------------------------------------------------------------------------

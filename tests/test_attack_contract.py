@@ -217,6 +217,8 @@ def test_view_lacks_reads_what_a_view_offers(plain_view):
     """The runner's incompatibility check and the attacks' abstentions read the same table."""
     everything = frozenset(VIEW_OFFERS)
     assert view_lacks(None, everything) == ["a view (the target client sent nothing this round)"]
-    assert view_lacks(AttackerView(defense="x", kind="weights", modules={}), everything) == sorted(everything)
+    empty = AttackerView(defense="x", kind="weights", modules={})
+    assert view_lacks(empty, everything) == sorted(everything - {"one_client"})  # one client's (masked) upload
+    assert view_lacks(replace(empty, summed=3), frozenset({"one_client"})) == ["one_client"]  # a secure sum
     assert view_lacks(plain_view, frozenset({"plaintext", "model", "grad"})) == []
     assert view_lacks(replace(plain_view, tokenizer=None), frozenset({"model"})) == ["model"]

@@ -17,7 +17,7 @@ from benchmark.federation.transcript import Channel
 from benchmark.running.validate import check_defenses
 from defenses.common import read_broadcast
 from defenses.plain_lora import PlainLoRA
-from defenses.secagg import SecAgg, SecAggParams
+from defenses.secagg import SecAgg, SecAggParams, dropped_clients
 from defenses.secagg_protocol import SecAggError
 
 SHAPES = {"l0.q_proj": (24, 16), "l0.v_proj": (16, 16)}
@@ -46,7 +46,8 @@ def _round(defense, fed, updates, drop=(), rnd=1):
     negotiate(defense, updates, rnd, channel)
     participants = [u.client for u in updates]
     exchange(defense, participants, [], rnd, channel)
-    uploads = [upload(defense, u, rnd, channel) for u in updates if u.client.client_id not in drop]
+    sent = (upload(defense, u, rnd, channel) for u in updates if u.client.client_id not in drop)
+    uploads = [u for u in sent if u is not None]  # None: a simulated dropout (``dropouts``) sent nothing
     exchange(defense, participants, [u.payload for u in uploads], rnd, channel)
     message, _ = aggregate(defense, uploads)
     return channel, uploads, message
@@ -234,3 +235,84 @@ def test_the_tiny_federation_runs_secagg_in_process():
     assert metrics["negotiation_bytes"] > 0  # keys, encrypted shares and unmask shares
     stages = {m.payload.meta.get("stage") for m in driver.channel.transcript.messages}
     assert {"advertise_keys", "share_keys", "forward_shares", "unmask", "masked_vector"} <= stages
+
+
+# ---- simulated dropouts (``SecAggParams.dropouts``) ----------------------------------------------
+
+
+def test_a_simulated_dropout_vanishes_after_sharing_and_the_survivors_sum_is_recovered():
+    fed = _fed()
+    updates = _updates(fed)
+    d = SecAgg(SecAggParams(dropouts=1))  # 4 participants, threshold 3
+    gone = dropped_clients(fed.seed, 1, [0, 1, 2, 3], 1)
+    assert len(gone) == 1 and gone == dropped_clients(fed.seed, 1, [3, 2, 1, 0], 1)  # a draw from seed and round
+    assert {tuple(dropped_clients(fed.seed, r, [0, 1, 2, 3], 1)) for r in range(1, 9)} != {tuple(gone)}
+    channel, uploads, message = _round(d, fed, updates)
+    alive = [c for c in range(4) if c not in gone]
+    assert [u.payload.meta["client_id"] for u in uploads] == alive
+    assert message.meta["survivors"] == alive
+    survivors = [u for u in updates if u.client.client_id in alive]
+    assert _agg_rel_err(d, message, survivors, fed.clients) < 1e-4  # the survivors' sum, up to quantization
+    assert _agg_rel_err(d, message, updates, fed.clients) > 1e-3  # and not everyone's
+    sent_by = {(m.payload.meta.get("stage"), m.clients[0]) for m in channel.transcript.messages if m.direction == "up"}
+    assert ("share_keys", gone[0]) in sent_by  # it shared its keys, then sent nothing more
+    assert ("unmask", gone[0]) not in sent_by and ("masked_vector", gone[0]) not in sent_by
+
+
+def test_the_tiny_federation_survives_a_dropout_per_round():
+    from benchmark.engines import inproc
+    from benchmark.running.catalog import resolve_scenario
+
+    torch.set_num_threads(1)
+    scenario = resolve_scenario("tiny", {"rounds": 2, "clients_per_round": 3})  # threshold 2 of 3
+    result = inproc.build_driver(scenario, SecAgg(SecAggParams(dropouts=1)), 0).run()
+    for rnd in result.rounds:
+        assert len(rnd["silent"]) == 1 and rnd["silent"][0] in rnd["clients"]
+    assert result.metrics["agg_rel_err"] < 1e-4  # against the survivors' float64 aggregate
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"dropouts": 2}, "dropouts=2 leaves 2 of clients_per_round=4 clients to upload, fewer than the reconstruction "
+                          "threshold 3: every round would fail; use dropouts <= 1"),
+        ({"dropouts": 1, "num_shares": 3, "reconstruction_threshold": 3},
+         "dropouts=1 with reconstruction_threshold=3 equal to the 3 shares per client"),
+    ],
+)
+def test_dropouts_that_fail_every_round_are_refused_before_any_work(params, needle):
+    why = SecAgg.check(SecAggParams(**params), _fed())
+    assert why is not None and needle in why and "\n" not in why
+    assert SecAgg.check(SecAggParams(dropouts=1), _fed()) is None
+    with pytest.raises(ConfigError, match="secagg.dropouts must be >= 0"):
+        params_from_dict(SecAggParams, {"dropouts": -1}, "secagg")
+
+
+def test_the_harness_refuses_dropouts_the_tiny_rounds_cannot_survive():
+    from benchmark.contract.stacks import Layer, Stack
+    from benchmark.running.catalog import resolve_scenario
+
+    stack = Stack((Layer("secagg", SecAgg, SecAggParams(dropouts=1)),))
+    with pytest.raises(ConfigError, match=r"defense\.secagg\.dropouts=1 leaves 1 of clients_per_round=2 .* "
+                                          r"use dropouts <= 0 or clients_per_round >= 3"):
+        check_defenses(resolve_scenario("tiny"), "secagg", stack)
+
+
+def test_a_round_that_loses_too_many_shares_fails_its_row_with_the_reason_and_the_run_goes_on(tmp_path):
+    """A SecAgg+ ring of 3 shares (threshold 2) in rounds of 4: two dropouts pass the check (2 survivors
+    reach the threshold), yet in a ring of four either a dropped client keeps one live neighbour or a
+    survivor keeps none, so some secret always lacks a share: known only once the ring is drawn."""
+    import dataclasses
+
+    from benchmark.config import ComponentSpec
+    from benchmark.running import Overrides, execute, plan, resolve_suite
+
+    ring = {"num_shares": 3, "reconstruction_threshold": 2, "dropouts": 2}
+    suite = dataclasses.replace(resolve_suite("smoke"), defenses=(ComponentSpec("secagg", "secagg_ring", ring),
+                                                                  ComponentSpec("secagg", "secagg")))
+    groups = plan(suite, Overrides({"rounds": 1, "clients_per_round": 4}, {}, {}))
+    rows = execute(groups, tmp_path / "run", "cpu", quiet=True)
+    assert [(r["defense"], r["status"]) for r in rows] == [("secagg_ring", "failed"), ("secagg", "ok")]
+    assert rows[0]["error"].startswith("SecAggError: ")
+    assert "fewer than the reconstruction threshold 2" in rows[0]["error"]
+    assert rows[1]["agg_rel_err"] < 1e-4

@@ -26,6 +26,8 @@ VIEW_OFFERS: Mapping[str, tuple[Callable[[AttackerView], bool], str]] = {
               "the view carries no public model or tokenizer"),
     "candidates": (lambda v: bool(v.candidates), "the view carries no membership candidates"),
     "grad": (lambda v: v.kind == "grad", "the view holds no single-step gradient"),
+    "one_client": (lambda v: v.summed <= 1, "the view is the sum of several clients' updates (secure aggregation): "
+                                            "this attack reads one client's update"),
 }
 
 
@@ -183,6 +185,10 @@ class Attack:
     """Its positive control (``Control``): where its published method works against plain LoRA, and
     the floor its primary metric reaches there. The ``calibration`` suite runs every control; a report
     gives no verdict on a defense from an attack whose control was not met."""
+    reads_sums: ClassVar[bool] = False
+    """True when the attack also reads the sum of several clients' updates (``AttackerView.summed`` > 1,
+    a server under secure aggregation) as one batch of all their examples, as span attacks do; False
+    (the default): such a view is ``incompatible`` (see ``needs``)."""
     modes_differ_only_on_hidden: ClassVar[bool] = False
     """True when adaptive mode differs from naive only in how it treats hidden or permuted coordinates:
     on a clear view both modes give the same answer, so the runner computes it once."""
@@ -219,6 +225,11 @@ class Attack:
     def __init__(self, params: AttackParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
+    @classmethod
+    def needs(cls) -> frozenset[str]:
+        """What a view must offer: ``requires``, and ``one_client`` unless the attack ``reads_sums``."""
+        return frozenset(cls.requires) | (frozenset() if cls.reads_sums else frozenset({"one_client"}))
+
     def reconstruct(self, view: AttackerView) -> Reconstruction:
         """The attack's answer for ``view``: an abstention with the reason when ``unusable`` finds one
         or ``_reconstruct`` raises ``Abstain``, else what ``_reconstruct`` returns."""
@@ -234,7 +245,7 @@ class Attack:
         """Why the attack cannot run on ``view`` ("" when it can): by default, the first requirement
         of ``requires`` the view does not offer, in ``VIEW_OFFERS`` order. Override to say more."""
         for need, (offered, why) in VIEW_OFFERS.items():
-            if need in self.requires and not offered(view):
+            if need in self.needs() and not offered(view):
                 return why
         return ""
 

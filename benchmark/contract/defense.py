@@ -69,7 +69,8 @@ class ClientRole:
     def release(self) -> None:
         """Undo ``wrap_training``'s changes to the model once a client's training is over."""
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def protect(self, update: ClientUpdate) -> WirePayload | None:
+        """The upload of ``update``; None when the client drops out of the round and sends nothing."""
         raise NotImplementedError
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
@@ -119,6 +120,12 @@ class ServerRole:
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
         """What the server can compute of ``client``'s start from a broadcast it sent it."""
         return StartKnowledge.nothing("the server cannot replay this defense's finalize")
+
+    def unmasked_sum(self) -> Mapping[str, Any] | None:
+        """For a server that sees only the round's sum (``Defense.secret_sum``): that sum as it last
+        unmasked it, per module the dense weighted mean of the uploads' deltas (m x n tensors), which
+        the attack probe reads as the server's observation. None (the default): no such sum."""
+        return None
 
     def privacy_params(self) -> dict[str, Any]:
         return {}

@@ -131,6 +131,7 @@ class AttackerView:
     candidate_labels: Sequence[int] | None = None
     label_token_ids: Sequence[int] = ()
     note: str = ""
+    summed: int = 1  # how many clients' updates the view sums (> 1: a secure aggregate, one batch of all)
 
     @property
     def is_clear(self) -> bool:

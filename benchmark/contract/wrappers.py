@@ -92,6 +92,9 @@ class WrapperServer(ServerRole):
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
         return self.inner.known_start(broadcast, client)
 
+    def unmasked_sum(self) -> Mapping[str, Any] | None:
+        return self.inner.unmasked_sum()
+
     def privacy_params(self) -> dict[str, Any]:
         return self.inner.privacy_params()
 

@@ -23,7 +23,8 @@ def build_driver(scenario: ScenarioConfig, defense: Defense, seed: int, device: 
     """The driver of one in-process federation, ready to run (tests read its channel and referee)."""
     assets = build_assets(scenario, seed, device)
     node = ClientNode(defense.client, lambda: assets)
-    return RoundDriver(assets.fed, defense.server, node, ModelReferee(assets), Schedule.sampled(scenario, seed), progress)
+    referee = ModelReferee(assets, defense.secret_sum(scenario.clients_per_round))
+    return RoundDriver(assets.fed, defense.server, node, referee, Schedule.sampled(scenario, seed), progress)
 
 
 def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",

@@ -73,6 +73,7 @@ class RoundDriver:
         self.per_tier: dict[str, dict[str, list[float]]] = {}
         self.results: dict[int, LocalResult] = {}  # harness data: the latest round's local results
         self.probe_start: Factors = {}
+        self.round_starts: dict[int, Factors] = {}  # harness data: each participant's start this round
 
     @property
     def meter(self) -> WireMeter:
@@ -102,21 +103,26 @@ class RoundDriver:
     # ---- one round -------------------------------------------------------------------------
 
     def train(self, client: ClientInfo, rnd: int) -> LocalResult:
-        result = self.clients.train(client, rnd, self.start_factors(client, rnd), self.head)
+        self.round_starts[client.client_id] = start = self.start_factors(client, rnd)
+        result = self.clients.train(client, rnd, start, self.head)
         self.timings["train_s"].append(result.train_s)
         return result
 
     def run_round(self, rnd: int) -> dict[str, Any]:
         picks = self.schedule.picks(rnd)
         clients = self.fed.clients
+        self.round_starts = {}
         results = {cid: self.train(clients[cid], rnd) for cid in picks}
         updates = [results[cid].update for cid in picks]
         negotiate(self.parties, updates, rnd, self.channel)
         participants = [clients[cid] for cid in picks]
         exchange(self.parties, participants, [], rnd, self.channel)
-        uploads = []
+        uploads, survivors = [], []
         for u in updates:
             sent = upload(self.parties, u, rnd, self.channel)
+            if sent is None:  # the client dropped out after the negotiation
+                continue
+            survivors.append(u)
             self.timings["enc_s"].append(sent.enc_s)
             self.timings["protect_s"].append(sent.protect_s)
             tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
@@ -127,10 +133,10 @@ class RoundDriver:
         exchange(self.parties, participants, [u.payload for u in uploads], rnd, self.channel)
         message, agg_s = aggregate(self.parties, uploads)
         self.timings["agg_s"].append(agg_s)
-        self._average_head([results[cid] for cid in picks])
+        self._average_head([results[u.client.client_id] for u in survivors])
         self.global_msg, self.global_round = message, rnd
         self.latest = self.channel.down(message, rnd, picks, "broadcast")
-        reference = reference_aggregate(updates)
+        reference = reference_aggregate(survivors)  # what the server could aggregate: those that uploaded
         err = 0.0
         for cid in picks:  # each receiver decrypts its own copy: dec_s is one client's cost, never a cache hit
             self.start[cid] = self.finalize(wire_copy(self.latest), clients[cid])
@@ -140,7 +146,8 @@ class RoundDriver:
         losses = [r.loss for r in results.values() if r.loss is not None]
         return {"round": rnd, "clients": picks, "train_loss": sum(losses) / len(losses) if losses else None,
                 "agg_s": agg_s, "agg_rel_err": err, "bytes_up": sum(u.nbytes for u in uploads),
-                "bytes_down": message.nbytes() * len(picks)}
+                "bytes_down": message.nbytes() * len(picks),
+                "silent": sorted(set(picks) - {u.client.client_id for u in survivors})}  # dropped out
 
     def _average_head(self, results: list[LocalResult]) -> None:
         """Encoder heads are averaged in the clear (FedAvg) under every defense, as in the paper."""
@@ -165,7 +172,8 @@ class RoundDriver:
             rounds.append(self.run_round(rnd))
             if rnd == when:
                 t_probe = time.perf_counter()
-                pr = ProbeRound(self.parties, self.channel, target, rnd, self.probe_start, self.results)
+                pr = ProbeRound(self.parties, self.channel, target, rnd, self.probe_start, self.results,
+                                self.round_starts)
                 probe = self.referee.probe(pr, self.progress)
                 probe_s = time.perf_counter() - t_probe
         t_eval = time.perf_counter()

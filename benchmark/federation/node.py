@@ -55,10 +55,11 @@ class ClientNode:
     def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
         return self.role.answer(message, client)
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def protect(self, update: ClientUpdate) -> WirePayload | None:
         t0 = time.perf_counter()
         sent = self.role.protect(update)
-        sent.timings["protect_s"] = time.perf_counter() - t0  # packing, encryption and serialization
+        if sent is not None:  # None: the client dropped out
+            sent.timings["protect_s"] = time.perf_counter() - t0  # packing, encryption and serialization
         return sent
 
     def finalize(self, message: WirePayload, client: ClientInfo, *, harness: bool = False) -> tuple[Factors, float]:

@@ -2,7 +2,9 @@
 
 At the threat's round the target's attacked messages are its real upload (``observation=upload``) or
 one update per private probe batch from its real start (``sgd``/``grad``), each protected by the
-client role and recorded like any upload. The attacker's views are built from the server's
+client role and recorded like any upload. Where the server sees only the round's sum (a defense that
+declares ``secret_sum``), a probe case is instead the sum of every participant's probe update, each on
+a private batch of its own, unmasked by the defense's own protocol (``observe_sums``). The attacker's views are built from the server's
 transcript alone (``benchmark.federation.transcript.attacker_view``); the truth (private texts, membership)
 never leaves the referee.
 """
@@ -11,15 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchmark.config import ScenarioConfig
-from benchmark.contract import AttackerView, ClientInfo
+from benchmark.contract import AttackerView, ClientInfo, ClientUpdate
 from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import Factors
-from benchmark.federation.protocol import Parties, upload
+from benchmark.federation.protocol import Parties, aggregate, exchange, negotiate, upload
 from benchmark.federation.seeding import rng
+from benchmark.federation.sum_view import sum_view
 from benchmark.federation.train import LocalResult, seen_private
-from benchmark.federation.transcript import Channel, PublicFacts, attacker_view
+from benchmark.federation.transcript import (
+    Channel,
+    PublicFacts,
+    Transcript,
+    attacker_view,
+    on_device,
+    start_knowledge,
+)
+from benchmark.federation.wire import WireMeter
 
 ProbeKey = tuple[int, int]  # (batch size, index of the private batch)
 
@@ -89,14 +101,20 @@ class ProbeRound:
     rnd: int
     start: Factors
     results: Mapping[int, LocalResult]
+    starts: Mapping[int, Factors] = field(default_factory=dict)  # every participant's start (sum probes)
 
 
-def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[str], None]) -> ProbeResult:
-    """Every attacked message of the target in round ``pr.rnd`` and the attacker's view of each."""
+def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[str], None],
+            sum_only: bool = False) -> ProbeResult:
+    """Every attacked message of the target in round ``pr.rnd`` and the attacker's view of each; where
+    the server sees only the round's sum (``sum_only``) and the threat observes probe batches, the sum
+    of every participant's probe update instead (``observe_sums``)."""
     th, train = a.scenario.threat, a.scenario.train
     cases: dict[ProbeKey, ProbeCase] = {}
     transcript = pr.channel.transcript
-    if th.observation == "upload":
+    if sum_only and th.observation != "upload":
+        cases = observe_sums(a, public, pr, progress)
+    elif th.observation == "upload":
         references = seen_private(a.loaded.tokenizer, a.spec, pr.results[pr.client.client_id].examples)
         view = attacker_view(pr.parties.server, transcript, pr.client, pr.rnd, "upload", public,
                              lr=train.lr, local_steps=train.local_steps, batch_size=train.batch_size)
@@ -117,6 +135,55 @@ def observe(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[
             cases[(size, index)] = ProbeCase(view, *seen_private(a.loaded.tokenizer, a.spec, batch_ex))
     round_view, is_member = membership_view(a, public, pr)
     return ProbeResult(cases, round_view, is_member, *a.spec.private_format())
+
+
+def observe_sums(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Callable[[str], None]) -> dict[ProbeKey, ProbeCase]:
+    """The server that sees only sums, attacked on one: for each probe case every participant of the
+    round that uploaded computes its probe update on a private batch of its own (the probe batch size;
+    the target's is the batch other defenses' probes use), the batches run one secure round through the
+    defense's own protocol (recorded in a transcript of its own, unmetered: an observation, not traffic)
+    and the view is the sum the server unmasked (``sum_view``). The truth is the union of the batches."""
+    th = a.scenario.threat
+    transcript = pr.channel.transcript
+    who = [cid for cid in sorted(pr.results) if transcript.find("upload", cid, pr.rnd) is not None]
+    clients = {cid: pr.results[cid].update.client for cid in who}
+    orders = {cid: rng(a.seed, "probe").permutation(len(a.examples(cid))).tolist() if cid == pr.client.client_id
+              else rng(a.seed, "probe", cid).permutation(len(a.examples(cid))).tolist() for cid in who}
+    starts = [start_knowledge(pr.parties.server, transcript, clients[cid], pr.rnd) for cid in who]
+    # the public model at the target's start (a dropped-out target: the first survivor's)
+    target_start = starts[who.index(pr.client.client_id)] if pr.client.client_id in who else starts[0]
+    cases: dict[ProbeKey, ProbeCase] = {}
+    for size, index in probe_keys(a.scenario):
+        progress(f"probe sum of {len(who)} batches {index + 1}/{a.scenario.probe.batches} of size {size}")
+        batches = {cid: [a.examples(cid)[i] for i in probe_batch(orders[cid], size, index)] for cid in who}
+        updates = [pr.parties.client.probe_update(clients[cid], pr.rnd, pr.start if cid == pr.client.client_id
+                                                  else pr.starts[cid], batches[cid]) for cid in who]
+        dense, masked = secure_sum(pr, updates)
+        union = [ex for cid in who for ex in batches[cid]]
+        view = None
+        if dense is not None and masked is not None:
+            view = on_device(sum_view(masked, dense, starts, target_start, public.build_model,
+                                      tokenizer=public.tokenizer, task=public.task, template=public.template,
+                                      prompt_tokens=public.prompt_tokens, label_token_ids=public.label_token_ids,
+                                      lr=th.lr, local_steps=1 if th.observation == "grad" else th.steps,
+                                      batch_size=len(union)), public.device)
+        cases[(size, index)] = ProbeCase(view, *seen_private(a.loaded.tokenizer, a.spec, union))
+    return cases
+
+
+def secure_sum(pr: ProbeRound, updates: Sequence[ClientUpdate]) -> tuple[Mapping[str, Any] | None, AttackerView | None]:
+    """One round of the defense's protocol over ``updates`` on a channel of its own (nothing metered,
+    nothing added to the run's transcript): the sum the server unmasked, and its reading of one masked
+    upload (what it is and its size)."""
+    channel = Channel(WireMeter(), Transcript())
+    clients = [u.client for u in updates]
+    negotiate(pr.parties, updates, pr.rnd, channel)
+    exchange(pr.parties, clients, [], pr.rnd, channel)
+    sent = [upload(pr.parties, u, pr.rnd, channel, kind="probe") for u in updates]
+    uploads = [s for s in sent if s is not None]
+    exchange(pr.parties, clients, [s.payload for s in uploads], pr.rnd, channel)
+    aggregate(pr.parties, uploads)
+    return pr.parties.server.unmasked_sum(), pr.parties.server.observe(uploads[0].payload) if uploads else None
 
 
 def membership_view(a: Assets, public: PublicFacts, pr: ProbeRound) -> tuple[AttackerView | None, list[bool]]:

@@ -82,10 +82,14 @@ class Upload:
     protect_s: float = 0.0  # wall time of the whole protect step (packing, encryption, serialization)
 
 
-def upload(parties: Parties | Defense, update: ClientUpdate, rnd: int, channel: Channel, kind: str = "upload") -> Upload:
-    """``protect`` on the client, then the wire; ``probe`` uploads are recorded but not metered."""
+def upload(parties: Parties | Defense, update: ClientUpdate, rnd: int, channel: Channel,
+           kind: str = "upload") -> Upload | None:
+    """``protect`` on the client, then the wire; ``probe`` uploads are recorded but not metered.
+    None: the client dropped out of the round (its ``protect`` sent nothing)."""
     t0 = time.perf_counter()
     sent = parties.client.protect(update)
+    if sent is None:
+        return None
     # a client role in another process reports its own protect time (the wall time here adds transport)
     protect_s = sent.timings.get("protect_s", time.perf_counter() - t0)
     received = channel.up(sent, rnd, update.client.client_id, kind, metered=kind == "upload")

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from benchmark.contract import ClientInfo, WirePayload
+from benchmark.contract import ClientInfo, SecretSum, WirePayload
 from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import ClientEndpoint
 from benchmark.federation.lora import LoRAHost, is_head
@@ -48,8 +48,9 @@ class Referee(Protocol):
 class ModelReferee:
     """The referee of a run with a model: inproc and Flower."""
 
-    def __init__(self, assets: Assets) -> None:
+    def __init__(self, assets: Assets, secret_sum: SecretSum | None = None) -> None:
         self.assets = assets
+        self.secret_sum = secret_sum  # the defense's declaration: its server sees only the round's sum
         self.tokenizer = assets.loaded.tokenizer
         s = assets.scenario
         self.public = PublicFacts(PublicModels(assets.host), self.tokenizer, s.task, s.data.template, assets.device,
@@ -83,7 +84,7 @@ class ModelReferee:
             return evaluate(model, self.tokenizer, a.spec, a.data.test, device=a.device)
 
     def probe(self, pr: ProbeRound, progress: Callable[[str], None]) -> ProbeResult | None:
-        return observe(self.assets, self.public, pr, progress)
+        return observe(self.assets, self.public, pr, progress, sum_only=self.secret_sum is not None)
 
     def metrics(self) -> dict[str, Any]:
         return {"model_load_s": self.assets.loaded.load_s}

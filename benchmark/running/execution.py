@@ -55,7 +55,7 @@ def run_attack(spec: ComponentSpec, mode: str, sim: Any, case: tuple[int, int] |
     probe = sim.probe
     chosen = None if probe is None or cls.target == "round" else (probe.cases.get(case) if case else probe.first)
     view = None if probe is None else (probe.round_view if cls.target == "round" else chosen and chosen.view)
-    missing = view_lacks(view, cls.requires)
+    missing = view_lacks(view, cls.needs())
     row: dict[str, Any] = {"attack_params": to_dict(params), "metric_directions": dict(cls.metrics)}
     if missing:
         row.update(status="incompatible", attack_note=f"{view.note + '; ' if view and view.note else ''}view lacks: {', '.join(missing)}")
