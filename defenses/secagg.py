@@ -99,9 +99,10 @@ class SecAggParams:
         "help": "shares needed to rebuild a client's secret: the round survives num_shares - threshold dropouts "
                 "among a client's neighbours, and fewer than threshold colluders learn nothing (0: a majority, "
                 "num_shares // 2 + 1, at least 2); 2 .. num_shares"})
-    clipping_range: float = field(default=1.0, metadata={
+    clipping_range: float = field(default=8.0, metadata={
         "help": "each entry of a client's weighted dense delta (n_i / max_weight) * s_i * B_i A_i is clipped to "
-                "[-clipping_range, clipping_range] before quantization (> 0)"})
+                "[-clipping_range, clipping_range] before quantization (> 0; Flower's default 8, which also holds "
+                "dp's default noise share under dp+secagg)"})
     quantization_bits: int = field(default=30, metadata={
         "help": "the clipped range becomes integers in [0, 2^bits) by flwr's stochastic quantization: a step of "
                 "2 * clipping_range / 2^bits; 1 .. 30 (flwr rounds into int32)"})

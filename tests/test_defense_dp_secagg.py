@@ -182,12 +182,13 @@ def test_a_range_that_cannot_hold_the_noise_is_a_one_line_error_before_any_work(
     from benchmark.running.catalog import resolve_scenario
 
     tiny = resolve_scenario("tiny")  # two clients a round: threshold 2, a share of sigma*C/sqrt(2)
+    check_defenses(tiny, "dp+secagg", _stack({}))  # the bare stack works: Flower's default range (8) holds dp's default noise
     with pytest.raises(ConfigError) as info:
-        check_defenses(tiny, "dp+secagg", _stack({"dp": {"sigma": 1.0, "clip": 1.0}}))
+        check_defenses(tiny, "dp+secagg", _stack({"dp": {"sigma": 2.0, "clip": 1.0}}))
     msg = str(info.value)
-    assert msg.startswith("defense.dp+secagg.secagg.clipping_range=1 cannot hold dp's noise share") and "\n" not in msg
-    assert "use secagg.clipping_range >= 5.95" in msg
-    check_defenses(tiny, "dp+secagg", _stack({"dp": {"sigma": 1.0, "clip": 1.0}, "secagg": {"clipping_range": 6.0}}))
+    assert msg.startswith("defense.dp+secagg.secagg.clipping_range=8 cannot hold dp's noise share") and "\n" not in msg
+    assert "use secagg.clipping_range >= 10.9" in msg
+    check_defenses(tiny, "dp+secagg", _stack({"dp": {"sigma": 2.0, "clip": 1.0}, "secagg": {"clipping_range": 11.0}}))
     check_defenses(tiny, "dp+plain_lora", resolve_stack("dp+plain_lora", {}, "defense.dp+plain_lora", DEFENSES))
 
 
