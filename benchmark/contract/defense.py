@@ -99,8 +99,8 @@ class ClientRole:
 class ServerRole:
     """The server side of a defense: never holds a secret key, a client's factors or its start.
 
-    Everything it knows arrives as messages; ``observe`` and ``known_start`` turn messages it received
-    and sent into what an attacker on the server can use.
+    Everything it knows arrives as messages; ``observe``, ``known_start``, ``known_init`` and
+    ``start_from_upload`` turn messages it received and sent into what an attacker on the server can use.
     """
 
     def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
