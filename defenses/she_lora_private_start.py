@@ -64,6 +64,7 @@ from benchmark.contract import (
     ClientInfo,
     ClientUpdate,
     Defense,
+    FederationInfo,
     LoRAFactors,
     StartKnowledge,
     WirePayload,
@@ -101,7 +102,12 @@ class PrivateStartClient(WrapperClient):
     def __init__(self, params: PrivateStartParams) -> None:
         super().__init__(params, SHELoRAClient(params))
         self._from_broadcast: set[int] = set()  # clients whose start is a broadcast, hence no longer private
-        self._basis = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))  # never leaves
+        self._basis: torch.Generator | None = None
+
+    def setup(self, fed: FederationInfo) -> WirePayload | None:
+        """The clients' own randomness for the bases, drawn where their keys are (never sent)."""
+        self._basis = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+        return super().setup(fed)
 
     def adopt_start(self, sent: Mapping[str, LoRAFactors], own: Callable[[], dict[str, LoRAFactors]],
                     client: ClientInfo) -> dict[str, LoRAFactors]:
@@ -113,6 +119,8 @@ class PrivateStartClient(WrapperClient):
 
     def protect(self, update: ClientUpdate) -> WirePayload:
         if self.params.private_basis and update.client.client_id not in self._from_broadcast:
+            if self._basis is None:
+                raise RuntimeError("she_lora_private_start: call setup(fed) first")
             update = replace(update, factors={n: in_fresh_basis(f, self._basis) for n, f in update.factors.items()})
         return self.inner.protect(update)
 
