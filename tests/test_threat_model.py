@@ -159,6 +159,8 @@ def test_a_privately_drawn_start_never_reaches_the_attacker(name):
     if view.prev is None:
         assert view.start_known == "none"
         return
+    if view.summed > 1:  # a secure aggregate: the sum probe states its own start (benchmark.federation.probe)
+        return
     client = fed.clients[probe_target(fed.scenario, 0)]
     upload = fed.channel.transcript.find("upload", client.client_id, 1)[1].payload
     assert same(view.prev, fed.defense.server.start_from_upload(wire_copy(upload), client).factors)
