@@ -117,7 +117,7 @@ class PrivateStartClient(WrapperClient):
         self._from_broadcast.add(client.client_id)
         return self.inner.finalize(message, client)
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def protect(self, update: ClientUpdate) -> WirePayload | None:
         if self.params.private_basis and update.client.client_id not in self._from_broadcast:
             if self._basis is None:
                 raise RuntimeError("she_lora_private_start: call setup(fed) first")
