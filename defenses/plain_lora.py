@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
+
 from benchmark.contract import (
     AttackerView,
     ClientInfo,
@@ -89,6 +91,15 @@ class PlainServer(ServerRole):
     def known_start(self, broadcast: WirePayload, client: ClientInfo) -> StartKnowledge:
         factors = finalize_to_rank(read_broadcast(broadcast), client, self.fed.seed if self.fed else 0)
         return StartKnowledge(factors, "exact", "replayed the client's finalize from the broadcast")
+
+    def start_from_upload(self, upload: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """A private round-1 start estimated from the client's own upload of that round: its A is the
+        start's A plus the local change (every entry off by about lr x local steps under AdamW), and
+        B = 0 is LoRA's public initialisation, hence exact."""
+        factors = {n: LoRAFactors(f.A.clone(), torch.zeros_like(f.B), f.scale)
+                   for n, f in decode_factors(upload.plain, upload.meta["scale"]).items()}
+        return StartKnowledge(factors, "estimate", "A from the client's own round-1 upload (start plus its local "
+                              "change), B = 0 as LoRA starts")
 
     def privacy_params(self) -> dict[str, Any]:
         return {"encrypted_fraction": 0.0}

@@ -384,6 +384,23 @@ class SHELoRAServer(ServerRole):
         return StartKnowledge(factors, "estimate", f"finalize replayed on the plaintext part, encrypted columns as zero "
                               f"({order} column order)", spaces)
 
+    def start_from_upload(self, upload: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """A private round-1 start estimated from the client's own upload of that round, in the column
+        order of ``observe``'s view: A's plaintext columns (the start's plus the local change), zero
+        where the view hides a column (encrypted) or knows a slot holds some other, unknown feature
+        (``foreign``); B = 0, LoRA's public initialisation. No ``StartSpace``: the start's rows lie
+        in no space the transcript bounds (the local change moves every row off the upload's), so an
+        attack can only subtract or project through this estimate, errors and all."""
+        view = self.observe(upload)
+        factors = {}
+        for name, m in view.modules.items():
+            A = m.A.masked_fill(m.A_hidden, 0.0) if m.A_hidden is not None else m.A.clone()
+            if m.foreign:
+                A[:, list(m.foreign)] = 0.0
+            factors[name] = LoRAFactors(A, torch.zeros_like(m.B), m.scale)
+        return StartKnowledge(factors, "estimate", "plaintext A columns from the client's own round-1 upload (start "
+                              "plus its local change), encrypted ones unknown (zero), B = 0 as LoRA starts")
+
     def privacy_params(self) -> dict[str, Any]:
         fractions = [k / self.plan.shapes[n][1] for ks in self.plan.k.values() for n, k in ks.items()] if self.plan else []
         return {

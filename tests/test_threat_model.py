@@ -21,7 +21,7 @@ from benchmark.contract.stacks import build_defense
 from benchmark.engines import inproc
 from benchmark.federation.lora import LoRAHost
 from benchmark.federation.sampling import probe_target
-from benchmark.federation.transcript import Transcript, attacker_view
+from benchmark.federation.transcript import Transcript, attacker_view, read_init, wire_copy
 from benchmark.running import resolve_scenario
 from defenses import DEFENSES
 from she_lora import ckks
@@ -150,17 +150,35 @@ def test_server_role_reaches_no_client_object_secret_key_or_client_tensor(name, 
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_privately_drawn_start_never_reaches_the_attacker(name):
-    """The old harness handed every attack the client's round-1 factors although nothing was sent."""
+    """The old harness handed every attack the client's round-1 factors although nothing was sent. The
+    attacker now gets at most what the server role reads off the client's own round-1 upload."""
     fed = federation(name, round=1, observation="grad", init="client")
     view = fed.result.probe.probe_view
     assert not any(m.kind == "init" for m in fed.channel.transcript.messages)
-    assert view.prev is None and view.start_known == "none"
+    assert view.start_known != "exact"
+    if view.prev is None:
+        assert view.start_known == "none"
+        return
+    if view.summed > 1:  # a secure aggregate: the sum probe states its own start (benchmark.federation.probe)
+        return
+    client = fed.clients[probe_target(fed.scenario, 0)]
+    upload = fed.channel.transcript.find("upload", client.client_id, 1)[1].payload
+    assert same(view.prev, fed.defense.server.start_from_upload(wire_copy(upload), client).factors)
+    assert all(not torch.equal(view.prev[n].A, f.A) for n, f in fed.probe_start.items())
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_server_drawn_start_is_known_exactly(name):
+    """Unless the defense's clients replace it with their own (``adopt_start``), as its server role
+    then says (``known_init``)."""
     fed = federation(name, round=1, observation="grad", init="server")
     view = fed.result.probe.probe_view
+    client = fed.clients[probe_target(fed.scenario, 0)]
+    sent = read_init(next(m for m in fed.channel.transcript.messages if m.kind == "init" and client.client_id in m.clients).payload, client)
+    if fed.defense.server.known_init(sent, client).known == "none":
+        assert view.start_known != "exact"
+        assert all(not torch.equal(sent[n].A, f.A) for n, f in fed.probe_start.items())
+        return
     assert view.start_known == "exact"
     for n, f in fed.probe_start.items():
         assert torch.equal(view.prev[n].A, f.A) and torch.equal(view.prev[n].B, f.B)

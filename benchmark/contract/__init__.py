@@ -2,8 +2,8 @@
 
 A defense is two roles that share nothing but ``WirePayload``s and public setup facts: a
 ``ClientRole`` (sees a client's update, holds keys, ``protect``/``finalize``) and a ``ServerRole``
-(``aggregate``, and ``observe``/``known_start``, from which the engine builds the attacker's view out
-of the server's transcript alone); a ``Wrapper`` sits on any defense it can wrap. An attack sees only
+(``aggregate``, and ``observe``/``known_start``/``known_init``/``start_from_upload``, from which the
+engine builds the attacker's view out of the server's transcript alone); a ``Wrapper`` sits on any defense it can wrap. An attack sees only
 an ``AttackerView``; the harness alone holds the true private batch and scores reconstructions.
 Defenses, attacks and engines are found through entry points (``plugins``); a ``+``-joined name is a
 stack of wrappers over a defense (``stacks``). A plug-in author imports everything from here.

@@ -5,7 +5,7 @@ a defense with ``getattr``; what reports need to know about a defense, it declar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -62,6 +62,14 @@ class ClientRole:
         reply, e.g. it only had to store what it received)."""
         return None
 
+    def adopt_start(self, sent: Mapping[str, LoRAFactors], own: Callable[[], dict[str, LoRAFactors]],
+                    client: ClientInfo) -> dict[str, LoRAFactors]:
+        """The factors ``client`` starts round 1 from when the server drew them and sent them (``sent``,
+        read from its ``init`` message); ``own()`` draws the client's private ones instead (from its
+        own stream, as with ``threat.init = client``). Default: the server's, as peft-style federations
+        do. A defense that overrides this says what the server then knows in ``ServerRole.known_init``."""
+        return dict(sent)
+
     def wrap_training(self, model: Any, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[Any, Any, Any]:
         """Change local training itself (e.g. DP-SGD); the engine trains with what this returns."""
         return model, optimizer, loader
@@ -91,8 +99,8 @@ class ClientRole:
 class ServerRole:
     """The server side of a defense: never holds a secret key, a client's factors or its start.
 
-    Everything it knows arrives as messages; ``observe`` and ``known_start`` turn messages it received
-    and sent into what an attacker on the server can use.
+    Everything it knows arrives as messages; ``observe``, ``known_start``, ``known_init`` and
+    ``start_from_upload`` turn messages it received and sent into what an attacker on the server can use.
     """
 
     def setup(self, fed: FederationInfo, hello: Sequence[WirePayload]) -> None:
@@ -126,6 +134,20 @@ class ServerRole:
         unmasked it, per module the dense weighted mean of the uploads' deltas (m x n tensors), which
         the attack probe reads as the server's observation. None (the default): no such sum."""
         return None
+
+    def known_init(self, sent: Mapping[str, LoRAFactors], client: ClientInfo) -> StartKnowledge:
+        """What the server knows of ``client``'s round-1 start after sending it the factors ``sent``
+        (an ``init`` message). Default: exactly those, since the client role's ``adopt_start`` keeps
+        them; a defense whose clients replace them says so here (``StartKnowledge.nothing``), and the
+        engine then falls back on ``start_from_upload``."""
+        return StartKnowledge(dict(sent), "exact", "the server drew and sent the round-1 factors")
+
+    def start_from_upload(self, upload: WirePayload, client: ClientInfo) -> StartKnowledge:
+        """What the server can infer of ``client``'s private round-1 start (one it never saw) from that
+        client's own upload of the same round (its start plus its local change; B starts at zero, a
+        public fact of LoRA's initialisation), in the column order of ``observe``'s view. Default:
+        nothing (the upload does not show the start's factors)."""
+        return StartKnowledge.nothing("the upload does not show the client's factors")
 
     def privacy_params(self) -> dict[str, Any]:
         return {}

@@ -4,7 +4,7 @@ to the inner role. ``Stacked`` builds wrappers over a defense as one ``Defense``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -40,6 +40,10 @@ class WrapperClient(ClientRole):
 
     def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
         return self.inner.answer(message, client)
+
+    def adopt_start(self, sent: Mapping[str, LoRAFactors], own: Callable[[], dict[str, LoRAFactors]],
+                    client: ClientInfo) -> dict[str, LoRAFactors]:
+        return self.inner.adopt_start(sent, own, client)
 
     def wrap_training(self, model: Any, optimizer: Any, loader: Any, client: ClientInfo) -> tuple[Any, Any, Any]:
         return self.inner.wrap_training(model, optimizer, loader, client)
@@ -94,6 +98,12 @@ class WrapperServer(ServerRole):
 
     def unmasked_sum(self) -> Mapping[str, Any] | None:
         return self.inner.unmasked_sum()
+
+    def known_init(self, sent: Mapping[str, LoRAFactors], client: ClientInfo) -> StartKnowledge:
+        return self.inner.known_init(sent, client)
+
+    def start_from_upload(self, upload: WirePayload, client: ClientInfo) -> StartKnowledge:
+        return self.inner.start_from_upload(upload, client)
 
     def privacy_params(self) -> dict[str, Any]:
         return self.inner.privacy_params()

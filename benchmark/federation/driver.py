@@ -83,7 +83,8 @@ class RoundDriver:
 
     def start_factors(self, client: ClientInfo, rnd: int) -> Factors:
         """The client's start: the latest aggregate (sent to it now if it missed it), else its
-        round-1 factors, drawn privately or received from the server as the threat says."""
+        round-1 factors, drawn privately or received from the server as the threat says (and then
+        what the defense's client role adopts of them, ``ClientRole.adopt_start``)."""
         cid = client.client_id
         if self.global_msg is not None and self.received.get(cid) != self.global_round:
             delivered = self.channel.down(self.global_msg, rnd, [cid], "broadcast")

@@ -73,10 +73,15 @@ class ClientNode:
     # ---- local computation ----------------------------------------------------------------------
 
     def init(self, client: ClientInfo, message: WirePayload | None) -> Factors:
-        if message is not None:
-            return read_init(message, client)
-        gen = torch_generator(self.assets.seed, "init", client.client_id)
-        return self.assets.host.init_factors(client.rank, gen)
+        """Round-1 factors: the client's own private draw, or, when the server sent an ``init`` message,
+        whatever the client role adopts of it (``ClientRole.adopt_start``: by default the server's)."""
+
+        def own() -> Factors:
+            return self.assets.host.init_factors(client.rank, torch_generator(self.assets.seed, "init", client.client_id))
+
+        if message is None:
+            return own()
+        return self.role.adopt_start(read_init(message, client), own, client)
 
     def train(self, client: ClientInfo, rnd: int, start: Factors, head: dict[str, Tensor]) -> LocalResult:
         a, cid = self.assets, client.client_id

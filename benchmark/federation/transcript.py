@@ -120,14 +120,29 @@ def read_init(payload: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors
 
 
 def start_knowledge(server: ServerRole, transcript: Transcript, client: ClientInfo, rnd: int) -> StartKnowledge:
-    """What the server knows of ``client``'s start in round ``rnd``, from messages it sent alone."""
+    """What the server knows of ``client``'s start in round ``rnd``, from its transcript alone.
+
+    A broadcast's start is what the server role can replay of it (``known_start``); an ``init``
+    message's, what the server role says its clients keep of it (``known_init``: exact unless the
+    defense's clients draw their own). A round-1 start the server never saw (``threat.init=client``,
+    or a defense whose clients replace the server's) is estimated, if at all, from the client's own
+    upload of that round (``start_from_upload``), which the transcript holds whenever a view is built
+    (the driver builds views only after the round's uploads, the probe's after its round)."""
     msg = transcript.start_message(client.client_id, rnd)
+    if msg is not None and msg.kind == "broadcast":
+        return server.known_start(wire_copy(msg.payload), client)
     if msg is None:
-        return StartKnowledge.nothing("the client drew its round-1 factors privately (threat.init=client); "
-                                      "the server never saw them")
-    if msg.kind == "init":
-        return StartKnowledge(read_init(msg.payload, client), "exact", "the server drew and sent the round-1 factors")
-    return server.known_start(wire_copy(msg.payload), client)
+        unseen = StartKnowledge.nothing("the client drew its round-1 factors privately (threat.init=client); "
+                                        "the server never saw them")
+    else:
+        unseen = server.known_init(read_init(msg.payload, client), client)
+        if unseen.known != "none":
+            return unseen
+    found = transcript.find("upload", client.client_id, rnd)
+    if found is None:
+        return unseen
+    guess = server.start_from_upload(wire_copy(found[1].payload), client)
+    return replace(guess, note="; ".join(x for x in (unseen.note, guess.note) if x))
 
 
 @dataclass(frozen=True)
