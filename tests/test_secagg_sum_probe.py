@@ -11,6 +11,7 @@ import torch
 from benchmark.config import ComponentSpec
 from benchmark.contract import LoRAFactors, StartKnowledge
 from benchmark.federation.sum_view import sum_modules
+from she_lora.lowrank import relative_error
 
 
 def _start(A: torch.Tensor, m: int) -> StartKnowledge:
@@ -101,6 +102,10 @@ def test_the_probe_sum_is_neither_metered_nor_in_the_run_transcript(sims):
     keys = [m for m in messages if m.direction == "up" and m.payload.meta.get("stage") == "advertise_keys"]
     assert len(keys) == 2  # one round of two participants; the probe's own key agreement is not here
     assert not [m for m in messages if m.kind == "probe"]
+    own = sim.probe.first.sum_round.messages  # the sum round is kept apart, for a replay of the view
+    assert len([m for m in own if m.payload.meta.get("stage") == "advertise_keys"]) == 2
+    assert len([m for m in own if m.kind == "probe"]) == 2 and not [m for m in own if m.kind == "upload"]
+    assert sim.probe.first.run_at == len(messages)  # one round: the probe ran after the run's last message
     assert driver.meter.negotiation == sum(m.payload.nbytes() for m in messages if m.kind == "negotiation")
     assert sim.metrics["negotiation_bytes"] > 0
 
@@ -129,3 +134,44 @@ def test_with_a_dropout_the_sum_probe_covers_the_survivors(seed, target_drops):
     case = sim.probe.first
     assert case.view.summed == 2 and len(case.references) == 2  # the two that uploaded, one batch each
     assert run_attack(ComponentSpec("dager", "dager"), "naive", sim)["status"] == "ok"
+
+
+def test_each_probe_round_replays_in_order_into_a_fresh_server():
+    """Probe at round 1 of 2 with two probe cases: a fresh server role that replays the run's messages up
+    to the probe and then the cases' own rounds in order reads each case's view again from those messages
+    alone; replaying the rest of the run after them gives the run's round-2 broadcast (the live server
+    met the rounds in that order)."""
+    from benchmark.engines import inproc
+    from benchmark.federation.sampling import probe_target
+    from benchmark.federation.sum_view import replay_rounds, replayed_sum_view
+    from benchmark.running.catalog import resolve_scenario
+    from defenses.secagg import SecAgg
+
+    torch.set_num_threads(1)
+    scenario = resolve_scenario("tiny", {"rounds": 2, "probe": {"batches": 2},
+                                         "threat": {"round": 1, "observation": "grad"}})
+    driver = inproc.build_driver(scenario, SecAgg(), 0)
+    result = driver.run()
+    run, cases = driver.channel.transcript, list(result.probe.cases.values())
+    at = cases[0].run_at
+    assert len(cases) == 2 and {c.run_at for c in cases} == {at} and 0 < at < len(run.messages)
+    assert all(c.sum_round is not None and c.sum_round is not run for c in cases)
+    fresh = SecAgg().server  # never met a client
+    fresh.setup(driver.fed, [m.payload for m in run.messages if m.kind == "setup"])
+    replay_rounds(fresh, run.messages[:at])
+    target = driver.fed.clients[probe_target(scenario, 0)]
+    roster = {c.client_id: c for c in driver.fed.clients}
+    th = scenario.threat
+    views = [replayed_sum_view(fresh, run, c.sum_round, target, roster, th.round, driver.referee.public,
+                               lr=th.lr, local_steps=1, batch_size=c.view.batch_size) for c in cases]
+    for view, case in zip(views, cases):
+        assert view.summed == case.view.summed == 2 and view.start_known == case.view.start_known == "exact"
+        assert view.modules.keys() == case.view.modules.keys() and view.note == case.view.note
+        for name, om in case.view.modules.items():  # the same sum and starts; LAPACK's lstsq may differ in the last bit
+            assert relative_error(view.modules[name].B, om.B) < 1e-12 and torch.equal(view.modules[name].A, om.A)
+            assert torch.equal(view.prev[name].A, case.view.prev[name].A)
+    assert not all(torch.equal(views[0].modules[n].B, views[1].modules[n].B) for n in views[0].modules)
+    last = replay_rounds(fresh, run.messages[at:])
+    sent = [m for m in run.messages if m.kind == "broadcast"][-1].payload
+    assert last is not None and last.plain.keys() == sent.plain.keys()
+    assert all(torch.equal(last.plain[k], sent.plain[k]) for k in sent.plain)

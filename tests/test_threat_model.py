@@ -5,6 +5,9 @@
 - The server role's object graph reaches no client object, no secret key, no client tensor.
 - The start the attacker gets is what the server sent or can compute: nothing for factors a client
   drew privately (the leak the old harness had), an estimate where ciphertext stands in the way.
+- Where the server sees only sums (secagg), the probe's own secure round is kept apart from the run's
+  transcript, and a fresh role that replays the run up to the probe and then that round reads the same
+  sum view (``benchmark.federation.sum_view.replayed_sum_view``).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from benchmark.contract.stacks import build_defense
 from benchmark.engines import inproc
 from benchmark.federation.lora import LoRAHost
 from benchmark.federation.sampling import probe_target
+from benchmark.federation.sum_view import replayed_sum_view
 from benchmark.federation.transcript import Transcript, attacker_view, read_init, wire_copy
 from benchmark.running import resolve_scenario
 from defenses import DEFENSES
 from she_lora import ckks
 from she_lora.lowrank import relative_error
 
-ALL = [*DEFENSES.names(), "dp+she_lora"]  # a stack: views through a wrapper too
+ALL = [*DEFENSES.names(), "dp+she_lora", "dp+secagg"]  # stacks: views through a wrapper too (and a sum's)
 
 
 class Run:
@@ -110,6 +114,10 @@ def same(a, b) -> bool:
 def test_view_is_a_function_of_the_transcript_alone(name, round2):
     fed = round2[name]
     engine_view = fed.result.probe.probe_view
+    assert engine_view is not None, f"{name}: the probe built no view"
+    if fed.result.probe.first.sum_round is not None:
+        sum_views_replay(name, fed)
+        return
     fresh = build_defense(name)  # never met a client: it knows only the replayed messages
     replay(fresh, fed.channel.transcript, fed.fed)
     client = fed.clients[probe_target(fed.scenario, 0)]
@@ -118,6 +126,36 @@ def test_view_is_a_function_of_the_transcript_alone(name, round2):
                          lr=th.lr, local_steps=th.steps, batch_size=th.batch_size)
     for field in ("defense", "kind", "modules", "leaked", "cipher_bytes", "prev", "start_known", "lr", "batch_size"):
         assert same(getattr(view, field), getattr(engine_view, field)), f"{name}: {field} differs on replay"
+
+
+def public_weights(view, fed: Run) -> dict[str, torch.Tensor]:
+    """The view's public model as it differs from the base model (the start merged into it)."""
+    base = fed.public.build_model({}).state_dict()
+    return {k: v.detach().double() - base[k].double() for k, v in view.model.state_dict().items()}
+
+
+def sum_views_replay(name: str, fed: Run) -> None:
+    """A server that sees only sums: every probe case's secure round lies in a transcript of its own,
+    none in the run's; a fresh role that replays the run's messages up to the probe and then the cases'
+    rounds in order (as the live server met them) reads each case's view from them alone, the very same."""
+    run, cases = fed.channel.transcript, list(fed.result.probe.cases.values())
+    assert not any(m.kind == "probe" for m in run.messages), f"{name}: a probe round leaked into the run's transcript"
+    assert len({c.run_at for c in cases}) == 1 and 0 < cases[0].run_at <= len(run.messages)
+    fresh = build_defense(name)  # never met a client
+    replay(fresh, Transcript(run.messages[: cases[0].run_at]), fed.fed)
+    client = fed.clients[probe_target(fed.scenario, 0)]
+    roster = {c.client_id: c for c in fed.fed.clients}
+    th = fed.scenario.threat
+    for case in cases:
+        before = {k: v.clone() for k, v in fresh.server.unmasked_sum().items()}
+        view = replayed_sum_view(fresh.server, run, case.sum_round, client, roster, th.round, fed.public,
+                                 lr=th.lr, local_steps=th.steps, batch_size=case.view.batch_size)
+        assert not same(before, fresh.server.unmasked_sum()), f"{name}: the replayed round unmasked nothing new"
+        assert view.summed == len([m for m in case.sum_round.messages if m.kind == "probe"]) > 1
+        for field in ("defense", "kind", "modules", "leaked", "cipher_bytes", "prev", "start_known", "start_space",
+                      "summed", "note", "lr", "local_steps", "batch_size"):
+            assert same(getattr(view, field), getattr(case.view, field)), f"{name}: {field} differs on replay"
+        assert same(public_weights(view, fed), public_weights(case.view, fed)), f"{name}: public model differs"
 
 
 def reachable(root: object) -> Iterator[object]:
@@ -192,6 +230,15 @@ def test_a_later_start_is_known_only_as_far_as_the_broadcast_is_readable(name, r
     sealed = any(m.payload.cipher for m in fed.channel.transcript.messages if m.kind == "broadcast")
     if encrypts == "all" and sealed:  # the broadcast itself is ciphertext (secure aggregation's is not)
         assert view.prev is None and view.start_known == "none"
+        return
+    if view.summed > 1:  # a sum's view: prev is the sum's LoRA form; its public model stands at the start
+        assert view.start_known == "exact"
+        seen = public_weights(view, fed)
+        true = public_weights(types.SimpleNamespace(model=fed.public.build_model(
+            {n: f.delta() for n, f in truth.items()})), fed)
+        moved = [k for k, t in true.items() if t.abs().max() > 0]
+        assert moved and max(relative_error(seen[k], true[k]) for k in moved) < 1e-5
+        assert all(not seen[k].abs().max() > 0 for k in seen if k not in moved)
         return
     err = max(relative_error(view.prev[n].delta(), truth[n].delta()) for n in truth)
     if encrypts == "selective":  # encrypted parts of the aggregate stand in the way

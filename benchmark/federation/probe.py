@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from benchmark.config import ScenarioConfig
 from benchmark.contract import AttackerView, ClientInfo, ClientUpdate
@@ -21,15 +20,13 @@ from benchmark.federation.assets import Assets
 from benchmark.federation.endpoint import Factors
 from benchmark.federation.protocol import Parties, aggregate, exchange, negotiate, upload
 from benchmark.federation.seeding import rng
-from benchmark.federation.sum_view import sum_view
+from benchmark.federation.sum_view import read_sum_view
 from benchmark.federation.train import LocalResult, seen_private
 from benchmark.federation.transcript import (
     Channel,
     PublicFacts,
     Transcript,
     attacker_view,
-    on_device,
-    start_knowledge,
 )
 from benchmark.federation.wire import WireMeter
 
@@ -44,6 +41,10 @@ class ProbeCase:
     view: AttackerView | None
     references: list[str]
     reference_ids: list[list[int]] = field(default_factory=list)  # the same, as the input ids the model saw
+    # a sum probe's secure round (``observe_sums``): its own transcript (never metered, never in the
+    # run's) and how many run messages the server had when it ran, so that the view can be replayed
+    sum_round: Transcript | None = None
+    run_at: int = 0
 
 
 @dataclass
@@ -141,40 +142,37 @@ def observe_sums(a: Assets, public: PublicFacts, pr: ProbeRound, progress: Calla
     """The server that sees only sums, attacked on one: for each probe case every participant of the
     round that uploaded computes its probe update on a private batch of its own (the probe batch size;
     the target's is the batch other defenses' probes use), the batches run one secure round through the
-    defense's own protocol (recorded in a transcript of its own, unmetered: an observation, not traffic)
-    and the view is the sum the server unmasked (``sum_view``). The truth is the union of the batches."""
+    defense's own protocol (recorded in a transcript of its own, unmetered: an observation, not traffic;
+    the case keeps it) and the view is what the server reads off that round and the run's transcript
+    (``sum_view.read_sum_view``). The truth is the union of the batches."""
     th = a.scenario.threat
     transcript = pr.channel.transcript
     who = [cid for cid in sorted(pr.results) if transcript.find("upload", cid, pr.rnd) is not None]
     clients = {cid: pr.results[cid].update.client for cid in who}
     orders = {cid: rng(a.seed, "probe").permutation(len(a.examples(cid))).tolist() if cid == pr.client.client_id
               else rng(a.seed, "probe", cid).permutation(len(a.examples(cid))).tolist() for cid in who}
-    starts = [start_knowledge(pr.parties.server, transcript, clients[cid], pr.rnd) for cid in who]
-    # the public model at the target's start (a dropped-out target: the first survivor's)
-    target_start = starts[who.index(pr.client.client_id)] if pr.client.client_id in who else starts[0]
+    run_at = len(transcript.messages)
     cases: dict[ProbeKey, ProbeCase] = {}
     for size, index in probe_keys(a.scenario):
         progress(f"probe sum of {len(who)} batches {index + 1}/{a.scenario.probe.batches} of size {size}")
         batches = {cid: [a.examples(cid)[i] for i in probe_batch(orders[cid], size, index)] for cid in who}
         updates = [pr.parties.client.probe_update(clients[cid], pr.rnd, pr.start if cid == pr.client.client_id
                                                   else pr.starts[cid], batches[cid]) for cid in who]
-        dense, masked = secure_sum(pr, updates)
+        sum_round = secure_sum(pr, updates)
         union = [ex for cid in who for ex in batches[cid]]
-        view = None
-        if dense is not None and masked is not None:
-            view = on_device(sum_view(masked, dense, starts, target_start, public.build_model,
-                                      tokenizer=public.tokenizer, task=public.task, template=public.template,
-                                      prompt_tokens=public.prompt_tokens, label_token_ids=public.label_token_ids,
-                                      lr=th.lr, local_steps=1 if th.observation == "grad" else th.steps,
-                                      batch_size=len(union)), public.device)
-        cases[(size, index)] = ProbeCase(view, *seen_private(a.loaded.tokenizer, a.spec, union))
+        view = read_sum_view(pr.parties.server, transcript, sum_round, pr.client, clients, pr.rnd, public,
+                             lr=th.lr, local_steps=1 if th.observation == "grad" else th.steps,
+                             batch_size=len(union))
+        cases[(size, index)] = ProbeCase(view, *seen_private(a.loaded.tokenizer, a.spec, union),
+                                         sum_round=sum_round, run_at=run_at)
     return cases
 
 
-def secure_sum(pr: ProbeRound, updates: Sequence[ClientUpdate]) -> tuple[Mapping[str, Any] | None, AttackerView | None]:
+def secure_sum(pr: ProbeRound, updates: Sequence[ClientUpdate]) -> Transcript:
     """One round of the defense's protocol over ``updates`` on a channel of its own (nothing metered,
-    nothing added to the run's transcript): the sum the server unmasked, and its reading of one masked
-    upload (what it is and its size)."""
+    nothing added to the run's transcript), ending in the server's aggregate (it unmasks the sum and
+    keeps it: ``unmasked_sum``); returns that round's transcript (every message the server sent and
+    received in it). No broadcast follows: the sum is an observation, not a model."""
     channel = Channel(WireMeter(), Transcript())
     clients = [u.client for u in updates]
     negotiate(pr.parties, updates, pr.rnd, channel)
@@ -182,8 +180,9 @@ def secure_sum(pr: ProbeRound, updates: Sequence[ClientUpdate]) -> tuple[Mapping
     sent = [upload(pr.parties, u, pr.rnd, channel, kind="probe") for u in updates]
     uploads = [s for s in sent if s is not None]
     exchange(pr.parties, clients, [s.payload for s in uploads], pr.rnd, channel)
-    aggregate(pr.parties, uploads)
-    return pr.parties.server.unmasked_sum(), pr.parties.server.observe(uploads[0].payload) if uploads else None
+    if uploads:
+        aggregate(pr.parties, uploads)
+    return channel.transcript
 
 
 def membership_view(a: Assets, public: PublicFacts, pr: ProbeRound) -> tuple[AttackerView | None, list[bool]]:

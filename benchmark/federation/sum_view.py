@@ -22,17 +22,46 @@ How the span attacks read it, written as LoRA factors so that they run unchanged
   update of a rank-m LoRA with ``B = I``: the A path tests token inputs against the rows of ``W``,
   which span the batches' inputs mixed with the starting A's rows (an approximate span: the note says
   so).
+
+Where the view comes from. The probe's secure round runs on a transcript of its own (kept on the probe
+case, never metered, never in the run's transcript). The view is a function of the server's messages:
+``read_sum_view`` reads the server role's unmasked sum right after that round, the starts the run's
+transcript tells and the server's reading of one masked probe upload. The live server's unmask is a
+replay of that round's transcript because every input it got was the recorded message's copy
+(``Channel.up`` hands on a copy of what it records) and its own asks follow from its state and those
+inputs; ``replayed_sum_view`` is that replay into a server role brought to the same state (the run's
+messages up to the probe, then any earlier probe rounds), and tests/test_threat_model.py checks that a
+fresh role gets the very same view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from benchmark.contract import AttackerView, LoRAFactors, ObservedModule, StartKnowledge
+from benchmark.contract import (
+    AttackerView,
+    ClientInfo,
+    LoRAFactors,
+    ObservedModule,
+    ServerRole,
+    StartKnowledge,
+    WirePayload,
+)
+from benchmark.federation.transcript import (
+    Message,
+    PublicFacts,
+    Transcript,
+    on_device,
+    start_knowledge,
+    wire_copy,
+)
+
+UPLOADS = ("upload", "probe")  # a round's protected updates: the run's, or a sum probe's own round
 
 
 def distinct(tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -86,3 +115,79 @@ def sum_view(masked: AttackerView, dense: Mapping[str, Tensor], starts: Sequence
     return replace(masked, modules=modules, prev=prev, start_known=known, start_space=None,
                    model=build_model(deltas), note=f"{note}; {len(starts)} participants", summed=len(starts),
                    **hyper)
+
+
+def replay_rounds(server: ServerRole, messages: Sequence[Message]) -> WirePayload | None:
+    """Drive ``server`` through recorded rounds (setup excluded, broadcasts skipped: the server sends
+    them, it does not read them) in the order the round driver calls it: negotiate, exchanges (its own
+    asks, each checked against the recorded one; the recorded answers), uploads, exchanges, aggregate.
+    Returns the last aggregate. A role whose asks differ from the record is out of step: ``ValueError``."""
+    msgs = [m for m in messages if m.kind == "negotiation" or m.kind in UPLOADS]
+    pos, message = 0, None
+
+    def take(kinds: tuple[str, ...], direction: str) -> list[WirePayload]:
+        nonlocal pos
+        out = []
+        while pos < len(msgs) and msgs[pos].kind in kinds and msgs[pos].direction == direction:
+            out.append(wire_copy(msgs[pos].payload))
+            pos += 1
+        return out
+
+    def exchanges(received: list[WirePayload]) -> None:
+        nonlocal pos
+        asks = server.exchange(received)
+        while asks:
+            received = []
+            for cid in asks:  # each ask down, its answer (if any) right after it
+                ask = msgs[pos] if pos < len(msgs) else None
+                if ask is None or ask.kind != "negotiation" or ask.direction != "down" or ask.clients != (cid,):
+                    raise ValueError(f"replay: the server asks client {cid}; the record has {ask}")
+                pos += 1
+                nxt = msgs[pos] if pos < len(msgs) else None
+                if nxt is not None and nxt.kind == "negotiation" and nxt.direction == "up" and nxt.clients == ask.clients:
+                    received.append(wire_copy(nxt.payload))
+                    pos += 1
+            asks = server.exchange(received)
+
+    while pos < len(msgs):
+        start = pos
+        if server.negotiate(take(("negotiation",), "up")) is not None:
+            take(("negotiation",), "down")
+        exchanges([])
+        uploads = take(UPLOADS, "up")
+        exchanges(uploads)
+        if pos == start:
+            raise ValueError(f"replay: message {pos} ({msgs[pos].kind}, {msgs[pos].direction}) fits no step")
+        message = server.aggregate(uploads)
+    return message
+
+
+def read_sum_view(server: ServerRole, run: Transcript, sum_round: Transcript, target: ClientInfo,
+                  clients: Mapping[int, ClientInfo], rnd: int, public: PublicFacts, **hyper: Any) -> AttackerView | None:
+    """The attacker's view of a sum probe, read off ``server`` right after it aggregated ``sum_round``:
+    the sum it unmasked over the clients whose probe messages that round holds, their starts in round
+    ``rnd`` as the run's transcript tells them, the server's reading of the first masked probe upload and
+    a public model at ``target``'s start (the first sender's where the target sent nothing).
+    ``clients``: the federation's public roster by id. None where no probe upload arrived."""
+    sent = [m for m in sum_round.messages if m.kind == "probe" and m.direction == "up"]
+    dense = server.unmasked_sum()
+    if not sent or dense is None:
+        return None
+    who = [m.clients[0] for m in sent]
+    starts = [start_knowledge(server, run, clients[cid], rnd) for cid in who]
+    target_start = starts[who.index(target.client_id)] if target.client_id in who else starts[0]
+    masked = server.observe(wire_copy(sent[0].payload))
+    view = sum_view(masked, dense, starts, target_start, public.build_model, tokenizer=public.tokenizer,
+                    task=public.task, template=public.template, prompt_tokens=public.prompt_tokens,
+                    label_token_ids=public.label_token_ids, **hyper)
+    return on_device(view, public.device)
+
+
+def replayed_sum_view(server: ServerRole, run: Transcript, sum_round: Transcript, target: ClientInfo,
+                      clients: Mapping[int, ClientInfo], rnd: int, public: PublicFacts, **hyper: Any
+                      ) -> AttackerView | None:
+    """``read_sum_view`` after replaying ``sum_round`` into ``server``, which must stand where the live
+    server stood before that round (replayed the run's messages up to the probe and any earlier probe
+    rounds): the view from the server's messages and public facts alone."""
+    replay_rounds(server, sum_round.messages)
+    return read_sum_view(server, run, sum_round, target, clients, rnd, public, **hyper)
