@@ -67,6 +67,9 @@ def test_flower_secagg_gives_the_in_process_utility(runs, name):
     (_, ref), (_, got) = runs[0][name], runs[1][name]
     assert got.metrics["eval_loss"] == pytest.approx(ref.metrics["eval_loss"], rel=1e-4)
     assert abs(got.metrics["utility"] - ref.metrics["utility"]) <= 1 / 24 + 1e-12  # one of 24 test examples
+    # the attack probe (a secure round of every participant's probe update) sees the same on both
+    assert got.metrics["server_saw"] == ref.metrics["server_saw"]
+    assert got.metrics["start_known"] == ref.metrics["start_known"]
     if name == "secagg":
         assert got.metrics["agg_rel_err"] < 1e-4 and ref.metrics["agg_rel_err"] < 1e-4
     else:  # agg_rel_err counts the DP noise, the same noise streams on both engines

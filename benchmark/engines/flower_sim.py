@@ -211,7 +211,7 @@ def build_driver(grid: Grid, scenario: ScenarioConfig, defense: Defense, seed: i
     assets = build_assets(scenario, seed, device)  # the referee's: evaluation, public models, truth
     secret = defense.secret_sum(assets.fed.clients_per_round)
     secure = FlowerSecAggPlus(link, secret.secagg_plus) if secret is not None and secret.secagg_plus else None
-    driver = RoundDriver(assets.fed, defense.server, FlowerClients(link), ModelReferee(assets),
+    driver = RoundDriver(assets.fed, defense.server, FlowerClients(link), ModelReferee(assets, secret),
                          Schedule.sampled(scenario, seed), progress, secure)
     return driver, link
 
