@@ -37,8 +37,11 @@ masked vector, no answer); the client role returns no upload for them, so the dr
 aggregates only the survivors, and ``agg_rel_err`` compares with the survivors' aggregate. A count
 that leaves fewer than the threshold in every round is refused before any work (``problem``).
 An upload outside a round's key agreement (an attack probe) is masked under a fresh seed nobody
-holds a share of. In-process engines only: the Flower engines would run ``SecAggPlusWorkflow`` and
-``secaggplus_mod`` themselves (not built yet).
+holds a share of. The ``flower`` engine runs Flower's own ``SecAggPlusWorkflow`` and
+``secaggplus_mod`` for the rounds instead (``benchmark.engines.flower_secagg``), with the settings
+``secret_sum`` declares; this role then gives only each client's summands (``secret_summands``, None
+for a simulated dropout, which Flower's workflow then sees fail after sharing its keys) and the
+broadcast of the unmasked mean (``aggregate_sum``).
 
 What an attacker on the server gets: per client, masked vectors (per-client attacks are
 ``incompatible``); per round, the sum it unmasked (``unmasked_sum``). Because ``SecAgg`` declares
@@ -218,6 +221,13 @@ def dense_vectors(update: ClientUpdate, names: Sequence[str]) -> list[np.ndarray
     return out
 
 
+def upload_meta(update: ClientUpdate, names: list[str], in_session: bool) -> dict[str, Any]:
+    """What a masked upload says of itself (public facts: who, its rank, which modules in which order)."""
+    c = update.client
+    return {"client_id": c.client_id, "rank": c.rank, "scale": c.scale, "kind": update.kind, "round": update.round,
+            "stage": "masked_vector", "modules": names, "in_session": in_session}
+
+
 def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1)[0])
 
@@ -310,10 +320,27 @@ class SecAggClient(ClientRole):
                                          privatize)
         session_ready = s is not None and not s.masked and bool(s.rd_seed)
         masked = sa.mask(s, quantized) if session_ready else sa.one_time_mask(quantized, cfg)
-        meta = {"client_id": cid, "rank": update.client.rank, "scale": update.client.scale, "kind": update.kind,
-                "round": update.round, "stage": "masked_vector", "modules": names, "in_session": session_ready}
-        return WirePayload(f"client:{cid}", cipher={"masked": [ndarray_to_bytes(a) for a in masked]}, meta=meta,
-                           timings={"enc_s": time.perf_counter() - t0})
+        return WirePayload(f"client:{cid}", cipher={"masked": [ndarray_to_bytes(a) for a in masked]},
+                           meta=upload_meta(update, names, session_ready), timings={"enc_s": time.perf_counter() - t0})
+
+    def secret_summands(self, update: ClientUpdate,
+                        participants: Sequence[int]) -> tuple[list[np.ndarray], dict[str, Any]] | None:
+        """The dense deltas for a SecAgg+ that the engine runs itself (Flower's ``secaggplus_mod``
+        weights, quantizes and masks them); None: this client is one of the round's simulated
+        dropouts. Under distributed DP the noise share is added to the weighted deltas as in
+        ``protect`` and divided back out of the weight the mod applies."""
+        k = self.params.dropouts
+        if k and update.client.client_id in dropped_clients(self.fed.seed if self.fed else 0, update.round,
+                                                            participants, k):
+            return None
+        names = sorted(update.factors)
+        vectors = dense_vectors(update, names)
+        if self.privatizer is not None:
+            cfg = self.params.round_config(len(participants))
+            ratio = round(update.n_samples / cfg.max_weight * cfg.quantization_range) / cfg.quantization_range
+            noisy = self.privatizer(update, [v * ratio for v in vectors], ratio, cfg.threshold)
+            vectors = [np.asarray(v, dtype=np.float64) / ratio for v in noisy]
+        return vectors, upload_meta(update, names, True)
 
     def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
         return finalize_to_rank(read_broadcast(message), client, self.fed.seed if self.fed else 0)
@@ -414,16 +441,27 @@ class SecAggServer(ServerRole):
         masked = [[bytes_to_ndarray(b) for b in p.cipher["masked"]] for p in payloads
                   if int(p.meta["client_id"]) in r.active]
         mean = sa.unmask_sum(masked, r.shares, r.active, r.graph, r.keys, r.cfg)
+        message = self._broadcast(mean, payloads[0].meta["modules"], r.active, t0)
+        self.round = None
+        return message
+
+    def aggregate_sum(self, mean: Sequence[np.ndarray], uploads: Sequence[WirePayload]) -> WirePayload:
+        """The broadcast from the mean that Flower's ``SecAggPlusWorkflow`` unmasked from ``uploads``."""
+        survivors = sorted(int(p.meta["client_id"]) for p in uploads)
+        return self._broadcast(mean, uploads[0].meta["modules"], survivors, time.perf_counter())
+
+    def _broadcast(self, mean: Sequence[np.ndarray], modules: Sequence[str], survivors: list[int],
+                   t0: float) -> WirePayload:
+        """The unmasked mean kept (``unmasked_sum``), its dense deltas re-factorised by SVD and
+        broadcast like plain LoRA."""
         deltas = {}
-        self.last_sum = {name: torch.from_numpy(np.asarray(dense, dtype=np.float64))
-                         for name, dense in zip(payloads[0].meta["modules"], mean)}
+        self.last_sum = {name: torch.from_numpy(np.asarray(dense, dtype=np.float64)) for name, dense in zip(modules, mean)}
         for name, dense in self.last_sum.items():
             u, s, vh = torch.linalg.svd(dense, full_matrices=False)
             deltas[name] = FactoredDelta(u.float(), s.float(), vh.float())
         message = broadcast(deltas, broadcast_rank(self.fed))
-        message.meta.update(survivors=r.active)
+        message.meta.update(survivors=survivors)
         message.timings["agg_s"] = time.perf_counter() - t0
-        self.round = None
         return message
 
     def observe(self, payload: WirePayload) -> AttackerView:
@@ -466,5 +504,5 @@ class SecAgg(Defense):
     def secret_sum(self, clients_per_round: int) -> SecretSum:
         """A released sum holds at least the reconstruction threshold's uploads (the server refuses
         to unmask fewer); an entry beyond ``clipping_range`` is clipped by the quantizer."""
-        return SecretSum(self.params.round_config(clients_per_round).threshold, float(self.params.clipping_range),
-                         f"{self.name}.clipping_range")
+        cfg = self.params.round_config(clients_per_round)
+        return SecretSum(cfg.threshold, float(self.params.clipping_range), f"{self.name}.clipping_range", asdict(cfg))

@@ -6,7 +6,7 @@ a defense with ``getattr``; what reports need to know about a defense, it declar
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from benchmark.contract.messages import ClientInfo, ClientUpdate, FederationInfo, LoRAFactors, WirePayload
@@ -32,6 +32,11 @@ class SecretSum:
     min_summands: int
     entry_bound: float
     bound_key: str
+    # SecAgg+'s settings for such a round (num_shares, threshold, clipping_range, quantization_range,
+    # modulus_range, max_weight: Flower's SecAggPlusWorkflow's), for an engine that runs Flower's
+    # protocol itself (its clients then give ``ClientRole.secret_summands``, its server role gets
+    # ``ServerRole.aggregate_sum``); empty: only the defense's own protocol can compute the sum
+    secagg_plus: Mapping[str, float] = field(default_factory=dict)
 
 
 class ClientRole:
@@ -95,6 +100,15 @@ class ClientRole:
         layer must noise each update in full itself."""
         return False
 
+    def secret_summands(self, update: ClientUpdate,
+                        participants: Sequence[int]) -> tuple[list[Any], dict[str, Any]] | None:
+        """What this client adds to a round's secret sum when the engine runs the secure aggregation
+        itself (``SecretSum.secagg_plus``): one float64 array per module of ``sorted(update.factors)``,
+        unweighted (the protocol weights it by ``update.n_samples``), noise share included, and the
+        metadata its masked upload carries; None: it drops out after sharing its keys. ``participants``:
+        the round's client ids (public to every participant of the key agreement)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no secret sum")
+
 
 class ServerRole:
     """The server side of a defense: never holds a secret key, a client's factors or its start.
@@ -120,6 +134,12 @@ class ServerRole:
 
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         raise NotImplementedError
+
+    def aggregate_sum(self, mean: Sequence[Any], uploads: Sequence[WirePayload]) -> WirePayload:
+        """The broadcast from a round's weighted mean of ``ClientRole.secret_summands`` (one array per
+        module) that the engine's own secure aggregation unmasked from ``uploads`` (the masked vectors
+        as received)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no secret sum")
 
     def observe(self, payload: WirePayload) -> AttackerView:
         """What the server can read of one upload (modules, masks, leaked metadata)."""

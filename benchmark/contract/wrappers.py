@@ -63,6 +63,10 @@ class WrapperClient(ClientRole):
     def privatize_sum(self, privatizer: SumPrivatizer) -> bool:
         return self.inner.privatize_sum(privatizer)
 
+    def secret_summands(self, update: ClientUpdate,
+                        participants: Sequence[int]) -> tuple[list[Any], dict[str, Any]] | None:
+        return self.inner.secret_summands(self.transform(update), participants)
+
 
 class WrapperServer(ServerRole):
     """A wrapper's server side: every hook goes to the inner server role; ``transform_aggregate``
@@ -88,6 +92,9 @@ class WrapperServer(ServerRole):
 
     def aggregate(self, payloads: Sequence[WirePayload]) -> WirePayload:
         return self.transform_aggregate(self.inner.aggregate(payloads))
+
+    def aggregate_sum(self, mean: Sequence[Any], uploads: Sequence[WirePayload]) -> WirePayload:
+        return self.transform_aggregate(self.inner.aggregate_sum(mean, uploads))
 
     def observe(self, payload: WirePayload) -> AttackerView:
         view = self.inner.observe(payload)

@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from benchmark.config import ScenarioConfig
-from benchmark.contract import ClientRole, WirePayload
-from benchmark.engines.records import content, read_harness, read_payload
+from benchmark.contract import ClientRole, WirePayload, json_default
+from benchmark.engines.records import HARNESS, content, harness_record, read_harness, read_payload
 
 if TYPE_CHECKING:
     from benchmark.federation.assets import Assets
@@ -152,6 +158,10 @@ def _accept(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Re
     return None, {}
 
 
+def _answer(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
+    return node.answer(wire, h["client"]), {}
+
+
 def _protect(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> Reply:
     sent = node.protect(h["update"])
     return sent, {"timings": dict(sent.timings)}
@@ -171,7 +181,7 @@ def _privacy(node: ClientNode, wire: WirePayload | None, h: dict[str, Any]) -> R
 
 
 NODE_OPS: dict[str, Callable[[ClientNode, WirePayload | None, dict[str, Any]], Reply]] = {
-    "setup": _setup, "propose": _propose, "accept": _accept, "protect": _protect, "finalize": _finalize,
+    "setup": _setup, "propose": _propose, "accept": _accept, "answer": _answer, "protect": _protect, "finalize": _finalize,
     "init": _init, "train": _train, "probe_update": _probe_update, "privacy": _privacy,
 }
 
@@ -199,11 +209,71 @@ def role_store(in_memory: bool, context: Context) -> MemoryRoles | FolderRoles:
     return FolderRoles(str(context.node_config["state-dir"]))
 
 
+# ---- SecAgg+ (``benchmark.engines.flower_secagg``): Flower's mod around the client's contribution -----
+
+
+def quantization_seed(seed: int, rnd: int, cid: int) -> int:
+    return int(np.random.SeedSequence([seed % 2**63, rnd, cid, 0x5EC]).generate_state(1)[0])
+
+
+DROPOUT_REASON = "shebench: a simulated dropout (the client role sends no masked vector)"
+
+
+class DroppedOut(Exception):
+    """The client role sends nothing in this stage (``secret_summands`` is None): a simulated dropout."""
+
+
+def numpy_rng_guard(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Around ``secaggplus_mod``: numpy's global generator restored after it (flwr's ``quantize``
+    rounds with it, seeded by the handler); a simulated dropout answers with an error, as a vanished
+    node does to Flower's workflow; and on the masked vector's reply the client's protect time (the
+    whole stage) and encryption time (the mod's weighting, quantization and masking)."""
+    state, t0 = np.random.get_state(), time.perf_counter()
+    try:
+        reply = call_next(msg, context)
+    except DroppedOut:
+        return Message(Error(0, DROPOUT_REASON), reply_to=msg)
+    finally:
+        np.random.set_state(state)
+    if HARNESS in reply.content:
+        protect_s = time.perf_counter() - t0
+        own = read_harness(reply.content)
+        timings = {"protect_s": protect_s, "enc_s": max(0.0, protect_s - own.get("summands_s", 0.0))}
+        reply.content[HARNESS] = harness_record({**own, "timings": timings})
+    return reply
+
+
+def contribution_handler(in_memory: bool) -> Callable[[Message, Context], Message]:
+    """Stage 2's ``train`` message, inside ``secaggplus_mod``: the role's summands for the update in
+    the harness record, as the ``FitRes`` the mod weights by ``num_examples``, quantizes and masks;
+    the upload's metadata rides in the FitRes metrics (sent as Flower sends them)."""
+
+    def handle(msg: Message, context: Context) -> Message:
+        harness = read_harness(msg.content)
+        spec, update = harness["spec"], harness["update"]
+        t0 = time.perf_counter()
+        with role_store(in_memory, context).open(spec) as proc:
+            summands = proc.node.role.secret_summands(update, harness["participants"])
+        if summands is None:
+            raise DroppedOut
+        vectors, meta = summands
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(vectors), int(update.n_samples),
+                        {"meta": json.dumps(meta, separators=(",", ":"), default=json_default)})
+        out = fitres_to_recorddict(fitres, keep_input=False)
+        out[HARNESS] = harness_record({"summands_s": time.perf_counter() - t0})
+        np.random.seed(quantization_seed(spec.seed, update.round, update.client.client_id) % 2**32)
+        return Message(out, reply_to=msg)
+
+    return handle
+
+
 def make_client_app(in_memory: bool) -> ClientApp:
     """The ClientApp. ``in_memory``: the role stays in this process (simulation); otherwise a node must
-    name its clients' shared state folder in its node config (``state-dir``)."""
+    name its clients' shared state folder in its node config (``state-dir``). Flower's SecAgg+
+    workflow reaches it as ``train`` messages, through ``secaggplus_mod``."""
     app = ClientApp()
     app.query("hello")(_hello)
+    app.train(mods=[numpy_rng_guard, secaggplus_mod])(contribution_handler(in_memory))
 
     def handler(op: Callable[..., Reply]) -> Callable[[Message, Context], Message]:
         def handle(msg: Message, context: Context) -> Message:

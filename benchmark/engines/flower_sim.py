@@ -3,7 +3,7 @@
 The ServerApp runs the same ``RoundDriver`` as every engine (``benchmark.federation.driver``); its
 ``ClientEndpoint`` is ``FlowerClients``, which turns each call into a Flower message to the node that
 hosts the client. The ServerApp process holds the defense's server role only; every client-role call
-(setup, propose, accept, protect, finalize) and all local training run in a ``ClientNode`` in the
+(setup, propose, accept, answer, protect, finalize) and all local training run in a ``ClientNode`` in the
 ClientApp (``benchmark.engines.flower_client``). WirePayloads travel as Flower records
 (``benchmark.engines.records``) and are recorded in the server's transcript by the same ``Channel`` as
 in-process, so the probe and the attacks run server-side from the transcript alone.
@@ -12,6 +12,10 @@ One Flower node per client on the simulation runtime (node ``partition-id`` = cl
 ``num-partitions`` < clients hosts every client ``c`` with ``c % num-partitions == partition-id``).
 Clients are sampled by ``benchmark.federation.sampling.sample_round`` from the scenario's seed, as
 in-process.
+
+A defense that declares Flower's SecAgg+ (``SecretSum.secagg_plus``: ``secagg``, ``dp+secagg``) has
+its rounds run by Flower's own ``SecAggPlusWorkflow`` and ``secaggplus_mod`` instead of its own
+protocol messages (``benchmark.engines.flower_secagg``, which says why and what the transcript holds).
 
 What is not a protocol message travels in a ``harness`` record that never enters the transcript or
 any byte count: the endpoint's harness data (``benchmark.federation.endpoint``): the private
@@ -40,6 +44,7 @@ from torch import Tensor
 from benchmark.config import ScenarioConfig
 from benchmark.contract import ClientInfo, ClientUpdate, Defense, FederationInfo, WirePayload
 from benchmark.engines.flower_client import NodeSpec, make_client_app
+from benchmark.engines.flower_secagg import FlowerSecAggPlus
 from benchmark.engines.records import content, message_bytes, read_harness, read_payload
 from benchmark.federation.assets import build_assets
 from benchmark.federation.data import Example
@@ -91,17 +96,17 @@ class FlowerLink:
         harness = {**(harness or {}), "spec": self.spec}
         msg = Message(content(payload, harness), dst_node_id=self.node_of[cid], message_type=f"query.{op}")
         if payload is not None and metered:
-            self._count(payload, msg)
+            self.count(payload, msg)
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))
         if not replies:
             raise RuntimeError(f"flower: no reply from client {cid} to {op} within {self.timeout:.0f}s")
         reply = self._checked(replies[0], op, cid)
         wire = read_payload(reply.content)
         if wire is not None and metered:
-            self._count(wire, reply)
+            self.count(wire, reply)
         return wire, read_harness(reply.content)
 
-    def _count(self, payload: WirePayload, msg: Message) -> None:
+    def count(self, payload: WirePayload, msg: Message) -> None:
         self.messages += 1
         self.wire_bytes += payload.nbytes()
         self.message_bytes += message_bytes(msg)
@@ -149,10 +154,13 @@ class FlowerClients:
             self.link.call("accept", cid, reply)
         self._proposers = []
 
-    def protect(self, update: ClientUpdate) -> WirePayload:
+    def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
+        return self.link.call("answer", client.client_id, message, {"client": client})[0]
+
+    def protect(self, update: ClientUpdate) -> WirePayload | None:
         wire, h = self.link.call("protect", update.client.client_id, harness={"update": update})
-        if wire is None:
-            raise RuntimeError(f"flower: client {update.client.client_id} sent no upload")
+        if wire is None:  # the client dropped out of the round
+            return None
         wire.timings = dict(h["timings"])  # the client's own measurements, never traffic
         return wire
 
@@ -192,20 +200,43 @@ def backend_config(threads: int) -> dict[str, Any]:
 DEPLOYMENT_GRID: contextvars.ContextVar[Grid | None] = contextvars.ContextVar("shebench_flower_grid", default=None)
 
 
+def build_driver(grid: Grid, scenario: ScenarioConfig, defense: Defense, seed: int, device: str, threads: int,
+                 progress: Callable[[str], None] | None = None) -> tuple[RoundDriver, FlowerLink]:
+    """The driver of one federation whose clients are the Grid's nodes, and its link (tests read the
+    driver's channel and the link's byte counts). A defense that declares Flower's SecAgg+
+    (``SecretSum.secagg_plus``) has its rounds run by Flower's workflow (``flower_secagg``). ``threads``:
+    the caller's torch thread count (the nodes train with it; the ServerApp thread may not share it)."""
+    # the role the driver never calls: a fresh copy of it travels to the nodes, the server role stays here
+    link = FlowerLink(grid, NodeSpec(uuid.uuid4().hex, scenario, defense.client, seed, device, threads))
+    assets = build_assets(scenario, seed, device)  # the referee's: evaluation, public models, truth
+    secret = defense.secret_sum(assets.fed.clients_per_round)
+    secure = FlowerSecAggPlus(link, secret.secagg_plus) if secret is not None and secret.secagg_plus else None
+    driver = RoundDriver(assets.fed, defense.server, FlowerClients(link), ModelReferee(assets, secret),
+                         Schedule.sampled(scenario, seed), progress, secure)
+    return driver, link
+
+
+def on_simulation_runtime(body: Callable[[Grid], Any], n_nodes: int, threads: int) -> Any:
+    """``body``'s result, run in a ServerApp on Flower's simulation runtime with ``n_nodes`` nodes
+    (the ServerApp in a thread of this process, the ClientApps in a Ray actor)."""
+    from flwr.simulation import run_simulation
+
+    out: dict[str, Any] = {}
+    run_simulation(make_server_app(body, out), make_client_app(in_memory=True), num_supernodes=n_nodes,
+                   backend_config=backend_config(threads))
+    if "result" not in out:
+        raise RuntimeError("flower: the ServerApp ended without a result (see Flower's log above)")
+    return out["result"]
+
+
 def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str = "cpu",
              progress: Callable[[str], None] | None = None) -> SimulationResult:
     """One federation on Flower: on the SuperLink of a deployment when this runs inside its ServerApp,
-    else on the simulation runtime (one node per client, the ServerApp in a thread of this process,
-    the ClientApps in a Ray actor)."""
+    else on the simulation runtime (one node per client)."""
     threads = max(1, torch.get_num_threads())
-    # the role the driver never calls: a fresh copy of it travels to the nodes, the server role stays here
-    spec = NodeSpec(uuid.uuid4().hex, scenario, defense.client, seed, device, threads)
 
     def body(grid: Grid, runtime: str) -> SimulationResult:
-        link = FlowerLink(grid, spec)
-        assets = build_assets(scenario, seed, device)  # the referee's: evaluation, public models, truth
-        driver = RoundDriver(assets.fed, defense.server, FlowerClients(link), ModelReferee(assets),
-                             Schedule.sampled(scenario, seed), progress)
+        driver, link = build_driver(grid, scenario, defense, seed, device, threads, progress)
         result = driver.run()
         result.metrics.update(link.summary(), engine_runtime=runtime)
         return result
@@ -213,11 +244,4 @@ def simulate(scenario: ScenarioConfig, defense: Defense, seed: int, device: str 
     grid = DEPLOYMENT_GRID.get()
     if grid is not None:
         return body(grid, "deployment")
-    from flwr.simulation import run_simulation
-
-    out: dict[str, Any] = {}
-    run_simulation(make_server_app(lambda g: body(g, "simulation"), out), make_client_app(in_memory=True),
-                   num_supernodes=scenario.n_clients, backend_config=backend_config(threads))
-    if "result" not in out:
-        raise RuntimeError("flower: the ServerApp ended without a result (see Flower's log above)")
-    return out["result"]
+    return on_simulation_runtime(lambda g: body(g, "simulation"), scenario.n_clients, threads)

@@ -56,8 +56,13 @@ def content(payload: WirePayload | None = None, harness: dict[str, Any] | None =
     """A message's content: the payload's records and the harness record (pickled), either optional."""
     records: dict[str, Any] = payload_records(payload) if payload is not None else {}
     if harness is not None:
-        records[HARNESS] = ConfigRecord({"pickle": pickle.dumps(harness, protocol=pickle.HIGHEST_PROTOCOL)})
+        records[HARNESS] = harness_record(harness)
     return RecordDict(records)
+
+
+def harness_record(harness: dict[str, Any]) -> ConfigRecord:
+    """The harness record (pickled Python: never in the transcript or a byte count)."""
+    return ConfigRecord({"pickle": pickle.dumps(harness, protocol=pickle.HIGHEST_PROTOCOL)})
 
 
 def read_harness(content: RecordDict) -> dict[str, Any]:

@@ -14,15 +14,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from torch import Tensor
 
-from benchmark.contract import ClientInfo, FederationInfo, ServerRole, WirePayload
+from benchmark.contract import ClientInfo, ClientUpdate, FederationInfo, ServerRole, WirePayload
 from benchmark.federation.endpoint import ClientEndpoint, Factors
 from benchmark.federation.probe import ProbeResult, ProbeRound
 from benchmark.federation.protocol import (
     Parties,
+    Upload,
     aggregate,
     exchange,
     mean_or_none,
@@ -54,12 +55,25 @@ class SimulationResult:
         return dict(self.privacy)
 
 
+class SecureSum(Protocol):
+    """An engine's own secure aggregation of a round (Flower's SecAgg+ workflow), used in place of the
+    defense's protocol when the defense declares it (``SecretSum.secagg_plus``): every message it
+    sends and receives goes through ``channel``; it returns the survivors' updates with their uploads
+    as the server received them, the server role's broadcast (``ServerRole.aggregate_sum``) and the
+    aggregation time."""
+
+    def __call__(self, server: ServerRole, updates: Sequence[ClientUpdate], rnd: int,
+                 channel: Channel) -> tuple[list[tuple[ClientUpdate, Upload]], WirePayload, float]: ...
+
+
 class RoundDriver:
     """One federation's rounds from the server's side (see the module docstring)."""
 
     def __init__(self, fed: FederationInfo, server: ServerRole, clients: ClientEndpoint, referee: Referee,
-                 schedule: Schedule, progress: Callable[[str], None] | None = None) -> None:
+                 schedule: Schedule, progress: Callable[[str], None] | None = None,
+                 secure_sum: SecureSum | None = None) -> None:
         self.fed, self.clients, self.referee, self.schedule = fed, clients, referee, schedule
+        self.secure_sum = secure_sum
         self.parties = Parties(clients, server)
         self.progress = progress or (lambda _msg: None)
         self.channel = Channel()
@@ -115,24 +129,18 @@ class RoundDriver:
         self.round_starts = {}
         results = {cid: self.train(clients[cid], rnd) for cid in picks}
         updates = [results[cid].update for cid in picks]
-        negotiate(self.parties, updates, rnd, self.channel)
-        participants = [clients[cid] for cid in picks]
-        exchange(self.parties, participants, [], rnd, self.channel)
-        uploads, survivors = [], []
-        for u in updates:
-            sent = upload(self.parties, u, rnd, self.channel)
-            if sent is None:  # the client dropped out after the negotiation
-                continue
-            survivors.append(u)
+        if self.secure_sum is not None:
+            pairs, message, agg_s = self.secure_sum(self.parties.server, updates, rnd, self.channel)
+        else:
+            pairs, message, agg_s = self.protocol_round(updates, rnd)
+        survivors, uploads = [u for u, _ in pairs], [sent for _, sent in pairs]
+        for u, sent in pairs:
             self.timings["enc_s"].append(sent.enc_s)
             self.timings["protect_s"].append(sent.protect_s)
             tier = self.per_tier.setdefault(u.client.tier, {"bytes_up": [], "cipher_bytes_up": [], "enc_s": []})
             tier["bytes_up"].append(sent.nbytes)
             tier["cipher_bytes_up"].append(sent.cipher_bytes)
             tier["enc_s"].append(sent.enc_s)
-            uploads.append(sent)
-        exchange(self.parties, participants, [u.payload for u in uploads], rnd, self.channel)
-        message, agg_s = aggregate(self.parties, uploads)
         self.timings["agg_s"].append(agg_s)
         self._average_head([results[u.client.client_id] for u in survivors])
         self.global_msg, self.global_round = message, rnd
@@ -149,6 +157,23 @@ class RoundDriver:
                 "agg_s": agg_s, "agg_rel_err": err, "bytes_up": sum(u.nbytes for u in uploads),
                 "bytes_down": message.nbytes() * len(picks),
                 "silent": sorted(set(picks) - {u.client.client_id for u in survivors})}  # dropped out
+
+    def protocol_round(self, updates: list[ClientUpdate], rnd: int) -> tuple[list[tuple[ClientUpdate, Upload]],
+                                                                            WirePayload, float]:
+        """The defense's own round protocol: negotiation, exchanges, uploads, exchanges, aggregation.
+        Returns the survivors' updates with their uploads (a client whose ``protect`` sent nothing
+        dropped out after the negotiation), the aggregate and the aggregation time."""
+        negotiate(self.parties, updates, rnd, self.channel)
+        participants = [u.client for u in updates]
+        exchange(self.parties, participants, [], rnd, self.channel)
+        pairs = []
+        for u in updates:
+            sent = upload(self.parties, u, rnd, self.channel)
+            if sent is not None:
+                pairs.append((u, sent))
+        exchange(self.parties, participants, [sent.payload for _, sent in pairs], rnd, self.channel)
+        message, agg_s = aggregate(self.parties, [sent for _, sent in pairs])
+        return pairs, message, agg_s
 
     def _average_head(self, results: list[LocalResult]) -> None:
         """Encoder heads are averaged in the clear (FedAvg) under every defense, as in the paper."""
