@@ -140,10 +140,13 @@ def test_frontier_joins_noise_levels_and_takes_the_strongest_mode(tmp_path):
             data += [{**r_, "dp_sigma": sigma, "defense_stack": "dp+plain_lora", "utility": 0.7 - sigma, "epsilon": 1 / sigma,
                       "utility_lo": 0.6 - sigma, "utility_hi": 0.8 - sigma, "utility_n": 512}
                      for r_ in rows("dp", f"dp_sigma{sigma:g}", {}, [r] * 3, 4, mode=mode)]
+    data += [{**r_, "dp_sigma": 1.0, "defense_stack": "dp+plain_lora", "utility": 0.5}
+             for r_ in rows("dp", "dp_sigma1", {}, [0.0] * 3, 4, status="abstained")]
     df = pd.DataFrame([{**r, "seed": 0} for r in data])
     table = frontier_table(df, attacks=("dager",))
     got = {r["defense"]: r for _, r in table.iterrows()}
-    assert list(table["defense"]) == ["dp_sigma0.001", "dp_sigma0.1", "plain_lora"]  # curve ordered by noise
+    assert list(table["defense"]) == ["dp_sigma0.001", "dp_sigma0.1", "dp_sigma1", "plain_lora"]  # curve ordered by noise
+    assert got["dp_sigma1"]["dager b4 ↓ (mode)"] == "abstained (3 of 3 cases)"  # never a silent gap
     assert got["dp_sigma0.001"]["dager b4 ↓ (mode)"].startswith("0.900") and "(naive)" in got["dp_sigma0.001"]["dager b4 ↓ (mode)"]
     # one seed: the Wilson interval over the 512 test examples, not a bootstrap over one value
     assert got["dp_sigma0.1"]["utility ↑ [95% CI] (n)"] == "0.600 [0.500, 0.700] (n=512)"

@@ -400,6 +400,17 @@ def frontier_table(df: pd.DataFrame, attacks: tuple[str, ...] = ("dager", "fedsp
     strongest-mode ROUGE-1 [95% CI] (n cases) at ``batch``; ordered by curve and noise."""
     sims = _sim_rows(df)
     best = {a: _strongest(df, a, batch) for a in attacks}
+    probes = probe_rows(df)
+    probes = probes[probes["probe_batch_size"] == batch] if not probes.empty else probes
+
+    def unscored(scenario: str, defense: str, attack: str) -> str:
+        """Why a defense has no score: every case abstained (how many), or it was not run."""
+        if probes.empty:
+            return "–"
+        here = probes[(probes["scenario"] == scenario) & (probes["defense"] == defense) & (probes["attack"] == attack)]
+        gave_up = int((here["status"] == "abstained").sum())
+        return f"abstained ({gave_up} of {len(here)} cases)" if gave_up else "–"
+
     if all(b.empty for b in best.values()) or "utility" not in sims:
         return pd.DataFrame()
     records = []
@@ -414,7 +425,7 @@ def frontier_table(df: pd.DataFrame, attacks: tuple[str, ...] = ("dager", "fedsp
         for attack, b in best.items():
             hit = b[(b["scenario"] == scenario) & (b["defense"] == defense)] if not b.empty else b
             rec[f"{attack} b{batch} ↓ (mode)"] = (f"{fmt_interval(Interval(*hit.iloc[0][['mean', 'lo', 'hi']], int(hit.iloc[0]['n'])))}"
-                                                 f" ({hit.iloc[0]['attack_mode']})") if len(hit) else "–"
+                                                 f" ({hit.iloc[0]['attack_mode']})") if len(hit) else unscored(scenario, defense, attack)
         rec["_order"] = (family, 0.0 if math.isnan(sigma) else sigma)
         records.append(rec)
     out = pd.DataFrame(records).sort_values(["scenario", "_order"], kind="stable").drop(columns="_order")
