@@ -432,6 +432,18 @@ def frontier_table(df: pd.DataFrame, attacks: tuple[str, ...] = ("dager", "fedsp
     return out.reset_index(drop=True)
 
 
+ABSTAINED_Y = -0.12  # where the frontier plot shows defenses against which every case abstained
+
+
+def _abstained_only(df: pd.DataFrame, scenario: str, attack: str, batch: int, scored: set[str]) -> list[str]:
+    """Defenses of ``scenario`` whose ``attack`` cases at ``batch`` all abstained (none scored)."""
+    rows = probe_rows(df, attack)
+    if rows.empty:
+        return []
+    rows = rows[(rows["scenario"] == scenario) & (rows["probe_batch_size"] == batch) & (rows["status"] == "abstained")]
+    return [d for d in dict.fromkeys(rows["defense"]) if d not in scored]
+
+
 @dataclass(frozen=True)
 class FrontierPoint:
     sigma: float  # nan for a defense without a noise level
@@ -473,9 +485,26 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
             for p in pts if len(pts) > 1 else ():
                 ax.annotate(p.label, (p.utility.value, p.attack.value), fontsize=6, xytext=(3, 3),
                             textcoords="offset points", color=color)
+        gave_up = _abstained_only(df, scenario, attack, batch, set(worst[worst["scenario"] == scenario]["defense"]))
+        families = list(curves)
+        for defense in gave_up:  # no annotation: the frontier table gives each one's noise and numbers
+            u = utility_interval(here[here["defense"] == defense])
+            if u is None:
+                continue
+            family = _family(here, defense)[0]
+            label = None if family in families else f"{family} (abstained)"
+            families += [family] if family not in families else []
+            ax.errorbar([u.value], [ABSTAINED_Y], xerr=[[max(0.0, u.value - u.lo)], [max(0.0, u.hi - u.value)]], fmt="x",
+                        capsize=3, color=colors[families.index(family) % 10], label=label)
+        if gave_up:
+            ax.axhline(ABSTAINED_Y / 2, color="grey", lw=0.6, ls="--")
+            ax.text(0.01, ABSTAINED_Y / 2, " x below: the attack abstained (no reconstruction, not a score)", fontsize=6,
+                    va="bottom", transform=ax.get_yaxis_transform(), color="grey")
         ax.set_xlabel("utility ↑ (95% CI: test examples, or seeds)")
         ax.set_ylabel(f"{attack} ROUGE-1 at batch {batch} ↓ (strongest mode, 95% CI)")
         _finish(ax, f"{scenario}: privacy-utility frontier\n(best corner: bottom right)")
+        if gave_up:
+            ax.set_ylim(ABSTAINED_Y - 0.06, 1.03)
     _save(fig, path)
     return True
 
