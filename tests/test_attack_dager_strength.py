@@ -173,7 +173,7 @@ def test_strict_is_version_two_and_a_suite_can_name_it():
     new = DAGERParams()
     assert (new.layer0_tau, new.layer1_tau, new.rules.signal_path) == (0.05, 0.05, True)
     assert DAGERParams(strict=True, tau1=0.2).layer0_tau == 0.2
-    assert DAGER.version == "4"
+    assert DAGER.version == "5"
     with pytest.raises(ValueError, match="noise_mode"):
         DAGERParams(noise_mode="sometimes")
 
@@ -229,3 +229,28 @@ def test_v3_returns_a_truncated_sentence_exactly(tok, base):
     rec = DAGER().reconstruct(view)
     assert len(rec.token_ids) == 1 and rec.token_ids[0][: len(want)] == want
     assert len(rec.token_ids[0]) <= len(want) + 1  # the label completion may add one token
+
+
+def estimated_start(view, rel_error=0.3, seed=0):
+    """The view as a server sees it that never saw the round-1 start: A0 known only as an estimate,
+    off in every entry (as an upload's A1 = A0 + dA is, AdamW moving each entry), B0 = 0 still."""
+    gen = torch.Generator().manual_seed(seed)
+    prev = {n: replace(f, A=f.A + rel_error * f.A.std() * torch.randn(f.A.shape, generator=gen))
+            for n, f in view.prev.items()}
+    return replace(view, prev=prev, start_known="estimate")
+
+
+def test_an_estimated_start_is_read_against_the_vocabulary_not_an_absolute_threshold(tok, base):
+    """Round 1 at an estimated A0: every token's B-path distance moves by the estimate's error, so
+    the 0.05 threshold keeps no token, while adaptive DAGER's bag (z-scores against the vocabulary)
+    holds the batch's tokens; naive mode keeps the threshold."""
+    view = estimated_start(round_one_view(tok, base))
+    first = layer_checks(view, True, 1e-7, rules=SpanRules())[0]
+    assert {s.path for s in first.spans} == {"B"}
+    assert token_bag(view.model, first, DAGERParams().layer0_tau, 512, 1e-7)[0] == []
+    rec = DAGER(DAGERParams(mode="adaptive")).reconstruct(view)
+    assert "estimate" in rec.note
+    got = {i for ids in rec.token_ids for i in ids}
+    assert len(members(tok, 2) & got) >= 0.9 * len(members(tok, 2))
+    assert len(got) <= 2 * len(members(tok, 2))
+    assert DAGER(DAGERParams(mode="naive")).reconstruct(view).token_ids == []

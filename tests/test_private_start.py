@@ -5,7 +5,7 @@
 - A start the server never saw is estimated from the client's own round-1 upload, through the server
   role, and never equals the true start.
 - DAGER (adaptive) on a round-1 gradient at factors the server drew, at the tiny control's shape:
-  near-exact against SHE-LoRA (B in the clear, A0 known), nothing against the variant.
+  near-exact against SHE-LoRA (B in the clear, A0 known), an unordered partial bag against the variant.
 - Below DAGER's thresholds: ranking the vocabulary by distance from the span still finds the batch
   through the upload's estimate at the smallest budget.
 """
@@ -111,15 +111,15 @@ def dager_rouge1(result) -> float:
     return sum(scores) / len(scores)
 
 
-def test_dager_adaptive_recovers_the_batch_against_she_lora_and_nothing_against_the_variant():
+def test_dager_adaptive_recovers_the_batch_against_she_lora_and_only_a_bag_against_the_variant():
     """Round 1, a gradient at factors the server drew (the DAGER control's setting, tiny scale): SHE-LoRA
     sends B in the clear and the server holds A0, so DAGER reads the batch off dL/dB as against plain
-    LoRA; the variant's A0 is private, and the estimate from its upload (plaintext columns of A1,
-    encrypted ones unknown) leaves no token in the span."""
+    LoRA; the variant's A0 is private, and through the estimate from its upload (plaintext columns of
+    A1, encrypted ones unknown) DAGER finds part of the batch's tokens by ranking, unordered."""
     she = dager_rouge1(run("she_lora", "server", batches=2)[2])
     variant = dager_rouge1(run(VARIANT, "server", batches=2)[2])
     assert she >= 0.8
-    assert variant <= 0.2
+    assert variant <= 0.5
 
 
 def recall_at_rank(result) -> float:
