@@ -12,7 +12,7 @@ import toy
 
 from attacks.dager import DAGER, DAGERParams
 from attacks.fedspy import FedSpy
-from attacks.toolkit.decoding import Decoded, beam_decode, fill_batch, layer_checks, token_bag
+from attacks.toolkit.decoding import Decoded, beam_decode, fill_batch, layer_checks, select_tokens, token_bag
 from attacks.toolkit.subspace import SpanRules, estimate_rank, noise_rank
 from attacks.toolkit.textutil import harness_ids
 from attacks.utr import UTR
@@ -254,3 +254,18 @@ def test_an_estimated_start_is_read_against_the_vocabulary_not_an_absolute_thres
     assert len(members(tok, 2) & got) >= 0.9 * len(members(tok, 2))
     assert len(got) <= 2 * len(members(tok, 2))
     assert DAGER(DAGERParams(mode="naive")).reconstruct(view).token_ids == []
+
+
+def test_an_estimated_starts_bag_is_the_z_score_bag_unless_too_many_stand_out():
+    """``nearest``: a few members standing out from the vocabulary are the bag (not the ``nearest``
+    count); when more stand out than the bag can hold, the vocabulary is no null and the span's rank
+    of nearest tokens is the bag."""
+    gen = torch.Generator().manual_seed(0)
+    d = 0.4 + 0.2 * torch.rand(1000, generator=gen)
+    d[[3, 50, 700]] = torch.tensor([0.01, 0.012, 0.011])
+    assert sorted(select_tokens(d, 0.05, 20, z=5.0, nearest=8).tolist()) == [3, 50, 700]
+    crowd = d.clone()
+    crowd[:100] = 0.001 * torch.arange(1, 101)  # a hundred stand out; the bag holds 20 at most
+    got = select_tokens(crowd, 0.05, 20, z=5.0, nearest=8)
+    assert got.tolist() == list(range(8))
+    assert select_tokens(crowd, 0.05, 20, z=5.0).numel() == 20  # without ``nearest``: the cap
