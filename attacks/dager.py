@@ -20,6 +20,13 @@ prefix, which a small model's false passes would make exponential). Version 4 ad
 clean layer-0 span's bag ends at the step in its sorted distances (``select_tokens``), since 0.05
 also admits SmolLM2's cluster of untrained tokens a few times farther than the batch's own, and the
 decoder wandered through them (r256 plain LoRA, batch 2: 0.55 -> 1.00 on the case that showed it).
+Version 5 reads a layer-0 check that goes through a start the server knows only as an estimate
+(adaptive; ``DAGERParams.relative_bag``) against the vocabulary instead of the absolute threshold:
+the estimate's error moves every distance, the members' included, above 0.05, while the members
+still stand out from the vocabulary (z-scores, falling back to the span's rank of nearest tokens
+when the z-scores single out more than the bag can hold). Layer 1 then goes through the same
+estimate and orders nothing reliably, so the bag is returned unordered (SmolLM2, a round-1
+gradient from a client's private start estimated from its upload: ROUGE-1 0.10-0.14 -> 0.50-0.54).
 ``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank, beams that
 die, no fill) so the two can run side by side under two labels.
 """
@@ -49,7 +56,8 @@ from attacks.toolkit.decoding import (
 from attacks.toolkit.labels import complete_labels
 from attacks.toolkit.preconditions import layer0_checks, start_caveats
 from attacks.toolkit.probing import capture_inputs, is_decoder
-from attacks.toolkit.subspace import STRICT_RULES, SpanRules
+from attacks.toolkit.projection import ProjectedSpan
+from attacks.toolkit.subspace import STRICT_RULES, Span, SpanRules
 from attacks.toolkit.textutil import TemplateIds, decode, harness_ids
 from benchmark.contract import (
     RECONSTRUCTION_METRICS,
@@ -129,10 +137,27 @@ class DAGERParams(AttackParams):
             return False
         return self.noise_mode == "on" or check.noisy
 
+    def relative_bag(self, view: AttackerView, check: LayerCheck) -> bool:
+        """Whether the token bag is read against the vocabulary because every span of the check goes
+        through a start known only as an estimate (adaptive, not strict): a B-path span judges
+        candidates through the estimated A0, and an update differenced against the estimate carries
+        its error; either moves every candidate's distance, members' included, so an absolute
+        threshold rejects them all while their order against the rest of the vocabulary survives. A
+        gradient's A path lies in span(X) whatever the start, and a projected span has the start
+        projected away (``attacks.toolkit.projection``): both keep the threshold."""
+        if self.mode != "adaptive" or self.strict or view.start_known != "estimate":
+            return False
+        spans = [s for s in check.spans if not s.vacuous]
+        return bool(spans) and all(_through_estimate(s, view) for s in spans)
+
+
+def _through_estimate(span: Span, view: AttackerView) -> bool:
+    return span.path == "B" or (view.kind != "grad" and not isinstance(span, ProjectedSpan))
+
 
 class DAGER(Attack):
     name: ClassVar[str] = "dager"
-    version: ClassVar[str] = "4"  # 3: the original's strength; 4: a clean span's bag ends at its step
+    version: ClassVar[str] = "5"  # 3: the original's strength; 4: a clean span's bag ends at its step; 5: estimated starts
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     reads_sums: ClassVar[bool] = True  # a span holds every summed client's tokens: one batch of all
@@ -172,14 +197,19 @@ class DAGER(Attack):
             extra["noise_l0"] = first.noise
         if first.saturated:
             notes.append(f"layer-0 rank saturated at {first.rank}: the batch's tokens likely exceed the LoRA rank")
-        z = p.null_z if p.noise_tolerant(first) else 0.0
-        if z:
+        relative = p.relative_bag(view, first)
+        noisy = p.noise_tolerant(first)
+        z = p.null_z if noisy or relative else 0.0
+        if relative:
+            notes.append(f"start known only as an estimate: token bag by z-score against the vocabulary (below "
+                         f"-{z:g}), or the span's rank of nearest tokens where the z-scores single out too many")
+        elif z:
             notes.append(f"noisy layer-0 span (noise edge {first.noise:.1e} of its largest singular value): "
                          f"token bag by z-score against the vocabulary (below -{z:g})")
         tpl = harness_ids(view.tokenizer, view.template, is_decoder(view.model))
         n_seqs = view.batch_size or 1
         if is_decoder(view.model) and first_layer_is_position_free(view.model, first):
-            ids, more = self._decoder(view, first, second, tpl, n_seqs, z)
+            ids, more = self._decoder(view, first, second, tpl, n_seqs, z, noisy, relative)
         else:
             ids, more = self._encoder(view, first, second, n_seqs, z)
         notes += more
@@ -191,18 +221,26 @@ class DAGER(Attack):
         return Reconstruction(texts=texts, token_ids=ids, extra=extra, note="; ".join(notes))
 
     def _decoder(self, view: AttackerView, first: LayerCheck, second: LayerCheck | None, tpl: TemplateIds, n_seqs: int,
-                 z: float) -> tuple[list[list[int]], list[str]]:
+                 z: float, noisy: bool, relative: bool) -> tuple[list[list[int]], list[str]]:
         p, model = self.params, view.model
         cap = min(p.max_bag, 2 * first.rank + 8)  # distinct visible tokens cannot exceed the rank
         least = 0 if p.strict or z or first.noisy else max(1, first.rank // 2)  # a clean span: cut at its step
-        bag, first = token_bag(model, first, p.layer0_tau, cap, p.rank_tol, z, least)
+        # through an estimated start every distance is displaced: the members still stand out from
+        # the vocabulary (z-scores), and where too many do, the span's rank (the batch's distinct
+        # tokens) of the nearest tokens is the bag
+        nearest = first.rank if relative else 0
+        bag, first = token_bag(model, first, p.layer0_tau, cap, p.rank_tol, z, least, nearest)
         if not bag:
             return [], ["no vocabulary token lies in the layer-0 span"]
         if second is None:
             return [bag], ["no second adapted layer: returning the unordered token bag"]
+        if relative and p.relative_bag(view, second):
+            return [bag], ["layer-1 distances go through the estimated start too and cannot order the bag: "
+                           "returning the unordered token bag"]
         # contextual positions can never be fewer than distinct tokens; under noise both ranks lose
-        # their weakest directions, so only a layer-1 rank far below layer 0's is telling
-        if second.rank < (first.rank // 2 if z else first.rank):
+        # their weakest directions, so only a layer-1 rank far below layer 0's is telling (an
+        # estimated start moves distances, not ranks)
+        if second.rank < (first.rank // 2 if noisy else first.rank):
             return [bag], [f"layer-1 span (rank {second.rank}) is thinner than the token bag ({first.rank}): "
                            "it cannot order the tokens (is layer 1 the last layer?); returning the unordered bag"]
         if _trimmed(second) and len(tpl.start) >= 2:

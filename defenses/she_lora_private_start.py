@@ -31,40 +31,28 @@ known exactly, and at the paper's smallest budget (0.125%, one column of 576) th
 would be that one column's term alone. B stays at zero: B0 = 0 is what makes the adapted model
 start as the base model, and it is public anyway.
 
-That estimate is still too good. DAGER's thresholds reject every token against it, but ranking the
-vocabulary by distance from the span puts the batch's tokens first: on ``tiny`` (rank 32, a round-1
-gradient, batch 1 and 2) the ``rank`` nearest tokens hold every private token with one encrypted
-column of 64 per module (the paper's smallest budget rounds to one) and about two thirds with seven. Hence ``private_basis`` (default on): until a client has received a
-broadcast, each upload it sends travels as (Q A, B Q^T) for a fresh Haar-random orthogonal Q that
-never leaves the client. The product B A, all FlexLoRA aggregates, is unchanged (so are SHE-LoRA's
-encrypted lifts B a_j and its exponent bounds, which use A's column norms and B's row norms), and so
-are utility and ``agg_rel_err``. The upload's rows still span A1's row space, but the B path needs the
-map x -> A0 x in the basis of the attacked message's dL/dB, and that basis is another unknown
-rotation: the same ranking then finds none of the batch. A rotation cannot be read off A0's entries
-when they are Gaussian; peft's uniform ones would in principle let independent component analysis
-recover Q up to a signed permutation of A's rows, an attack not built here. From round 2 on the start
-is the broadcast, as in SHE-LoRA, and nothing is rotated: in ``r256`` the variant is SHE-LoRA.
+Ranking the vocabulary by distance from the layer-0 span through that estimate still finds part of
+the batch at the smallest budgets: DAGER's adaptive mode reads such a view against the vocabulary and
+returns the unordered bag (``paper``, a round-1 gradient at batch 1: ROUGE-1 0.14-0.27 at the 0.125%
+budget, 0 at 20%; against plain LoRA from a private start, 0.50-0.54). A private rotation of each
+upload, (Q A, B Q^T), would not hide it and is not done: within one upload it cancels, since the
+server's estimate Q A1 and the upload's B1 Q^T lie in the same basis, so the span test Q A0 x in
+rowspace(B1 Q^T) reads as before; it would only defeat a server that combined one upload's estimate
+with another message. From round 2 on the start is the broadcast, as in SHE-LoRA.
 
-A gradient message (the probe's ``grad`` observation) is rotated the same way, being the gradient in
-the rotated parameters. Registered as ``she_lora_private_start``; its parameters are SHE-LoRA's plus
-``private_basis`` (``PrivateStartParams``).
+Registered as ``she_lora_private_start``; its parameters are SHE-LoRA's (``PrivateStartParams``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
-
-import torch
 
 from benchmark.contract import (
     AttackerView,
     ClientInfo,
-    ClientUpdate,
     Defense,
-    FederationInfo,
     LoRAFactors,
     StartKnowledge,
     WirePayload,
@@ -76,53 +64,18 @@ from defenses.she_lora import SHELoRAClient, SHELoRAParams, SHELoRAServer
 
 @dataclass(frozen=True)
 class PrivateStartParams(SHELoRAParams):
-    """SHE-LoRA's knobs, and whether uploads from a private start travel in a fresh private basis."""
-
-    private_basis: bool = field(default=True, metadata={"help": (
-        "until a client first receives a broadcast, send each of its uploads as (Q A, B Q^T) for a fresh random "
-        "orthogonal Q of its own (same product, so FlexLoRA's aggregate is unchanged): the server's estimate of "
-        "the start from that upload is then off by an unknown rotation; false: send A as trained")})
-
-
-def in_fresh_basis(f: LoRAFactors, gen: torch.Generator) -> LoRAFactors:
-    """The same adapter product B A in another basis of its rank space: (Q A, B Q^T), Q Haar-random
-    orthogonal (QR of a Gaussian matrix, signs fixed by R's diagonal). A gradient's factors (dL/dA,
-    dL/dB) transform the same way, being the gradient in the rotated parameters."""
-    r = f.A.shape[0]
-    q, rr = torch.linalg.qr(torch.randn(r, r, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(rr)).where(torch.diagonal(rr) != 0, torch.ones(r, dtype=torch.float64))
-    A, B = f.A.detach(), f.B.detach()
-    return LoRAFactors((q @ A.double()).to(A.dtype), (B.double() @ q.T).to(B.dtype), f.scale)
+    """SHE-LoRA's knobs, unchanged: the private start needs none of its own."""
 
 
 class PrivateStartClient(WrapperClient):
-    """SHE-LoRA's client role (every hook delegated to it) that trains round 1 from its own draw and,
-    with ``private_basis``, sends what it trained from that draw in a fresh private basis."""
+    """SHE-LoRA's client role (every hook delegated to it) that trains round 1 from its own draw."""
 
     def __init__(self, params: PrivateStartParams) -> None:
         super().__init__(params, SHELoRAClient(params))
-        self._from_broadcast: set[int] = set()  # clients whose start is a broadcast, hence no longer private
-        self._basis: torch.Generator | None = None
-
-    def setup(self, fed: FederationInfo) -> WirePayload | None:
-        """The clients' own randomness for the bases, drawn where their keys are (never sent)."""
-        self._basis = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-        return super().setup(fed)
 
     def adopt_start(self, sent: Mapping[str, LoRAFactors], own: Callable[[], dict[str, LoRAFactors]],
                     client: ClientInfo) -> dict[str, LoRAFactors]:
         return own()
-
-    def finalize(self, message: WirePayload, client: ClientInfo) -> dict[str, LoRAFactors]:
-        self._from_broadcast.add(client.client_id)
-        return self.inner.finalize(message, client)
-
-    def protect(self, update: ClientUpdate) -> WirePayload | None:
-        if self.params.private_basis and update.client.client_id not in self._from_broadcast:
-            if self._basis is None:
-                raise RuntimeError("she_lora_private_start: call setup(fed) first")
-            update = replace(update, factors={n: in_fresh_basis(f, self._basis) for n, f in update.factors.items()})
-        return self.inner.protect(update)
 
 
 class PrivateStartServer(WrapperServer):
@@ -139,16 +92,8 @@ class PrivateStartServer(WrapperServer):
     def known_init(self, sent: Mapping[str, LoRAFactors], client: ClientInfo) -> StartKnowledge:
         return StartKnowledge.nothing("the clients drew their round-1 factors privately, not the ones the server sent")
 
-    def start_from_upload(self, upload: WirePayload, client: ClientInfo) -> StartKnowledge:
-        """SHE-LoRA's estimate (plaintext columns of the upload's A); with ``private_basis`` that A is
-        the client's in a rotation the server lacks: its row space is right, the map A x is not."""
-        known = self.inner.start_from_upload(upload, client)
-        if self.params.private_basis and known.factors is not None:
-            known = replace(known, note=known.note + "; in the client's private basis (an unknown rotation of A's rows)")
-        return known
-
     def privacy_params(self) -> dict[str, Any]:
-        return {**self.inner.privacy_params(), "private_start": True, "private_basis": self.params.private_basis}
+        return {**self.inner.privacy_params(), "private_start": True}
 
 
 class SHELoRAPrivateStart(Defense):

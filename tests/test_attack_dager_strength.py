@@ -12,7 +12,7 @@ import toy
 
 from attacks.dager import DAGER, DAGERParams
 from attacks.fedspy import FedSpy
-from attacks.toolkit.decoding import Decoded, beam_decode, fill_batch, layer_checks, token_bag
+from attacks.toolkit.decoding import Decoded, beam_decode, fill_batch, layer_checks, select_tokens, token_bag
 from attacks.toolkit.subspace import SpanRules, estimate_rank, noise_rank
 from attacks.toolkit.textutil import harness_ids
 from attacks.utr import UTR
@@ -173,7 +173,7 @@ def test_strict_is_version_two_and_a_suite_can_name_it():
     new = DAGERParams()
     assert (new.layer0_tau, new.layer1_tau, new.rules.signal_path) == (0.05, 0.05, True)
     assert DAGERParams(strict=True, tau1=0.2).layer0_tau == 0.2
-    assert DAGER.version == "4"
+    assert DAGER.version == "5"
     with pytest.raises(ValueError, match="noise_mode"):
         DAGERParams(noise_mode="sometimes")
 
@@ -229,3 +229,43 @@ def test_v3_returns_a_truncated_sentence_exactly(tok, base):
     rec = DAGER().reconstruct(view)
     assert len(rec.token_ids) == 1 and rec.token_ids[0][: len(want)] == want
     assert len(rec.token_ids[0]) <= len(want) + 1  # the label completion may add one token
+
+
+def estimated_start(view, rel_error=0.3, seed=0):
+    """The view as a server sees it that never saw the round-1 start: A0 known only as an estimate,
+    off in every entry (as an upload's A1 = A0 + dA is, AdamW moving each entry), B0 = 0 still."""
+    gen = torch.Generator().manual_seed(seed)
+    prev = {n: replace(f, A=f.A + rel_error * f.A.std() * torch.randn(f.A.shape, generator=gen))
+            for n, f in view.prev.items()}
+    return replace(view, prev=prev, start_known="estimate")
+
+
+def test_an_estimated_start_is_read_against_the_vocabulary_not_an_absolute_threshold(tok, base):
+    """Round 1 at an estimated A0: every token's B-path distance moves by the estimate's error, so
+    the 0.05 threshold keeps no token, while adaptive DAGER's bag (z-scores against the vocabulary)
+    holds the batch's tokens; naive mode keeps the threshold."""
+    view = estimated_start(round_one_view(tok, base))
+    first = layer_checks(view, True, 1e-7, rules=SpanRules())[0]
+    assert {s.path for s in first.spans} == {"B"}
+    assert token_bag(view.model, first, DAGERParams().layer0_tau, 512, 1e-7)[0] == []
+    rec = DAGER(DAGERParams(mode="adaptive")).reconstruct(view)
+    assert "estimate" in rec.note
+    got = {i for ids in rec.token_ids for i in ids}
+    assert len(members(tok, 2) & got) >= 0.9 * len(members(tok, 2))
+    assert len(got) <= 2 * len(members(tok, 2))
+    assert DAGER(DAGERParams(mode="naive")).reconstruct(view).token_ids == []
+
+
+def test_an_estimated_starts_bag_is_the_z_score_bag_unless_too_many_stand_out():
+    """``nearest``: a few members standing out from the vocabulary are the bag (not the ``nearest``
+    count); when more stand out than the bag can hold, the vocabulary is no null and the span's rank
+    of nearest tokens is the bag."""
+    gen = torch.Generator().manual_seed(0)
+    d = 0.4 + 0.2 * torch.rand(1000, generator=gen)
+    d[[3, 50, 700]] = torch.tensor([0.01, 0.012, 0.011])
+    assert sorted(select_tokens(d, 0.05, 20, z=5.0, nearest=8).tolist()) == [3, 50, 700]
+    crowd = d.clone()
+    crowd[:100] = 0.001 * torch.arange(1, 101)  # a hundred stand out; the bag holds 20 at most
+    got = select_tokens(crowd, 0.05, 20, z=5.0, nearest=8)
+    assert got.tolist() == list(range(8))
+    assert select_tokens(crowd, 0.05, 20, z=5.0).numel() == 20  # without ``nearest``: the cap

@@ -5,10 +5,9 @@
 - A start the server never saw is estimated from the client's own round-1 upload, through the server
   role, and never equals the true start.
 - DAGER (adaptive) on a round-1 gradient at factors the server drew, at the tiny control's shape:
-  near-exact against SHE-LoRA (B in the clear, A0 known), nothing against the variant.
+  near-exact against SHE-LoRA (B in the clear, A0 known), an unordered partial bag against the variant.
 - Below DAGER's thresholds: ranking the vocabulary by distance from the span still finds the batch
-  through the upload's estimate, unless the variant sends that upload in a fresh private basis,
-  which leaves the aggregate as it was.
+  through the upload's estimate at the smallest budget.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import torch
 from attacks.dager import DAGER, DAGERParams
 from attacks.toolkit.decoding import layer_checks, vocab_inputs
 from attacks.toolkit.subspace import SpanRules
-from benchmark.contract import ClientInfo, ClientUpdate, LoRAFactors, gradient_probe
+from benchmark.contract import gradient_probe
 from benchmark.contract.plugins import DEFENSES
 from benchmark.contract.stacks import build_defense
 from benchmark.engines import inproc
@@ -27,7 +26,6 @@ from benchmark.federation.sampling import probe_target
 from benchmark.federation.transcript import read_init, wire_copy
 from benchmark.running import resolve_scenario
 from benchmark.running.metrics import score_reconstruction
-from defenses.she_lora_private_start import PrivateStartClient, PrivateStartParams
 
 VARIANT = "she_lora_private_start"
 
@@ -113,15 +111,15 @@ def dager_rouge1(result) -> float:
     return sum(scores) / len(scores)
 
 
-def test_dager_adaptive_recovers_the_batch_against_she_lora_and_nothing_against_the_variant():
+def test_dager_adaptive_recovers_the_batch_against_she_lora_and_only_a_bag_against_the_variant():
     """Round 1, a gradient at factors the server drew (the DAGER control's setting, tiny scale): SHE-LoRA
     sends B in the clear and the server holds A0, so DAGER reads the batch off dL/dB as against plain
-    LoRA; the variant's A0 is private, and the estimate from its upload (plaintext columns of A1,
-    encrypted ones unknown) leaves no token in the span."""
+    LoRA; the variant's A0 is private, and through the estimate from its upload (plaintext columns of
+    A1, encrypted ones unknown) DAGER finds part of the batch's tokens by ranking, unordered."""
     she = dager_rouge1(run("she_lora", "server", batches=2)[2])
     variant = dager_rouge1(run(VARIANT, "server", batches=2)[2])
     assert she >= 0.8
-    assert variant <= 0.2
+    assert variant <= 0.5
 
 
 def recall_at_rank(result) -> float:
@@ -137,48 +135,8 @@ def recall_at_rank(result) -> float:
     return sum(shares) / len(shares)
 
 
-def test_a_private_basis_hides_the_batch_from_a_ranking_the_plain_upload_leaves_it_to():
+def test_ranking_by_span_distance_finds_the_batch_through_the_uploads_estimate():
     """One encrypted column per module (the paper's smallest budget at tiny's width): A1's plaintext
-    columns estimate A0 well enough that the batch's tokens are the nearest ones; in a fresh basis
-    per upload none of them is. The product, hence the aggregate and utility, does not change."""
-    small = {"budget_scale": 0.00625}
-    plain_basis = run(VARIANT, "server", batch_sizes=(1, 2), batches=2, params={**small, "private_basis": False})[2]
-    rotated = run(VARIANT, "server", batch_sizes=(1, 2), batches=2, params=small)[2]
-    assert recall_at_rank(plain_basis) >= 0.9
-    assert recall_at_rank(rotated) <= 0.2
-    assert rotated.metrics["agg_rel_err"] < 1e-5
-    assert abs(rotated.metrics["utility"] - plain_basis.metrics["utility"]) < 1e-6
-
-
-class Recorder:
-    """Stands in for SHE-LoRA's client role: keeps what it was asked to protect."""
-
-    def __init__(self) -> None:
-        self.seen = []
-
-    def protect(self, update):
-        self.seen.append(update)
-
-    def finalize(self, message, client):
-        return {}
-
-
-def test_only_uploads_from_a_private_start_are_rotated_and_each_in_its_own_basis():
-    role = PrivateStartClient(PrivateStartParams())
-    role.inner = Recorder()
-    role._basis = torch.Generator().manual_seed(1)  # what setup draws from os.urandom
-    client = ClientInfo(0, "high", 4, 0.2, 8.0)
-    gen = torch.Generator().manual_seed(0)
-    f = LoRAFactors(torch.randn(4, 10, generator=gen), torch.randn(6, 4, generator=gen), client.scale)
-    update = ClientUpdate(client, 1, {"m": f}, 8, {})
-    role.protect(update)
-    role.protect(update)
-    first, second = (u.factors["m"] for u in role.inner.seen)
-    for g in (first, second):
-        assert not torch.allclose(g.A, f.A)
-        torch.testing.assert_close(g.B @ g.A, f.B @ f.A, rtol=1e-5, atol=1e-5)  # the product FlexLoRA sums
-        torch.testing.assert_close(g.A.norm(dim=0), f.A.norm(dim=0))  # column norms: SHE-LoRA's exponent bounds
-    assert not torch.allclose(first.A, second.A)  # a fresh basis per message
-    role.finalize(None, client)  # the client now starts from a broadcast the server can estimate
-    role.protect(update)
-    assert role.inner.seen[-1].factors["m"] is f
+    columns estimate A0 well enough that the batch's tokens are the nearest ones to the span."""
+    small = run(VARIANT, "server", batch_sizes=(1, 2), batches=2, params={"budget_scale": 0.00625})[2]
+    assert recall_at_rank(small) >= 0.9

@@ -152,7 +152,7 @@ def null_z(d: Tensor) -> Tensor:
 CLEAN_GAP = 2.5  # a clean span's members end at a step this large in the sorted distances
 
 
-def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0, least: int = 0) -> Tensor:
+def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0, least: int = 0, nearest: int = 0) -> Tensor:
     """Indices of the member tokens among distances ``d``, nearest first, at most ``cap``: the clearly
     small distances (``split_by_gap``), or with ``z > 0`` (noise-tolerant mode) those at least ``z``
     robust standard deviations below the vocabulary (``null_z``).
@@ -162,7 +162,13 @@ def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0, least: int = 
     distance, when one lies under ``tau``. A lenient ``tau`` (the original DAGER's 0.05) otherwise
     admits a vocabulary's cluster of untrained tokens (SmolLM2's special and byte tokens share nearly
     one embedding, about 0.017 from a span holding the mean direction) that lies a few times farther
-    than the batch's own tokens, and the decoder then wanders through them."""
+    than the batch's own tokens, and the decoder then wanders through them.
+
+    ``nearest > 0`` (distances all displaced alike, as through an estimated start): with ``z > 0``,
+    the z-score bag unless more than ``cap`` tokens stand out (the vocabulary is then no null), in
+    which case, as with ``z = 0``, the ``nearest`` tokens nearest the span (at most ``cap``)."""
+    if nearest > 0 and (z <= 0 or int((null_z(d) < -z).sum()) > cap):
+        return torch.argsort(d)[: min(nearest, cap)]
     if z <= 0:
         got = split_by_gap(d, tau)[:cap]
         return _clean_cut(d, got, least) if least > 0 else got
@@ -181,15 +187,15 @@ def _clean_cut(d: Tensor, got: Tensor, least: int) -> Tensor:
 
 
 def token_bag(model: nn.Module, first: LayerCheck, tau: float, cap: int, rank_tol: float,
-              z: float = 0.0, least: int = 0) -> tuple[list[int], LayerCheck]:
+              z: float = 0.0, least: int = 0, nearest: int = 0) -> tuple[list[int], LayerCheck]:
     """Vocabulary tokens in the first layer's span (at most ``cap``; ``z`` and ``least`` as in
     ``select_tokens``), and the check used. When a secret column permutation forces trimmed distances,
     the first bag teaches which coordinates are displaced, the check is refit without them and the bag
     recomputed."""
-    bag = select_tokens(vocab_distances(model, first), tau, cap, z, least).tolist()
+    bag = select_tokens(vocab_distances(model, first), tau, cap, z, least, nearest).tolist()
     if bag and any(s.trim > 0 for s in first.spans):
         first = first.refined([x[bag] for x in vocab_inputs(model, first.nn_modules())], rank_tol)
-        bag = select_tokens(vocab_distances(model, first), tau, cap, z, least).tolist()
+        bag = select_tokens(vocab_distances(model, first), tau, cap, z, least, nearest).tolist()
     return bag, first
 
 
