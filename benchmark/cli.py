@@ -325,8 +325,22 @@ def _registries() -> dict[str, object]:
     return {"defenses": DEFENSES, "attacks": ATTACKS, "scenarios": SCENARIOS, "suites": SUITES, "models": MODELS}
 
 
+LIST_WIDTH = 120  # columns of a `shebench list` line
+
+
 def cmd_list(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    print("\n".join(_registries()[args.what].names()))
+    """Each registered name with the first sentence of its description, one line each."""
+    from benchmark.reporting.describe import one_line
+
+    names = _registries()[args.what].names()
+    pad = max((len(n) for n in names), default=0) + 2
+    for name in names:
+        try:
+            gloss = one_line(args.what, name)
+        except Exception as exc:  # a plug-in that fails to import is still listed, with why
+            gloss = f"(cannot load: {' '.join(str(exc).split())})"
+        room = LIST_WIDTH - pad
+        print(f"{name:<{pad}}{gloss if len(gloss) <= room else gloss[: room - 1] + '…'}".rstrip())
     return 0
 
 

@@ -6,8 +6,16 @@ from benchmark.reporting.report import write_report
 
 def test_help_list_show_and_errors(capsys):
     assert main(["list", "defenses"]) == 0
-    names = capsys.readouterr().out.split()
-    assert {"plain_lora", "dp", "dp_sgd", "full_he", "maskcrypt", "she_lora"} <= set(names)
+    lines = capsys.readouterr().out.splitlines()
+    names = {line.split()[0] for line in lines}
+    assert {"plain_lora", "dp", "dp_sgd", "full_he", "maskcrypt", "she_lora"} <= names
+    glosses = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    assert glosses["plain_lora"].startswith("FlexLoRA without protection")  # each name says what it is
+    for what in ("attacks", "scenarios", "suites", "models"):
+        assert main(["list", what]) == 0
+        lines += capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 120 and len(line.split(None, 1)) == 2 for line in lines), [
+        line for line in lines if len(line) > 120 or len(line.split(None, 1)) < 2]
     assert main(["show", "plain_lora"]) == 0
     assert "FlexLoRA" in capsys.readouterr().out
     assert main(["show", "plain-lora"]) == 2

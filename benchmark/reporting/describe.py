@@ -104,6 +104,25 @@ def describe(kind: str, name: str) -> str:
                       *describe_params(cls.Params)])
 
 
+def one_line(kind: str, name: str) -> str:
+    """The first sentence of what ``shebench show`` prints for ``name`` (``shebench list``'s gloss):
+    a defense's or model builder's docstring, an attack's own (or its module's), a scenario's or
+    suite's description."""
+    from benchmark.contract.plugins import ATTACKS, DEFENSES
+    from benchmark.federation.models import MODELS
+    from benchmark.running import SCENARIOS, SUITES
+
+    if kind in ("scenarios", "suites"):
+        text = str(load_toml((SCENARIOS if kind == "scenarios" else SUITES).target(name)).get("description", ""))
+    elif kind == "attacks":
+        text = _own_doc(ATTACKS.get(name))
+    else:
+        text = inspect.getdoc((DEFENSES if kind == "defenses" else MODELS).get(name)) or ""
+    flat = " ".join(text.split())
+    end = next((i + 1 for i, ch in enumerate(flat) if ch == "." and (i + 1 == len(flat) or flat[i + 1] == " ")), len(flat))
+    return flat[:end].rstrip(".") or "(no description)"
+
+
 def _own_doc(cls: type) -> str:
     """The attack's own docstring, else its module's (where the attacks describe their method); never
     the ``Attack`` base's, which ``inspect.getdoc`` would inherit."""
