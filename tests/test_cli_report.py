@@ -79,3 +79,16 @@ def test_a_case_planned_again_under_a_new_key_keeps_only_its_last_row():
     kept, dropped = latest_per_case([new, old, other])
     assert [r["cell_id"] for r in kept] == ["b", "c"] and dropped == 1
     assert latest_per_case([{**case, "attack": "dager_strict", "cell_id": "d"}, new])[1] == 0  # another label
+
+
+def test_summary_wraps_attack_columns_into_blocks_within_120_columns():
+    from benchmark.reporting.report import SUMMARY_WIDTH, _column_blocks, _text_table
+
+    header = ["scenario / defense", "utility ↑"] + [f"attack{i} rouge1 ↓ (naive/adaptive)" for i in range(6)]
+    lines = [["default / she_lora_private_start", "0.656 ± 0.010"] + ["0.993 ± 0.007/abstained"] * 6]
+    blocks = _column_blocks(header, lines)
+    assert len(blocks) > 1 and all(b[:2] == [0, 1] for b in blocks)  # every block repeats the row labels
+    assert sorted(i for b in blocks for i in b[2:]) == list(range(2, 8))  # each attack once
+    for b in blocks:
+        table = _text_table([header[i] for i in b], [[r[i] for i in b] for r in lines])
+        assert max(len(line) for line in table.splitlines()) <= SUMMARY_WIDTH

@@ -293,8 +293,9 @@ def summary_table(run_dir: Path, cells: set[str] | None = None) -> str:
     header = ["scenario / defense" if multi else "defense", "utility ↑"]
     lines: list[list[str]] = []
     for (scenario, defense), group in df.groupby(["scenario", "defense"], sort=False):
-        ok = group[group["status"] == "ok"]
-        utility = _mean_std(ok.drop_duplicates("seed")["utility"], "utility") if not ok.empty else group["status"].iloc[0]
+        trained = group[group["status"] != "failed"]  # an abstained or incompatible attack still trained and scored utility
+        utility = (_mean_std(trained.drop_duplicates("seed")["utility"], "utility") if not trained.empty
+                   else group["status"].iloc[0])
         line = [f"{scenario} / {defense}" if multi else str(defense), utility]
         for attack in attacks:
             these = group[group["attack"] == attack]
@@ -310,6 +311,31 @@ def summary_table(run_dir: Path, cells: set[str] | None = None) -> str:
         metric = headline_metric(sub) if not sub.empty else "rouge1"
         modes = "/".join(m for m in dict.fromkeys(sub["attack_mode"].fillna("")) if m)
         header.append(f"{attack} {metric}{arrow(metric, _directions(sub))}" + (f" ({modes})" if "/" in modes else ""))
+    return "\n\n".join(_text_table([header[i] for i in cols], [[r[i] for i in cols] for r in lines])
+                        for cols in _column_blocks(header, lines))
+
+
+SUMMARY_WIDTH = 120  # columns of the terminal summary; attack columns wrap into blocks beyond it
+
+
+def _column_blocks(header: Sequence[str], lines: Sequence[Sequence[str]], keep: int = 2,
+                   width: int = SUMMARY_WIDTH) -> list[list[int]]:
+    """Column indices of each block: the first ``keep`` columns, then as many of the rest as fit in
+    ``width`` (always at least one per block)."""
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
+    base = sum(widths[:keep]) + 2 * keep
+    blocks: list[list[int]] = []
+    used = base
+    for i in range(keep, len(header)):
+        if not blocks or used + widths[i] > width:
+            blocks.append(list(range(keep)))
+            used = base
+        blocks[-1].append(i)
+        used += widths[i] + 2
+    return blocks or [list(range(len(header)))]
+
+
+def _text_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     table = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
