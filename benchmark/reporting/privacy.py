@@ -226,10 +226,19 @@ def _num(value: Any) -> float:
 # ---- plots ---------------------------------------------------------------------------------------
 
 
+PANEL_COLUMNS = 2  # 2 x 6.2 in at 120 dpi, with the legends outside: within about 1600 px wide
+
+
 def _panels(n: int) -> tuple[Any, list[Any]]:
-    """One panel per scenario, side by side."""
-    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.2), squeeze=False)
-    return fig, list(axes[0])
+    """One panel per scenario (or defense), in a grid of ``PANEL_COLUMNS`` columns rather than a
+    strip, so that a figure of many panels still reads at page width."""
+    cols = min(PANEL_COLUMNS, max(1, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.2 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def _finish(ax: Any, title: str) -> None:

@@ -404,7 +404,7 @@ def _styles(names: Sequence[str]) -> dict[str, tuple[Any, str, float]]:
     return {n: (colors[i % 10], MARKERS[i % len(MARKERS)], 150 - 10 * (i % 8)) for i, n in enumerate(names)}
 
 
-def _panels(n: int, width: float = 5.0, height: float = 4.0, cols: int = 3) -> tuple[Any, list[Any]]:
+def _panels(n: int, width: float = 5.0, height: float = 4.0, cols: int = 2) -> tuple[Any, list[Any]]:
     cols = min(cols, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
