@@ -171,7 +171,7 @@ def _calibration_rows(text):
     return out
 
 
-def test_a_report_opens_with_the_calibration_table_and_withholds_verdicts(tmp_path):
+def test_a_report_opens_with_the_scorecard_and_calibration_table_and_withholds_verdicts(tmp_path):
     """DAGER's control passed; MIA's missed its floor; token_leak (run under the label leak_label) has no
     control row. The table says so, and only DAGER's numbers keep their verdicts."""
     run = "synthetic"
@@ -182,7 +182,7 @@ def test_a_report_opens_with_the_calibration_table_and_withholds_verdicts(tmp_pa
                {"name": "token_leak", "label": "leak_label"}]
     path = _write_run(tmp_path / run, rows, scenarios, attacks)
     report = write_report([path], tmp_path / "out", calibration_runs=[]).read_text()
-    assert _sections(report)[0].startswith("## Calibration")
+    assert _sections(report)[0].startswith("## Scorecard") and _sections(report)[1].startswith("## Calibration")
     table = _calibration_rows(report)
     assert table[("dager", "naive")]["result"] == PASS and table[("dager", "adaptive")]["result"] == PASS
     assert table[("dager", "naive")]["measured [95% CI]"].startswith("1.000 [1.000, 1.000] (n=3)")

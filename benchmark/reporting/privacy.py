@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from benchmark.reporting import figures  # noqa: E402
 from benchmark.reporting.calibration import UNCALIBRATED, Calibration  # noqa: E402
 from benchmark.reporting.facts import encrypted_share, row_facts  # noqa: E402
 from benchmark.reporting.stats import Interval, bootstrap_ci  # noqa: E402
@@ -226,19 +227,10 @@ def _num(value: Any) -> float:
 # ---- plots ---------------------------------------------------------------------------------------
 
 
-PANEL_COLUMNS = 2  # 2 x 6.2 in at 120 dpi, with the legends outside: within about 1600 px wide
-
-
 def _panels(n: int) -> tuple[Any, list[Any]]:
-    """One panel per scenario (or defense), in a grid of ``PANEL_COLUMNS`` columns rather than a
-    strip, so that a figure of many panels still reads at page width."""
-    cols = min(PANEL_COLUMNS, max(1, n))
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.2 * rows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
+    """One panel per scenario (or defense, or group of at most ``MAX_SERIES`` series), in a grid; the
+    legends go under their panels (``_finish``), so the layout engine keeps the axes wide."""
+    return figures.panels(n, height=4.6, layout="constrained")
 
 
 def _finish(ax: Any, title: str) -> None:
@@ -246,13 +238,13 @@ def _finish(ax: Any, title: str) -> None:
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    labels = ax.get_legend_handles_labels()[1]
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
+              ncol=2 if max(map(len, labels), default=0) <= 38 else 1)
 
 
 def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 def _palette(keys: pd.Series) -> dict[Any, Any]:
@@ -260,11 +252,39 @@ def _palette(keys: pd.Series) -> dict[Any, Any]:
     return {k: colors[i % 10] for i, k in enumerate(dict.fromkeys(keys))}
 
 
-def _band(ax: Any, g: pd.DataFrame, color: Any, label: str, style: str = "-") -> None:
+def _band(ax: Any, g: pd.DataFrame, color: Any, label: str, style: dict[str, Any] | None = None) -> None:
     """A mean line over batch sizes with its 95% interval as a shaded band."""
     g = g.sort_values("probe_batch_size")
-    ax.plot(g["probe_batch_size"], g["mean"], style, marker="o", ms=3, color=color, label=label)
+    ax.plot(g["probe_batch_size"], g["mean"], color=color, label=label, **(style or {"marker": "o", "ms": 3}))
     ax.fill_between(g["probe_batch_size"], g["lo"], g["hi"], color=color, alpha=0.12)
+
+
+BASELINE_PREFIX = "plain_lora"  # series of the unprotected reference open every split panel
+
+
+def _series_panels(stats: pd.DataFrame, facet: str, series: list[str]) -> list[tuple[str, list[tuple], int, int]]:
+    """(facet value, series keys, part, parts) per panel: each facet's series in chunks of at most
+    ``figures.MAX_SERIES``, plain LoRA's repeated in each chunk."""
+    out = []
+    for value in dict.fromkeys(stats[facet]):
+        keys = list(dict.fromkeys(map(tuple, stats.loc[stats[facet] == value, series].itertuples(index=False))))
+        pinned = [k for k in keys if str(k[0]).startswith(BASELINE_PREFIX)]
+        groups = figures.chunks(keys, pinned)
+        out += [(value, g, i, len(groups)) for i, g in enumerate(groups, start=1)]
+    return out
+
+
+def _draw_series(ax: Any, part: pd.DataFrame, keys: list[tuple], series: list[str], colors: dict[Any, Any],
+                 label: Any, dashed: Any = lambda key: False) -> None:
+    """Bands of each series key; coinciding series kept visible and named as such in the legend."""
+    groups = {k: part[(part[series] == pd.Series(k, index=series)).all(axis=1)] for k in keys}
+    twin_of = figures.twins({k: list(zip(g["probe_batch_size"], g["mean"])) for k, g in groups.items()})
+    names = {k: label(k) for k in keys}
+    for k, g in groups.items():
+        if g.empty:
+            continue
+        style = figures.line_style(k, twin_of, "--" if dashed(k) else "-")
+        _band(ax, g, colors[k[0]], figures.twin_label(names[k], k, twin_of, names), style)
 
 
 def _batch_axis(ax: Any, part: pd.DataFrame, ylabel: str) -> None:
@@ -283,16 +303,15 @@ def plot_batch(df: pd.DataFrame, path: Path, attack: str = PAPER_ATTACK) -> bool
     if rows.empty or rows["probe_batch_size"].nunique() < 2:
         return False
     stats = summarize(rows, ["scenario", "defense", "attack_mode", "probe_batch_size"]).dropna(subset=["mean"])
-    scenarios = list(dict.fromkeys(stats["scenario"]))
     palette = _palette(stats["defense"])
-    fig, axes = _panels(len(scenarios))
-    for ax, scenario in zip(axes, scenarios):
+    layout = _series_panels(stats, "scenario", ["defense", "attack_mode"])
+    fig, axes = _panels(len(layout))
+    for ax, (scenario, keys, i, parts) in zip(axes, layout):
         part = stats[stats["scenario"] == scenario]
-        for (defense, mode), g in part.groupby(["defense", "attack_mode"], sort=False):
-            style = "--" if mode == "adaptive" else "-"
-            _band(ax, g, palette[defense], f"{defense} ({mode})", style)
+        _draw_series(ax, part, keys, ["defense", "attack_mode"], palette, lambda k: f"{k[0]} ({k[1]})",
+                     lambda k: k[1] == "adaptive")
         _batch_axis(ax, part, f"{attack} ROUGE-1 ↓ (mean, 95% CI)")
-        _finish(ax, f"{scenario}: {attack} ROUGE-1 by batch size")
+        _finish(ax, figures.panel_title(f"{scenario}: {attack} ROUGE-1 by batch size", i, parts))
     _save(fig, path)
     return True
 
@@ -313,14 +332,15 @@ def plot_attacks(df: pd.DataFrame, path: Path, mode: str = "naive", min_n: int =
     defenses = [d for d, k in by_defense.items() if k >= 2]
     if not defenses:
         return False
+    stats = stats[stats["defense"].isin(defenses)]
     palette = _palette(stats["attack"])
-    fig, axes = _panels(len(defenses))
-    for ax, defense in zip(axes, defenses):
+    layout = _series_panels(stats, "defense", ["attack", "scenario"])
+    fig, axes = _panels(len(layout))
+    for ax, (defense, keys, i, parts) in zip(axes, layout):
         part = stats[stats["defense"] == defense]
-        for (attack, scenario), g in part.groupby(["attack", "scenario"], sort=False):
-            _band(ax, g, palette[attack], f"{attack} ({scenario})")
+        _draw_series(ax, part, keys, ["attack", "scenario"], palette, lambda k: f"{k[0]} ({k[1]})")
         _batch_axis(ax, part, "ROUGE-1 ↓ (mean, 95% CI)")
-        _finish(ax, f"{defense}: attacks by batch size ({mode})")
+        _finish(ax, figures.panel_title(f"{defense}: attacks by batch size ({mode})", i, parts))
     _save(fig, path)
     return True
 
@@ -468,10 +488,9 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
     if worst.empty or "utility" not in df:
         return False
     sims = _sim_rows(df)
-    scenarios = list(dict.fromkeys(worst["scenario"]))
     colors = plt.get_cmap("tab10").colors
-    fig, axes = _panels(len(scenarios))
-    for ax, scenario in zip(axes, scenarios):
+    layout = []  # (scenario, its curves, family names in this panel, part, parts)
+    for scenario in dict.fromkeys(worst["scenario"]):
         here = sims[sims["scenario"] == scenario]
         curves: dict[str, list[FrontierPoint]] = {}
         for _, w in worst[worst["scenario"] == scenario].iterrows():
@@ -482,20 +501,29 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
             label = w["defense"] if math.isnan(sigma) else f"sigma {sigma:g}"
             curves.setdefault(family, []).append(FrontierPoint(sigma, u, Interval(w["mean"], w["lo"], w["hi"], int(w["n"])),
                                                                f"{label} ({w['attack_mode']})"))
-        for i, (family, pts) in enumerate(curves.items()):
+        groups = figures.chunks(list(curves), [f for f in curves if f.startswith(BASELINE_PREFIX)])
+        layout += [(scenario, curves, g, i, len(groups)) for i, g in enumerate(groups, start=1)]
+    fig, axes = _panels(len(layout))
+    for ax, (scenario, curves, shown, part, parts) in zip(axes, layout):
+        here = sims[sims["scenario"] == scenario]
+        for family in shown:
+            pts = curves[family]
             pts.sort(key=lambda p: (math.isnan(p.sigma), p.sigma))
-            color = colors[i % 10]
+            color = colors[list(curves).index(family) % 10]
             ax.errorbar([p.utility.value for p in pts], [p.attack.value for p in pts],
                         xerr=[[max(0.0, p.utility.value - p.utility.lo) for p in pts],
                               [max(0.0, p.utility.hi - p.utility.value) for p in pts]],
                         yerr=[[max(0.0, p.attack.value - p.attack.lo) for p in pts],
                               [max(0.0, p.attack.hi - p.attack.value) for p in pts]],
-                        fmt="o-" if len(pts) > 1 else "o", capsize=3, color=color, label=family)
+                        fmt="o-" if len(pts) > 1 else "o", capsize=3, color=color, label=family,
+                        mfc="none" if part > 1 and family.startswith(BASELINE_PREFIX) else None)
             for p in pts if len(pts) > 1 else ():
                 ax.annotate(p.label, (p.utility.value, p.attack.value), fontsize=6, xytext=(3, 3),
                             textcoords="offset points", color=color)
         gave_up = _abstained_only(df, scenario, attack, batch, set(worst[worst["scenario"] == scenario]["defense"]))
         families = list(curves)
+        if part < parts:
+            gave_up = []  # the abstentions go on the last panel of the scenario
         for defense in gave_up:  # no annotation: the frontier table gives each one's noise and numbers
             u = utility_interval(here[here["defense"] == defense])
             if u is None:
@@ -511,7 +539,7 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
                     va="bottom", transform=ax.get_yaxis_transform(), color="grey")
         ax.set_xlabel("utility ↑ (95% CI: test examples, or seeds)")
         ax.set_ylabel(f"{attack} ROUGE-1 at batch {batch} ↓ (strongest mode, 95% CI)")
-        _finish(ax, f"{scenario}: privacy-utility frontier\n(best corner: bottom right)")
+        _finish(ax, figures.panel_title(f"{scenario}: privacy-utility frontier\n(best corner: bottom right)", part, parts))
         if gave_up:
             ax.set_ylim(ABSTAINED_Y - 0.06, 1.03)
     _save(fig, path)

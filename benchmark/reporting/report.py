@@ -31,6 +31,9 @@ from benchmark.reporting.calibration import (  # noqa: E402
     newest_committed,
     report_attacks,
 )
+from benchmark.reporting.html import write_html  # noqa: E402
+from benchmark.reporting.overview import plot_paper_vs_ours, plot_privacy_utility_cost  # noqa: E402
+from benchmark.reporting.scorecard import scorecard_section  # noqa: E402
 from benchmark.reporting.staleness import package_drift, run_staleness  # noqa: E402
 from benchmark.running.results import HIGHER_IS_BETTER, latest_rows, read_rows  # noqa: E402
 
@@ -420,35 +423,6 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_privacy_utility(df: pd.DataFrame, path: Path) -> bool:
-    """One panel per scenario: each defense's utility against its strongest attack's ROUGE-1."""
-    ok = df[df["status"] == "ok"]
-    scenarios = [s for s in dict.fromkeys(ok["scenario"]) if ok[(ok["scenario"] == s)]["rouge1"].notna().any()
-                 and ok[(ok["scenario"] == s)]["utility"].notna().any()]
-    if not scenarios:
-        return False
-    styles = _styles(list(dict.fromkeys(df["defense"])))
-    fig, axes = _panels(len(scenarios))
-    for ax, scenario in zip(axes, scenarios):
-        rows = ok[ok["scenario"] == scenario]
-        scored = rows[rows["rouge1"].notna()]
-        worst = scored.groupby(["defense", "attack", "attack_mode"])["rouge1"].mean().groupby("defense").max()
-        utility = rows.drop_duplicates(["defense", "seed"]).groupby("defense")["utility"].mean()
-        for defense in worst.index:
-            color, marker, size = styles[defense]
-            ax.scatter(utility.get(defense), worst[defense], s=size, marker=marker, facecolors="none",
-                       edgecolors=color, linewidths=2, label=f"{defense} ({utility.get(defense, float('nan')):.2f}, {worst[defense]:.2f})")
-        ax.set_xlabel("utility ↑")
-        ax.set_ylabel("strongest attack ROUGE-1 ↓")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"{scenario}: privacy vs utility\n(best corner: bottom right)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="defense (utility, ROUGE-1)",
-                  title_fontsize=7, frameon=False)
-    _save(fig, path)
-    return True
-
-
 def _hbars(ax: Any, labels: Sequence[str], values: Sequence[float], title: str, colors: Sequence[Any]) -> None:
     """Horizontal bars, log scale where values span decades; zeros and missing values are written as
     text at the axis instead of being drawn at an arbitrary floor."""
@@ -481,24 +455,46 @@ def _sims(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].isin(SIMULATED)].drop_duplicates(subset=["scenario", "defense", "seed"])
 
 
+def _same_costs(sims: pd.DataFrame, metrics: Sequence[str], tol: float = 0.1) -> list[tuple[str, list[str]]]:
+    """Scenarios grouped where every defense's mean of every metric agrees within ``tol`` (relative):
+    scenarios that differ only in their threat (the paper suite's) would repeat the same bars."""
+    groups: list[tuple[str, list[str], pd.DataFrame]] = []
+    for scenario in dict.fromkeys(sims["scenario"]):
+        means = sims[sims["scenario"] == scenario].groupby("defense", sort=False)[list(metrics)].mean()
+        for _first, members, ref in groups:
+            if list(ref.index) == list(means.index) and all(
+                    math.isclose(a, b, rel_tol=tol) or (pd.isna(a) and pd.isna(b))
+                    for a, b in zip(ref.to_numpy().ravel(), means.to_numpy().ravel())):
+                members.append(scenario)
+                break
+        else:
+            groups.append((scenario, [scenario], means))
+    return [(first, members) for first, members, _ in groups]
+
+
 def _plot_costs(df: pd.DataFrame, path: Path) -> bool:
-    """Rows: scenarios; columns: upload bytes, encryption time, aggregation time; one bar per defense."""
+    """Rows: scenarios (those with the same costs share one); columns: upload bytes, encryption time,
+    aggregation time; one bar per defense."""
     sims = _sims(df)
     if sims.empty:
         return False
     metrics = [m for m in ("bytes_up_per_client_round", "enc_s", "agg_s") if m in sims and sims[m].notna().any()]
-    scenarios = list(dict.fromkeys(sims["scenario"]))
     if not metrics:
         return False
+    groups = _same_costs(sims, metrics)
     styles = _styles(list(dict.fromkeys(df["defense"])))
-    fig, axes = plt.subplots(len(scenarios), len(metrics), figsize=(4.8 * len(metrics), 0.45 * sims["defense"].nunique() * len(scenarios) + 1.6 * len(scenarios)),
+    per_row = max(sims.groupby("scenario")["defense"].nunique())
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.9 * len(metrics), (0.32 * per_row + 1.1) * len(groups)),
                              squeeze=False)
-    for r, scenario in enumerate(scenarios):
+    for r, (scenario, members) in enumerate(groups):
         rows = sims[sims["scenario"] == scenario]
+        name = scenario if len(members) == 1 else f"{scenario} (= {', '.join(members[1:])})"
         for c, metric in enumerate(metrics):
             values = rows.groupby("defense", sort=False)[metric].mean()
-            _hbars(axes[r][c], list(values.index), values.tolist(), f"{scenario}: {metric}{arrow(metric)}",
-                   [styles[d][0] for d in values.index])
+            _hbars(axes[r][c], list(values.index), values.tolist(), f"{name}: {metric}{arrow(metric)}" if c == 0 else
+                   f"{metric}{arrow(metric)}", [styles[d][0] for d in values.index])
+            if c:
+                axes[r][c].set_yticklabels([])
     _save(fig, path)
     return True
 
@@ -514,7 +510,10 @@ def _plot_tiers(tiers: pd.DataFrame, df: pd.DataFrame, path: Path) -> bool:
     if not records:
         return False
     data = pd.DataFrame(records)
-    scenarios = list(dict.fromkeys(data["scenario"]))
+    groups = _same_costs(data.rename(columns={"bytes_up": "bytes_up_t"}).assign(defense=data["defense"] + " " + data["tier"]),
+                         ["bytes_up_t"])
+    scenarios = [first for first, _ in groups]
+    merged = {first: members for first, members in groups}
     fig, axes = _panels(len(scenarios), width=6.0, height=0.22 * data["defense"].nunique() * data["tier"].nunique() + 1.5, cols=2)
     for ax, scenario in zip(axes, scenarios):
         pivot = data[data["scenario"] == scenario].pivot_table(index="defense", columns="tier", values="bytes_up",
@@ -536,7 +535,8 @@ def _plot_tiers(tiers: pd.DataFrame, df: pd.DataFrame, path: Path) -> bool:
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(v)))
         ax.set_xlabel("upload bytes per client-round ↓ (log)")
-        ax.set_title(f"{scenario}: per-tier upload cost", fontsize=10)
+        same = merged[scenario][1:]
+        ax.set_title(f"{scenario}: per-tier upload cost" + (f"\n(= {', '.join(same)})" if same else ""), fontsize=9)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="tier (rank)", title_fontsize=7)
         ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
@@ -569,7 +569,8 @@ def load_calibration(df: pd.DataFrame, run_dirs: Sequence[Path], calibration_run
 
 def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | None = None,
                  calibration_runs: Sequence[Path] | None = None) -> Path:
-    """Write ``report.md`` and its PNG plots into ``out_dir``; returns the report's path. Unreadable
+    """Write ``report.md``, its PNG plots and ``report.html`` (the same page, self-contained) into
+    ``out_dir``; returns the markdown report's path. Unreadable
     lines of rows files and stale rows are skipped and described in ``problems``. The report opens with
     the attacks' controls (``load_calibration``: ``calibration_runs``, else the newest committed
     calibration run, after the runs' own control rows)."""
@@ -586,6 +587,10 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
                  f"Rows: {len(df)} ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('ok', 'failed', 'incompatible', 'abstained'))}). "
                  f"Seeds: {sorted(df['seed'].dropna().unique().tolist())}. "
                  f"Commits: {', '.join(sorted({str(c)[:10] for c in df['git_commit'].dropna()}))}.")
+    lines += scorecard_section(df, calibration, _markdown)
+    for name, plot in (("privacy_utility_cost.png", plot_privacy_utility_cost), ("paper_vs_ours.png", plot_paper_vs_ours)):
+        if plot(df, out_dir / name, calibration):
+            lines += ["", f"![{name}]({name})"]
     if report_attacks(df):
         lines += calibration_section(calibration, _markdown)
     lines += coverage(run_dirs)
@@ -614,8 +619,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
     nulls = _null_notes(df)
     if nulls:
         lines += ["", "Values written as null: " + "; ".join(nulls) + "."]
-    plots = [("privacy_vs_utility.png", _plot_privacy_utility(df, out_dir / "privacy_vs_utility.png")),
-             ("costs.png", _plot_costs(df, out_dir / "costs.png")),
+    plots = [("costs.png", _plot_costs(df, out_dir / "costs.png")),
              ("tiers.png", _plot_tiers(tier_table(df), df, out_dir / "tiers.png"))]
     lines += _extra_sections(df, out_dir, calibration)
     made = [name for name, ok in plots if ok]
@@ -628,6 +632,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
         lines += ["", "## Skipped lines and stale rows", ""] + [f"- {p}" for p in problems[:50]]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_html(path)
     (out_dir / "report_rows.json").write_text(json.dumps({"rows": len(df)}))
     return path
 
