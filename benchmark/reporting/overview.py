@@ -3,7 +3,8 @@ DAGER figures beside the SHE-LoRA paper's.
 
 The plane puts utility (x, 95% interval) against the strongest calibrated reconstruction attack
 (y, 95% interval) with the upload bytes per client-round as the colour, one panel per threat setting;
-each point is labelled with its defense, so a crowded plane needs no legend of many series. Defenses
+each point carries its defense's number (the key is under the figure), so a crowded plane needs no
+legend of many series. Defenses
 against which every attack abstained have no score: they sit below the axis, marked as such.
 
 The paper figure has one panel per paper method (FlexLoRA, FlexLoRA-DP, MaskCrypt, SHE-LoRA) with
@@ -55,6 +56,7 @@ def plot_privacy_utility_cost(df: pd.DataFrame, path: Path, calibration: Calibra
     ups = [p[4] for p in points if p[4] > 0]
     norm = LogNorm(vmin=min(ups), vmax=max(max(ups), min(ups) * 1.01)) if ups else None
     cmap = plt.get_cmap("viridis")
+    numbers = {d: i for i, d in enumerate(dict.fromkeys(p[1] for p in points), start=1)}  # labels: short numbers
     fig, axes = figures.panels(len(scenarios), width=6.0, height=4.4, layout="constrained")
     for ax, scenario in zip(axes, scenarios):
         mine = [p for p in points if p[0] == scenario]
@@ -72,7 +74,8 @@ def plot_privacy_utility_cost(df: pd.DataFrame, path: Path, calibration: Calibra
             ax.errorbar([u.value], [y], xerr=xerr, yerr=yerr, fmt=marker, color=color, ms=7, capsize=2, lw=1,
                         mec=color if hollow else "black", mfc="none" if hollow else color, mew=1.5 if hollow else 0.5)
             uncalibrated = uncalibrated or hollow
-        _label(ax, [(u.value, ABSTAINED_Y if s.interval is None else s.interval.value, d) for _, d, u, s, _ in mine])
+        _label(ax, [(u.value, ABSTAINED_Y if s.interval is None else s.interval.value, str(numbers[d]))
+                    for _, d, u, s, _ in mine])
         if gave_up:
             ax.axhline(ABSTAINED_Y / 2, color="grey", lw=0.6, ls="--")
             ax.text(0.01, ABSTAINED_Y / 2, " x below: every calibrated attack abstained (no score)", fontsize=6,
@@ -86,20 +89,32 @@ def plot_privacy_utility_cost(df: pd.DataFrame, path: Path, calibration: Calibra
         setting = threat_setting(attacked[attacked["scenario"] == scenario].iloc[0].to_dict())
         ax.set_title(f"{scenario} ({setting})\nbest corner: bottom right", fontsize=9)
         ax.grid(alpha=0.3)
+    key = [f"{i} {d}" for d, i in numbers.items()]
+    per_line = 5
+    fig.supxlabel("\n".join("    ".join(key[i:i + per_line]) for i in range(0, len(key), per_line)), fontsize=7,
+                  x=0.02, ha="left")
     if norm is not None:
-        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.8, pad=0.02)
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6, pad=0.02)
         bar.set_label("upload bytes per client-round ↓ (log)")
     figures.save(fig, path)
     return True
 
 
 def _label(ax: plt.Axes, pts: list[tuple[float, float, str]]) -> None:
-    """Defense names beside their points; points at the same place share one label, lines stacked."""
-    places: dict[tuple[float, float], list[str]] = {}
-    for x, y, name in pts:
-        places.setdefault((round(x, 2), round(y, 2)), []).append(name)
-    for (x, y), names in places.items():
-        ax.annotate("\n".join(names), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=6, va="bottom")
+    """Each point's defense number beside it (the key is under the figure); points that nearly coincide
+    share one label, their numbers joined by commas."""
+    xs = [x for x, _, _ in pts]
+    span = (max(xs) - min(xs)) or 1.0
+    places: list[tuple[float, float, list[str]]] = []
+    for x, y, name in sorted(pts):
+        for px, py, names in places:
+            if abs(px - x) < 0.03 * span and abs(py - y) < 0.04:
+                names.append(name)
+                break
+        else:
+            places.append((x, y, [name]))
+    for x, y, names in places:
+        ax.annotate(",".join(names), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, va="bottom")
 
 
 def paper_points(df: pd.DataFrame, attack: str = PAPER_ATTACK) -> pd.DataFrame:

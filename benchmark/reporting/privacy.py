@@ -506,17 +506,22 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
     fig, axes = _panels(len(layout))
     for ax, (scenario, curves, shown, part, parts) in zip(axes, layout):
         here = sims[sims["scenario"] == scenario]
+        twin_of = figures.twins({f: [(p.utility.value, p.attack.value) for p in curves[f]] for f in shown})
         for family in shown:
             pts = curves[family]
             pts.sort(key=lambda p: (math.isnan(p.sigma), p.sigma))
             color = colors[list(curves).index(family) % 10]
+            twin = family in twin_of  # drawn hollow and larger over the series it equals, and named so
+            rings = [f for f in shown if twin_of.get(f) == twin_of.get(family)].index(family) if twin else 0
             ax.errorbar([p.utility.value for p in pts], [p.attack.value for p in pts],
                         xerr=[[max(0.0, p.utility.value - p.utility.lo) for p in pts],
                               [max(0.0, p.utility.hi - p.utility.value) for p in pts]],
                         yerr=[[max(0.0, p.attack.value - p.attack.lo) for p in pts],
                               [max(0.0, p.attack.hi - p.attack.value) for p in pts]],
-                        fmt="o-" if len(pts) > 1 else "o", capsize=3, color=color, label=family,
-                        mfc="none" if part > 1 and family.startswith(BASELINE_PREFIX) else None)
+                        fmt="o-" if len(pts) > 1 else "o", capsize=3, color=color,
+                        label=figures.twin_label(family, family, twin_of, {}), ms=10 + 4 * rings if twin else 6,
+                        mfc="none" if twin or (part > 1 and family.startswith(BASELINE_PREFIX)) else None,
+                        zorder=5 if twin else 3)
             for p in pts if len(pts) > 1 else ():
                 ax.annotate(p.label, (p.utility.value, p.attack.value), fontsize=6, xytext=(3, 3),
                             textcoords="offset points", color=color)
