@@ -68,7 +68,7 @@ def test_bootstrap_of_a_mean_covers_the_truth_and_shrinks_with_n():
     large = bootstrap_ci(gen.normal(2.0, 1.0, 3000), n_boot=400, seed=0)
     assert small.lo < 2.0 < small.hi and large.lo < 2.0 < large.hi
     assert (large.hi - large.lo) < (small.hi - small.lo) / 5
-    assert bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0, 4.0, 3)
+    assert bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0, 4.0, 3, 0)
     with pytest.raises(ValueError):
         bootstrap_ci([1.0], level=1.0)
 

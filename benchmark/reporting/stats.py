@@ -16,12 +16,14 @@ import numpy as np
 
 
 class Interval(NamedTuple):
-    """A point estimate on the full sample with its bootstrap interval and sample size."""
+    """A point estimate on the full sample with its interval, its number of cases ``n`` and of
+    independent units ``clusters`` (seeds; 0 where not recorded)."""
 
     value: float
     lo: float
     hi: float
     n: int
+    clusters: int = 0
 
 
 def _scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -67,6 +69,7 @@ def bootstrap_ci(
     statistic: Callable[..., float] | None = None,
     *,
     strata: Sequence[Any] | np.ndarray | None = None,
+    clusters: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -76,7 +79,11 @@ def bootstrap_ci(
     ``values`` is one array, or a tuple of equally long arrays resampled by the same row indices
     (e.g. ``(scores, is_member)`` with ``statistic=auc``). ``strata`` resamples within each stratum
     so that its size stays fixed (for AUC: members and non-members separately, as the candidate
-    pool fixes both counts). Non-finite statistics of a resample are dropped."""
+    pool fixes both counts). ``clusters`` (e.g. each case's seed) resamples whole clusters with
+    replacement instead of cases (one stage: cases within a drawn cluster are kept as they are, so
+    their correlation is kept and their variance is not counted twice); the interval then records the
+    number of clusters. With few clusters it is too narrow: see ``benchmark.reporting.clustered`` for
+    the interval the verdicts use. Non-finite statistics of a resample are dropped."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 1:
@@ -88,20 +95,26 @@ def bootstrap_ci(
     stat = statistic or (lambda x: float(np.mean(x)))
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0)
+    if strata is not None and clusters is not None:
+        raise ValueError("give strata or clusters, not both")
     point = float(stat(*arrays))
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(np.asarray(strata) == g) for g in np.unique(strata)]
+    units = [] if clusters is None else [np.flatnonzero(np.asarray(clusters) == c) for c in np.unique(clusters)]
     gen = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
-        idx = np.concatenate([g[gen.integers(0, g.size, g.size)] for g in groups])
+        if units:
+            idx = np.concatenate([units[i] for i in gen.integers(0, len(units), len(units))])
+        else:
+            idx = np.concatenate([g[gen.integers(0, g.size, g.size)] for g in groups])
         draws.append(float(stat(*(a[idx] for a in arrays))))
     d = np.asarray(draws)
     d = d[np.isfinite(d)]
     if d.size == 0:
-        return Interval(point, float("nan"), float("nan"), n)
+        return Interval(point, float("nan"), float("nan"), n, len(units))
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(d, [tail, 1.0 - tail])
-    return Interval(point, float(lo), float(hi), n)
+    return Interval(point, float(lo), float(hi), n, len(units))
 
 
 def membership_summary(scores: Sequence[float], is_member: Sequence[bool], prefix: str = "mia",
