@@ -250,6 +250,14 @@ def calibration_section(cal: Calibration, markdown: Any) -> list[str]:
     if not cal.results:
         return lines + ["No attack in these runs declares a control: nothing here carries a verdict."]
     lines += [markdown(cal.table()), "", CALIBRATION_TEXT]
-    where = ", ".join(f"`{s}`" for s in cal.sources) or "none found (run `shebench run --suite calibration`)"
+    where = ", ".join(f"`{_shown(s)}`" for s in cal.sources) or "none found (run `shebench run --suite calibration`)"
     lines += ["", f"Control rows from: {where}."]
     return lines
+
+
+def _shown(source: str) -> str:
+    """A committed run's folder relative to the repository (reports are committed; paths of one machine are not)."""
+    try:
+        return str(Path(source).resolve().relative_to(REFERENCE_DIR.parents[1]))
+    except ValueError:
+        return source

@@ -44,7 +44,8 @@ RULE_TEXT = (
     "column title). Bytes are per client-round; client s = training + "
     "protection + decryption per client-round, server s = aggregation per round. A verdict against plain LoRA is "
     f"written only with at least {MIN_CASES} cases over at least {MIN_SEEDS} seeds (privacy) or {MIN_SEEDS} seeds "
-    "(utility) and intervals that do not overlap."
+    "(utility) and intervals that do not overlap. *(stale rows)*: some of the defense's rows were computed with code "
+    "that has changed since (listed at the end of the report)."
 )
 
 
@@ -262,7 +263,8 @@ def scorecard(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.Da
         base_util, base_seeds, _ = utility(baseline, ref) if baseline else (None, 0, None)  # same scenario only
         mine = scores(defense)
         where = "" if ref == main_ref else f" ({ref})"
-        rec: dict[str, str] = {"defense": str(defense),
+        stale = "stale" in df and bool(df.loc[df["defense"] == defense, "stale"].fillna(False).astype(bool).any())
+        rec: dict[str, str] = {"defense": str(defense) + (" (stale rows)" if stale else ""),
                                "utility ↑ [95% CI]": _utility_text(u) + where}
         rec.update({title: s.text() for title, s in mine.items()})
         rec["up / down per client-round ↓"] = (f"{_fmt_bytes(_mean(group, 'bytes_up_per_client_round'))} / "
