@@ -193,7 +193,7 @@ def test_a_report_opens_with_the_scorecard_and_calibration_table_and_withholds_v
     assert table[("token_leak", "naive")]["result"] == NOT_RUN
     # verdicts: DAGER's paper figure keeps one, MIA's signal and token_leak's numbers are uncalibrated
     paper = report.split("## DAGER against the SHE-LoRA paper")[1].split("\n## ")[0]
-    assert "SHE-LoRA" in paper and "| uncalibrated |" not in paper and "| reproduced |" in paper
+    assert "SHE-LoRA" in paper and "| uncalibrated |" not in paper and "| not comparable (round 1: B = 0" in paper
     mia = report.split("## Membership inference")[1].split("\n## ")[0]
     she = [line for line in mia.splitlines() if "she_lora_0.125" in line]
     assert she and all(UNCALIBRATED in line and "detected" not in line for line in she)

@@ -6,17 +6,13 @@ import pandas as pd
 import pytest
 
 from benchmark.reporting.privacy import (
-    PAPER_DAGER,
     batch_table,
     frontier_table,
     nominal_budget,
-    paper_table,
     plot_batch,
     plot_budget,
     plot_frontier,
-    verdict,
 )
-from benchmark.reporting.stats import Interval
 
 DIRS = {"rouge1": True}
 
@@ -29,41 +25,12 @@ def rows(defense_name, label, params, rouges, batch, tiers="low:r4:b0.01/high:r6
              "utility": 0.7 + 0.01 * (i % 3)} for i, r in enumerate(rouges)]
 
 
-@pytest.mark.parametrize("paper, iv, expected", [
-    (0.95, Interval(0.97, 0.93, 1.0, 15), "reproduced"),
-    (0.0072, Interval(0.0, 0.0, 0.0, 15), "reproduced"),  # within the margin
-    (0.95, Interval(0.40, 0.30, 0.50, 15), "refuted"),
-    (0.10, Interval(0.60, 0.55, 0.66, 15), "refuted"),
-    (0.60, Interval(0.5, 0.1, 0.9, 15), "inconclusive"),  # too wide to confirm
-    (0.60, Interval(0.6, 0.6, 0.6, 2), "inconclusive"),  # too few cases
-    (0.60, Interval(math.nan, math.nan, math.nan, 0), "inconclusive"),
-])
-def test_verdict_follows_the_interval(paper, iv, expected):
-    assert verdict(paper, iv) == expected
-
-
 def test_nominal_budget_reads_scale_and_tier():
     row = {"defense_name": "she_lora", "defense_params": {"budget_scale": 0.125}, "tiers": "low:r4:b0.05/high:r64:b0.01",
            "probe_rank": 64}
     assert nominal_budget(row) == pytest.approx(0.00125)
     assert nominal_budget({**row, "defense_name": "maskcrypt", "defense_params": {"budget": 0.2}}) == 0.2
     assert math.isnan(nominal_budget({**row, "defense_name": "plain_lora"}))
-
-
-def test_paper_table_places_each_figure_beside_ours_with_a_verdict():
-    data = (rows("plain_lora", "plain_lora", {}, [1.0] * 15, 4) + rows("plain_lora", "plain_lora", {}, [0.2] * 15, 8)
-            + rows("she_lora", "she_lora_0.125", {"budget_scale": 0.125}, [0.0] * 15, 4)
-            + rows("she_lora", "she_lora_20", {"budget_scale": 0.5}, [0.0] * 15, 4)  # not the paper's budget
-            + rows("dp", "dp", {}, [0.0] * 15, 16, status="abstained"))
-    table = paper_table(pd.DataFrame(data))
-    got = {(r["method"], r["batch"]): r for _, r in table.iterrows()}
-    assert set(got) == {("FlexLoRA", 4), ("FlexLoRA", 8), ("SHE-LoRA", 4), ("FlexLoRA-DP", 16)}
-    assert got[("FlexLoRA", 4)]["verdict"] == "reproduced"
-    assert got[("FlexLoRA", 8)]["verdict"] == "refuted"  # 20% vs the paper's 61%
-    assert got[("SHE-LoRA", 4)]["verdict"] == "reproduced"
-    assert got[("FlexLoRA-DP", 16)]["verdict"] == "inconclusive" and got[("FlexLoRA-DP", 16)]["abstained"] == 15
-    assert got[("FlexLoRA", 8)]["paper R-1 %"] == f"{100 * PAPER_DAGER['FlexLoRA'][8]:.2f}"
-    assert "(n=15)" in got[("FlexLoRA", 4)]["ours R-1 % [95% CI] (n)"]
 
 
 def test_batch_table_and_plots(tmp_path):
@@ -77,7 +44,8 @@ def test_batch_table_and_plots(tmp_path):
     table = batch_table(df)
     assert {"batch 1", "batch 2", "batch 4"} <= set(table.columns)
     plain = table[table["defense"] == "plain_lora"].iloc[0]
-    assert plain["batch 1"].startswith("1.000 [1.000, 1.000] (n=6)")
+    # six cases over three seeds, all 1.0: no variance to estimate, so the exact bound for three equal seeds
+    assert plain["batch 1"].startswith(f"1.000 [{0.025 ** (1 / 3):.3f}, 1.000] (n=6, seeds=3)")
     for fn, name in ((plot_batch, "b.png"), (plot_budget, "u.png"), (plot_frontier, "f.png")):
         assert fn(df, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 1000

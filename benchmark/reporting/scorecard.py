@@ -25,8 +25,9 @@ from typing import Any
 import pandas as pd
 
 from benchmark.reporting.calibration import Calibration, attack_name
+from benchmark.reporting.clustered import cluster_interval, paired
 from benchmark.reporting.privacy import utility_interval
-from benchmark.reporting.stats import Interval, bootstrap_ci
+from benchmark.reporting.stats import Interval
 
 MIN_CASES = 30
 MIN_SEEDS = 5
@@ -39,12 +40,13 @@ RULE_TEXT = (
     "Scorecard: utility is accuracy on the held-out examples [95% interval: Wilson over the examples for one seed, "
     "bootstrap over seeds for several]. Each privacy column is one threat setting; its cell is the strongest attack "
     "that passed its positive control (highest mean; ↓ better for the defense; where none passed, the strongest "
-    "uncalibrated one, marked so and given no verdict) with its 95% bootstrap interval over "
-    "probe cases, n, and which attack/mode produced it, at the batch size most defenses were probed at (in the "
+    "uncalibrated one, marked so and given no verdict) with its 95% interval over "
+    "probe cases (seeds as clusters), n, and which attack/mode produced it, at the batch size most defenses were probed at (in the "
     "column title). Bytes are per client-round; client s = training + "
     "protection + decryption per client-round, server s = aggregation per round. A verdict against plain LoRA is "
-    f"written only with at least {MIN_CASES} cases over at least {MIN_SEEDS} seeds (privacy) or {MIN_SEEDS} seeds "
-    "(utility) and intervals that do not overlap. *(stale rows)*: some of the defense's rows were computed with code "
+    f"written only with at least {MIN_CASES} paired cases over at least {MIN_SEEDS} seeds (privacy: the strongest "
+    "attack against each on the same private batches, whose seed-clustered interval of the difference excludes 0) "
+    f"or {MIN_SEEDS} seeds (utility: intervals that do not overlap). *(stale rows)*: some of the defense's rows were computed with code "
     "that has changed since (listed at the end of the report)."
 )
 
@@ -57,6 +59,7 @@ class Score:
     source: str  # attack/mode, or the reason there is no score
     seeds: int = 0
     calibrated: bool = True  # False: no attack that passed its control scored; this is the best uncalibrated one
+    cases: pd.DataFrame | None = None  # the scored rows behind the number (pairing against plain LoRA)
 
     def text(self) -> str:
         if self.interval is None:
@@ -128,10 +131,10 @@ def strongest(rows: pd.DataFrame, metric: str, calibration: Calibration | None, 
             n = int(_num(row.get("n_members")) + _num(row.get("n_nonmembers"))) if _present(row.get("n_members")) else 1
             iv = Interval(float(values.iloc[0]), _num(row.get("mia_auc_lo")), _num(row.get("mia_auc_hi")), n)
         else:
-            iv = bootstrap_ci(values.to_numpy())
+            iv = cluster_interval(values.to_numpy(), group.loc[values.index, "seed"].fillna(-1).to_numpy())
         where = f"{attack}/{mode}"
         if best is None or iv.value > best.interval.value:
-            best = Score(iv, where, int(group["seed"].nunique()), calibrated)
+            best = Score(iv, where, int(group["seed"].nunique()), calibrated, group.loc[values.index])
     return best or Score(None, "no score recorded")
 
 
@@ -192,6 +195,22 @@ def _apart(a: Interval | None, b: Interval | None) -> int:
     return 1 if a.lo > b.hi else -1 if a.hi < b.lo else 0
 
 
+def _paired_difference(mine: Score, base: Score) -> Interval | None:
+    """This defense's strongest attack minus plain LoRA's on the same private batches (seed, batch), with
+    its seed-clustered interval; None when the rows cannot be paired."""
+    if mine.cases is None or base.cases is None or RECONSTRUCTION not in mine.cases or "probe_batch" not in mine.cases:
+        return None
+    try:
+        sample = paired(mine.cases, base.cases, value=_metric_of(mine.cases)).sample
+    except ValueError:  # a key repeated on one side: the pairing would be ambiguous
+        return None
+    return sample.interval() if sample.n else None
+
+
+def _metric_of(rows: pd.DataFrame) -> str:
+    return RECONSTRUCTION if pd.to_numeric(rows[RECONSTRUCTION], errors="coerce").notna().any() else MEMBERSHIP
+
+
 def verdict(utility: Interval | None, utility_seeds: int, base_utility: Interval | None, base_seeds: int,
             privacy: dict[str, tuple[Score, Score]]) -> str:
     """One line against plain LoRA, from what the design supports; else what is missing.
@@ -204,10 +223,11 @@ def verdict(utility: Interval | None, utility_seeds: int, base_utility: Interval
     for setting, (mine, base) in privacy.items():
         if mine.interval is None or base.interval is None or not (mine.calibrated and base.calibrated):
             continue
-        if min(mine.interval.n, base.interval.n) < MIN_CASES or min(mine.seeds, base.seeds) < MIN_SEEDS:
-            thin.append(min(mine.interval.n, base.interval.n))
+        diff = _paired_difference(mine, base)
+        if diff is None or diff.n < MIN_CASES or diff.clusters < MIN_SEEDS:
+            thin.append(0 if diff is None else diff.n)
             continue
-        side = _apart(mine.interval, base.interval)
+        side = 1 if diff.lo > 0 else -1 if diff.hi < 0 else 0
         if side < 0:
             said.append(f"leaks less than plain LoRA ({setting})")
         elif side > 0:
