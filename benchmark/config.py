@@ -231,7 +231,7 @@ OBSERVATIONS = ("upload", "sgd", "grad")
 class ProbeConfig:
     """Who is attacked and how many membership candidates are scored (the threat itself is [threat])."""
 
-    client: int = opt(-1, "the target client, in [0, n_clients); -1: the first client of the highest-rank tier")
+    client: int = opt(-1, "the target client, in [0, n_clients); -1: a client of the highest-rank tier drawn from the seed")
     members: int = opt(16, "membership candidates (>= 1): this many texts the target trained on in the probe round and "
                            "as many non-members held out of its training (at most half its shard)")
     batches: int = opt(1, "private probe batches per batch size of an sgd/grad observation (>= 1; each one an attack "

@@ -32,12 +32,14 @@ def reserve_holdout(shards: list[list[int]], target: int, k: int, seed: int) -> 
 
 
 def probe_target(scenario: ScenarioConfig, seed: int) -> int:
-    """The attack probe's target client: as configured, or (-1) the first client of the top rank."""
+    """The attack probe's target client: as configured, or (-1) a client of the top rank drawn from the
+    seed, so that seeds are independent replicates (each its own partition, start and target)."""
     if scenario.probe.client >= 0:
         return scenario.probe.client
     clients = make_clients(scenario, seed)
     top = max(c.rank for c in clients)
-    return next(c.client_id for c in clients if c.rank == top)
+    candidates = [c.client_id for c in clients if c.rank == top]
+    return int(candidates[int(rng(seed, "probe-target").integers(len(candidates)))])
 
 
 def sample_round(scenario: ScenarioConfig, seed: int, rnd: int) -> list[int]:
