@@ -326,11 +326,14 @@ def plot_budget(df: pd.DataFrame, path: Path, batch: int = 4, attack: str = PAPE
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         part = stats[stats["scenario"] == scenario]
-        for (name, mode), g in part.groupby(["method", "attack_mode"], sort=False):
-            g = g.sort_values("budget")
+        groups = {k: g.sort_values("budget") for k, g in part.groupby(["method", "attack_mode"], sort=False)}
+        twin_of = figures.twins({k: list(zip(g["budget"], g["mean"])) for k, g in groups.items()})
+        names = {k: f"{k[0]} ({k[1]})" for k in groups}
+        for (name, mode), g in groups.items():
+            style = figures.line_style((name, mode), twin_of, "--" if mode == "adaptive" else "-")
             ax.errorbar(100 * g["budget"], g["mean"], yerr=[g["mean"] - g["lo"], g["hi"] - g["mean"]], capsize=3,
-                        ls="--" if mode == "adaptive" else "-", marker="o", color=colors[name],
-                        label=f"{name} ({mode})", zorder=4)
+                        color=colors[name], label=figures.twin_label(names[(name, mode)], (name, mode), twin_of, names),
+                        **style)
         for method in dict.fromkeys(part["method"]):
             if method in PAPER_DAGER and batch in PAPER_DAGER[method]:
                 ax.scatter([100 * PAPER_BUDGET], [PAPER_DAGER[method][batch]], marker="*", s=160, color=colors[method],
