@@ -193,14 +193,15 @@ class FlowerSecAggPlus:
 
     def __init__(self, link: Any, settings: Mapping[str, float]) -> None:
         self.link, self.settings = link, dict(settings)
-        if len(set(link.node_of.values())) < len(link.node_of):
-            raise RuntimeError(f"flower SecAgg+: {len(link.node_of)} clients on {len(set(link.node_of.values()))} "
+        n_clients = link.spec.scenario.n_clients
+        if link.partitions < n_clients:
+            raise RuntimeError(f"flower SecAgg+: {n_clients} clients on {link.partitions} "
                                f"nodes; SecAgg+ knows a client by its Flower node, so give every client its own "
-                               f"node (num-partitions = {len(link.node_of)})")
+                               f"node (num-partitions = {n_clients})")
 
     def __call__(self, server: ServerRole, updates: Sequence[ClientUpdate], rnd: int,
                  channel: Channel) -> tuple[list[tuple[ClientUpdate, Upload]], WirePayload, float]:
-        nodes = {self.link.node_of[u.client.client_id]: u for u in updates}
+        nodes = {self.link.node_of(u.client.client_id): u for u in updates}
         grid = RecordingGrid(self.link, channel, rnd, nodes)
         strategy = SumStrategy([GridClientProxy(node, self.link.grid, 0) for node in nodes])
         context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=strategy)

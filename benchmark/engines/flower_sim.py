@@ -62,28 +62,49 @@ NODES_TIMEOUT_S = 600.0  # nodes to register with the ServerApp; a reply to arri
 
 class FlowerLink:
     """The ServerApp's end: which node hosts each client, one message out and its reply back, and the
-    bytes Flower moved for messages that carry a WirePayload (against the payloads' own count)."""
+    bytes Flower moved for messages that carry a WirePayload (against the payloads' own count).
+
+    It keeps the node of each ``partition-id`` (node ``p`` of ``num-partitions`` P hosts every client
+    ``c`` with ``c % P == p``), never a table per client: a federation of many clients with few
+    sampled costs the link one entry per node, and the mapping is built in time linear in the nodes."""
 
     def __init__(self, grid: Grid, spec: NodeSpec, timeout: float = NODES_TIMEOUT_S) -> None:
         self.grid, self.spec, self.timeout = grid, spec, timeout
-        n_clients = spec.scenario.n_clients
         self.wire_bytes = self.message_bytes = self.messages = 0
-        deadline = time.monotonic() + timeout
-        self.node_of: dict[int, int] = {}
+        self.nodes: dict[int, int] = {}  # partition-id -> Flower node id
+        self.partitions = 0  # num-partitions, as the nodes report it
+        self._hello(spec.scenario.n_clients, time.monotonic() + timeout)
+
+    def _hello(self, n_clients: int, deadline: float) -> None:
+        """Ask every node that registers which partition it is, until every client has one."""
         seen: set[int] = set()
-        while len(self.node_of) < n_clients:
+        while self.missing(n_clients):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"flower: only {len(self.node_of)} of {n_clients} clients have a node after {timeout:.0f}s")
-            fresh = [n for n in grid.get_node_ids() if n not in seen]
+                raise RuntimeError(f"flower: {self.missing(n_clients)} of the nodes that host the {n_clients} clients "
+                                   f"have not registered after {self.timeout:.0f}s")
+            fresh = [n for n in self.grid.get_node_ids() if n not in seen]
             if not fresh:
                 time.sleep(0.05)
                 continue
             msgs = [Message(content(), dst_node_id=n, message_type="query.hello") for n in fresh]
-            for reply in grid.send_and_receive(msgs, timeout=timeout):
-                node = reply.metadata.src_node_id
-                seen.add(node)
+            for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+                seen.add(reply.metadata.src_node_id)
                 hello = read_harness(self._checked(reply, "hello", -1).content)
-                self.node_of.update({c: node for c in range(n_clients) if c % hello["of"] == hello["partition"]})
+                if self.partitions and hello["of"] != self.partitions:
+                    raise RuntimeError(f"flower: nodes disagree on num-partitions ({self.partitions} and {hello['of']}); "
+                                       "start every SuperNode with the same num-partitions")
+                self.partitions = int(hello["of"])
+                self.nodes[int(hello["partition"])] = reply.metadata.src_node_id
+
+    def missing(self, n_clients: int) -> int:
+        """How many of the nodes that host a client have not answered (unknown before any answer)."""
+        if not self.partitions:
+            return max(1, n_clients)
+        needed = min(self.partitions, n_clients)
+        return needed - sum(1 for p in self.nodes if p < needed)
+
+    def node_of(self, cid: int) -> int:
+        return self.nodes[cid % self.partitions]
 
     def _checked(self, reply: Message, op: str, cid: int) -> Message:
         if reply.has_error():
@@ -94,7 +115,7 @@ class FlowerLink:
              metered: bool = True) -> tuple[WirePayload | None, dict[str, Any]]:
         """Send ``op`` to client ``cid``'s node and wait for its reply; count the payload-carrying ones."""
         harness = {**(harness or {}), "spec": self.spec}
-        msg = Message(content(payload, harness), dst_node_id=self.node_of[cid], message_type=f"query.{op}")
+        msg = Message(content(payload, harness), dst_node_id=self.node_of(cid), message_type=f"query.{op}")
         if payload is not None and metered:
             self.count(payload, msg)
         replies = list(self.grid.send_and_receive([msg], timeout=self.timeout))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import heapq
 import importlib.util
 import io
 import json
@@ -235,12 +236,28 @@ def partition(labels: list[int], n_clients: int, cfg: PartitionConfig, seed: int
         cuts = (np.cumsum(shares) * len(idx)).astype(int)[:-1]
         for c, chunk in enumerate(np.split(idx, cuts)):
             parts[c].extend(chunk.tolist())
-    # Top up clients the Dirichlet draw starved, taking from the largest.
-    for c in range(n_clients):
-        while len(parts[c]) < 2:
-            donor = max(range(n_clients), key=lambda k: len(parts[k]))
-            parts[c].append(parts[donor].pop())
+    _top_up(parts, 2)
     return [sorted(p) for p in parts]
+
+
+def _top_up(parts: list[list[int]], least: int) -> None:
+    """Give every part that the Dirichlet draw starved ``least`` items, in client order, each taken
+    from the end of the largest part (the lowest-numbered among equals). The largest is kept in a
+    heap with stale entries skipped, so a thousand starved clients cost n log n, not n^2."""
+    heap = [(-len(p), k) for k, p in enumerate(parts)]
+    heapq.heapify(heap)
+
+    def largest() -> int:
+        while -heap[0][0] != len(parts[heap[0][1]]):
+            heapq.heappop(heap)  # a stale size: this part has changed since the entry was pushed
+        return heap[0][1]
+
+    for c, part in enumerate(parts):
+        while len(part) < least:
+            donor = largest()
+            part.append(parts[donor].pop())
+            heapq.heappush(heap, (-len(parts[donor]), donor))
+            heapq.heappush(heap, (-len(part), c))
 
 
 def assign_tiers(n_clients: int, fractions: list[float], seed: int) -> list[int]:

@@ -35,7 +35,7 @@ from benchmark.federation.referee import Referee
 from benchmark.federation.reference import aggregation_error, reference_aggregate
 from benchmark.federation.sampling import Schedule
 from benchmark.federation.train import LocalResult
-from benchmark.federation.transcript import Channel, describe_upload, wire_copy
+from benchmark.federation.transcript import Channel, Message, describe_upload, wire_copy
 from benchmark.federation.wire import WireMeter
 
 
@@ -78,11 +78,13 @@ class RoundDriver:
         self.progress = progress or (lambda _msg: None)
         self.channel = Channel()
         self.head: dict[str, Tensor] = referee.initial_head()
-        self.global_msg: WirePayload | None = None  # the latest aggregate, as the server holds it
-        self.global_round = 0
+        self.global_sent: Message | None = None  # the latest aggregate's broadcast, as the transcript recorded it
         self.latest: WirePayload | None = None  # the latest aggregate as its receivers got it
-        self.received: dict[int, int] = {}  # client -> round of the aggregate it last received
-        self.start: dict[int, Factors] = {}  # harness data: each client's start, as it finalized it
+        # harness data: the start of each client that holds the latest aggregate (the last round's
+        # participants), as it finalized it; before any aggregate, round-1 factors. Any other client
+        # is sent the aggregate when sampled, so no entry outlives a round: this holds at most a
+        # round's participants (and the probe's target), never the clients that are not sampled.
+        self.start: dict[int, Factors] = {}
         self.timings: dict[str, list[float | None]] = {"enc_s": [], "protect_s": [], "dec_s": [], "agg_s": [], "train_s": []}
         self.per_tier: dict[str, dict[str, list[float]]] = {}
         self.results: dict[int, LocalResult] = {}  # harness data: the latest round's local results
@@ -100,11 +102,12 @@ class RoundDriver:
         round-1 factors, drawn privately or received from the server as the threat says (and then
         what the defense's client role adopts of them, ``ClientRole.adopt_start``)."""
         cid = client.client_id
-        if self.global_msg is not None and self.received.get(cid) != self.global_round:
-            delivered = self.channel.down(self.global_msg, rnd, [cid], "broadcast")
+        if cid in self.start:
+            return self.start[cid]
+        if self.global_sent is not None:  # it missed the latest aggregate
+            delivered = self.channel.again(self.global_sent, rnd, [cid])
             self.start[cid] = self.finalize(delivered, client)
-            self.received[cid] = self.global_round
-        if cid not in self.start:
+        else:
             message = self.referee.init_message(client)
             delivered = None if message is None else self.channel.down(message, rnd, [cid], "init")
             self.start[cid] = self.clients.init(client, delivered)
@@ -143,13 +146,13 @@ class RoundDriver:
             tier["enc_s"].append(sent.enc_s)
         self.timings["agg_s"].append(agg_s)
         self._average_head([results[u.client.client_id] for u in survivors])
-        self.global_msg, self.global_round = message, rnd
         self.latest = self.channel.down(message, rnd, picks, "broadcast")
+        self.global_sent = self.channel.transcript.messages[-1]
         reference = reference_aggregate(survivors)  # what the server could aggregate: those that uploaded
         err = 0.0
+        self.start = {}  # the starts of earlier rounds are stale: only this round's receivers hold the aggregate
         for cid in picks:  # each receiver decrypts its own copy: dec_s is one client's cost, never a cache hit
             self.start[cid] = self.finalize(wire_copy(self.latest), clients[cid])
-            self.received[cid] = rnd
             err = max(err, aggregation_error(self.start[cid], reference, clients[cid]))
         self.results = results
         losses = [r.loss for r in results.values() if r.loss is not None]

@@ -105,6 +105,18 @@ class Channel:
         self.meter.count(kind, copy, len(receivers))
         return wire_copy(copy)
 
+    def again(self, sent: Message, rnd: int, receivers: Sequence[int]) -> WirePayload:
+        """``sent``, a downward message this channel recorded, sent once more to ``receivers``: metered
+        and recorded as a message of its own that shares the recorded payload (recorded payloads are
+        never changed: every reader copies them). So re-sending the latest aggregate to each sampled
+        client that missed it, nearly every participant of a large federation, adds a record to the
+        transcript, never a copy of the model."""
+        if sent.direction != "down":
+            raise ValueError(f"transcript: only a downward message can be sent again, not a {sent.direction!r} one")
+        self.transcript.add(Message(rnd, sent.kind, "down", tuple(receivers), sent.payload))
+        self.meter.count(sent.kind, sent.payload, len(receivers))
+        return wire_copy(sent.payload)
+
 
 # ---- the server's side of the engine: views from the transcript ------------------------------
 
