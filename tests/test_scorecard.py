@@ -101,3 +101,4 @@ def test_utility_is_compared_within_one_scenario_only():
 def test_a_defense_with_stale_rows_says_so():
     records = rows("plain_lora", [1.0] * 3) + [r | {"stale": True} for r in rows("she", [0.1] * 3)]
     assert list(card([r | {"stale": r.get("stale", False)} for r in records])) == ["plain_lora", "she (stale rows)"]
+

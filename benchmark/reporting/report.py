@@ -31,6 +31,7 @@ from benchmark.reporting.calibration import (  # noqa: E402
     newest_committed,
     report_attacks,
 )
+from benchmark.reporting.engines import ENGINE_TEXT, engine_table  # noqa: E402
 from benchmark.reporting.html import write_html  # noqa: E402
 from benchmark.reporting.overview import plot_paper_vs_ours, plot_privacy_utility_cost  # noqa: E402
 from benchmark.reporting.scorecard import scorecard_section  # noqa: E402
@@ -608,12 +609,15 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, problems: list[str] | 
         ("Utility and cost per defense", cost_table(df)),
         ("Per-tier cost (heterogeneous clients)", tier_table(df)),
         ("DAGER ROUGE-1 ↓ on unprotected updates as tokens outgrow the LoRA rank", rank_sweep(df)),
+        ("Engines side by side (in process, Flower simulation, Flower deployment)", engine_table(df)),
     ]
     for title, table in sections:
         if table is not None and not table.empty:
             lines += ["", f"## {title}", "", _markdown(table)]
             if title.startswith("Threat model"):
                 lines += ["", THREAT_TEXT]
+            if title.startswith("Engines"):
+                lines += ["", ENGINE_TEXT]
             if table is matrix and notes:
                 lines += ["", "Abstentions:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, start=1)]
     nulls = _null_notes(df)
