@@ -1,9 +1,9 @@
 """The engines table: the same federation on several engines, with the largest difference from in process."""
 
 import pandas as pd
+from test_scorecard import rows
 
 from benchmark.reporting.engines import engine_table
-from test_scorecard import rows
 
 
 def test_engines_side_by_side_show_the_largest_difference_from_in_process():
