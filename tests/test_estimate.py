@@ -95,6 +95,14 @@ def test_failed_rows_are_left_out_and_the_newest_run_wins_within_a_rung():
     assert est.seconds == 100.0 and est.n == 1
 
 
+def test_within_one_resumed_run_the_newest_invocation_wins():
+    m = {**manifest("a"), "written_at": "2026-12-01T00:00:00+00:00", "resumed": [{"at": "2026-12-05T00:00:00+00:00"}]}
+    rows = stamped([row(attack_s=90.0), row(attack_s=70.0)], "2026-12-01T01:00:00+00:00") + \
+        stamped([row(attack_s=9.0)], "2026-12-05T01:00:00+00:00")
+    est = one_case(key(), [(rows, m)])
+    assert (est.seconds, est.n) == (9.0, 1)
+
+
 def test_a_simulation_scales_each_part_by_its_work_and_falls_back_to_the_same_model():
     rows = [row(scenario="r1", sim_s=150.0)]  # rest 100 (3 client-rounds), eval 20 (64), probe 30 (1 case)
     ref = E.reference_from_rows([(rows, manifest("a"))])

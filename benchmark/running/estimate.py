@@ -3,7 +3,7 @@
 A run is simulations (one per defense x scenario x seed) plus attack cells (one per probe case and
 mode) that read them. Each planned piece takes the median of the most similar measured pieces, going
 down a fixed ladder of looser matches (the source of each number is kept); a piece nothing matches is
-*unknown*, never 0. Within a rung only the newest run's pieces count (the code got faster between
+*unknown*, never 0. Within a rung only the newest run invocation's pieces count (the code got faster between
 the reference runs: local training went from ~12 to ~4 s per client-round between Dec 2 and Dec 7,
 on the same machine and threads), and the row says which run it took. Simulations are scaled by their work counts (client-rounds, held-out examples,
 probe cases), since a measured scenario rarely has the planned one's counts. The numbers are only as
@@ -49,7 +49,7 @@ class MeasuredCase:
     seconds: float
     free: str = ""  # "reused" / "incompatible": the row cost nothing of its own
     run: str = ""  # the reference run it comes from
-    when: str = ""  # when that run last wrote a row (ISO time): newer runs win
+    when: str = ""  # when the invocation of the run that wrote it started (ISO time): newer ones win
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def _index(items: Iterable[Any], key_of: Any, ladder: Sequence[tuple[str, tuple[
 
 
 def newest(items: Sequence[Any]) -> list[Any]:
-    """The pieces of the newest run among ``items`` (runs ordered by when they last wrote, then name)."""
+    """The pieces of the newest run invocation among ``items`` (ordered by when it started, then run name)."""
     if not items:
         return []
     last = max((m.when, m.run) for m in items)
@@ -335,6 +335,19 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def sessions(manifest: Mapping[str, Any]) -> list[str]:
+    """When each invocation of a run started (the first, then every resume), ISO times, sorted."""
+    starts = [manifest.get("written_at")] + [r.get("at") for r in manifest.get("resumed") or [] if isinstance(r, Mapping)]
+    return sorted(str(s) for s in starts if s)
+
+
+def session_of(finished_at: str, starts: Sequence[str]) -> str:
+    """The start of the invocation that wrote a row (the last start before it finished): a resumed run's
+    rows from an older invocation, on older code, lose to its newest invocation's."""
+    before = [s for s in starts if s <= finished_at]
+    return before[-1] if before else finished_at
+
+
 def reference_from_rows(runs: Sequence[tuple[Sequence[Mapping[str, Any]], Mapping[str, Any]]]) -> Reference:
     """Measured pieces from (rows, manifest) of each run. Failed rows are left out; a row that reused the
     other mode's result or whose view could not serve the attack is kept as ``free``."""
@@ -343,7 +356,7 @@ def reference_from_rows(runs: Sequence[tuple[Sequence[Mapping[str, Any]], Mappin
     loads: dict[str, int] = defaultdict(int)
     for rows, manifest in runs:
         run = str(manifest.get("run_id") or (rows[0].get("run_id") if rows else "") or "?")
-        when = max((str(r.get("finished_at") or "") for r in rows), default="")
+        starts = sessions(manifest)
         names = {a.get("label", a.get("name")): a.get("name") for a in (manifest.get("suite") or {}).get("attacks", [])
                  if isinstance(a, Mapping)}
         scenarios = manifest.get("scenarios") or {}
@@ -353,6 +366,7 @@ def reference_from_rows(runs: Sequence[tuple[Sequence[Mapping[str, Any]], Mappin
             if r.get("status") not in ("ok", "abstained", "incompatible"):
                 continue
             scen = scenarios.get(r.get("scenario"), {})
+            when = session_of(str(r.get("finished_at") or ""), starts)
             sim_s = _num(r.get("sim_s"))
             if sim_s is not None:
                 key = SimKey(r["scenario"], r.get("defense", "?"), model_of(scen))
