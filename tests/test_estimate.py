@@ -87,7 +87,8 @@ def test_rows_that_cost_nothing_make_a_free_cell_only_where_defense_and_mode_mat
 
 
 def test_failed_rows_are_left_out_and_the_newest_run_wins_within_a_rung():
-    old = stamped([row(attack_s=100.0), row(attack_s=80.0, status="failed")], "2026-12-01T00:00:00")
+    old = stamped([row(attack_s=100.0), row(attack_s=80.0, status="failed"), row(attack_s=1.0, batch="four")],
+                  "2026-12-01T00:00:00")
     new = stamped([row(attack_s=10.0)], "2026-12-07T00:00:00")
     est = one_case(key(), [(old, manifest("old")), (new, manifest("new"))])
     assert est.seconds == 10.0 and est.source == "exact, new"

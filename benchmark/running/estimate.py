@@ -379,9 +379,12 @@ def reference_from_rows(runs: Sequence[tuple[Sequence[Mapping[str, Any]], Mappin
             seconds = _num(r.get("attack_s"))
             if seconds is None and not free:
                 continue
-            key = CaseKey(r["attack"], names.get(r["attack"]) or r["attack"], r.get("defense", "?"), r.get("attack_mode") or "",
-                          int(r.get("probe_batch_size") or 0), r.get("observation") or "", int(r.get("probe_round") or 0),
-                          int(r.get("probe_rank") or 0))
+            try:
+                key = CaseKey(str(r["attack"]), names.get(r["attack"]) or str(r["attack"]), str(r.get("defense", "?")),
+                              r.get("attack_mode") or "", int(r.get("probe_batch_size") or 0), r.get("observation") or "",
+                              int(r.get("probe_round") or 0), int(r.get("probe_rank") or 0))
+            except (TypeError, ValueError):  # a row this code cannot read says nothing about time
+                continue
             cases.append(MeasuredCase(key, seconds or 0.0, free, run, when))
     load = "; ".join(f"{k} ({n} runs)" for k, n in sorted(loads.items(), key=lambda kv: -kv[1]))
     return Reference(tuple(cases), tuple(sims.values()), len(runs), load)
