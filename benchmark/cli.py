@@ -109,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="name the run folder (default: derived from the resolved cells, so re-running resumes)")
     run.add_argument("--force", action="store_true", help="recompute cells that are already finished")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell instead of recording it")
-    run.add_argument("--dry-run", action="store_true", help="resolve and list the cells, run nothing")
+    run.add_argument("--dry-run", action="store_true", help="resolve and list the cells with their estimated seconds, "
+                     "and the estimated total for one process and for two shards (from the committed reference runs' "
+                     "timings); run nothing")
+    run.add_argument("--shard", metavar="K/N", help="run only the K-th of N disjoint parts of the simulations (with "
+                     "their cells; dealt round-robin so each defense's seeds spread evenly), into its own run folder "
+                     "<run id>-shardKofN. N processes with --shard 1/N .. N/N, the same command otherwise and "
+                     "OMP_NUM_THREADS=1 each, split a suite across N cores; `shebench report` on the N folders reads "
+                     "them as one run. There is no in-process --workers option")
     run.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                      help="write the report of this run when it ends (default: yes)")
     run.add_argument("-q", "--quiet", action="store_true")
@@ -224,19 +231,31 @@ def _narrowed(spec: Any, kind: str, chosen: set[str]) -> Any:
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import benchmark.running as runner
+    from benchmark.running import estimate
+    from benchmark.running.sharding import parse_shard, shard, shard_run_id
 
     suite = _suite_for(args)
     overrides = runner.parse_overrides(args.sets)
     groups = runner.plan(suite, overrides)
     run_id = args.run_id if args.run_id is not None else runner.run_id_for(suite, groups)
+    if args.shard is not None:
+        k, n = parse_shard(args.shard)
+        if k > len(groups):
+            raise ConfigError(f"--shard {k}/{n}: this run has only {len(groups)} simulations, so shard {k} would be empty")
+        groups, run_id = shard(groups, k, n), shard_run_id(run_id, k, n)
     n_cells = sum(len(g.cells) for g in groups)
+    planned = estimate.planned_pieces(groups)
+    est = estimate.estimate(planned, reference := estimate.read_reference())
     if args.dry_run:
         run_dir = runner.prepare_run_dir(Path(args.out), run_id, create=False)
         for g in groups:
             for c in g.cells:
+                e = est.cells[c.cell_id]
                 print(f"{c.cell_id}  {c.scenario:<18} {c.defense.label:<14} {c.attack.label if c.attack else 'none':<14} {c.mode:<8} seed={c.seed}"
-                      + (f" batch={c.probe[0]}#{c.probe[1]}" if c.probe else ""))
+                      + (f" batch={c.probe[0]}#{c.probe[1]}" if c.probe else "")
+                      + (f"  ~{e.seconds:.1f}s" if e.seconds is not None else "  ~unknown"))
         print(f"{n_cells} cells in {len(groups)} simulations -> {run_dir}")
+        print("\n".join(estimate.format_estimate(planned, est, reference, shards=1 if args.shard else 2)))
         return 0
     device = resolve_device(args.device)
     run_dir = runner.prepare_run_dir(Path(args.out), run_id)
@@ -259,8 +278,14 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         resumed = f", {len(state.done)} already finished" if state.done else ""
         print(f"shebench: {state.todo} of {n_cells} cells to run{resumed}, {len(groups)} simulations on {device} -> {run_dir}",
               file=sys.stderr)
+        whole = estimate.total(planned, est)
+        if whole.seconds > 0:
+            unknown = f", {whole.unknown} pieces not estimated" if whole.unknown else ""
+            print(f"shebench: estimated {estimate.human(whole.seconds)} for all {n_cells} cells at the reference runs' pace"
+                  f"{unknown}; `--dry-run` shows the plan", file=sys.stderr)
         t0 = time.perf_counter()
-        rows = runner.execute(groups, run_dir, device, force=args.force, fail_fast=args.fail_fast, quiet=args.quiet)
+        rows = runner.execute(groups, run_dir, device, force=args.force, fail_fast=args.fail_fast, quiet=args.quiet,
+                              weights=estimate.weights(planned, est))
         failed = sum(r["status"] == "failed" for r in rows)
         print(f"shebench: wrote {len(rows)} rows ({failed} failed) in {time.perf_counter() - t0:.1f}s to {run_dir / 'rows.jsonl'}",
               file=sys.stderr)

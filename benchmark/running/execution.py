@@ -11,7 +11,7 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -142,23 +142,59 @@ def _probe_rank(scenario: ScenarioConfig, seed: int) -> int:
     return make_clients(scenario, seed)[probe_target(scenario, seed)].rank if scenario.kind == "federated" else 0
 
 
-def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool = False,
-            fail_fast: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
-    """Run every unfinished cell, appending its row to ``run_dir/rows.jsonl`` as it ends."""
-    from tqdm.auto import tqdm
+class _Bar:
+    """The run's progress bar, over estimated seconds of work rather than cells: a simulation weighs what
+    it is expected to take, so the bar does not stall on it and then leap over its cells. The ETA is
+    tqdm's, from the pace measured in this run (work done / time, no smoothing: the pieces are uneven),
+    work finished before a resume excluded. Without weights every cell weighs 1, as a bar of cells."""
 
+    def __init__(self, groups: Sequence[Group], done: set[str], weights: tuple[Sequence[float], Mapping[str, float]] | None,
+                 quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.sim_w, self.cell_w = weights if weights is not None else ([0.0] * len(groups), {})
+        cells = [c for g in groups for c in g.cells]
+        self.n_cells, self.done_cells = len(cells), sum(c.cell_id in done for c in cells)
+        self.work = sum(self.sim_w) + sum(self.cell(c) for c in cells)
+        self.before = sum(self.cell(c) for c in cells if c.cell_id in done) + sum(
+            w for g, w in zip(groups, self.sim_w) if all(c.cell_id in done for c in g.cells))
+        self.done_work = self.before
+        self.tqdm = tqdm(total=self.work, initial=self.before, desc=self._desc(), disable=quiet, file=sys.stderr,
+                         smoothing=0, bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def cell(self, cell: Cell) -> float:
+        return self.cell_w.get(cell.cell_id, 1.0)
+
+    def _desc(self) -> str:
+        return f"{self.done_cells}/{self.n_cells} cells"
+
+    def advance(self, work: float, cells: int = 0) -> None:
+        self.done_cells += cells
+        self.done_work += work
+        self.tqdm.set_description_str(self._desc(), refresh=False)
+        self.tqdm.update(work)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.tqdm.set_postfix_str(text)
+
+    def close(self) -> None:
+        self.tqdm.close()
+
+
+def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool = False,
+            fail_fast: bool = False, quiet: bool = False,
+            weights: tuple[Sequence[float], Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished cell, appending its row to ``run_dir/rows.jsonl`` as it ends. ``weights``
+    (estimated seconds per group's simulation and per cell id, ``estimate.weights``) drive the bar."""
     rows_path = run_dir / "rows.jsonl"
     done = set() if force else finished_cells(rows_path, [])
     prov = provenance()
     written: list[dict[str, Any]] = []
-    total = sum(len(g.cells) for g in groups)
-    bar = tqdm(total=total, desc="cells", unit="cell", disable=quiet, file=sys.stderr)
-    for group in groups:
+    bar = _Bar(groups, done, weights, quiet)
+    for group, sim_weight in zip(groups, bar.sim_w):
         todo = [c for c in group.cells if c.cell_id not in done]
         if not todo:
-            bar.update(len(group.cells))
             continue
-        bar.update(len(group.cells) - len(todo))
         label = f"{group.scenario.name}/{group.defense.label}/seed{group.seed}"
         bar.set_postfix_str(label)
         sim_error, sim, defense = None, None, None
@@ -170,6 +206,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
                 raise
             sim_error = f"{type(exc).__name__}: {exc}"
             _log_traceback(run_dir, group, exc)
+        bar.advance(sim_weight)
         for cell in todo:
             row = _base_row(run_dir.name, cell, group, prov, device)
             row.update(cell_key=cell.key, code_fp=cell.code_fp, data_fp=cell.data_fp)
@@ -197,7 +234,7 @@ def execute(groups: Sequence[Group], run_dir: Path, device: str, *, force: bool 
             row["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             append_row(rows_path, row)
             written.append(row)
-            bar.update(1)
+            bar.advance(bar.cell(cell), cells=1)
             log.info("%s", _summary(row))
         if sim is not None and getattr(sim, "rounds", None):
             append_row(run_dir / "rounds.jsonl", {"group": label, "rounds": sim.rounds})

