@@ -272,7 +272,7 @@ def reference(tmp_path_factory):
 
 def _check_run(deployment, defense, reference, t0):
     assert deployment.wait() == 0, deployment.log("flwr_run")[-3000:]
-    print(f"{deployment.folder.name}: deployed {defense} in {time.monotonic() - t0:.0f}s after submission")
+    print(f"{deployment.folder.name}: {defense} deployed, done by {time.monotonic() - t0:.0f}s after submission")
     rows = [json.loads(line) for line in (deployment.folder / "runs" / defense / "rows.jsonl").read_text().splitlines()]
     assert [r["defense"] for r in rows] == [defense]
     row, ref = rows[0], reference[defense]
