@@ -116,14 +116,16 @@ def test_a_deployed_node_holds_only_the_client_role_pickled_plainly(tmp_path):
     shapes = {"m": (8, 6)}
     fed = FederationInfo((client,), shapes, 1, 1, 0)
     spec = NodeSpec("t", scenario, defense.client, 0, "cpu", 1)
-    store = FolderRoles(str(tmp_path))
-    with store.open(spec) as proc:
+    def process():  # a fresh store: what a new process has (nothing kept in memory)
+        return FolderRoles(str(tmp_path)).open(spec)
+
+    with process() as proc:
         hello, _ = NODE_OPS["setup"](proc.node, None, {"fed": fed})
     defense.server.setup(fed, [hello])
     update = random_update(client, shapes, torch.Generator().manual_seed(0), 1)
-    with store.open(spec) as proc:
+    with process() as proc:
         sent, _ = NODE_OPS["protect"](proc.node, None, {"update": update})
-    with store.open(spec) as proc:
+    with process() as proc:
         _, out = NODE_OPS["finalize"](proc.node, defense.server.aggregate([sent]), {"client": client})
         seen, stack = set(), [proc]
         while stack:  # everything the node's process holds

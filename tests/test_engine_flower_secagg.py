@@ -143,22 +143,30 @@ class LocalGrid:
         from benchmark.engines.flower_client import make_client_app
 
         self.app, self.fail = make_client_app(in_memory=True), fail
+        self.replies = {}  # message id -> its reply, until pulled
         self.contexts = {100 + i: Context(0, 100 + i, {"partition-id": i, "num-partitions": n_nodes}, RecordDict(), {})
                          for i in range(n_nodes)}
 
     def get_node_ids(self):
         return list(self.contexts)
 
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Each message answered at once; its reply waits for ``pull_messages``."""
+        ids = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # as a Grid names a message it sends
             try:
                 if self.fail(msg):
                     raise ConnectionError(f"node {msg.metadata.dst_node_id} dropped")
-                replies.append(self.app(message_from_proto(message_to_proto(msg)), self.contexts[msg.metadata.dst_node_id]))
+                reply = self.app(message_from_proto(message_to_proto(msg)), self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # noqa: BLE001 (a runtime turns a ClientApp's exception into an error reply)
-                replies.append(Message(Error(0, repr(exc)), reply_to=msg))
-        return [message_from_proto(message_to_proto(r)) for r in replies]
+                reply = Message(Error(0, repr(exc)), reply_to=msg)
+            self.replies[msg.metadata.message_id] = message_from_proto(message_to_proto(reply))
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
 @pytest.fixture

@@ -7,14 +7,22 @@ the node's only state between messages:
 
 - on the simulation runtime every node runs in one long-lived Ray actor, which keeps one role object
   for all of them in memory (the clients' shared state, as in the in-process engine);
-- on a deployment Flower starts a fresh ClientApp process per message, so the role is kept in the
-  clients' shared state folder (``--node-config "state-dir='...'"``): loaded before each op and stored
-  after it, under a lock. That folder holds the clients' shared CKKS secret key: it must be readable
+- on a deployment the role is kept in the clients' shared state folder (``--node-config
+  "state-dir='...'"``): stored after each op under a lock, and loaded before an op when another
+  process stored it since. That folder holds the clients' shared CKKS secret key: it must be readable
   by client machines only (one machine: a local folder; several: a folder they share, never the
   SuperLink's).
 
-This module imports no model code until an op trains, so a deployment's many short-lived ClientApp
-processes start quickly.
+How long a deployment's ClientApp process lives is the SuperNode's choice. With Flower's default
+``--isolation subprocess`` it starts a fresh process per message, which pays the imports, the model
+load and the role's unpickling every time; with ``--isolation process`` and our long-running
+executor beside it (``benchmark.engines.flower_worker``) one process answers every message of the
+node, and keeps the run's client side warm in ``FolderRoles``: the model, data and LoRA host built
+once per run, the role reloaded only when another node changed it. Nothing of this reaches the
+server: the replies are the same messages either way.
+
+This module imports no model code until an op trains, so short-lived ClientApp processes start
+quickly.
 """
 
 from __future__ import annotations
@@ -81,6 +89,10 @@ class ClientProcess:
 
         self.node = ClientNode(self.role, assets)
 
+    def adopt(self, role: ClientRole) -> None:
+        """Continue with ``role`` (another process's latest copy), keeping the model and data."""
+        self.role = self.node.role = role
+
 
 def fresh_role(spec: NodeSpec) -> ClientRole:
     """The run's client role, never set up (the spec was unpickled from this message: a copy of its
@@ -108,12 +120,22 @@ class MemoryRoles:
 
 
 class FolderRoles:
-    """The clients' shared state folder: the role pickled per run (a CKKS context pickles as its
-    own serialization, secret key included), loaded before an op and stored after it; an exclusive
-    lock spans the op."""
+    """The clients' shared state folder: the role pickled per run (a CKKS context pickles as its own
+    serialization, secret key included) behind a revision id that each store draws afresh; an
+    exclusive lock spans the op, and the role is stored after it.
+
+    The store also keeps the latest run's client side in this process (the role, and the model, data
+    and LoRA host once an op trained): an op reloads the role only when the folder holds another
+    revision than the one this process stored or read last, i.e. another process (another node, or
+    this node's previous per-message process) changed it since. In a process that lives for one
+    message that is every op; in a long-running one (``benchmark.engines.flower_worker``) only the
+    first op after another node's. An op that fails stores nothing and drops what this process
+    kept: the next op starts from the folder's last good role."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
+        self.current: ClientProcess | None = None
+        self.revision = b""  # the folder's revision that ``current.role`` is a copy of
 
     @contextlib.contextmanager
     def open(self, spec: NodeSpec) -> Iterator[ClientProcess]:
@@ -121,13 +143,42 @@ class FolderRoles:
         path = self.folder / f"{spec.token}.role"
         with open(self.folder / f"{spec.token}.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            role = pickle.loads(path.read_bytes()) if path.exists() else fresh_role(spec)  # noqa: S301 (clients' own folder)
-            proc = ClientProcess(spec, role)
+            proc, self.current = self.current, None  # kept again only once the op's role is stored
+            stored = read_revision(path)
+            if proc is None or proc.spec.token != spec.token:
+                proc = ClientProcess(spec, load_role(path) if stored else fresh_role(spec))
+            elif stored != self.revision:
+                proc.adopt(load_role(path))
             yield proc
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as fh:
-                pickle.dump(proc.role, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
+            self.revision = store_role(path, proc.role)
+            self.current = proc
+
+
+REVISION_BYTES = 16  # a role file opens with its revision id: a reader compares ids, never unpickles to compare
+
+
+def read_revision(path: Path) -> bytes:
+    """The revision id of the role stored at ``path`` (empty when none is)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(REVISION_BYTES)
+    except FileNotFoundError:
+        return b""
+
+
+def load_role(path: Path) -> ClientRole:
+    return pickle.loads(path.read_bytes()[REVISION_BYTES:])  # noqa: S301 (the clients' own folder)
+
+
+def store_role(path: Path, role: ClientRole) -> bytes:
+    """Store ``role`` under a fresh revision id (written whole, then renamed into place); returns the id."""
+    revision = os.urandom(REVISION_BYTES)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(revision)
+        pickle.dump(role, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return revision
 
 
 # ---- the ops ---------------------------------------------------------------------------------
@@ -198,6 +249,10 @@ def _hello(msg: Message, context: Context) -> Message:
 PROCESS_ROLES = MemoryRoles()
 
 
+# A deployment's stores, one per state folder, for as long as this process lives (see ``FolderRoles``).
+FOLDER_ROLES: dict[str, FolderRoles] = {}
+
+
 def role_store(in_memory: bool, context: Context) -> MemoryRoles | FolderRoles:
     """This process's memory (a top-level function: Ray pickles the ClientApp's closures by value,
     which would copy a global they named), or the node's state folder."""
@@ -206,7 +261,10 @@ def role_store(in_memory: bool, context: Context) -> MemoryRoles | FolderRoles:
     if "state-dir" not in context.node_config:
         raise RuntimeError("shebench ClientApp: this node has no state folder; start it with "
                            "--node-config \"partition-id=I num-partitions=N state-dir='/clients/only/dir'\"")
-    return FolderRoles(str(context.node_config["state-dir"]))
+    folder = str(context.node_config["state-dir"])
+    if folder not in FOLDER_ROLES:
+        FOLDER_ROLES[folder] = FolderRoles(folder)
+    return FOLDER_ROLES[folder]
 
 
 # ---- SecAgg+ (``benchmark.engines.flower_secagg``): Flower's mod around the client's contribution -----
@@ -290,6 +348,6 @@ def make_client_app(in_memory: bool) -> ClientApp:
     return app
 
 
-# The ClientApp of a deployment (``benchmark/engines/flower_app``): a fresh process per message, the
-# role kept in the node's ``state-dir``.
+# The ClientApp of a deployment (``benchmark/engines/flower_app``): the role kept in the node's
+# ``state-dir``, the run's client side in the process for as long as the SuperNode keeps it.
 clientapp = make_client_app(in_memory=False)

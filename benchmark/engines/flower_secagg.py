@@ -155,7 +155,7 @@ class RecordingGrid:
                 msg.content[HARNESS] = harness_record({"spec": self.link.spec, "update": self.updates[node],
                                                        "participants": sorted(self.client_of.values())})
             self.link.count(sent, msg)
-        replies = list(self.link.grid.send_and_receive(list(messages), timeout=self.link.timeout))
+        replies = self.link.exchange(list(messages))
         for reply in replies:
             self._receive(reply, stage)
         self.waited_s += time.perf_counter() - t0
