@@ -159,19 +159,25 @@ class HelloGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.partition_of)
 
-    def send_and_receive(self, messages, timeout=None):
+    def push_messages(self, messages):
+        """Answer at once; the message ids are the node ids (one hello per node)."""
         from types import SimpleNamespace
 
         from benchmark.engines.records import content
 
-        out = []
+        self.replies = []
         for m in messages:
             self.sent += 1
             node = m.metadata.dst_node_id
             of = self.of if isinstance(self.of, int) else self.of[node]
-            out.append(SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False,
-                                       content=content(None, {"partition": self.partition_of[node], "of": of})))
-        return out
+            self.replies.append(SimpleNamespace(
+                metadata=SimpleNamespace(src_node_id=node, reply_to_message_id=node), has_error=lambda: False,
+                content=content(None, {"partition": self.partition_of[node], "of": of})))
+        return [m.metadata.dst_node_id for m in messages]
+
+    def pull_messages(self, ids):
+        got, self.replies = [r for r in self.replies if r.metadata.reply_to_message_id in ids], []
+        return got
 
 
 @pytest.mark.parametrize("n_nodes", [1000, 7])
