@@ -25,3 +25,4 @@ for run in "$ref"/*/; do
 done
 report "$ref/paper-report" "$ref"/paper-{a,b,c,d,e,f1,f2,f2b,f2c,g}
 report "$ref/baselines-all" "$ref"/baselines "$ref"/baselines-frontier "$ref"/baselines-frontier2
+report "$ref/engines" "$ref"/engines "$ref"/engines-deployment
