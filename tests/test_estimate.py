@@ -119,6 +119,22 @@ def test_a_simulation_scales_each_part_by_its_work_and_falls_back_to_the_same_mo
     assert sims[3] == E.Estimate(None, "unknown")
 
 
+def test_a_simulation_is_guided_only_by_rows_of_its_own_engine():
+    """A Flower deployment's wall (network, polling) says nothing of an in-process simulation's, nor the
+    reverse; Flower's simulation runtime and a deployment are kept apart too."""
+    rows = [row(sim_s=400.0, engine="flower", engine_runtime="deployment"), row(sim_s=250.0, engine="flower",
+            engine_runtime="simulation")]
+    ref = E.reference_from_rows([(rows, manifest("a"))])
+    sims = E.estimate([E.PlannedSim(E.SimKey("r1", "plain_lora", "federated:smollm2"), E.work_of(SCEN), ()),
+                       E.PlannedSim(E.SimKey("r1", "plain_lora", "federated:smollm2", "flower"), E.work_of(SCEN), ())],
+                      ref).sims
+    assert sims[0] == E.Estimate(None, "unknown")
+    assert sims[1].seconds == pytest.approx(250.0)
+    ref = E.reference_from_rows([(rows + [row(sim_s=150.0)], manifest("a"))])
+    assert E.estimate([E.PlannedSim(E.SimKey("r1", "plain_lora", "federated:smollm2"), E.work_of(SCEN), ())],
+                      ref).sims[0].seconds == pytest.approx(150.0)
+
+
 def test_work_counts_come_from_the_resolved_scenario():
     assert E.work_of(SCEN) == E.Work(3, 64, 1)
     assert E.work_of({**SCEN, "threat": {"observation": "grad", "batch_sizes": [4, 8, 16]}, "probe": {"batches": 6}}).probe_cases == 18

@@ -66,6 +66,7 @@ class SimKey:
     scenario: str  # the suite's label
     defense: str
     model: str  # kind:model name
+    engine: str = "inproc"  # what ran the rounds; a deployment ("flower/deployment") is never a simulation's guide
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,10 @@ FREE_LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("same attack, defense, mode", ("attack", "defense", "mode")),
 )
 SIM_LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("same scenario and defense", ("scenario", "defense")),
-    ("same scenario", ("scenario",)),
-    ("same model and defense", ("model", "defense")),
-    ("same model", ("model",)),
+    ("same scenario and defense", ("engine", "scenario", "defense")),
+    ("same scenario", ("engine", "scenario")),
+    ("same model and defense", ("engine", "model", "defense")),
+    ("same model", ("engine", "model")),
 )
 
 
@@ -331,6 +332,12 @@ def model_of(scenario: Mapping[str, Any]) -> str:
     return f"{scenario.get('kind', '?')}:{(scenario.get('model') or {}).get('name', '?')}"
 
 
+def engine_of(row: Mapping[str, Any]) -> str:
+    """The engine a row ran on, a Flower deployment told apart from Flower's simulation runtime."""
+    engine = str(row.get("engine") or "inproc")
+    return f"{engine}/deployment" if row.get("engine_runtime") == "deployment" else engine
+
+
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -369,7 +376,7 @@ def reference_from_rows(runs: Sequence[tuple[Sequence[Mapping[str, Any]], Mappin
             when = session_of(str(r.get("finished_at") or ""), starts)
             sim_s = _num(r.get("sim_s"))
             if sim_s is not None:
-                key = SimKey(r["scenario"], r.get("defense", "?"), model_of(scen))
+                key = SimKey(r["scenario"], r.get("defense", "?"), model_of(scen), engine_of(r))
                 sims[(r.get("run_id"), key, r.get("seed"), sim_s)] = MeasuredSim(
                     key, sim_s, _num(r.get("eval_s")) or 0.0, _num(r.get("probe_s")) or 0.0, work_of(scen), run, when)
             if r.get("attack", "none") == "none":
@@ -424,5 +431,6 @@ def planned_pieces(groups: Sequence[Any]) -> list[PlannedSim]:
         cells = tuple((c.cell_id, None if c.attack is None else CaseKey(
             c.attack.label, c.attack.name, c.defense.label, c.mode, c.probe[0] if c.probe else th.batch_size,
             th.observation, th.round, rank)) for c in g.cells)
-        out.append(PlannedSim(SimKey(g.scenario.name, g.defense.label, model_of(scen)), work_of(scen), cells))
+        out.append(PlannedSim(SimKey(g.scenario.name, g.defense.label, model_of(scen), g.scenario.engine), work_of(scen),
+                              cells))
     return out
