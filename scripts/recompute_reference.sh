@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Recompute the committed reference runs on the current code, one resumable slice at a time (issue 29).
+# Each slice writes a fresh run folder results/reference/<slice> (or <slice>-shardKofN): stop it at any
+# time and run the same line again to go on where it stopped; a run never mixes rows of different code.
+# When every shard of a slice is done, commit its folder(s) and delete the run(s) it replaces (listed
+# under "replaces"), then `bash scripts/regenerate_reports.sh`.
+#
+# Usage: bash scripts/recompute_reference.sh list            the slices, in order, with --dry-run estimates
+#        bash scripts/recompute_reference.sh SLICE [K/N]     run one slice (shard K of N; two shards side
+#                                                            by side use both cores, one torch thread each)
+#
+# Order: calibration first (every report reads its controls), cost alone (its seconds are the result),
+# then the cheap slices, then the paper's regime (its 12 verdicts), then the long ones.
+# Estimates at 2026-12-07 (1 process / 2 shards): calibration 15 / 11 min, default 23 / 14 min, cost 13
+# min (unsharded), stacks 9 min, engines 8 min (+ ~9 min of deployment, scripts/time_engines.py),
+# regime 3 h 17 / 1 h 42, paper 1 h 43 / 55 min, baselines 1 h 54 / 60 min, attack-strength 1 h 23 /
+# 43 min, wide-dager-fedspy 2 h 29 / 89 min, wide-utr (batch 16 cut: ~38 min a case) 2 h 38 / 89 min.
+# About 15 h in one process, 8 h 30 as two shards: three sessions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+py=${PYTHON:-.venv/bin/python}
+ref=results/reference
+
+# slice | replaces | shebench run arguments
+SLICES=(
+  "calibration|calibration|--suite calibration"
+  "default|default-7f16dccc default-baselines|"
+  "cost|cost-e5a704ed cost-baselines|--suite cost"
+  "stacks|stacks-0ad913eb|--suite stacks"
+  "engines|engines|--suite engines --scenario inproc,flower"
+  "regime|(new)|--suite paper --scenario regime"
+  "paper|paper-a paper-b paper-c paper-d paper-e|--suite paper --scenario r1_server,r256,mia,r1_client,r1_gp,r1_new_attacks"
+  "baselines|baselines baselines-frontier baselines-frontier2|--suite benchmark/suites/baselines.toml"
+  "attack-strength|attack-strength-dp attack-strength-r1 attack-strength-r256|--suite attack_strength"
+  "wide-dager-fedspy|paper-f1 paper-f2 paper-f2b paper-f2c paper-g|--suite paper --scenario r1_wide --attack dager,fedspy"
+  "wide-utr|(with wide-dager-fedspy)|--suite paper --scenario r1_wide --attack utr --set threat.batch_sizes=[4,8]"
+)
+
+args_of() {
+  local entry
+  for entry in "${SLICES[@]}"; do
+    IFS='|' read -r name _ args <<<"$entry"
+    [[ $name == "$1" ]] && { echo "$args"; return 0; }
+  done
+  echo "recompute_reference.sh: unknown slice '$1'; valid: $(for e in "${SLICES[@]}"; do printf '%s ' "${e%%|*}"; done)" >&2
+  return 2
+}
+
+if [[ ${1:-list} == list ]]; then
+  for entry in "${SLICES[@]}"; do
+    IFS='|' read -r name replaces args <<<"$entry"
+    echo "== $name (replaces: $replaces): shebench run $args"
+    # shellcheck disable=SC2086
+    "$py" -m benchmark run $args --dry-run 2>&1 | grep -E "cells in|estimated total" || true
+  done
+  exit 0
+fi
+
+slice=$1
+args=$(args_of "$slice")
+shard=()
+if [[ -n ${2:-} ]]; then shard=(--shard "$2"); fi
+# shellcheck disable=SC2086
+exec "$py" -m benchmark run $args "${shard[@]}" --out "$ref" --run-id "$slice" --no-report
