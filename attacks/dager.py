@@ -27,6 +27,10 @@ still stand out from the vocabulary (z-scores, falling back to the span's rank o
 when the z-scores single out more than the bag can hold). Layer 1 then goes through the same
 estimate and orders nothing reliably, so the bag is returned unordered (SmolLM2, a round-1
 gradient from a client's private start estimated from its upload: ROUGE-1 0.10-0.14 -> 0.50-0.54).
+Version 6 fixes version 4's cut: it no longer cuts at a step between two distances of float32
+rounding (both exact members): a decoder's first token reaches the check through v_proj alone (a
+query at position 0 gets no gradient), at ~4e-7 against the others' ~1e-7, and the ratio of 3 had
+cut it from the bag (tiny, round 1, batch 1: token recall 6/7 -> 7/7).
 ``strict = true`` restores version 2 exactly (1e-3 / 1e-2, A path first, largest-gap rank, beams that
 die, no fill) so the two can run side by side under two labels.
 """
@@ -157,7 +161,7 @@ def _through_estimate(span: Span, view: AttackerView) -> bool:
 
 class DAGER(Attack):
     name: ClassVar[str] = "dager"
-    version: ClassVar[str] = "5"  # 3: the original's strength; 4: a clean span's bag ends at its step; 5: estimated starts
+    version: ClassVar[str] = "6"  # 3: the original's strength; 4: a clean span's bag ends at its step; 5: estimated starts; 6: no cut among exact members
     requires: ClassVar[frozenset[str]] = frozenset({"plaintext", "model"})
     target: ClassVar[str] = "probe"
     reads_sums: ClassVar[bool] = True  # a span holds every summed client's tokens: one batch of all

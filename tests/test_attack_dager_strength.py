@@ -173,7 +173,7 @@ def test_strict_is_version_two_and_a_suite_can_name_it():
     new = DAGERParams()
     assert (new.layer0_tau, new.layer1_tau, new.rules.signal_path) == (0.05, 0.05, True)
     assert DAGERParams(strict=True, tau1=0.2).layer0_tau == 0.2
-    assert DAGER.version == "5"
+    assert DAGER.version == "6"
     with pytest.raises(ValueError, match="noise_mode"):
         DAGERParams(noise_mode="sometimes")
 

@@ -4,12 +4,14 @@ saturation, masks are honoured in adaptive mode, ciphertext-only views are decli
 from dataclasses import replace
 
 import pytest
+import torch
 import toy
 from attack_fixtures import TEXTS, T, make_view
 
 from attacks.dager import DAGER
-from attacks.fedspy import FedSpy, FedSpyParams, joint_check
+from attacks.fedspy import FedSpy, FedSpyParams, cover, explained_energy, joint_check
 from attacks.toolkit.decoding import layer_checks
+from attacks.toolkit.probing import capture_inputs
 from benchmark.running.metrics import score_reconstruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/attack_fixtures.py
@@ -31,6 +33,23 @@ def test_joint_subspace_recovers_a_batch_that_saturates_each_module(tok, base):
     assert sorted(ids[:-1] for ids in rec.token_ids) == prompts(tok)  # the label is a separate guess
     assert score_reconstruction(toy.references(tok, TEXTS, T), rec.texts, tok, template=T)["rouge1"] >= 0.9
     assert "fedspy variant" in rec.note
+
+
+def test_a_run_of_one_token_explains_no_more_than_its_first_position(tok, base):
+    """A run of one token reproduces its first position's second-layer input (attention over equal
+    values), up to float32 rounding; every copy passes the span check, so the decoder keeps such runs
+    to max_len. Counted at float64 precision, the 48 rounding copies spanned most of the 64-dim hidden
+    space and ``cover`` chose the runs over the batch's sentences (tiny control, batch 2: ROUGE-1 0.04)."""
+    view = make_view(tok, base, r=32)
+    second = joint_check(layer_checks(view, False, 1e-7)[1], 1e-7)
+    module, span = second.modules[0].module, second.spans[0]
+    sentences = prompts(tok)
+    for ids in sentences:
+        one = capture_inputs(view.model, [module], torch.tensor([ids[:1]]))[0][0]
+        run = capture_inputs(view.model, [module], torch.tensor([ids[:1] * 49]))[0][0]
+        assert abs(explained_energy(span, run) - explained_energy(span, one)) < 1e-3
+    runs = [ids[:1] * 49 for ids in sentences]
+    assert sorted(cover(view.model, second, runs + sentences, 0, 2)) == sentences
 
 
 def test_adaptive_mode_reads_only_visible_columns(tok, base):

@@ -159,3 +159,17 @@ def test_a_clean_span_bag_ends_at_its_step_not_at_a_lenient_threshold():
     smooth = torch.logspace(-4.0, -1.5, 120)  # no step anywhere: nothing to cut at
     assert len(select_tokens(smooth, 0.05, cap=130, least=30)) == int((smooth < 0.05).sum())
     assert set(select_tokens(d, 0.05, cap=40, least=30).tolist()) < truth  # the cap still bounds it
+
+
+def test_a_clean_bag_never_cuts_between_exact_members():
+    """tiny's round-1 probe (B path, batch 1): a decoder's first token lies in v_proj's span only (a
+    query at position 0 gets no gradient), ~4e-7 from the check, its other tokens in q_proj's too,
+    ~1e-7. The ratio 3 between those float32 rounding levels is no step: all 7 are members, and the
+    cut comes at the step to the non-members (0.17 on)."""
+    from attacks.toolkit.decoding import select_tokens
+
+    g = torch.Generator().manual_seed(0)
+    members = torch.tensor([5.5e-8, 6.4e-8, 9.1e-8, 1.07e-7, 1.09e-7, 1.31e-7, 4.03e-7])
+    rest = 0.17 + 0.8 * torch.rand(3000, generator=g)
+    d = torch.cat([rest[:100], members, rest[100:]])
+    assert sorted(select_tokens(d, 0.05, cap=22, least=3).tolist()) == list(range(100, 107))

@@ -150,6 +150,11 @@ def null_z(d: Tensor) -> Tensor:
 
 
 CLEAN_GAP = 2.5  # a clean span's members end at a step this large in the sorted distances
+# Distances are computed in float32 (``Span.distance``, accurate to ~1e-6): below this every token
+# lies in the span exactly, and a ratio between two such distances is rounding, not a step. Members
+# that reach the check through different modules sit at different rounding levels (a decoder's
+# first token is in v_proj's span only, ~1e-6, the others in q_proj's too, ~1e-7).
+ROUNDING_DISTANCE = 1e-5
 
 
 def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0, least: int = 0, nearest: int = 0) -> Tensor:
@@ -180,7 +185,7 @@ def select_tokens(d: Tensor, tau: float, cap: int, z: float = 0.0, least: int = 
 def _clean_cut(d: Tensor, got: Tensor, least: int) -> Tensor:
     if got.numel() <= least + 1:
         return got
-    vals = d[got].clamp_min(1e-12)
+    vals = d[got].clamp_min(ROUNDING_DISTANCE)  # no step among exact members (float32 rounding)
     steps = vals[least:] / vals[least - 1 : -1]  # steps[j]: from the (least + j)-th nearest to the next
     i = int(torch.argmax(steps))
     return got[: least + i] if float(steps[i]) >= CLEAN_GAP else got
