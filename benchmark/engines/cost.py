@@ -30,7 +30,7 @@ from benchmark.contract import (
 )
 from benchmark.federation.data import Example
 from benchmark.federation.driver import RoundDriver, SimulationResult
-from benchmark.federation.endpoint import ClientEndpoint, Factors
+from benchmark.federation.endpoint import ClientEndpoint, Factors, OneAtATime
 from benchmark.federation.probe import ProbeResult, ProbeRound
 from benchmark.federation.sampling import Schedule, make_clients
 from benchmark.federation.seeding import torch_generator
@@ -62,7 +62,7 @@ def random_update(client: ClientInfo, shapes: dict[str, tuple[int, int]], gen: t
     return ClientUpdate(client, rnd, factors, 100, norms, grads, None, "weights")
 
 
-class RandomClients:
+class RandomClients(OneAtATime):
     """The ``ClientEndpoint`` of the cost engine: the defense's client role, and random updates in
     place of training (drawn in the order the driver asks, from one stream)."""
 
@@ -91,7 +91,11 @@ class RandomClients:
         return self.role.answer(message, client)
 
     def protect(self, update: ClientUpdate) -> WirePayload:
-        return self.role.protect(update)
+        t0 = time.perf_counter()
+        sent = self.role.protect(update)
+        if sent is not None:  # the endpoint times its own protect step, as ``ClientNode`` does
+            sent.timings["protect_s"] = time.perf_counter() - t0
+        return sent
 
     def finalize(self, message: WirePayload, client: ClientInfo, *, harness: bool = False) -> tuple[Factors, float]:
         t0 = time.perf_counter()

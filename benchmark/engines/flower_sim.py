@@ -33,7 +33,8 @@ from __future__ import annotations
 import contextvars
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,6 +60,18 @@ PULL_WAIT_S = (0.005, 0.1)  # the first and the longest wait between pulls for r
 
 
 # ---- the server side (ServerApp) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One client-role call as a message: the op, the client it concerns, the WirePayload it carries
+    (counted in ``transport_*`` when ``metered``) and the harness data beside it."""
+
+    op: str
+    cid: int
+    payload: WirePayload | None = None
+    harness: dict[str, Any] | None = None
+    metered: bool = True
 
 
 class FlowerLink:
@@ -108,22 +121,30 @@ class FlowerLink:
         return self.nodes[cid % self.partitions]
 
     def exchange(self, messages: list[Message]) -> list[Message]:
-        """Send ``messages`` and wait for their replies (those that came within the timeout).
+        """Send ``messages`` and wait for their replies (those that came within the timeout)."""
+        return list(self.round_trip(messages)[1].values())
+
+    def round_trip(self, messages: list[Message]) -> tuple[list[str | None], dict[str, Message]]:
+        """Push ``messages`` together and pull until every one has its reply or the timeout passed:
+        the message ids (in the messages' order) and the replies that came, by the id they answer.
 
         ``Grid.send_and_receive`` does the same but waits 3 s between pulls on a SuperLink (0.1 s on
         the simulation runtime): a deployment's sequential messages then spent most of their wall
         waiting. Here the wait starts at 5 ms and doubles up to 100 ms."""
-        pending = set(self.grid.push_messages(messages))
-        replies: list[Message] = []
+        ids = list(self.grid.push_messages(messages))  # None: Flower could not push that message
+        pending = {i for i in ids if i is not None}
+        if len(pending) < sum(1 for i in ids if i is not None):  # a Grid may name a message by its contents
+            raise RuntimeError("flower: two messages sent together are equal; each must name its client")
+        replies: dict[str, Message] = {}
         deadline, wait = time.monotonic() + self.timeout, PULL_WAIT_S[0]
         while pending and time.monotonic() < deadline:
             got = list(self.grid.pull_messages(pending))
-            replies += got
+            replies.update((m.metadata.reply_to_message_id, m) for m in got)
             pending -= {m.metadata.reply_to_message_id for m in got}
             if pending:
                 time.sleep(wait)
                 wait = min(2 * wait, PULL_WAIT_S[1])
-        return replies
+        return ids, replies
 
     def _checked(self, reply: Message, op: str, cid: int) -> Message:
         if reply.has_error():
@@ -133,18 +154,30 @@ class FlowerLink:
     def call(self, op: str, cid: int, payload: WirePayload | None = None, harness: dict[str, Any] | None = None,
              metered: bool = True) -> tuple[WirePayload | None, dict[str, Any]]:
         """Send ``op`` to client ``cid``'s node and wait for its reply; count the payload-carrying ones."""
-        harness = {**(harness or {}), "spec": self.spec}
-        msg = Message(content(payload, harness), dst_node_id=self.node_of(cid), message_type=f"query.{op}")
-        if payload is not None and metered:
-            self.count(payload, msg)
-        replies = self.exchange([msg])
-        if not replies:
-            raise RuntimeError(f"flower: no reply from client {cid} to {op} within {self.timeout:.0f}s")
-        reply = self._checked(replies[0], op, cid)
-        wire = read_payload(reply.content)
-        if wire is not None and metered:
-            self.count(wire, reply)
-        return wire, read_harness(reply.content)
+        return self.call_many([Call(op, cid, payload, harness, metered)])[0]
+
+    def call_many(self, calls: Sequence[Call]) -> list[tuple[WirePayload | None, dict[str, Any]]]:
+        """Send every call's message at once and wait for all their replies: each node answers its
+        own in turn, the nodes side by side. The replies come back in the calls' order, whichever
+        node answered first, and so are counted (sums of sizes, which no order changes)."""
+        msgs = []
+        for c in calls:
+            msg = Message(content(c.payload, {**(c.harness or {}), "spec": self.spec}), dst_node_id=self.node_of(c.cid),
+                          message_type=f"query.{c.op}")
+            if c.payload is not None and c.metered:
+                self.count(c.payload, msg)
+            msgs.append(msg)
+        ids, replies = self.round_trip(msgs)
+        out = []
+        for c, message_id in zip(calls, ids, strict=True):
+            if message_id not in replies:
+                raise RuntimeError(f"flower: no reply from client {c.cid} to {c.op} within {self.timeout:.0f}s")
+            reply = self._checked(replies[message_id], c.op, c.cid)
+            wire = read_payload(reply.content)
+            if wire is not None and c.metered:
+                self.count(wire, reply)
+            out.append((wire, read_harness(reply.content)))
+        return out
 
     def count(self, payload: WirePayload, msg: Message) -> None:
         self.messages += 1
@@ -160,7 +193,8 @@ class FlowerLink:
 
 class FlowerClients:
     """The driver's ``ClientEndpoint`` on Flower: each call is a message to the node that hosts the
-    client it concerns (``benchmark.engines.flower_client``), where a ``ClientNode`` answers it.
+    client it concerns (``benchmark.engines.flower_client``), where a ``ClientNode`` answers it; a
+    phase's calls (``*_many``, and ``accept`` to every proposer) go out together.
     WirePayloads ride as wire records (counted in ``transport_*``); harness data (updates, starts,
     heads, finalized factors, timings) in the harness record, never counted."""
 
@@ -178,35 +212,56 @@ class FlowerClients:
         return dict(self._costs)
 
     def init(self, client: ClientInfo, message: WirePayload | None) -> Factors:
-        return self.link.call("init", client.client_id, message, {"client": client}, metered=message is not None)[1]["factors"]
+        return self.init_many([(client, message)])[0]
+
+    def init_many(self, items: Sequence[tuple[ClientInfo, WirePayload | None]]) -> list[Factors]:
+        calls = [Call("init", c.client_id, m, {"client": c}, metered=m is not None) for c, m in items]
+        return [h["factors"] for _, h in self.link.call_many(calls)]
 
     def train(self, client: ClientInfo, rnd: int, start: Factors, head: dict[str, Tensor]) -> LocalResult:
-        harness = {"client": client, "rnd": rnd, "start": start, "head": head}
-        return self.link.call("train", client.client_id, harness=harness, metered=False)[1]["result"]
+        return self.train_many([(client, start)], rnd, head)[0]
+
+    def train_many(self, jobs: Sequence[tuple[ClientInfo, Factors]], rnd: int, head: dict[str, Tensor]) -> list[LocalResult]:
+        calls = [Call("train", c.client_id, harness={"client": c, "rnd": rnd, "start": start, "head": head}, metered=False)
+                 for c, start in jobs]
+        return [h["result"] for _, h in self.link.call_many(calls)]
 
     def propose(self, update: ClientUpdate) -> WirePayload | None:
-        self._proposers.append(update.client.client_id)
-        return self.link.call("propose", update.client.client_id, harness={"update": update})[0]
+        return self.propose_many([update])[0]
+
+    def propose_many(self, updates: Sequence[ClientUpdate]) -> list[WirePayload | None]:
+        self._proposers += [u.client.client_id for u in updates]
+        return [wire for wire, _ in self.link.call_many([Call("propose", u.client.client_id, harness={"update": u})
+                                                         for u in updates])]
 
     def accept(self, reply: WirePayload) -> None:
-        """The reply goes to every client that proposed this round."""
-        for cid in self._proposers:
-            self.link.call("accept", cid, reply)
+        """The reply goes to every client that proposed this round, together (each message names its
+        client: two equal messages to one node would be one message to Flower)."""
+        self.link.call_many([Call("accept", cid, reply, {"cid": cid}) for cid in self._proposers])
         self._proposers = []
 
     def answer(self, message: WirePayload, client: ClientInfo) -> WirePayload | None:
         return self.link.call("answer", client.client_id, message, {"client": client})[0]
 
     def protect(self, update: ClientUpdate) -> WirePayload | None:
-        wire, h = self.link.call("protect", update.client.client_id, harness={"update": update})
-        if wire is None:  # the client dropped out of the round
-            return None
-        wire.timings = dict(h["timings"])  # the client's own measurements, never traffic
-        return wire
+        return self.protect_many([update])[0]
+
+    def protect_many(self, updates: Sequence[ClientUpdate]) -> list[WirePayload | None]:
+        out: list[WirePayload | None] = []
+        for wire, h in self.link.call_many([Call("protect", u.client.client_id, harness={"update": u}) for u in updates]):
+            if wire is not None:  # None: the client dropped out of the round
+                wire.timings = dict(h["timings"])  # the client's own measurements, never traffic
+            out.append(wire)
+        return out
 
     def finalize(self, message: WirePayload, client: ClientInfo, *, harness: bool = False) -> tuple[Factors, float]:
         h = self.link.call("finalize", client.client_id, message, {"client": client}, metered=not harness)[1]
         return h["factors"], h["dec_s"]
+
+    def finalize_many(self, message: WirePayload, clients: Sequence[ClientInfo]) -> list[tuple[Factors, float]]:
+        """Each client's node decodes its own copy of ``message`` (so each decryption is measured)."""
+        replies = self.link.call_many([Call("finalize", c.client_id, message, {"client": c}) for c in clients])
+        return [(h["factors"], h["dec_s"]) for _, h in replies]
 
     def probe_update(self, client: ClientInfo, rnd: int, start: Factors, batch: list[Example]) -> ClientUpdate:
         harness = {"client": client, "rnd": rnd, "start": start, "batch": batch}

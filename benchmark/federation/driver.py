@@ -27,15 +27,15 @@ from benchmark.federation.protocol import (
     aggregate,
     exchange,
     mean_or_none,
-    negotiate,
+    receive,
+    settle,
     setup_roles,
-    upload,
 )
 from benchmark.federation.referee import Referee
 from benchmark.federation.reference import aggregation_error, reference_aggregate
 from benchmark.federation.sampling import Schedule
 from benchmark.federation.train import LocalResult
-from benchmark.federation.transcript import Channel, Message, describe_upload, wire_copy
+from benchmark.federation.transcript import Channel, Message, describe_upload
 from benchmark.federation.wire import WireMeter
 
 
@@ -101,36 +101,45 @@ class RoundDriver:
         """The client's start: the latest aggregate (sent to it now if it missed it), else its
         round-1 factors, drawn privately or received from the server as the threat says (and then
         what the defense's client role adopts of them, ``ClientRole.adopt_start``)."""
-        cid = client.client_id
-        if cid in self.start:
-            return self.start[cid]
-        if self.global_sent is not None:  # it missed the latest aggregate
-            delivered = self.channel.again(self.global_sent, rnd, [cid])
-            self.start[cid] = self.finalize(delivered, client)
-        else:
-            message = self.referee.init_message(client)
-            delivered = None if message is None else self.channel.down(message, rnd, [cid], "init")
-            self.start[cid] = self.clients.init(client, delivered)
-        return self.start[cid]
+        return self.starts([client], rnd)[0]
 
-    def finalize(self, message: WirePayload, client: ClientInfo) -> Factors:
-        factors, dec_s = self.clients.finalize(message, client)
-        self.timings["dec_s"].append(dec_s)
-        return factors
+    def starts(self, clients: Sequence[ClientInfo], rnd: int) -> list[Factors]:
+        """``start_factors`` of each client, as one phase: the server's messages to those that need
+        one go through the channel first, in order, then the clients take them up together."""
+        needed = [c for c in clients if c.client_id not in self.start]
+        if needed and self.global_sent is not None:  # they missed the latest aggregate
+            for c in needed:  # each is sent it and finalizes its own copy of it
+                self.channel.again(self.global_sent, rnd, [c.client_id])
+            for c, factors in zip(needed, self.finalize(self.global_sent.payload, needed), strict=True):
+                self.start[c.client_id] = factors
+        elif needed:
+            messages = [self.referee.init_message(c) for c in needed]
+            delivered = [None if m is None else self.channel.down(m, rnd, [c.client_id], "init")
+                         for c, m in zip(needed, messages, strict=True)]
+            for c, factors in zip(needed, self.clients.init_many(list(zip(needed, delivered))), strict=True):
+                self.start[c.client_id] = factors
+        return [self.start[c.client_id] for c in clients]
+
+    def finalize(self, message: WirePayload, clients: Sequence[ClientInfo]) -> list[Factors]:
+        """Each client's own finalize of ``message``; their decryption times go to the books in order."""
+        out = self.clients.finalize_many(message, clients)
+        self.timings["dec_s"] += [dec_s for _, dec_s in out]
+        return [factors for factors, _ in out]
 
     # ---- one round -------------------------------------------------------------------------
 
-    def train(self, client: ClientInfo, rnd: int) -> LocalResult:
-        self.round_starts[client.client_id] = start = self.start_factors(client, rnd)
-        result = self.clients.train(client, rnd, start, self.head)
-        self.timings["train_s"].append(result.train_s)
-        return result
+    def train(self, clients: Sequence[ClientInfo], rnd: int) -> list[LocalResult]:
+        """Local training of the round's participants, as one phase, each from its start."""
+        starts = self.starts(clients, rnd)
+        self.round_starts = {c.client_id: start for c, start in zip(clients, starts, strict=True)}
+        results = self.clients.train_many(list(zip(clients, starts)), rnd, self.head)
+        self.timings["train_s"] += [r.train_s for r in results]
+        return results
 
     def run_round(self, rnd: int) -> dict[str, Any]:
         picks = self.schedule.picks(rnd)
-        clients = self.fed.clients
-        self.round_starts = {}
-        results = {cid: self.train(clients[cid], rnd) for cid in picks}
+        clients = [self.fed.clients[cid] for cid in picks]
+        results = dict(zip(picks, self.train(clients, rnd), strict=True))
         updates = [results[cid].update for cid in picks]
         if self.secure_sum is not None:
             pairs, message, agg_s = self.secure_sum(self.parties.server, updates, rnd, self.channel)
@@ -149,11 +158,10 @@ class RoundDriver:
         self.latest = self.channel.down(message, rnd, picks, "broadcast")
         self.global_sent = self.channel.transcript.messages[-1]
         reference = reference_aggregate(survivors)  # what the server could aggregate: those that uploaded
-        err = 0.0
-        self.start = {}  # the starts of earlier rounds are stale: only this round's receivers hold the aggregate
-        for cid in picks:  # each receiver decrypts its own copy: dec_s is one client's cost, never a cache hit
-            self.start[cid] = self.finalize(wire_copy(self.latest), clients[cid])
-            err = max(err, aggregation_error(self.start[cid], reference, clients[cid]))
+        # only this round's receivers hold the aggregate (earlier rounds' starts are stale); each
+        # decrypts its own copy: dec_s is one client's cost, never a cache hit
+        self.start = dict(zip(picks, self.finalize(self.latest, clients), strict=True))
+        err = max((aggregation_error(self.start[c.client_id], reference, c) for c in clients), default=0.0)
         self.results = results
         losses = [r.loss for r in results.values() if r.loss is not None]
         return {"round": rnd, "clients": picks, "train_loss": sum(losses) / len(losses) if losses else None,
@@ -166,14 +174,14 @@ class RoundDriver:
         """The defense's own round protocol: negotiation, exchanges, uploads, exchanges, aggregation.
         Returns the survivors' updates with their uploads (a client whose ``protect`` sent nothing
         dropped out after the negotiation), the aggregate and the aggregation time."""
-        negotiate(self.parties, updates, rnd, self.channel)
+        settle(self.parties, updates, self.clients.propose_many(updates), rnd, self.channel)
         participants = [u.client for u in updates]
         exchange(self.parties, participants, [], rnd, self.channel)
-        pairs = []
-        for u in updates:
-            sent = upload(self.parties, u, rnd, self.channel)
-            if sent is not None:
-                pairs.append((u, sent))
+        t0 = time.perf_counter()
+        protected = self.clients.protect_many(updates)
+        wall_s = (time.perf_counter() - t0) / max(1, len(updates))
+        pairs = [(u, sent) for u, p in zip(updates, protected, strict=True)
+                 if (sent := receive(p, u, rnd, self.channel, wall_s=wall_s)) is not None]
         exchange(self.parties, participants, [sent.payload for _, sent in pairs], rnd, self.channel)
         message, agg_s = aggregate(self.parties, [sent for _, sent in pairs])
         return pairs, message, agg_s

@@ -21,13 +21,13 @@ from torch import Tensor
 from benchmark.contract import ClientInfo, ClientRole, ClientUpdate, FederationInfo, WirePayload
 from benchmark.federation.assets import Assets
 from benchmark.federation.data import Example
-from benchmark.federation.endpoint import Factors
+from benchmark.federation.endpoint import Factors, OneAtATime
 from benchmark.federation.seeding import torch_generator
 from benchmark.federation.train import LocalResult, encode, local_train, to_device
 from benchmark.federation.transcript import read_init
 
 
-class ClientNode:
+class ClientNode(OneAtATime):
     """The ``ClientEndpoint`` of clients trained in this process."""
 
     def __init__(self, role: ClientRole, assets: Callable[[], Assets]) -> None:

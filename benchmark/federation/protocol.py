@@ -41,12 +41,16 @@ def setup_roles(parties: Parties | Defense, fed: FederationInfo, channel: Channe
 
 def negotiate(parties: Parties | Defense, updates: Sequence[ClientUpdate], rnd: int, channel: Channel) -> None:
     """Each participant's proposal up, the server's one reply down to all of them."""
-    proposals = []
-    for u in updates:
-        message = parties.client.propose(u)
-        if message is not None:
-            proposals.append(channel.up(message, rnd, u.client.client_id, "negotiation"))
-    reply = parties.server.negotiate(proposals)
+    settle(parties, updates, [parties.client.propose(u) for u in updates], rnd, channel)
+
+
+def settle(parties: Parties | Defense, updates: Sequence[ClientUpdate], proposals: Sequence[WirePayload | None],
+           rnd: int, channel: Channel) -> None:
+    """The negotiation once the participants proposed (``proposals[i]`` from ``updates[i]``'s client,
+    None: it had nothing to say): each proposal up in that order, the server's one reply down to all."""
+    received = [channel.up(message, rnd, u.client.client_id, "negotiation")
+                for u, message in zip(updates, proposals, strict=True) if message is not None]
+    reply = parties.server.negotiate(received)
     if reply is not None:
         parties.client.accept(channel.down(reply, rnd, [u.client.client_id for u in updates], "negotiation"))
 
@@ -88,10 +92,17 @@ def upload(parties: Parties | Defense, update: ClientUpdate, rnd: int, channel: 
     None: the client dropped out of the round (its ``protect`` sent nothing)."""
     t0 = time.perf_counter()
     sent = parties.client.protect(update)
+    return receive(sent, update, rnd, channel, kind, time.perf_counter() - t0)
+
+
+def receive(sent: WirePayload | None, update: ClientUpdate, rnd: int, channel: Channel, kind: str = "upload",
+            wall_s: float = 0.0) -> Upload | None:
+    """``update``'s protected upload ``sent`` on the wire (None: the client dropped out). Its protect
+    time is the one the client role reports: a client role in another process measures its own
+    (``wall_s``, the caller's wall time of the call, adds transport and is used only when it does not)."""
     if sent is None:
         return None
-    # a client role in another process reports its own protect time (the wall time here adds transport)
-    protect_s = sent.timings.get("protect_s", time.perf_counter() - t0)
+    protect_s = sent.timings.get("protect_s", wall_s)
     received = channel.up(sent, rnd, update.client.client_id, kind, metered=kind == "upload")
     return Upload(received, sent.timings.get("enc_s"), received.nbytes(), received.cipher_bytes(), protect_s)
 
