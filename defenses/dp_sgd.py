@@ -131,6 +131,9 @@ class DPSGDClient(WrapperClient):
             )
         self._hooks = hooks
         if p.poisson_sampling:
+            # opacus samples batches from torch's global RNG unless in secure mode: a result would then
+            # depend on whatever ran before in the process (an in-process run differs from a Flower node)
+            dp_loader.batch_sampler.generator = stream(seed, "dp_sgd-sampling", client.client_id, calls)
             dp_loader = NonEmptyBatches(dp_loader, data_loader)
         return model, dp_optimizer, dp_loader
 
@@ -188,7 +191,7 @@ class DPSGD(Wrapper):
     alone is ``dp_sgd+plain_lora`` (FlexLoRA aggregation of the DP-trained factors)."""
 
     name: ClassVar[str] = "dp_sgd"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     Params = DPSGDParams
     Client = DPSGDClient
     Server = DPSGDServer

@@ -116,6 +116,21 @@ def test_epsilon_tracks_steps_per_client(lora_model):
     assert (pp["sigma"], pp["clip"], pp["delta"], pp["accountant"]) == (1.0, 1.0, 1e-5, "rdp")
 
 
+def test_poisson_batches_depend_on_the_seed_not_on_the_global_rng(lora_model):
+    """opacus samples Poisson batches from torch's global RNG unless told otherwise: a client's training
+    then depended on what ran before it in the process (in process vs on a Flower node)."""
+    def trained(global_seed):
+        torch.manual_seed(global_seed)
+        model = copy.deepcopy(lora_model)
+        train_local(_defense(noise_multiplier=0.5, max_grad_norm=1.0).client, model, _opt(model), _loader(), CLIENT, 3,
+                    _loss)
+        return _lora(model)
+
+    first, again = trained(1), trained(2)
+    for k in first:
+        torch.testing.assert_close(first[k], again[k], atol=0, rtol=0)
+
+
 def test_release_detaches_opacus_from_the_model(lora_model):
     model = copy.deepcopy(lora_model)
     d = _defense(noise_multiplier=0.5)
