@@ -2,8 +2,11 @@
 # Recompute the committed reference runs on the current code, one resumable slice at a time (issue 29).
 # Each slice writes a fresh run folder results/reference/<slice> (or <slice>-shardKofN): stop it at any
 # time and run the same line again to go on where it stopped; a run never mixes rows of different code.
-# When every shard of a slice is done, commit its folder(s) and delete the run(s) it replaces (listed
-# under "replaces"), then `bash scripts/regenerate_reports.sh`.
+# A slice that keeps an old run's name (calibration, engines, baselines) starts only once the old folder
+# is gone (`git rm -r` it: history keeps it), so no folder mixes rows of old and new code. When every
+# shard of a slice is done, commit its folder(s), delete the run(s) it replaces (listed under
+# "replaces"; a sharded slice gets a combined report line in scripts/regenerate_reports.sh), then
+# `bash scripts/regenerate_reports.sh`. An unsharded slice writes its report at the end.
 #
 # Usage: bash scripts/recompute_reference.sh list            the slices, in order, with --dry-run estimates
 #        bash scripts/recompute_reference.sh SLICE [K/N]     run one slice (shard K of N; two shards side
@@ -60,6 +63,17 @@ fi
 slice=$1
 args=$(args_of "$slice")
 shard=()
-if [[ -n ${2:-} ]]; then shard=(--shard "$2"); fi
+if [[ -n ${2:-} ]]; then shard=(--shard "$2" --no-report); fi
+# a folder this recompute started carries its marker; rows without one are an older run's
+for dir in "$ref/$slice" "$ref/$slice"-shard*; do
+  if [[ -f $dir/rows.jsonl && ! -f $dir/RECOMPUTE ]]; then
+    echo "recompute_reference.sh: $dir holds rows of an older run; git rm -r it first (history keeps it)" >&2
+    exit 2
+  fi
+done
+run_dir=$ref/$slice
+[[ -n ${2:-} ]] && run_dir=$ref/$slice-shard${2%%/*}of${2##*/}
+mkdir -p "$run_dir"
+[[ -f $run_dir/RECOMPUTE ]] || echo "issue 29 recompute of slice $slice, started $(date -u -Iseconds) at $(git rev-parse --short HEAD)" >"$run_dir/RECOMPUTE"
 # shellcheck disable=SC2086
-exec "$py" -m benchmark run $args "${shard[@]}" --out "$ref" --run-id "$slice" --no-report
+exec "$py" -m benchmark run $args "${shard[@]}" --out "$ref" --run-id "$slice"
