@@ -14,5 +14,5 @@ def test_engines_side_by_side_show_the_largest_difference_from_in_process():
     got = {r["metric"]: r for r in table.to_dict("records")}
     assert set(table.columns) >= {"inproc", "flower (simulation)", "vs in process"}
     assert got["utility"]["vs in process"] == "max |Δ| 0.0001" and got["rouge1"]["vs in process"] == "max |Δ| 0"
-    assert got["sim_s"]["vs in process"] == "x 3.00"
+    assert got["sim_s"]["vs in process"] == "x 3.00 (simulation)"
     assert engine_table(pd.DataFrame(base)).empty  # one engine: nothing to compare

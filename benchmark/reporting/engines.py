@@ -59,7 +59,9 @@ def engine_table(df: pd.DataFrame) -> pd.DataFrame:
             ref = means.get(REFERENCE, math.nan)
             others = [v for e, v in means.items() if e != REFERENCE and math.isfinite(v)]
             if metric == "sim_s":
-                rec["vs in process"] = ("x " + ", ".join(f"{v / ref:.2f}" for v in others)) if ref and others else "–"
+                ratios = [f"x {v / ref:.2f} {e.removeprefix('flower ')}" for e, v in means.items()
+                          if e != REFERENCE and math.isfinite(v)]
+                rec["vs in process"] = ", ".join(ratios) if ref and ratios else "–"
             else:
                 diffs = [abs(v - ref) for v in others if math.isfinite(ref)]
                 rec["vs in process"] = f"max |Δ| {max(diffs):.3g}" if diffs else "–"
