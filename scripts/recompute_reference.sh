@@ -22,6 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+# one torch thread per run, as every reference run: two at a time fill the 2 cores without oversubscribing
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 py=${PYTHON:-.venv/bin/python}
 ref=results/reference
 
