@@ -14,8 +14,8 @@
 #
 # Order: calibration first (every report reads its controls), cost alone (its seconds are the result),
 # then the cheap slices, then the paper's regime (its 12 verdicts), then the long ones.
-# Estimates at 2026-12-07 (1 process / 2 shards): calibration 15 / 11 min, default 23 / 14 min, cost 13
-# min (unsharded), stacks 9 min, engines 8 min (+ ~9 min of deployment, scripts/time_engines.py),
+# Estimates at 2026-12-07 (1 process / 2 shards): calibration 15 / 11 min, default 16 / 9 min,
+# default-baselines 7 min, cost 13 min (unsharded), stacks 9 min, engines 8 min (+ ~9 min of deployment, scripts/time_engines.py),
 # regime 3 h 17 / 1 h 42, paper 1 h 43 / 55 min, baselines 1 h 54 / 60 min, attack-strength 1 h 23 /
 # 43 min, wide-dager-fedspy 2 h 29 / 89 min, wide-utr (batch 16 cut: ~38 min a case) 2 h 38 / 89 min.
 # About 15 h in one process, 8 h 30 as two shards: three sessions.
@@ -30,7 +30,8 @@ ref=results/reference
 # slice | replaces | shebench run arguments
 SLICES=(
   "calibration|calibration|--suite calibration"
-  "default|default-7f16dccc default-baselines|"
+  "default|default-7f16dccc|"
+  "default-baselines|default-baselines|--defense secagg,dp+secagg,she_lora_private_start"
   "cost|cost-e5a704ed cost-baselines|--suite cost"
   "stacks|stacks-0ad913eb|--suite stacks"
   "engines|engines|--suite engines --scenario inproc,flower"
