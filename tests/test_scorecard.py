@@ -102,3 +102,13 @@ def test_a_defense_with_stale_rows_says_so():
     records = rows("plain_lora", [1.0] * 3) + [r | {"stale": True} for r in rows("she", [0.1] * 3)]
     assert list(card([r | {"stale": r.get("stale", False)} for r in records])) == ["plain_lora", "she (stale rows)"]
 
+
+
+def test_a_cost_only_run_has_no_utility_or_verdict_column():
+    """Cost scenarios have no model and no attack: the columns that would only say '–' and 'no verdict' go."""
+    costs = [r | {"attack": "none", "rouge1": None, "utility": None, "utility_lo": None, "utility_hi": None, "utility_n": None}
+             for r in rows("plain_lora", [0]) + rows("she_lora", [0], up=2e6)]
+    table = card(costs)
+    assert set(table) == {"plain_lora", "she_lora"}
+    assert not any(k.startswith(("utility", "verdict", "privacy")) for k in table["she_lora"])
+    assert table["she_lora"]["up / down per client-round ↓"].startswith("1.9 MB / 3.8 MB")  # MiB

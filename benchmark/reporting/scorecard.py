@@ -300,7 +300,10 @@ def scorecard(df: pd.DataFrame, calibration: Calibration | None = None) -> pd.Da
                      for title in settings}
             rec["verdict vs plain LoRA"] = verdict(u, seeds, base_util, base_seeds, pairs)
         records.append(rec)
-    return pd.DataFrame(records)
+    out = pd.DataFrame(records)
+    if not settings and out["utility ↑ [95% CI]"].str.startswith("–").all():  # costs only: nothing to judge
+        out = out.drop(columns=["utility ↑ [95% CI]", "verdict vs plain LoRA"])
+    return out
 
 
 def _utility_text(u: Interval | None) -> str:
