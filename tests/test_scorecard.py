@@ -46,7 +46,7 @@ def test_one_row_per_defense_with_the_strongest_calibrated_mode_and_costs():
     title = column(table)
     assert title == "privacy ↓ r1: round 1 grad init=server, batch 4"
     assert table["she"][title].startswith("0.60 [0.00, 1.00] n=6 · dager/adaptive")  # one seed: no interval to speak of
-    assert table["she"]["up / down per client-round ↓"] == "976.6 KB / 1.9 MB"
+    assert table["she"]["up / down per client-round ↓"] == "976.6 KiB / 1.9 MiB"
     assert table["she"]["client s ↓"] == "1.75" and table["she"]["server s ↓"] == "2"
     assert table["she"]["utility ↑ [95% CI]"] == "0.700 [0.660, 0.740] n=512"
     assert table["plain_lora"]["verdict vs plain LoRA"] == "(reference)"
@@ -111,4 +111,4 @@ def test_a_cost_only_run_has_no_utility_or_verdict_column():
     table = card(costs)
     assert set(table) == {"plain_lora", "she_lora"}
     assert not any(k.startswith(("utility", "verdict", "privacy")) for k in table["she_lora"])
-    assert table["she_lora"]["up / down per client-round ↓"].startswith("1.9 MB / 3.8 MB")  # MiB
+    assert table["she_lora"]["up / down per client-round ↓"].startswith("1.9 MiB / 3.8 MiB")
