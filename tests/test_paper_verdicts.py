@@ -73,3 +73,14 @@ def test_holm_over_the_table_can_withhold_a_lone_refutation():
     assert MARGIN == 0.10
     assert table(rows("plain_lora", "plain_lora", {}, weak, 4))[("regime", "FlexLoRA", 4)]["verdict"] == "refuted"
     assert table(crowd)[("regime", "FlexLoRA", 4)]["verdict"] == "inconclusive"
+
+
+def test_a_method_run_at_several_settings_gets_a_row_per_setting():
+    """DP at two noise levels in one cell (the attack-strength DP frontier): each is paired with plain LoRA
+    on its own, named by its label, instead of both being pooled into one ambiguous pairing."""
+    dp = rows("dp", "dp_sigma1e-4", {"sigma": 1e-4}, [0.9] * 12, 4) + rows("dp", "dp_sigma1", {"sigma": 1.0}, [0.0] * 12, 4)
+    data = rows("plain_lora", "plain_lora", {}, [0.9] * 12, 4) + dp
+    got = table(data)
+    low, high = got[("regime", "FlexLoRA-DP (dp_sigma1e-4)", 4)], got[("regime", "FlexLoRA-DP (dp_sigma1)", 4)]
+    assert low["ours Δ vs plain LoRA % [95% CI]"].startswith("0.0") and high["ours Δ vs plain LoRA % [95% CI]"].startswith("-90.0")
+    assert ("regime", "FlexLoRA", 4) in got

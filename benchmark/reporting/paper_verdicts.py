@@ -76,8 +76,9 @@ def paper_verdict_table(df: pd.DataFrame, attack: str = PAPER_ATTACK, calibratio
     for (scenario, mode, batch), cell in rows.groupby(keys, sort=False):
         base = scored[(scored["scenario"] == scenario) & (scored["attack_mode"] == mode)
                       & (scored["probe_batch_size"] == batch) & (scored["role"] == BASELINE_METHOD)]
-        for method in (m for m in PAPER_DAGER if m in set(cell["role"])):
-            mine = cell[cell["role"] == method]
+        if base["defense"].nunique() > 1:  # several plain-LoRA variants: pair with the first, as run
+            base = base[base["defense"] == base["defense"].iloc[0]]
+        for method, label, mine in _by_defense(cell):
             ok = mine[mine["status"] == "ok"]
             paper = PAPER_DAGER[method].get(int(batch))
             if paper is None:
@@ -93,7 +94,7 @@ def paper_verdict_table(df: pd.DataFrame, attack: str = PAPER_ATTACK, calibratio
                 paper_value = paper - PAPER_DAGER[BASELINE_METHOD][int(batch)]
                 diff_text = _pct(sample.interval()) if sample is not None else "no paired cases"
             gate = calibration is None or calibration.calibrated(attack, str(mode))
-            records.append({"scenario": scenario, "mode": mode, "method": method, "batch": int(batch),
+            records.append({"scenario": scenario, "mode": mode, "method": label, "batch": int(batch), "_order": method,
                             "paper R-1 %": f"{100 * paper:.2f}", "ours R-1 % [95% CI]": _pct(level.interval()) if level else "n/a",
                             "paper Δ vs FlexLoRA %": "–" if method == BASELINE_METHOD else f"{100 * paper_value:+.1f}",
                             "ours Δ vs plain LoRA % [95% CI]": diff_text,
@@ -114,8 +115,20 @@ def paper_verdict_table(df: pd.DataFrame, attack: str = PAPER_ATTACK, calibratio
         rec["verdict"] = gate if claim is None else next(results).label
     order = {m: i for i, m in enumerate(PAPER_DAGER)}
     out = pd.DataFrame(records)
-    return out.sort_values(["scenario", "mode", "method", "batch"], kind="stable",
-                           key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+    out = out.sort_values(["scenario", "mode", "_order", "method", "batch"], kind="stable",
+                          key=lambda c: c.map(order) if c.name == "_order" else c)
+    return out.drop(columns="_order").reset_index(drop=True)
+
+
+def _by_defense(cell: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(paper method, its name in the table, its rows) per defense of the cell: a method run at several
+    settings (DP at several noise levels) gets a row per setting, named by its defense label."""
+    out = []
+    for method in (m for m in PAPER_DAGER if m in set(cell["role"])):
+        rows = cell[cell["role"] == method]
+        for label, mine in rows.groupby("defense", sort=False):
+            out.append((method, method if rows["defense"].nunique() == 1 else f"{method} ({label})", mine))
+    return out
 
 
 def paper_verdict_text() -> str:
