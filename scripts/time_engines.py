@@ -1,7 +1,9 @@
 """Wall time of one scenario on each engine: inproc, Flower's simulation runtime, and a Flower
 deployment (a SuperLink and two SuperNodes on 127.0.0.1, started and stopped here): ``deployment``
-with each SuperNode in ``--isolation process`` beside the suite's long-running ClientApp worker,
-``deployment-cold`` with Flower's default (a fresh ClientApp process per message).
+with each SuperNode in ``--isolation process`` beside the suite's long-running ClientApp worker and
+started through the suite's launcher (``benchmark.engines.flower_supernode``: the SuperNode loop's
+waits capped at ``test_flower_deployment.IDLE_POLL_S``), ``deployment-cold`` with Flower's defaults
+(plain ``flower-supernode``, a fresh ClientApp process per message).
 
     python scripts/time_engines.py SCENARIO DEFENSE OUT [inproc,flower,deployment,deployment-cold]
 

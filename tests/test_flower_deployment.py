@@ -5,8 +5,10 @@ are checked against the in-process engine's; every process the tests started is 
 happens.
 
 Both deployments start together and both runs are submitted at once (the module's fixture), so
-their start-up and Flower's polling overlap: most of a run's wall is each SuperNode's fixed 3 s wait
-between polls for a message, not computation.
+their start-up and Flower's polling overlap. Each warm SuperNode runs through the suite's launcher
+(``benchmark.engines.flower_supernode``), which caps the waits of Flower's SuperNode loop (3 s between
+polls when idle, 0.5 s while it waits for a reply) at ``IDLE_POLL_S``; a cold deployment
+(``warm=False``, ``scripts/time_engines.py``) runs Flower's own ``flower-supernode`` untouched.
 """
 
 import contextlib
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.config import ComponentSpec
+from benchmark.engines import flower_supernode
 from benchmark.running import Overrides, execute, plan, resolve_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +43,10 @@ SAME = ("utility", "eval_loss", "bytes_up_per_client_round", "bytes_down_per_cli
 # deployment, attack results against in-process), she_lora without one (ciphertexts over TLS, the
 # clients' CKKS key shared through the state folder): runs of a like length, 17 and 19 messages
 RUNS = {"insecure": ("plain_lora", "token_leak"), "tls": ("she_lora", "none")}
-# Round 1 of tiny at seed 1 samples clients 0 and 3, one on each SuperNode: while one node waits out
-# Flower's 3 s between polls for a message, the other answers (seed 0 samples 1 and 3, both on one node)
+# Round 1 of tiny at seed 1 samples clients 0 and 3, one on each SuperNode, so both nodes answer
+# (seed 0 samples 1 and 3, both on one node)
 SEED = 1
+IDLE_POLL_S = 0.1  # the warm SuperNodes' longest wait between polls (Flower's own: 3 s idle, 0.5 s per reply)
 
 
 def _tool(name):
@@ -181,12 +185,17 @@ def flower_env(home):
 class Deployment:
     """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1, over TLS when given ``certs``. ``warm``: each
     SuperNode runs with ``--isolation process`` beside a ``flower_worker`` (one long-lived ClientApp
-    process); else Flower's default, a fresh ClientApp process per message. The constructor starts
-    the processes without waiting; ``submit`` waits for the SuperLink only (the ServerApp waits for
-    its nodes)."""
+    process), started by the suite's launcher with its loop's waits capped at ``IDLE_POLL_S``; else
+    Flower's default, plain ``flower-supernode`` and a fresh ClientApp process per message. The
+    constructor starts the processes without waiting; ``submit`` waits for the SuperLink only (the
+    ServerApp waits for its nodes)."""
 
     def __init__(self, folder, certs=None, nodes=2, warm=True, env=None):
         superlink, supernode = _tool("flower-superlink"), _tool("flower-supernode")
+        if warm:
+            supernode = [sys.executable, "-m", "benchmark.engines.flower_supernode", "--idle-poll-s", str(IDLE_POLL_S)]
+        else:
+            supernode = [supernode]
         self.flwr, self.folder, self.certs, self.port = _tool("flwr"), folder, certs, _free_port()
         home = folder / "flwr_home"
         home.mkdir(parents=True)
@@ -202,7 +211,7 @@ class Deployment:
         for i in range(nodes):
             runtime = f"127.0.0.1:{_free_port()}"
             self.procs.start(f"supernode{i}", [
-                supernode, *node_tls, "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
+                *supernode, *node_tls, "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
                 "--port", runtime.split(":")[1], *(["--isolation", "process"] if warm else []),
                 "--node-config", f"partition-id={i} num-partitions={nodes} state-dir='{state}'"])
             if warm:
@@ -294,6 +303,11 @@ def _check_run(deployment, defense, reference, t0):
         time.sleep(0.1)
     assert received == ran > 0
     assert "flwr-clientapp" not in "".join(deployment.log(f"supernode{i}") for i in range(2))
+    # each SuperNode ran through the launcher, with the loop's waits capped
+    ready = flower_supernode.READY.format(version=flower_supernode.flower_version(), cap=IDLE_POLL_S)
+    for i in range(2):
+        log = deployment.log(f"supernode{i}")
+        assert ready in log and log.index(ready) < log.index("SuperNode ID: ") < log.index("Receiving: ")
     return row
 
 

@@ -17,7 +17,11 @@ It changes nothing the SuperLink or the server sees: the node's messages, their 
 order are the ClientApp's, as with ``flwr-clientapp``; only the process that computes them lives
 longer. It runs ClientApp tasks only, one at a time (as the SuperNode hands them out).
 
-    flower-supernode --isolation process --port 9094 --superlink SERVER:9092 ... &
+The SuperNode beside it is Flower's ``flower-supernode``, started through the suite's launcher
+(``benchmark.engines.flower_supernode``: the same arguments, the SuperNode loop's 3 s idle wait and
+0.5 s reply polls capped at ``--idle-poll-s``); plain ``flower-supernode`` works too, slower.
+
+    python -m benchmark.engines.flower_supernode --isolation process --port 9094 --superlink SERVER:9092 ... &
     python -m benchmark.engines.flower_worker --runtime-api-address 127.0.0.1:9094 --insecure
 """
 
