@@ -15,7 +15,7 @@
 # Order: calibration first (every report reads its controls), cost alone (its seconds are the result),
 # then the cheap slices, then the paper's regime (its 12 verdicts), then the long ones.
 # Estimates at 2026-12-07 (1 process / 2 shards): calibration 15 / 11 min, default 16 / 9 min,
-# default-baselines 7 min, cost 13 min (unsharded), stacks 9 min, engines 8 min (+ ~9 min of deployment, scripts/time_engines.py),
+# default-baselines 7 min, cost 13 min (unsharded), stacks 9 min, engines 8 min (+ ~9 min of deployment: scripts/recompute_engines.sh, alone),
 # regime 3 h 17 / 1 h 42, paper 1 h 43 / 55 min, baselines 1 h 54 / 60 min, attack-strength 1 h 23 /
 # 43 min, wide-dager-fedspy 2 h 29 / 89 min, wide-utr (batch 16 cut: ~38 min a case) 2 h 38 / 89 min.
 # About 15 h in one process, 8 h 30 as two shards: three sessions.
@@ -65,6 +65,8 @@ fi
 
 slice=$1
 args=$(args_of "$slice")
+# the engines slice also times a loopback deployment, alone: its own script (issue 28's walls)
+[[ $slice == engines ]] && exec bash scripts/recompute_engines.sh
 shard=()
 if [[ -n ${2:-} ]]; then shard=(--shard "$2" --no-report); fi
 # a folder this recompute started carries its marker; rows without one are an older run's
