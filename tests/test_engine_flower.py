@@ -116,24 +116,21 @@ def test_a_deployed_node_holds_only_the_client_role_pickled_plainly(tmp_path):
     shapes = {"m": (8, 6)}
     fed = FederationInfo((client,), shapes, 1, 1, 0)
     spec = NodeSpec("t", scenario, defense.client, 0, "cpu", 1)
-    def process():  # a fresh store: what a new process has (nothing kept in memory)
-        return FolderRoles(str(tmp_path)).open(spec)
+    def process(op, wire, h):  # a fresh store: what a new process has (nothing kept in memory)
+        return FolderRoles(str(tmp_path)).run(spec, op, lambda proc: (*NODE_OPS[op](proc.node, wire, h), proc))
 
-    with process() as proc:
-        hello, _ = NODE_OPS["setup"](proc.node, None, {"fed": fed})
+    hello, _, _ = process("setup", None, {"fed": fed})
     defense.server.setup(fed, [hello])
     update = random_update(client, shapes, torch.Generator().manual_seed(0), 1)
-    with process() as proc:
-        sent, _ = NODE_OPS["protect"](proc.node, None, {"update": update})
-    with process() as proc:
-        _, out = NODE_OPS["finalize"](proc.node, defense.server.aggregate([sent]), {"client": client})
-        seen, stack = set(), [proc]
-        while stack:  # everything the node's process holds
-            obj = stack.pop()
-            assert not isinstance(obj, ServerRole), "a ClientApp process reaches a server role"
-            for ref in gc.get_referents(obj):
-                if id(ref) not in seen and not isinstance(ref, type):
-                    seen.add(id(ref))
-                    stack.append(ref)
+    sent, _, _ = process("protect", None, {"update": update})
+    _, out, proc = process("finalize", defense.server.aggregate([sent]), {"client": client})
+    seen, stack = set(), [proc]
+    while stack:  # everything the node's process holds
+        obj = stack.pop()
+        assert not isinstance(obj, ServerRole), "a ClientApp process reaches a server role"
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, type):
+                seen.add(id(ref))
+                stack.append(ref)
     want = reference_aggregate([update])["m"].truncated(client.rank)
     assert relative_error(out["factors"]["m"].delta(), want) < 1e-5

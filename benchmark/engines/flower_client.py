@@ -8,10 +8,11 @@ the node's only state between messages:
 - on the simulation runtime every node runs in one long-lived Ray actor, which keeps one role object
   for all of them in memory (the clients' shared state, as in the in-process engine);
 - on a deployment the role is kept in the clients' shared state folder (``--node-config
-  "state-dir='...'"``): stored after each op under a lock, and loaded before an op when another
-  process stored it since. That folder holds the clients' shared CKKS secret key: it must be readable
-  by client machines only (one machine: a local folder; several: a folder they share, never the
-  SuperLink's).
+  "state-dir='...'"``): stored after each op that changed it, and loaded before an op when another
+  process stored it since, under a per-run lock that ops seen to leave the role unchanged share, so
+  the nodes compute side by side (``FolderRoles``). That folder holds the clients' shared CKKS
+  secret key: it must be readable by client machines only (one machine: a local folder; several: a
+  folder they share, never the SuperLink's).
 
 How long a deployment's ClientApp process lives is the SuperNode's choice. With Flower's default
 ``--isolation subprocess`` it starts a fresh process per message, which pays the imports, the model
@@ -27,16 +28,15 @@ quickly.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import pickle
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -102,6 +102,8 @@ def fresh_role(spec: NodeSpec) -> ClientRole:
 
 # ---- where the role lives between messages ----------------------------------------------------
 
+T = TypeVar("T")
+
 
 class MemoryRoles:
     """One process (the simulation's Ray actor) hosting every node: the role stays in memory. The
@@ -111,47 +113,100 @@ class MemoryRoles:
     def __init__(self) -> None:
         self.current: ClientProcess | None = None
 
-    @contextlib.contextmanager
-    def open(self, spec: NodeSpec) -> Iterator[ClientProcess]:
+    def run(self, spec: NodeSpec, op: str, fn: Callable[[ClientProcess], T]) -> T:
+        """``fn`` (op ``op``'s computation) on the run's client side."""
         if self.current is None or self.current.spec.token != spec.token:
             self.current = ClientProcess(spec, fresh_role(spec))
             self.current.node.assets  # noqa: B018 (built now, before the role's setup, as in-process)
-        yield self.current
+        return fn(self.current)
 
 
 class FolderRoles:
     """The clients' shared state folder: the role pickled per run (a CKKS context pickles as its own
-    serialization, secret key included) behind a revision id that each store draws afresh; an
-    exclusive lock spans the op, and the role is stored after it.
+    serialization, secret key included) behind a revision id that each store draws afresh, and a lock
+    file per run that every op holds while it runs.
 
     The store also keeps the latest run's client side in this process (the role, and the model, data
-    and LoRA host once an op trained): an op reloads the role only when the folder holds another
-    revision than the one this process stored or read last, i.e. another process (another node, or
-    this node's previous per-message process) changed it since. In a process that lives for one
-    message that is every op; in a long-running one (``benchmark.engines.flower_worker``) only the
-    first op after another node's. An op that fails stores nothing and drops what this process
-    kept: the next op starts from the folder's last good role."""
+    and LoRA host once an op trained) with the exact pickle of the role revision it holds: an op
+    reloads the role only when the folder holds another revision than the one this process stored or
+    read last, i.e. another process (another node, or this node's previous per-message process)
+    changed it since. In a process that lives for one message that is every op; in a long-running one
+    (``benchmark.engines.flower_worker``) only the first op after another node's. An op that fails
+    stores nothing and drops what this process kept: the next op starts from the folder's last good
+    role.
+
+    Why the lock adapts: with an exclusive lock over every op and the role stored after each, a
+    loopback deployment trained its two nodes one at a time (``train``: seconds per client), and every
+    op paid a pickle and a write of the role (SHE-LoRA's holds a CKKS context and its keys), the other
+    node an unpickle. The rule, per run and op kind (the ``NODE_OPS`` key, or ``contribution``), learned
+    in this process:
+
+    - an op leaves the role unchanged when its pickle afterwards equals the held one: nothing is
+      stored (no write, the revision stays);
+    - an op kind not seen yet runs under the exclusive lock; once it ran and left the role unchanged,
+      its later calls take a shared lock, beside the other node's shared ops;
+    - a shared op that does change the role trades its lock for the exclusive one: if the folder
+      still holds the revision the op started from, the new role is stored; else another process
+      stored meanwhile and the op is redone, under the exclusive lock, on that role (ops are
+      deterministic given the role: they seed their own generators), its reply replacing the first.
+      That op kind runs exclusive from then on.
+
+    Shared ops change nothing and exclusive ones see every store before theirs, so the folder always
+    holds the role of some serial order of the ops: no update is lost."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self.current: ClientProcess | None = None
         self.revision = b""  # the folder's revision that ``current.role`` is a copy of
+        self.blob = b""  # ``current.role`` pickled by this process at that revision
+        self.changes: dict[tuple[str, str], bool] = {}  # (run token, op) -> whether it changed the role
+        self.notes: list[str] = []  # per op: its lock and what it stored (a worker logs them)
 
-    @contextlib.contextmanager
-    def open(self, spec: NodeSpec) -> Iterator[ClientProcess]:
+    def run(self, spec: NodeSpec, op: str, fn: Callable[[ClientProcess], T]) -> T:
+        """``fn`` (op ``op``'s computation, re-runnable) on the run's client side, under the run's lock;
+        the role stored after it only when it changed."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{spec.token}.role"
+        path, kind = self.folder / f"{spec.token}.role", (spec.token, op)
+        shared = self.changes.get(kind) is False
+        proc, self.current = self.current, None  # kept again only once the op succeeded
         with open(self.folder / f"{spec.token}.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            proc, self.current = self.current, None  # kept again only once the op's role is stored
-            stored = read_revision(path)
-            if proc is None or proc.spec.token != spec.token:
-                proc = ClientProcess(spec, load_role(path) if stored else fresh_role(spec))
-            elif stored != self.revision:
-                proc.adopt(load_role(path))
-            yield proc
-            self.revision = store_role(path, proc.role)
-            self.current = proc
+            fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            proc = self.sync(spec, path, proc)
+            start = self.revision
+            reply, blob = fn(proc), pickle_role(proc.role)
+            changed = blob != self.blob
+            note = f"{op}: {'shared' if shared else 'exclusive'}"
+            if changed and shared:  # a surprise: exclusive from now on; store, or redo if another stored
+                self.changes[kind] = True
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                note += ", changed the role: promoted to exclusive"
+                if read_revision(path) != start:
+                    proc = self.sync(spec, path, proc)
+                    reply, blob = fn(proc), pickle_role(proc.role)
+                    changed = blob != self.blob
+                    note += ", redone on another process's role"
+            self.changes[kind] = self.changes.get(kind, False) or changed
+            if changed:
+                self.revision, self.blob = store_blob(path, blob), blob
+            self.notes.append(note + (", stored" if changed else ""))
+        self.current = proc
+        return reply
+
+    def sync(self, spec: NodeSpec, path: Path, proc: ClientProcess | None) -> ClientProcess:
+        """The run's client side (``proc``, kept from the last op, or built) at the folder's revision;
+        the caller holds the run's lock."""
+        stored = read_revision(path)
+        if proc is not None and proc.spec.token == spec.token and stored == self.revision:
+            return proc
+        role = load_role(path) if stored else fresh_role(spec)
+        if proc is None or proc.spec.token != spec.token:
+            proc = ClientProcess(spec, role)
+        else:
+            proc.adopt(role)
+        # pickled here, not the file's bytes: another process's pickle may differ byte for byte
+        self.revision, self.blob = stored, pickle_role(role)
+        return proc
 
 
 REVISION_BYTES = 16  # a role file opens with its revision id: a reader compares ids, never unpickles to compare
@@ -166,19 +221,32 @@ def read_revision(path: Path) -> bytes:
         return b""
 
 
+def pickle_role(role: ClientRole) -> bytes:
+    return pickle.dumps(role, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def load_role(path: Path) -> ClientRole:
     return pickle.loads(path.read_bytes()[REVISION_BYTES:])  # noqa: S301 (the clients' own folder)
 
 
-def store_role(path: Path, role: ClientRole) -> bytes:
-    """Store ``role`` under a fresh revision id (written whole, then renamed into place); returns the id."""
+def store_blob(path: Path, blob: bytes) -> bytes:
+    """Store a pickled role under a fresh revision id (written whole, then renamed into place); returns the id."""
     revision = os.urandom(REVISION_BYTES)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
         fh.write(revision)
-        pickle.dump(role, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.write(blob)
     os.replace(tmp, path)
     return revision
+
+
+def role_notes() -> str:
+    """What this process's state folders did since the last call: each op's lock, and whether it
+    stored or was redone (``benchmark.engines.flower_worker`` logs it beside each task)."""
+    notes = [note for store in FOLDER_ROLES.values() for note in store.notes]
+    for store in FOLDER_ROLES.values():
+        store.notes.clear()
+    return "; ".join(notes)
 
 
 # ---- the ops ---------------------------------------------------------------------------------
@@ -310,8 +378,13 @@ def contribution_handler(in_memory: bool) -> Callable[[Message, Context], Messag
         harness = read_harness(msg.content)
         spec, update = harness["spec"], harness["update"]
         t0 = time.perf_counter()
-        with role_store(in_memory, context).open(spec) as proc:
-            summands = proc.node.role.secret_summands(update, harness["participants"])
+        first = [harness]
+
+        def summands_of(proc: ClientProcess) -> tuple[list[np.ndarray], dict[str, Any]] | None:
+            h = first.pop() if first else read_harness(msg.content)  # a redo reads its inputs afresh
+            return proc.node.role.secret_summands(h["update"], h["participants"])
+
+        summands = role_store(in_memory, context).run(spec, "contribution", summands_of)
         if summands is None:
             raise DroppedOut
         vectors, meta = summands
@@ -333,18 +406,26 @@ def make_client_app(in_memory: bool) -> ClientApp:
     app.query("hello")(_hello)
     app.train(mods=[numpy_rng_guard, secaggplus_mod])(contribution_handler(in_memory))
 
-    def handler(op: Callable[..., Reply]) -> Callable[[Message, Context], Message]:
+    def handler(name: str, op: Callable[..., Reply]) -> Callable[[Message, Context], Message]:
         def handle(msg: Message, context: Context) -> Message:
             harness = read_harness(msg.content)
             spec = harness.pop("spec")
-            with role_store(in_memory, context).open(spec) as proc:
-                wire, out = op(proc.node, read_payload(msg.content), harness)
+            first = [(read_payload(msg.content), harness)]
+
+            def reply(proc: ClientProcess) -> Reply:
+                if first:
+                    wire, h = first.pop()
+                else:  # a redo (``FolderRoles``) reads its inputs afresh: the first try may have changed them
+                    wire, h = read_payload(msg.content), read_harness(msg.content)
+                return op(proc.node, wire, h)
+
+            wire, out = role_store(in_memory, context).run(spec, name, reply)
             return Message(content(wire, out), reply_to=msg)
 
         return handle
 
     for name, op in NODE_OPS.items():
-        app.query(name)(handler(op))
+        app.query(name)(handler(name, op))
     return app
 
 
