@@ -120,7 +120,7 @@ class Worker:
         context: Context | None = None
         reply: Message | None = None
         status, details = SubStatus.FAILED, "ClientApp task failed"
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         try:
             message, context, run, fab = pull_task_input(client)
             if fab.hash_str not in self.installed or not get_project_dir(run.fab_id, run.fab_version, fab.hash_str).exists():
@@ -144,7 +144,11 @@ class Worker:
                 heartbeat.stop()
                 client.close()
                 kind = message.metadata.message_type if message is not None else "?"
-                print(f"shebench worker: ran {kind} ({status}) in {time.perf_counter() - t0:.2f}s", flush=True)
+                from benchmark.engines.flower_client import role_notes  # imported by main already
+
+                notes = role_notes()  # the op's lock on the state folder, and what it stored
+                print(f"shebench worker: ran {kind} ({status}) in {time.perf_counter() - t0:.2f}s "
+                      f"[{started:.3f} -> {time.time():.3f}]" + (f" ({notes})" if notes else ""), flush=True)
 
 
 def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
