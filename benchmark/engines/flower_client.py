@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ class FolderRoles:
         self.revision = b""  # the folder's revision that ``current.role`` is a copy of
         self.blob = b""  # ``current.role`` pickled by this process at that revision
         self.changes: dict[tuple[str, str], bool] = {}  # (run token, op) -> whether it changed the role
-        self.notes: list[str] = []  # per op: its lock and what it stored (a worker logs them)
+        self.notes: deque[str] = deque(maxlen=64)  # per op: its lock and what it stored (a worker logs them)
 
     def run(self, spec: NodeSpec, op: str, fn: Callable[[ClientProcess], T]) -> T:
         """``fn`` (op ``op``'s computation, re-runnable) on the run's client side, under the run's lock;
@@ -204,7 +205,8 @@ class FolderRoles:
             proc = ClientProcess(spec, role)
         else:
             proc.adopt(role)
-        # pickled here, not the file's bytes: another process's pickle may differ byte for byte
+        # pickled here, not the file's bytes: another process's pickle of the same role may differ
+        # (torch pickles a tensor's storage under its memory address), so every op would look a change
         self.revision, self.blob = stored, pickle_role(role)
         return proc
 
