@@ -15,7 +15,9 @@ from one message to the next.
 
 It changes nothing the SuperLink or the server sees: the node's messages, their contents and their
 order are the ClientApp's, as with ``flwr-clientapp``; only the process that computes them lives
-longer. It runs ClientApp tasks only, one at a time (as the SuperNode hands them out).
+longer. It runs ClientApp tasks only, one at a time (as the SuperNode hands them out), and logs a
+line per task: its message type, status, duration, wall-clock start and end (two nodes' overlap shows
+in them) and the state folder's lock notes (``flower_client.FolderRoles``: shared or exclusive, stored).
 
 The SuperNode beside it is Flower's ``flower-supernode``, started through the suite's launcher
 (``benchmark.engines.flower_supernode``: the same arguments, the SuperNode loop's 3 s idle wait and
