@@ -64,6 +64,21 @@ def test_an_uncalibrated_mode_gets_no_verdict():
     assert got[("regime", "FlexLoRA", 4)]["verdict"] == "uncalibrated"
 
 
+def test_adaptive_rows_are_reported_but_not_judged_nor_counted_in_holm():
+    """The paper ran naive DAGER: an adaptive row keeps its numbers, gets *not comparable*, and does not
+    join the Holm family (eleven unclear adaptive figures leave a lone naive refutation standing)."""
+    weak = [0.7, 0.85, 0.8, 0.75, 0.78, 0.82]
+    data = rows("plain_lora", "plain_lora", {}, weak, 4)
+    for k in range(11):
+        data += rows("plain_lora", "plain_lora", {}, [0.1, 0.9] * 3, 8, scenario=f"s{k}", mode="adaptive")
+    out = paper_verdict_table(pd.DataFrame(data))
+    naive = out[(out["mode"] == "naive")]
+    adaptive = out[(out["mode"] == "adaptive")]
+    assert list(naive["verdict"]) == ["refuted"]
+    assert len(adaptive) == 11 and all(v.startswith("not comparable (adaptive attack") for v in adaptive["verdict"])
+    assert all(c.startswith("50.0 [") for c in adaptive["ours R-1 % [95% CI]"])
+
+
 def test_holm_over_the_table_can_withhold_a_lone_refutation():
     """A refutation at p = 0.015 stands alone, and falls once eleven unclear figures share the family."""
     weak = [0.7, 0.85, 0.8, 0.75, 0.78, 0.82]  # 6 cases over 6 seeds, ~0.78 against the paper's 0.9518
