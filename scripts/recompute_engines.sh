@@ -3,8 +3,8 @@
 # (default scenario, plain LoRA and SHE-LoRA, DAGER and MIA) run alone on this machine, one torch
 # thread per process, on three engines in turn, each wall printed and kept in the RECOMPUTE marker:
 #   in process and Flower's simulation runtime -> results/reference/engines (one run, two entries);
-#   a loopback Flower deployment (SuperLink + two warm SuperNodes, tests/test_flower_deployment.py's
-#   Deployment) -> results/reference/engines-deployment.
+#   a loopback Flower deployment (SuperLink + two warm SuperNodes, scripts/time_engines.py's
+#   time_deployment) -> results/reference/engines-deployment.
 # Both folders must be gone first (`git rm -r` them: history keeps them). Then
 # `bash scripts/regenerate_reports.sh` writes the combined engines report.
 # Usage: bash scripts/recompute_engines.sh   (from anywhere; PYTHON=... to use another interpreter)
@@ -35,20 +35,12 @@ deploy_tmp=$(mktemp -d)
 trap 'rm -rf "$deploy_tmp"' EXIT
 "$py" - "$deploy_tmp" "$ref" <<'PY' | tee -a "$ref/engines-deployment/RECOMPUTE"
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, "tests")
-import test_flower_deployment as td  # the loopback deployment the tests use
+sys.path.insert(0, "scripts")
+from time_engines import time_deployment  # the loopback deployment the tests use, timed
 
 folder, ref = Path(sys.argv[1]), sys.argv[2]
-deployment = td.Deployment(folder, warm=True, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())})
-try:
-    t = time.monotonic()
-    deployment.submit(f"--suite engines --scenario flower --out {ref} --run-id engines-deployment --no-report -q")
-    if deployment.wait(timeout=3600) != 0:
-        raise SystemExit(f"flwr run failed; see {folder / 'flwr_run.log'}")
-    print(f"Flower deployment (warm SuperNodes) wall {time.monotonic() - t:.0f} s")
-finally:
-    deployment.procs.stop_all()
+seconds = time_deployment(folder, f"--suite engines --scenario flower --out {ref} --run-id engines-deployment --no-report -q")
+print(f"Flower deployment (warm SuperNodes) wall {seconds:.0f} s")
 PY

@@ -29,6 +29,20 @@ import test_flower_deployment as td  # noqa: E402  (the loopback deployment the 
 DEPLOYMENTS = {"deployment": True, "deployment-cold": False}  # engine name -> warm workers
 
 
+def time_deployment(folder: Path, run_args: str, warm: bool = True) -> float:
+    """Seconds from submitting ``shebench run <run_args>`` to a loopback deployment (started in
+    ``folder``, nodes warm or cold) until the run ends; the deployment is stopped after."""
+    deployment = td.Deployment(folder, warm=warm, env={"OMP_NUM_THREADS": "1"})
+    try:
+        t0 = time.monotonic()
+        deployment.submit(run_args)
+        if deployment.wait(timeout=3600) != 0:
+            raise SystemExit(f"flwr run failed; see {folder / 'flwr_run.log'}")
+        return time.monotonic() - t0
+    finally:
+        deployment.procs.stop_all()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__.strip(), file=sys.stderr)
@@ -50,16 +64,8 @@ def main(argv: list[str]) -> int:
     for engine, warm in DEPLOYMENTS.items():
         if engine not in engines:
             continue
-        deployment = td.Deployment(out / engine, warm=warm, env={"OMP_NUM_THREADS": "1"})
-        try:
-            t0 = time.monotonic()
-            deployment.submit(f"{base} --out {out} --run-id {name}-{engine}")
-            if deployment.wait(timeout=3600) != 0:
-                raise SystemExit(f"flwr run failed; see {out / engine / 'flwr_run.log'}")
-            times[engine] = time.monotonic() - t0
-            print(engine, f"{times[engine]:.1f} s", flush=True)
-        finally:
-            deployment.procs.stop_all()
+        times[engine] = time_deployment(out / engine, f"{base} --out {out} --run-id {name}-{engine}", warm)
+        print(engine, f"{times[engine]:.1f} s", flush=True)
     (out / "times.json").write_text(json.dumps(times, indent=1))
     return 0
 

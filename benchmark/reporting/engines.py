@@ -57,13 +57,12 @@ def engine_table(df: pd.DataFrame) -> pd.DataFrame:
                      for e in engines}
             rec = {"defense": defense, "metric": metric, **{e: _fmt(metric, v) for e, v in means.items()}}
             ref = means.get(REFERENCE, math.nan)
-            others = [v for e, v in means.items() if e != REFERENCE and math.isfinite(v)]
+            others = {e: v for e, v in means.items() if e != REFERENCE and math.isfinite(v)}
             if metric == "sim_s":
-                ratios = [f"x {v / ref:.2f} {e.removeprefix('flower ')}" for e, v in means.items()
-                          if e != REFERENCE and math.isfinite(v)]
+                ratios = [f"x {v / ref:.2f} {e.removeprefix('flower ')}" for e, v in others.items()]
                 rec["vs in process"] = ", ".join(ratios) if ref and ratios else "–"
             else:
-                diffs = [abs(v - ref) for v in others if math.isfinite(ref)]
+                diffs = [abs(v - ref) for v in others.values() if math.isfinite(ref)]
                 rec["vs in process"] = f"max |Δ| {max(diffs):.3g}" if diffs else "–"
             records.append(rec)
     return pd.DataFrame(records)
