@@ -49,6 +49,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from benchmark.config import ScenarioConfig
 from benchmark.contract import ClientRole, WirePayload, json_default
+from benchmark.engines.kept import KEPT, MISSING, NodeKeeps, limit_for
 from benchmark.engines.records import HARNESS, content, harness_record, read_harness, read_payload
 
 if TYPE_CHECKING:
@@ -317,6 +318,13 @@ def _hello(msg: Message, context: Context) -> Message:
 # Flower rebuilds the ClientApp (unpickled anew in the Ray actor) for every message; what must outlive
 # a message in a simulation's actor therefore lives here, one per process.
 PROCESS_ROLES = MemoryRoles()
+# The values this process's replies sent the ServerApp, which it hands back by key (``kept``).
+PROCESS_KEEPS = NodeKeeps()
+
+
+def node_keeps() -> NodeKeeps:
+    """This process's kept values (a top-level function, as ``role_store``)."""
+    return PROCESS_KEEPS
 
 
 # A deployment's stores, one per state folder, for as long as this process lives (see ``FolderRoles``).
@@ -412,6 +420,9 @@ def make_client_app(in_memory: bool) -> ClientApp:
         def handle(msg: Message, context: Context) -> Message:
             harness = read_harness(msg.content)
             spec = harness.pop("spec")
+            keeps = node_keeps()
+            if missing := keeps.resolve(harness):  # the server sends this call again, values inline
+                return Message(content(None, {MISSING: missing}), reply_to=msg)
             first = [(read_payload(msg.content), harness)]
 
             def reply(proc: ClientProcess) -> Reply:
@@ -419,9 +430,12 @@ def make_client_app(in_memory: bool) -> ClientApp:
                     wire, h = first.pop()
                 else:  # a redo (``FolderRoles``) reads its inputs afresh: the first try may have changed them
                     wire, h = read_payload(msg.content), read_harness(msg.content)
+                    h.pop("spec")
+                    keeps.resolve(h)
                 return op(proc.node, wire, h)
 
             wire, out = role_store(in_memory, context).run(spec, name, reply)
+            out[KEPT] = keeps.keep(out, limit_for(spec.scenario.clients_per_round))
             return Message(content(wire, out), reply_to=msg)
 
         return handle

@@ -24,8 +24,10 @@ what the referee scores (raw updates for ``agg_rel_err``, the texts a client tra
 factors), plus the run's public configuration with a fresh copy of the client role (``NodeSpec``). So the referee lives in the
 ServerApp's process, as it lives in the one process of ``inproc``: the threat model holds because an
 attack gets only views built from the transcript, not because the server process is blind. The nodes
-keep no per-client state of their own: the defense's client role object is their only state, shared
-by every client they host (the single-key threat model of the in-process engine).
+keep no per-client protocol state of their own: the defense's client role object is their only state, shared
+by every client they host (the single-key threat model of the in-process engine). A node process does keep
+copies of the harness values it sent (its update, its finalized factors), so the ServerApp hands them back
+by key instead of relaying tens of MB per call (``benchmark.engines.kept``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from benchmark.config import ScenarioConfig
 from benchmark.contract import ClientInfo, ClientUpdate, Defense, FederationInfo, WirePayload
 from benchmark.engines.flower_client import NodeSpec, make_client_app
 from benchmark.engines.flower_secagg import FlowerSecAggPlus
-from benchmark.engines.records import content, message_bytes, read_harness, read_payload
+from benchmark.engines.kept import MISSING, ServerEcho, limit_for
+from benchmark.engines.records import content, message_sizes, payload_records, read_harness, read_payload
 from benchmark.federation.assets import build_assets
 from benchmark.federation.data import Example
 from benchmark.federation.driver import RoundDriver, SimulationResult
@@ -87,6 +90,7 @@ class FlowerLink:
         self.wire_bytes = self.message_bytes = self.messages = 0
         self.nodes: dict[int, int] = {}  # partition-id -> Flower node id
         self.partitions = 0  # num-partitions, as the nodes report it
+        self.echo = ServerEcho(limit_for(spec.scenario.clients_per_round))
         self._hello(spec.scenario.n_clients, time.monotonic() + timeout)
 
     def _hello(self, n_clients: int, deadline: float) -> None:
@@ -159,30 +163,57 @@ class FlowerLink:
     def call_many(self, calls: Sequence[Call]) -> list[tuple[WirePayload | None, dict[str, Any]]]:
         """Send every call's message at once and wait for all their replies: each node answers its
         own in turn, the nodes side by side. The replies come back in the calls' order, whichever
-        node answered first, and so are counted (sums of sizes, which no order changes)."""
-        msgs = []
+        node answered first, and so are counted (sums of sizes, which no order changes). A value the
+        node kept of its own earlier reply goes as its key (``benchmark.engines.kept``); a call whose
+        node no longer holds one is sent again with the values inline."""
+        out = self._call_many(calls, first=True)
+        again = [i for i, (_, h) in enumerate(out) if MISSING in h]
+        if again:
+            for i, reply in zip(again, self._call_many([calls[i] for i in again], first=False), strict=True):
+                out[i] = reply
+        return out
+
+    def _call_many(self, calls: Sequence[Call], first: bool) -> list[tuple[WirePayload | None, dict[str, Any]]]:
+        """One try of ``call_many``: the first compresses harness values the nodes kept and counts the
+        payloads it sends; the second (only calls answered ``missing``) sends every value inline and
+        counts no request again (the payload was counted once, as in-process)."""
+        msgs, built = [], {}  # built: a payload's records, shared by the messages that carry it
         for c in calls:
-            msg = Message(content(c.payload, {**(c.harness or {}), "spec": self.spec}), dst_node_id=self.node_of(c.cid),
-                          message_type=f"query.{c.op}")
-            if c.payload is not None and c.metered:
-                self.count(c.payload, msg)
-            msgs.append(msg)
+            node = self.node_of(c.cid)
+            harness = self.echo.compress(c.harness, node) if first and c.harness else (c.harness or {})
+            if c.payload is not None and id(c.payload) not in built:
+                built[id(c.payload)] = payload_records(c.payload)
+            records = built[id(c.payload)] if c.payload is not None else None
+            msgs.append(Message(content(c.payload, {**harness, "spec": self.spec}, records), dst_node_id=node,
+                                message_type=f"query.{c.op}"))
+        metered = [(c.payload, m) for c, m in zip(calls, msgs, strict=True) if c.payload is not None and c.metered and first]
+        self.count_many(metered)
         ids, replies = self.round_trip(msgs)
         out = []
         for c, message_id in zip(calls, ids, strict=True):
             if message_id not in replies:
                 raise RuntimeError(f"flower: no reply from client {c.cid} to {c.op} within {self.timeout:.0f}s")
             reply = self._checked(replies[message_id], c.op, c.cid)
+            harness = read_harness(reply.content)
+            if MISSING in harness:  # nothing ran: the caller sends it again
+                out.append((None, harness))
+                continue
             wire = read_payload(reply.content)
             if wire is not None and c.metered:
                 self.count(wire, reply)
-            out.append((wire, read_harness(reply.content)))
+            self.echo.register(harness, reply.metadata.src_node_id)
+            out.append((wire, harness))
         return out
 
     def count(self, payload: WirePayload, msg: Message) -> None:
-        self.messages += 1
-        self.wire_bytes += payload.nbytes()
-        self.message_bytes += message_bytes(msg)
+        self.count_many([(payload, msg)])
+
+    def count_many(self, sent: Sequence[tuple[WirePayload, Message]]) -> None:
+        """Count messages and the payloads they carry (sized together: shared records once)."""
+        for (payload, _), size in zip(sent, message_sizes([m for _, m in sent]), strict=True):
+            self.messages += 1
+            self.wire_bytes += payload.nbytes()
+            self.message_bytes += size
 
     def summary(self) -> dict[str, float]:
         over = self.message_bytes - self.wire_bytes
