@@ -86,3 +86,26 @@ def test_kept_values_give_the_in_process_run_whether_the_node_kept_them_or_not()
     forgetful = runs[True][0]
     assert forgetful.keyed >= 3 * PER_ROUND and len(forgetful.batches) > len(runs[False][0].batches)  # resent inline
     assert runs[True][3].summary() == runs[False][3].summary()  # a resent call is not counted twice
+
+
+def test_a_broadcast_counts_the_same_with_its_records_shared_or_built_per_message():
+    from flwr.app import Message
+
+    from benchmark.contract import WirePayload
+    from benchmark.engines.records import content, message_bytes, message_sizes, payload_records
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = 1
+    try:
+        payload = WirePayload("server", plain={"m/A": torch.randn(4, 300)}, cipher={"m/c": [b"x" * 5000, b"y" * 7000]},
+                              meta={"kind": "broadcast"})
+        shared = payload_records(payload)
+        together = [Message(content(payload, {"client": i}, shared), dst_node_id=i, message_type="query.finalize")
+                    for i in range(3)]
+        apart = [Message(content(payload, {"client": i, "pad": "z" * 999 * i}), dst_node_id=i,
+                         message_type="query.finalize") for i in range(3)]
+        sizes = message_sizes(together)
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    assert sizes == [message_bytes(m) for m in apart]  # the harness (however long) is never counted
+    assert sizes[0] > payload.nbytes()
