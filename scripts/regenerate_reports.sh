@@ -26,5 +26,5 @@ done
 # the paper's regime (issue 29: its 12 verdicts), recomputed as two shards
 report "$ref/regime" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2
 report "$ref/paper-report" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2 "$ref"/paper-shard1of2 "$ref"/paper-shard2of2 "$ref"/paper-{f1,f2,f2b,f2c,g}
-report "$ref/baselines-all" "$ref"/baselines "$ref"/baselines-frontier "$ref"/baselines-frontier2
+report "$ref/baselines-all" "$ref"/baselines-shard1of2 "$ref"/baselines-shard2of2
 report "$ref/engines" "$ref"/engines "$ref"/engines-deployment
