@@ -27,4 +27,5 @@ done
 report "$ref/regime" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2
 report "$ref/paper-report" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2 "$ref"/paper-shard1of2 "$ref"/paper-shard2of2 "$ref"/paper-{f1,f2,f2b,f2c,g}
 report "$ref/baselines-all" "$ref"/baselines-shard1of2 "$ref"/baselines-shard2of2
+report "$ref/attack-strength" "$ref"/attack-strength-shard1of2 "$ref"/attack-strength-shard2of2
 report "$ref/engines" "$ref"/engines "$ref"/engines-deployment
