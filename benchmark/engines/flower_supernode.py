@@ -11,7 +11,8 @@ either wait (no flag, no environment variable).
 
 What: this runs Flower's own ``flower-supernode`` entry point, unchanged, after giving the module
 ``flwr.supernode.start_client_internal`` (and only that module) a ``time`` stand-in whose ``sleep(s)``
-sleeps ``min(s, S)``; every other attribute is the real ``time`` module's. Nothing the SuperNode
+sleeps ``min(s, S)``; every other attribute is the real ``time`` module's. The same module's pulls of
+a message's contents retry after 10 ms instead of 1 s (``benchmark.engines.flower_pulls``). Nothing the SuperNode
 sends or receives changes, only how soon it looks again. If a Flower upgrade moved or renamed that
 module or its ``time`` global, the launcher stops, naming the Flower version, instead of running
 with Flower's waits unnoticed.
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> object:
         parser.print_help()
         print()
     cap_waits(args.idle_poll_s)
+    from benchmark.engines.flower_pulls import SUPERNODE_LOOP, quicken_pulls  # imports this module
+
+    quicken_pulls(SUPERNODE_LOOP)  # the message's contents, pulled from the SuperLink
     run = supernode_entry_point()
     print(READY.format(version=flower_version(), cap=args.idle_poll_s), file=sys.stderr, flush=True)
     sys.argv = [ENTRY_POINT, *rest]  # Flower parses its own arguments from sys.argv

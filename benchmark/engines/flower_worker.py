@@ -65,11 +65,9 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
+from benchmark.engines.flower_pulls import backoff
+
 POLL_S = 0.1  # between claims of the SuperNode's next task (Flower's SuperExec waits 1 s)
-# Retries for the message's objects: the SuperNode hands out a task as soon as the message's header
-# arrived, while it still pulls the contents from the SuperLink. Flower's own wait starts at 1 s,
-# which a process started per task never noticed; a worker that claims within 100 ms does.
-OBJECT_RETRY_S = (0.01, 0.2)
 READY = "shebench worker: serving ClientApp tasks"  # printed once the worker takes tasks
 
 
@@ -155,7 +153,9 @@ class Worker:
 
 def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
     """The task's context, run, FAB and message, as ``flwr-clientapp`` pulls them but retrying the
-    message's objects after 10 ms (doubling up to 200 ms) instead of 1 s."""
+    message's objects after 10 ms (doubling up to 200 ms) instead of 1 s: the SuperNode hands out a
+    task as soon as the message's header arrived, while it still pulls the contents from the SuperLink
+    (a process started per task never noticed Flower's 1 s; a worker that claims within 100 ms does)."""
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
     context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
@@ -166,7 +166,7 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, F
     message = pull_and_inflate_object_from_tree(
         tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, initial_backoff=OBJECT_RETRY_S[0], backoff_cap=OBJECT_RETRY_S[1])
+        return_type=Message, **backoff())
     message.metadata.__dict__["_message_id"] = tree.object_id  # as flwr-clientapp sets it
     return message, context, run, fab
 
