@@ -25,7 +25,9 @@ for run in "$ref"/*/; do
 done
 # the paper's regime (issue 29: its 12 verdicts), recomputed as two shards
 report "$ref/regime" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2
-report "$ref/paper-report" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2 "$ref"/paper-shard1of2 "$ref"/paper-shard2of2 "$ref"/paper-{f1,f2,f2b,f2c,g}
+report "$ref/paper-report" "$ref"/regime-shard1of2 "$ref"/regime-shard2of2 "$ref"/paper-shard1of2 "$ref"/paper-shard2of2 \
+  "$ref"/wide-dager-fedspy-shard1of2 "$ref"/wide-dager-fedspy-shard2of2 "$ref"/wide-utr-shard1of2 "$ref"/wide-utr-shard2of2 \
+  "$ref"/wide-utr-b16-shard1of2 "$ref"/wide-utr-b16-shard2of2
 report "$ref/baselines-all" "$ref"/baselines-shard1of2 "$ref"/baselines-shard2of2
 report "$ref/attack-strength" "$ref"/attack-strength-shard1of2 "$ref"/attack-strength-shard2of2
 report "$ref/engines" "$ref"/engines "$ref"/engines-deployment
