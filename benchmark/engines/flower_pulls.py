@@ -26,7 +26,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from benchmark.engines.flower_supernode import FlowerChanged, flower_version
+from benchmark.engines.flower_supernode import FlowerChanged, flower_version, patchable_global
 
 RETRY_S = (0.01, 0.2)  # first retry after 10 ms, doubling up to 200 ms (Flower's: 1 s up to 10 s)
 SUPERNODE_LOOP = "flwr.supernode.start_client_internal"  # pulls the ServerApp's messages from the SuperLink
@@ -56,20 +56,14 @@ def quicken_pulls(module: str, retry_s: tuple[float, float] = RETRY_S) -> QuickP
     if not 0 < first <= cap:
         raise ValueError(f"object pull retries need 0 < first <= cap seconds (got {first}, {cap})")
     utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
-    try:
-        target = importlib.import_module(module)
-    except ImportError as ex:
-        raise FlowerChanged(f"Flower {flower_version()} has no module {module} ({ex}): its object pulls cannot "
-                            "be quickened; update benchmark/engines/flower_pulls.py") from ex
-    current = vars(target).get("pull_objects")
-    real = current.real if isinstance(current, QuickPulls) else current
+    update = "update benchmark/engines/flower_pulls.py"
+    target, real = patchable_global(module, "pull_objects", QuickPulls, f"its object pulls cannot be quickened; {update}")
     if real is not getattr(utils, "pull_objects", None):
         raise FlowerChanged(f"Flower {flower_version()}: {module} does not use inflatable_utils.pull_objects "
-                            f"(found {current!r}); update benchmark/engines/flower_pulls.py")
+                            f"(found {real!r}); {update}")
     missing = [a for a in BACKOFF_ARGS if a not in inspect.signature(real).parameters]
     if missing:
-        raise FlowerChanged(f"Flower {flower_version()}: pull_objects takes no {', '.join(missing)}; "
-                            "update benchmark/engines/flower_pulls.py")
+        raise FlowerChanged(f"Flower {flower_version()}: pull_objects takes no {', '.join(missing)}; {update}")
     quick = QuickPulls(real, (first, cap))
     target.pull_objects = quick  # type: ignore[attr-defined]
     return quick

@@ -70,21 +70,27 @@ class CappedTime:
         return getattr(self.real, name)
 
 
+def patchable_global(module: str, name: str, stand_in: type, fails: str) -> tuple[ModuleType, Any]:
+    """Flower's ``module`` and the real value of its global ``name`` (an earlier ``stand_in`` unwrapped):
+    what a patch of one module's global starts from. ``fails`` says what cannot be done if the module
+    is gone, which raises ``FlowerChanged`` naming the Flower version."""
+    try:
+        target = importlib.import_module(module)
+    except ImportError as ex:
+        raise FlowerChanged(f"Flower {flower_version()} has no module {module} ({ex}): {fails}") from ex
+    current = vars(target).get(name)
+    return target, (current.real if isinstance(current, stand_in) else current)
+
+
 def cap_waits(cap_s: float, module: str = MODULE) -> CappedTime:
     """Give ``module`` a ``time`` whose sleeps last at most ``cap_s``; return that stand-in."""
     if not cap_s > 0:
         raise ValueError(f"the cap must be positive (got {cap_s}): 0 would pull the SuperLink without pause")
-    try:
-        target = importlib.import_module(module)
-    except ImportError as ex:
-        raise FlowerChanged(f"Flower {flower_version()} has no module {module} ({ex}): the SuperNode's waits "
-                            "cannot be capped; check its loop and update benchmark/engines/flower_supernode.py") from ex
-    current = vars(target).get("time")
-    real = current.real if isinstance(current, CappedTime) else current
+    update = "check its loop and update benchmark/engines/flower_supernode.py"
+    target, real = patchable_global(module, "time", CappedTime, f"the SuperNode's waits cannot be capped; {update}")
     if real is not time:
-        raise FlowerChanged(f"Flower {flower_version()}: {module} has no module global `time` (found {current!r}): "
-                            "the SuperNode's waits cannot be capped; check its loop and update "
-                            "benchmark/engines/flower_supernode.py")
+        raise FlowerChanged(f"Flower {flower_version()}: {module} has no module global `time` (found {real!r}): "
+                            f"the SuperNode's waits cannot be capped; {update}")
     stand_in = CappedTime(time, cap_s)
     target.time = stand_in  # type: ignore[attr-defined]
     return stand_in
