@@ -17,10 +17,11 @@
 # Estimates at 2026-12-07 (1 process / 2 shards): calibration 15 / 11 min, default 16 / 9 min,
 # default-baselines 7 min, cost 13 min (unsharded), stacks 9 min, engines 8 min (+ ~9 min of deployment: scripts/recompute_engines.sh, alone),
 # regime 3 h 17 / 1 h 42, paper 1 h 43 / 55 min, baselines 1 h 54 / 60 min, attack-strength 1 h 23 /
-# 43 min, wide-dager-fedspy 2 h 29 / 89 min, wide-utr 2 h 38 / 89 min (ran in 8 + ~20 min: UTR at batch 8
-# took 30 s a case, not the older code's 3 min), wide-utr-b16 (UTR at batch 16, first planned as cut at
-# ~6 min a case) ~40 / ~20 min. The b16 slice repeats wide-utr's simulations: a run's batch sizes are in
-# its cells' ids, so adding 16 to wide-utr would have redone its finished cells.
+# 43 min, wide-dager-fedspy 2 h 29 / 89 min, wide-utr 2 h 38 / 89 min (its shards ran in 16 and 8 min:
+# UTR at batch 8 took 30 s a case, not the older code's 3 min), wide-utr-b16 (UTR at batch 16, first
+# planned as cut at ~6 min a case; its shards ran in 15 and 7 min). The b16 slice repeats wide-utr's
+# simulations: a run's batch sizes are in its cells' ids, so adding 16 to wide-utr would have redone
+# its finished cells.
 # About 15 h in one process, 8 h 30 as two shards: three sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."

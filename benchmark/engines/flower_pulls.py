@@ -13,10 +13,11 @@ for this wait. The ClientApp worker (``flower_worker``) pulls with ``RETRY_S`` i
 What: ``quicken_pulls(module)`` gives that one module a ``pull_objects`` that retries after
 ``RETRY_S[0]`` seconds, doubling up to ``RETRY_S[1]``, unless its caller names its own backoff; the
 real function does the work. It gives up on an object only after Flower's ``max_time`` (2 h), not
-after Flower's 500 tries, which at 200 ms would be 100 s: a large message on a slow link takes longer. Nothing sent or received changes, only how soon a missing object is
-asked for again (a retry is one small request). If a Flower upgrade moved the module, renamed its
-``pull_objects`` or that function's backoff arguments, it stops, naming the Flower version, instead of
-running with Flower's waits unnoticed.
+after Flower's 500 tries, which at 200 ms would be 100 s: a large message on a slow link takes longer.
+Nothing sent or received changes, only how soon a missing object is asked for again (a retry is one
+small request). If a Flower upgrade moved the module, renamed its ``pull_objects`` or that function's
+backoff arguments, it stops, naming the Flower version, instead of running with Flower's waits
+unnoticed.
 """
 
 from __future__ import annotations

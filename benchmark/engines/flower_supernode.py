@@ -12,8 +12,8 @@ either wait (no flag, no environment variable).
 What: this runs Flower's own ``flower-supernode`` entry point, unchanged, after giving the module
 ``flwr.supernode.start_client_internal`` (and only that module) a ``time`` stand-in whose ``sleep(s)``
 sleeps ``min(s, S)``; every other attribute is the real ``time`` module's. The same module's pulls of
-a message's contents retry after 10 ms instead of 1 s (``benchmark.engines.flower_pulls``). Nothing the SuperNode
-sends or receives changes, only how soon it looks again. If a Flower upgrade moved or renamed that
+a message's contents retry after 10 ms instead of 1 s (``benchmark.engines.flower_pulls``). Nothing
+the SuperNode sends or receives changes, only how soon it looks again. If a Flower upgrade moved or renamed that
 module or its ``time`` global, the launcher stops, naming the Flower version, instead of running
 with Flower's waits unnoticed.
 
